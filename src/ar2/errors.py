@@ -1,0 +1,36 @@
+"""Errors that users see: each names the file, the line and the fix."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+
+class Ar2Error(Exception):
+    """Base class of errors the CLI reports without a traceback."""
+
+
+class DataError(Ar2Error, ValueError):
+    """A defect in an input file.
+
+    Example:
+        >>> str(DataError("corpus.jsonl", 3, 'missing "_id"', 'give every line an "_id" field'))
+        'corpus.jsonl:3: missing "_id". Fix: give every line an "_id" field.'
+    """
+
+    def __init__(self, path: str | Path, line: int | None, problem: str, fix: str) -> None:
+        self.path, self.line, self.problem, self.fix = str(path), line, problem, fix
+        super().__init__(f"{_where(path, line)}: {problem}. Fix: {fix}.")
+
+
+class DataWarning(UserWarning):
+    """A harmless defect in an input file (for example an empty document)."""
+
+
+def warn_data(path: str | Path, line: int | None, problem: str, fix: str) -> None:
+    """Emit a :class:`DataWarning` in the same ``file:line: problem. Fix: ...`` shape."""
+    warnings.warn(f"{_where(path, line)}: {problem}. Fix: {fix}.", DataWarning, stacklevel=3)
+
+
+def _where(path: str | Path, line: int | None) -> str:
+    return f"{path}:{line}" if line is not None else str(path)
