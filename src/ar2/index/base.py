@@ -1,0 +1,69 @@
+"""The Index protocol and the ``manifest.json`` every index folder carries."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from ar2 import __version__
+from ar2._io import atomic_write_text
+from ar2.errors import Ar2Error
+from ar2.types import Hit
+
+MANIFEST = "manifest.json"
+IDS_FILE = "ids.txt"
+
+
+class Index(Protocol):
+    """What every index does. ``search`` takes what its kind needs (texts or vectors)."""
+
+    def search(self, queries: Any, k: int) -> list[list[Hit]]: ...
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None: ...
+
+    @classmethod
+    def load(cls, path: str | Path) -> Index: ...
+
+
+def base_manifest(kind: str, count: int) -> dict[str, Any]:
+    """The fields every manifest starts with."""
+    return {"kind": kind, "ar2_version": __version__, "count": count}
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Read ``path/manifest.json`` with a clear error when the folder is not an ar2 artifact."""
+    file = Path(path) / MANIFEST
+    if not file.is_file():
+        raise Ar2Error(
+            f"{path}: no {MANIFEST}, so this is not an ar2 index. Fix: build one with `ar2 index`"
+        )
+    with open(file, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_ids(path: Path, ids: Sequence[str]) -> None:
+    """Write document ids one per line (ids may not contain line breaks)."""
+    bad = next((i for i in ids if "\n" in i or "\r" in i), None)
+    if bad is not None:
+        raise Ar2Error(f"document id {bad!r} contains a line break. Fix: remove it from the id")
+    atomic_write_text(path / IDS_FILE, "".join(f"{i}\n" for i in ids))
+
+
+def read_ids(path: Path) -> list[str]:
+    """Read the ids written by :func:`write_ids`."""
+    with open(path / IDS_FILE, encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+def load_index(path: str | Path) -> Any:
+    """Load any ar2 index folder, choosing the class from its manifest's ``kind``."""
+    from ar2.index.bm25 import BM25Index
+    from ar2.index.dense import FaissIndex
+
+    kind = read_manifest(path).get("kind")
+    kinds: dict[str, Any] = {"bm25": BM25Index, "dense": FaissIndex}
+    if kind not in kinds:
+        raise Ar2Error(f"{path}: unknown index kind {kind!r}; expected one of {sorted(kinds)}")
+    return kinds[kind].load(path)

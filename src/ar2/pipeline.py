@@ -1,0 +1,152 @@
+"""Retrieve (BM25, dense or hybrid), then optionally rerank: retrievers return a :data:`Run`.
+
+Example:
+    >>> from ar2.index import BM25Index
+    >>> docs = [Doc("d1", "cats eat fish"), Doc("d2", "dogs chase balls")]
+    >>> pipe = SearchPipeline(BM25Retriever(BM25Index.build(docs)))
+    >>> pipe.search("what do cats eat", k=2)
+    [Hit(doc_id='d1', score=0.5...)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from ar2._optional import require
+from ar2.types import Doc, Hit, Query, Run
+
+if TYPE_CHECKING:
+    from ar2.encoders import BiEncoder, CrossEncoder
+    from ar2.index import BM25Index, FaissIndex
+
+RRF_K = 60
+"""The constant of reciprocal rank fusion (Cormack, Clarke and Buettcher, SIGIR 2009)."""
+
+
+class Retriever(Protocol):
+    """First stage: ``retrieve(queries, k)`` returns the top ``k`` hits per query."""
+
+    def retrieve(self, queries: Sequence[Query], k: int) -> Run: ...
+
+
+class Ranker(Protocol):
+    """Second stage: ``rerank(query, hits)`` re-scores hits and returns them best first."""
+
+    def rerank(self, query: Query, hits: Sequence[Hit]) -> list[Hit]: ...
+
+
+class BM25Retriever:
+    """Lexical retrieval from a :class:`~ar2.index.BM25Index`."""
+
+    def __init__(self, index: BM25Index) -> None:
+        self.index = index
+
+    def retrieve(self, queries: Sequence[Query], k: int) -> Run:
+        hits = self.index.search([q.text for q in queries], k)
+        return {q.id: h for q, h in zip(queries, hits)}
+
+
+class DenseRetriever:
+    """Encode queries with a :class:`~ar2.encoders.BiEncoder`, search a FAISS index."""
+
+    def __init__(self, encoder: BiEncoder, index: FaissIndex, progress: bool = False) -> None:
+        self.encoder, self.index, self.progress = encoder, index, progress
+
+    @classmethod
+    def load(cls, index_dir: str | Path) -> DenseRetriever:
+        """Load an index folder and the encoder its manifest names, with the same settings."""
+        from ar2.encoders import BiEncoder
+        from ar2.index import FaissIndex, read_manifest
+
+        encoder_info = read_manifest(index_dir)["encoder"]
+        encoder = BiEncoder.load(encoder_info["source"], **encoder_info["config"])
+        return cls(encoder, FaissIndex.load(index_dir))
+
+    def retrieve(self, queries: Sequence[Query], k: int) -> Run:
+        vectors = self.encoder.encode_queries(queries, progress=self.progress)
+        hits = self.index.search(vectors, k)
+        return {q.id: h for q, h in zip(queries, hits)}
+
+
+class HybridRetriever:
+    """Reciprocal rank fusion of several retrievers, each asked for ``depth`` hits."""
+
+    def __init__(self, retrievers: Sequence[Retriever], depth: int = 100, k_rrf: int = RRF_K):
+        self.retrievers, self.depth, self.k_rrf = list(retrievers), depth, k_rrf
+
+    def retrieve(self, queries: Sequence[Query], k: int) -> Run:
+        runs = [r.retrieve(queries, max(k, self.depth)) for r in self.retrievers]
+        fused = rrf(runs, self.k_rrf)
+        return {qid: hits[:k] for qid, hits in fused.items()}
+
+
+def rrf(runs: Sequence[Run], k_rrf: int = RRF_K) -> Run:
+    """Reciprocal rank fusion: ``score(d) = sum over runs of 1 / (k_rrf + rank(d))``.
+
+    Ties are broken by doc id so the fused ranking is deterministic.
+
+    Example:
+        >>> a = {"q": [Hit("x", 9.0), Hit("y", 1.0)]}
+        >>> b = {"q": [Hit("y", 0.9), Hit("z", 0.1)]}
+        >>> [h.doc_id for h in rrf([a, b])["q"]]
+        ['y', 'x', 'z']
+    """
+    fused: dict[str, dict[str, float]] = {}
+    for run in runs:
+        for qid, hits in run.items():
+            scores = fused.setdefault(qid, {})
+            for rank, hit in enumerate(hits, start=1):
+                scores[hit.doc_id] = scores.get(hit.doc_id, 0.0) + 1.0 / (k_rrf + rank)
+    return {
+        qid: [Hit(d, s) for d, s in sorted(scores.items(), key=lambda x: (-x[1], x[0]))]
+        for qid, scores in fused.items()
+    }
+
+
+class CrossEncoderRanker:
+    """Rerank hits with a :class:`~ar2.encoders.CrossEncoder`; ``docs`` maps ids to documents."""
+
+    def __init__(self, model: CrossEncoder, docs: Mapping[str, Doc]) -> None:
+        self.model, self.docs = model, docs
+
+    def rerank(self, query: Query, hits: Sequence[Hit]) -> list[Hit]:
+        scores = self.model.score(query.text, [self.docs[h.doc_id] for h in hits])
+        ranked = sorted(zip(hits, scores), key=lambda x: (-float(x[1]), x[0].doc_id))
+        return [Hit(h.doc_id, float(s)) for h, s in ranked]
+
+
+class SearchPipeline:
+    """Retrieve, then (with a ranker) rerank the top ``rerank_k`` hits.
+
+    Hits below ``rerank_k`` keep their retrieval order, scored below every reranked hit.
+    """
+
+    def __init__(
+        self, retriever: Retriever, ranker: Ranker | None = None, rerank_k: int = 100
+    ) -> None:
+        self.retriever, self.ranker, self.rerank_k = retriever, ranker, rerank_k
+
+    def run(self, queries: Sequence[Query], k: int, progress: bool = False) -> Run:
+        """Rankings of depth ``k`` for all ``queries``."""
+        depth = max(k, self.rerank_k) if self.ranker else k
+        run = self.retriever.retrieve(queries, depth)
+        if self.ranker is None:
+            return run
+        tqdm = require("tqdm").tqdm
+        by_id = {q.id: q for q in queries}
+        for qid in tqdm(list(run), desc="reranking", unit="query", disable=not progress):
+            run[qid] = self._rerank_one(by_id[qid], run[qid])[:k]
+        return run
+
+    def search(self, query: str, k: int = 10) -> list[Hit]:
+        """Hits for one query string."""
+        return self.run([Query("query", query)], k)["query"]
+
+    def _rerank_one(self, query: Query, hits: list[Hit]) -> list[Hit]:
+        assert self.ranker is not None
+        head = self.ranker.rerank(query, hits[: self.rerank_k])
+        floor = min((h.score for h in head), default=0.0)
+        tail = [Hit(h.doc_id, floor - i) for i, h in enumerate(hits[self.rerank_k :], start=1)]
+        return head + tail

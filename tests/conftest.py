@@ -1,0 +1,90 @@
+"""Shared fixtures: tiny random BERTs built in-process and a toy BEIR folder. No downloads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+WORDS = (
+    "cats eat fish dogs chase balls birds sing songs the a of and in on what do does how why "
+    "cell cancer protein gene brain heart blood drug trial patients mice risk study effect"
+).split()
+
+TOY_DOCS = [
+    {"_id": "d1", "title": "Cats", "text": "cats eat fish and cats sing"},
+    {"_id": "d2", "title": "Dogs", "text": "dogs chase balls in the park"},
+    {"_id": "d3", "title": "Birds", "text": "birds sing songs on the trees"},
+    {"_id": "d4", "title": "Cancer", "text": "cancer cell protein gene study"},
+    {"_id": "d5", "title": "Brain", "text": "brain and heart blood study in mice"},
+    {"_id": "d6", "title": "Drug", "text": "drug trial patients risk effect"},
+    {"_id": "q3", "title": "Same id", "text": "a document whose id equals a query id heart risk"},
+    {"_id": "d8", "title": "Fish", "text": "fish eat smaller fish"},
+]
+TOY_QUERIES = [
+    {"_id": "q1", "text": "what do cats eat"},
+    {"_id": "q2", "text": "dogs chase balls"},
+    {"_id": "q3", "text": "heart risk"},
+    {"_id": "q4", "text": "cancer gene protein"},
+    {"_id": "q5", "text": "drug trial effect on patients"},
+]
+TOY_QRELS = {
+    "test": [("q1", "d1", 2), ("q1", "d8", 1), ("q2", "d2", 1), ("q3", "q3", 1)],
+    "train": [("q4", "d4", 1), ("q5", "d6", 1)],
+}
+
+
+def write_beir(root: Path) -> Path:
+    """Write the toy BEIR folder under ``root`` and return it."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "corpus.jsonl", "w") as f:
+        f.writelines(json.dumps(d) + "\n" for d in TOY_DOCS)
+    with open(root / "queries.jsonl", "w") as f:
+        f.writelines(json.dumps(q) + "\n" for q in TOY_QUERIES)
+    (root / "qrels").mkdir(exist_ok=True)
+    for split, rows in TOY_QRELS.items():
+        lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q, d, s in rows]
+        (root / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def build_tiny_bert(path: Path, seed: int = 0) -> Path:
+    """A random-initialised 2-layer, 32-dim BERT with a word-level vocabulary, saved to ``path``."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *[f"w{i}" for i in range(40)]]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def _tiny_bert_master(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny") / "bert")
+
+
+@pytest.fixture
+def tiny_bert(_tiny_bert_master: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the tiny BERT folder (tests may overwrite it)."""
+    return Path(shutil.copytree(_tiny_bert_master, tmp_path / "tiny_bert"))
+
+
+@pytest.fixture
+def toy_beir(tmp_path: Path) -> Path:
+    """A toy BEIR folder: 8 docs, a 2-relevant-doc query, a query id equal to a doc id."""
+    return write_beir(tmp_path / "toy")
