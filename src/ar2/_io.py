@@ -13,7 +13,7 @@ from typing import Any
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same folder, then rename.
+    """Write ``text`` (UTF-8) to ``path`` through a temp file in the same folder, then rename.
 
     Example:
         >>> import tempfile, pathlib
@@ -21,12 +21,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         >>> atomic_write_text(p, "hi"); p.read_text()
         'hi'
     """
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder, fsync, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -27,9 +27,12 @@ class DataWarning(UserWarning):
     """A harmless defect in an input file (for example an empty document)."""
 
 
-def warn_data(path: str | Path, line: int | None, problem: str, fix: str) -> None:
+def warn_data(
+    path: str | Path, line: int | None, problem: str, fix: str, stacklevel: int = 3
+) -> None:
     """Emit a :class:`DataWarning` in the same ``file:line: problem. Fix: ...`` shape."""
-    warnings.warn(f"{_where(path, line)}: {problem}. Fix: {fix}.", DataWarning, stacklevel=3)
+    message = f"{_where(path, line)}: {problem}. Fix: {fix}."
+    warnings.warn(message, DataWarning, stacklevel=stacklevel)
 
 
 def _where(path: str | Path, line: int | None) -> str:

@@ -15,13 +15,11 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ar2._io import atomic_write_json, atomic_write_text
+from ar2._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ar2._optional import require
 
 SIGNIFICANCE_MARK = "†"
@@ -170,21 +168,6 @@ def _per_query_tsv(per_query: Mapping[str, Mapping[str, Mapping[str, float]]]) -
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Binary twin of :func:`ar2._io.atomic_write_text`: temp file, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _draw_bars(ax: Any, results: Mapping[str, Mapping[str, float]], measures: list[str]) -> None:
     """Grouped bars: one group per measure, one bar per system, each labelled with its value."""
     width = 0.8 / max(len(results), 1)
@@ -259,6 +242,6 @@ def write_report(
     clean = {s: {m: float(v) for m, v in r.items()} for s, r in results.items()}
     atomic_write_text(out / "per_query.tsv", _per_query_tsv(per_query))
     atomic_write_json(out / "protocol.json", protocol)
-    _atomic_write_bytes(out / "report.png", render_chart(clean))
+    atomic_write_bytes(out / "report.png", render_chart(clean))
     atomic_write_text(out / "report.md", _report_md(clean, protocol, comparisons))
     atomic_write_json(out / "report.json", clean)

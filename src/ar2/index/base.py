@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from ar2 import __version__
 from ar2._io import atomic_write_text
 from ar2.errors import Ar2Error
-from ar2.types import Hit
+from ar2.types import Doc, Hit
 
 MANIFEST = "manifest.json"
 IDS_FILE = "ids.txt"
+DOCS_FILE = "corpus.jsonl"
 
 
 class Index(Protocol):
@@ -21,7 +22,9 @@ class Index(Protocol):
 
     def search(self, queries: Any, k: int) -> list[list[Hit]]: ...
 
-    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None: ...
+    def save(
+        self, path: str | Path, extra: dict[str, Any] | None = None, docs: Iterable[Doc] = ()
+    ) -> None: ...
 
     @classmethod
     def load(cls, path: str | Path) -> Index: ...
@@ -55,6 +58,26 @@ def read_ids(path: Path) -> list[str]:
     """Read the ids written by :func:`write_ids`."""
     with open(path / IDS_FILE, encoding="utf-8") as f:
         return f.read().splitlines()
+
+
+def write_docs(path: Path, docs: Iterable[Doc]) -> None:
+    """Store the documents (BEIR ``corpus.jsonl`` format) so an index folder is self-contained."""
+    lines = (
+        json.dumps({"_id": d.id, "title": d.title, "text": d.text}, ensure_ascii=False)
+        for d in docs
+    )
+    text = "".join(f"{line}\n" for line in lines)
+    if text:
+        atomic_write_text(path / DOCS_FILE, text)
+
+
+def iter_docs(path: str | Path) -> Iterator[Doc]:
+    """Stream the documents stored by :func:`write_docs` (empty when none were stored)."""
+    from ar2.data.beir import iter_corpus
+
+    file = Path(path) / DOCS_FILE
+    if file.is_file():
+        yield from iter_corpus(file)
 
 
 def load_index(path: str | Path) -> Any:

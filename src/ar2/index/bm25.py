@@ -11,7 +11,7 @@ from ar2._io import atomic_dir, atomic_write_json
 from ar2._optional import require
 from ar2.config import BM25Config
 from ar2.errors import Ar2Error
-from ar2.index.base import base_manifest, read_ids, read_manifest, write_ids
+from ar2.index.base import base_manifest, read_ids, read_manifest, write_docs, write_ids
 from ar2.types import Doc, Hit
 
 
@@ -71,12 +71,15 @@ class BM25Index:
             results[i] = [Hit(self.ids[r], float(s)) for r, s in zip(row, score) if s > 0]
         return results
 
-    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+    def save(
+        self, path: str | Path, extra: dict[str, Any] | None = None, docs: Iterable[Doc] = ()
+    ) -> None:
         """Save the bm25s arrays (npy + json, no pickles), ids and ``manifest.json`` atomically."""
         bm25s = require("bm25s")
         with atomic_dir(path) as tmp:
             self.retriever.save(str(tmp / "bm25s"), show_progress=False)
             write_ids(tmp, self.ids)
+            write_docs(tmp, docs)
             manifest = base_manifest("bm25", len(self.ids)) | {
                 "bm25": dataclasses.asdict(self.config),
                 "tokenizer": {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,8 @@ from ar2._io import atomic_dir, atomic_write_json
 from ar2._optional import require
 from ar2.config import IndexConfig
 from ar2.errors import Ar2Error
-from ar2.index.base import base_manifest, read_ids, read_manifest, write_ids
-from ar2.types import Hit
+from ar2.index.base import base_manifest, read_ids, read_manifest, write_docs, write_ids
+from ar2.types import Doc, Hit
 
 INDEX_FILE = "index.faiss"
 METRICS = ("ip", "l2")
@@ -114,12 +114,15 @@ class FaissIndex:
             for row, score in zip(rows, scores)
         ]
 
-    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+    def save(
+        self, path: str | Path, extra: dict[str, Any] | None = None, docs: Iterable[Doc] = ()
+    ) -> None:
         """Save ``index.faiss``, ``ids.txt`` and ``manifest.json`` (plus ``extra``) atomically."""
         faiss = require("faiss")
         with atomic_dir(path) as tmp:
             faiss.write_index(self.index, os.fspath(tmp / INDEX_FILE))
             write_ids(tmp, self.ids)
+            write_docs(tmp, docs)
             manifest = base_manifest("dense", len(self.ids)) | {
                 "factory": self.factory,
                 "metric": self.metric,

@@ -1,0 +1,186 @@
+"""The ``ar2`` command: a thin adapter from flags to library calls, one function per subcommand.
+
+Heavy libraries are imported inside the subcommand functions, so ``ar2 --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ar2 import __version__
+from ar2.errors import Ar2Error
+
+log = logging.getLogger("ar2")
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """Build a BM25 or dense index of a BEIR corpus into ``--out``."""
+    from ar2.config import IndexConfig
+    from ar2.data.beir import load_corpus
+
+    corpus = load_corpus(Path(args.data_dir) / "corpus.jsonl")
+    extra = {"data": str(Path(args.data_dir).resolve())}
+    if args.kind == "bm25":
+        from ar2.index import BM25Index
+
+        BM25Index.build(corpus).save(args.out, extra, docs=corpus)
+    else:
+        from ar2.encoders import BiEncoder
+        from ar2.index import FaissIndex
+
+        encoder = BiEncoder.load(args.model, precision=args.precision)
+        log.info("encoding %d documents with %s", len(corpus), encoder.source)
+        vectors = encoder.encode_docs(corpus, progress=True)
+        config = IndexConfig(preset=args.preset, factory=args.factory)
+        index = FaissIndex.build(vectors, [d.id for d in corpus], config)
+        index.save(args.out, extra | {"encoder": encoder.describe()}, docs=corpus)
+    print(f"wrote {args.kind} index of {len(corpus)} documents to {args.out}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Print the top hits of one query against an index folder."""
+    from ar2.index import BM25Index, read_manifest
+    from ar2.index.base import iter_docs
+    from ar2.pipeline import BM25Retriever, CrossEncoderRanker, DenseRetriever, SearchPipeline
+
+    kind = read_manifest(args.index_dir).get("kind")
+    retriever = (
+        BM25Retriever(BM25Index.load(args.index_dir))
+        if kind == "bm25"
+        else DenseRetriever.load(args.index_dir)
+    )
+    docs = {d.id: d for d in iter_docs(args.index_dir)}
+    ranker = None
+    if args.reranker:
+        from ar2.encoders import CrossEncoder
+
+        ranker = CrossEncoderRanker(CrossEncoder.load(args.reranker), docs)
+    hits = SearchPipeline(retriever, ranker, args.rerank_k).search(args.query, args.k)
+    for rank, hit in enumerate(hits, start=1):
+        title = docs[hit.doc_id].title if hit.doc_id in docs else ""
+        print(f"{rank:>3}  {hit.score:>9.4f}  {hit.doc_id}  {title[:80]}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate systems on a split and write report.md, report.json and a plot."""
+    from ar2.config import IndexConfig
+    from ar2.experiment import EvalJob, run_eval
+    from ar2.report import format_table
+
+    job = EvalJob(
+        data_dir=Path(args.data_dir),
+        split=args.split,
+        systems=tuple(s.strip() for s in args.systems.split(",") if s.strip()),
+        out=Path(args.out),
+        measures=tuple(m.strip() for m in args.measures.split(",") if m.strip()),
+        depth=args.depth,
+        reranker=args.reranker,
+        rerank_k=args.rerank_k,
+        precision=args.precision,
+        index=IndexConfig(preset=args.preset),
+    )
+    results = run_eval(job)
+    print(format_table(results))
+    print(f"\nreport: {job.out / 'report.md'} (report.json, report.png, per_query.tsv, runs/)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(prog="ar2", description="Train, evaluate and serve search.")
+    parser.add_argument("--version", action="version", version=f"ar2 {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only print results")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_index(sub)
+    _add_search(sub)
+    _add_eval(sub)
+    return parser
+
+
+def _add_index(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="build a BM25 or dense index of a BEIR folder")
+    p.add_argument("data_dir", help="BEIR folder with corpus.jsonl")
+    p.add_argument("--kind", choices=["bm25", "dense"], default="bm25")
+    p.add_argument("--out", required=True, help="index folder to write")
+    p.add_argument("--model", help="encoder folder for --kind dense (default: all-MiniLM-L6-v2)")
+    p.add_argument("--preset", default="flat", choices=["flat", "ivf", "hnsw", "ivfpq"])
+    p.add_argument("--factory", help="a FAISS factory string, overriding --preset")
+    _add_precision(p)
+    p.set_defaults(func=cmd_index)
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="print the hits of a query against an index folder")
+    p.add_argument("index_dir", help="folder written by `ar2 index`")
+    p.add_argument("query", help="the query text")
+    p.add_argument("-k", type=_positive, default=10, help="hits to print (default 10)")
+    p.add_argument("--reranker", help="cross-encoder folder to rerank with")
+    p.add_argument("--rerank-k", type=_positive, default=50, help="hits to rerank (default 50)")
+    p.set_defaults(func=cmd_search)
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from_ = "comma-separated: bm25, dense, hybrid; dense:PATH and hybrid:PATH name a model folder"
+    p = sub.add_parser("eval", help="evaluate systems on a BEIR split and write a report")
+    p.add_argument("data_dir", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
+    p.add_argument("--split", default="test", help="qrels split (default test)")
+    p.add_argument("--systems", default="bm25,dense,hybrid", help=from_)
+    p.add_argument("--out", required=True, help="folder for report.md, report.json, report.png")
+    p.add_argument("--measures", default="nDCG@10,RR@10,R@10,R@100", help="ir_measures names")
+    p.add_argument("--depth", type=_positive, default=100, help="hits retrieved per query")
+    p.add_argument("--reranker", help="cross-encoder folder: adds a <system>+rerank row each")
+    p.add_argument("--rerank-k", type=_positive, default=100, help="hits reranked per query")
+    p.add_argument("--preset", default="flat", choices=["flat", "ivf", "hnsw", "ivfpq"])
+    _add_precision(p)
+    p.set_defaults(func=cmd_eval)
+
+
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "bf16", "fp32"],
+        help="auto: bf16 where the CPU/GPU supports it (default)",
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _configure_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(message)s", stream=sys.stderr)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse ``argv``, run the subcommand, turn user errors into one clear line."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.quiet)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except Ar2Error as err:
+        print(f"ar2: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ar2: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""``ar2 eval``: named systems on one split of a BEIR folder, scored and compared in a report.
+
+A system is ``bm25``, ``dense`` or ``hybrid`` (RRF of BM25 and dense); ``dense`` and ``hybrid``
+take an optional model folder after a colon (``dense:runs/g0/retriever``), by default the
+bundled all-MiniLM-L6-v2. With a reranker, every system also gets a ``<name>+rerank`` variant.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ar2 import __version__
+from ar2.config import BM25Config, IndexConfig
+from ar2.errors import Ar2Error
+from ar2.pipeline import Retriever
+from ar2.types import Doc, Qrels, Query, Run
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MEASURES = ("nDCG@10", "RR@10", "R@10", "R@100")
+SYSTEM_KINDS = ("bm25", "dense", "hybrid")
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """One ``ar2 eval`` run: where the data is, which systems, what to measure, where to write."""
+
+    data_dir: Path
+    split: str
+    systems: tuple[str, ...]
+    out: Path
+    measures: tuple[str, ...] = DEFAULT_MEASURES
+    depth: int = 100
+    reranker: str | None = None
+    rerank_k: int = 100
+    precision: str = "auto"
+    index: IndexConfig = IndexConfig()
+
+
+def parse_system(spec: str) -> tuple[str, str | None]:
+    """Split ``"dense:PATH"`` into ``("dense", "PATH")``; unknown kinds list the valid ones.
+
+    Example:
+        >>> parse_system("dense:runs/model")
+        ('dense', 'runs/model')
+        >>> parse_system("bm25")
+        ('bm25', None)
+    """
+    kind, _, model = spec.partition(":")
+    if kind not in SYSTEM_KINDS:
+        raise Ar2Error(f"unknown system {spec!r}; choose from {list(SYSTEM_KINDS)} (dense:PATH)")
+    if kind == "bm25" and model:
+        raise Ar2Error(f"system {spec!r}: bm25 takes no model folder")
+    return kind, model or None
+
+
+class _Systems:
+    """Builds each retriever once per job: the BM25 index and one dense index per model."""
+
+    def __init__(self, corpus: list[Doc], job: EvalJob) -> None:
+        self.corpus, self.job = corpus, job
+        self._bm25: Retriever | None = None
+        self._dense: dict[str | None, Retriever] = {}
+        self.descriptions: dict[str, Any] = {}
+
+    def get(self, spec: str) -> Retriever:
+        from ar2.pipeline import HybridRetriever
+
+        kind, model = parse_system(spec)
+        if kind == "bm25":
+            return self.bm25()
+        if kind == "dense":
+            return self.dense(model)
+        return HybridRetriever([self.bm25(), self.dense(model)], depth=self.job.depth)
+
+    def bm25(self) -> Retriever:
+        from ar2.index import BM25Index
+        from ar2.pipeline import BM25Retriever
+
+        if self._bm25 is None:
+            log.info("bm25: indexing %d documents", len(self.corpus))
+            self._bm25 = BM25Retriever(BM25Index.build(self.corpus, BM25Config()))
+            self.descriptions["bm25"] = {"bm25s": BM25Config().__dict__}
+        return self._bm25
+
+    def dense(self, model: str | None) -> Retriever:
+        from ar2.encoders import BiEncoder
+        from ar2.index import FaissIndex
+        from ar2.pipeline import DenseRetriever
+
+        if model not in self._dense:
+            encoder = BiEncoder.load(model, precision=self.job.precision)
+            log.info("dense (%s): encoding %d documents", encoder.source, len(self.corpus))
+            vectors = encoder.encode_docs(self.corpus, progress=True)
+            metric_info = {"similarity": encoder.describe()["similarity"]}
+            index = FaissIndex.build(vectors, [d.id for d in self.corpus], self.job.index)
+            self._dense[model] = DenseRetriever(encoder, index, progress=True)
+            self.descriptions[f"dense:{model or 'default'}"] = {
+                "encoder": encoder.describe(),
+                "faiss": index.factory,
+                **metric_info,
+            }
+        return self._dense[model]
+
+
+def run_eval(job: EvalJob) -> dict[str, dict[str, float]]:
+    """Run every system of ``job``, write the report into ``job.out`` and return the results."""
+    from ar2.data.beir import load_beir
+    from ar2.data.trec import write_run
+
+    corpus, queries, qrels = load_beir(job.data_dir, job.split)
+    systems = _Systems(corpus, job)
+    runs: dict[str, Run] = {}
+    for spec in job.systems:
+        runs.update(_run_system(spec, systems, corpus, queries, job))
+    for name, run in runs.items():
+        write_run(run, job.out / "runs" / f"{_file_name(name)}.trec", tag=_file_name(name))
+    return _score_and_report(job, runs, qrels, corpus, systems.descriptions)
+
+
+def _run_system(
+    spec: str, systems: _Systems, corpus: list[Doc], queries: list[Query], job: EvalJob
+) -> dict[str, Run]:
+    from ar2.pipeline import SearchPipeline
+
+    log.info("system %s: retrieving top %d for %d queries", spec, job.depth, len(queries))
+    runs = {spec: SearchPipeline(systems.get(spec)).run(queries, job.depth)}
+    if job.reranker:
+        pipe = SearchPipeline(systems.get(spec), _ranker(job, corpus), job.rerank_k)
+        log.info("system %s+rerank: reranking the top %d", spec, job.rerank_k)
+        runs[f"{spec}+rerank"] = pipe.run(queries, job.depth, progress=True)
+    return runs
+
+
+def _ranker(job: EvalJob, corpus: list[Doc]) -> Any:
+    from ar2.encoders import CrossEncoder
+    from ar2.pipeline import CrossEncoderRanker
+
+    model = CrossEncoder.load(job.reranker, precision=job.precision)
+    return CrossEncoderRanker(model, {d.id: d for d in corpus})
+
+
+def _score_and_report(
+    job: EvalJob, runs: dict[str, Run], qrels: Qrels, corpus: list[Doc], systems: dict[str, Any]
+) -> dict[str, dict[str, float]]:
+    from ar2.evaluate import compare, evaluate, per_query
+    from ar2.report import write_report
+
+    per_q = {name: per_query(run, qrels, job.measures) for name, run in runs.items()}
+    results = {name: evaluate(run, qrels, job.measures) for name, run in runs.items()}
+    baseline = next(iter(runs))
+    comparisons = compare(per_q, baseline, job.measures) if len(runs) > 1 else []
+    write_report(
+        job.out, results, per_q, _protocol(job, qrels, corpus, systems, baseline), comparisons
+    )
+    return results
+
+
+def _protocol(
+    job: EvalJob, qrels: Qrels, corpus: Sequence[Doc], systems: dict[str, Any], baseline: str
+) -> dict[str, Any]:
+    from ar2.evaluate import PROTOCOL_NOTES
+
+    judged = sum(1 for grades in qrels.values() if any(g > 0 for g in grades.values()))
+    return {
+        **PROTOCOL_NOTES,
+        "dataset": str(job.data_dir),
+        "split": job.split,
+        "queries_judged": judged,
+        "corpus_size": len(corpus),
+        "measures": list(job.measures),
+        "retrieval_depth": job.depth,
+        "fusion": "hybrid = reciprocal rank fusion (k=60) of bm25 and dense, each at the depth",
+        "rerank": f"top {job.rerank_k} by {job.reranker}" if job.reranker else "none",
+        "significance": f"paired two-sided t-test of each system against {baseline!r}, "
+        "Holm correction over all comparisons, alpha 0.05",
+        "systems": systems,
+        "ar2_version": __version__,
+    }
+
+
+def _file_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_+." else "_" for c in name)
