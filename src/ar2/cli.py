@@ -159,7 +159,14 @@ def _positive(text: str) -> int:
 
 
 def _configure_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+    handler.setLevel(logging.WARNING)  # third-party loggers (some set DEBUG) stay quiet
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    ours = logging.StreamHandler(sys.stderr)
+    ours.setFormatter(logging.Formatter("[ar2] %(message)s"))
+    log.addHandler(ours)
+    log.propagate = False
     log.setLevel(logging.WARNING if quiet else logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -58,6 +58,18 @@ def parse_system(spec: str) -> tuple[str, str | None]:
     return kind, model or None
 
 
+def _check_systems(specs: Sequence[str]) -> None:
+    """Fail before any work when a system name or model folder is wrong."""
+    from ar2.encoders._hf import check_model_dir
+
+    if not specs:
+        raise Ar2Error("no systems given. Fix: pass e.g. --systems bm25,dense,hybrid")
+    for spec in specs:
+        _, model = parse_system(spec)
+        if model:
+            check_model_dir(model)
+
+
 class _Systems:
     """Builds each retriever once per job: the BM25 index and one dense index per model."""
 
@@ -112,6 +124,7 @@ def run_eval(job: EvalJob) -> dict[str, dict[str, float]]:
     from ar2.data.beir import load_beir
     from ar2.data.trec import write_run
 
+    _check_systems(job.systems)
     corpus, queries, qrels = load_beir(job.data_dir, job.split)
     systems = _Systems(corpus, job)
     runs: dict[str, Run] = {}

@@ -71,6 +71,14 @@ class BiEncoder:
         """Vector dimension."""
         return int(self.doc_model.config.hidden_size)
 
+    def untie(self) -> BiEncoder:
+        """Give queries their own tower: a copy of the document tower (AR2's default setup)."""
+        import copy
+
+        if self.shared:
+            self.query_model = copy.deepcopy(self.doc_model)
+        return self
+
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> BiEncoder:
         """Load a local folder (default: bundled all-MiniLM-L6-v2); ``overrides`` set config."""

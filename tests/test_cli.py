@@ -1,0 +1,125 @@
+"""The CLI on a toy BEIR folder with tiny models: reports, indexes, search, errors, speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ar2.cli import main
+from ar2.data.trec import read_run
+
+
+def _ar2(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "ar2.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def tiny_ranker(tiny_bert: Path, tmp_path: Path) -> Path:
+    from ar2.encoders import CrossEncoder
+
+    with pytest.warns(UserWarning, match="new head"):
+        ranker = CrossEncoder.load(tiny_bert)
+    ranker.save(tmp_path / "ranker")
+    return tmp_path / "ranker"
+
+
+def test_help_is_fast_and_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, ar2.cli, ar2.experiment, ar2.pipeline, ar2.evaluate, ar2.report, ar2.data;"
+        "heavy = {'torch', 'transformers', 'faiss', 'bm25s', 'ir_measures', 'scipy', 'matplotlib'};"
+        "print(sorted(heavy & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    for args in (["--help"], ["eval", "--help"], ["index", "--help"], ["search", "--help"]):
+        start = time.perf_counter()
+        result = _ar2(*args)
+        assert result.returncode == 0, result.stderr
+        assert time.perf_counter() - start < 1.0
+        assert "usage: ar2" in result.stdout
+
+
+def test_eval_writes_the_report_contract(
+    toy_beir: Path, tiny_bert: Path, tiny_ranker: Path, tmp_path: Path, capsys
+) -> None:
+    import ir_measures
+
+    from ar2.data.beir import load_qrels
+
+    out = tmp_path / "report"
+    systems = f"bm25,dense:{tiny_bert},hybrid:{tiny_bert}"
+    code = main(["-q", "eval", str(toy_beir), "--systems", systems, "--out", str(out),
+                 "--reranker", str(tiny_ranker), "--rerank-k", "5"])  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    names = ["bm25", f"dense:{tiny_bert}", f"hybrid:{tiny_bert}"]
+    assert list(report) == [n for name in names for n in (name, f"{name}+rerank")]
+    assert set(report["bm25"]) == {"nDCG@10", "RR@10", "R@10", "R@100"}
+    printed = capsys.readouterr().out
+    assert "nDCG@10" in printed and "bm25" in printed
+    for name in ("report.md", "report.png", "per_query.tsv", "protocol.json"):
+        assert (out / name).is_file()
+
+    # Cross-check: the saved TREC runs, scored directly by ir_measures, give the same numbers.
+    qrels = load_qrels(toy_beir / "qrels" / "test.tsv")
+    run = read_run(out / "runs" / "bm25.trec")
+    direct = ir_measures.calc_aggregate(
+        [ir_measures.parse_measure("nDCG@10")], qrels,
+        {q: {h.doc_id: h.score for h in hits} for q, hits in run.items()},
+    )  # fmt: skip
+    assert report["bm25"]["nDCG@10"] == pytest.approx(list(direct.values())[0])
+    # The query whose id equals a relevant doc's id keeps that doc in its ranking.
+    assert "q3" in [h.doc_id for h in run["q3"]]
+    protocol = json.loads((out / "protocol.json").read_text())
+    assert protocol["split"] == "test" and protocol["queries_judged"] == 3
+
+
+def test_index_then_search_bm25_and_dense(toy_beir: Path, tiny_bert: Path, tmp_path: Path) -> None:
+    bm25_dir, dense_dir = tmp_path / "bm25", tmp_path / "dense"
+    assert _ar2("index", str(toy_beir), "--kind", "bm25", "--out", str(bm25_dir)).returncode == 0
+    result = _ar2("search", str(bm25_dir), "what do cats eat", "-k", "3")
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.splitlines()[0].split()
+    assert first[0] == "1" and first[2] == "d1" and "Cats" in result.stdout
+
+    built = _ar2("index", str(toy_beir), "--kind", "dense", "--model", str(tiny_bert),
+                 "--preset", "hnsw", "--out", str(dense_dir))  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    manifest = json.loads((dense_dir / "manifest.json").read_text())
+    assert manifest["factory"] == "HNSW32" and manifest["encoder"]["config"]["pooling"] == "mean"
+    assert manifest["count"] == 8 and (dense_dir / "corpus.jsonl").is_file()
+    result = _ar2("search", str(dense_dir), "fish", "-k", "8")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 8
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["eval", "{missing}", "--out", "{out}"], "Fix"),
+        (["eval", "{toy}", "--systems", "bm25,colbert", "--out", "{out}"], "unknown system"),
+        (["eval", "{toy}", "--split", "dev", "--out", "{out}"], "dev"),
+        (["search", "{toy}", "cats"], "not an ar2 index"),
+        (["eval", "{toy}", "--systems", "dense:{toy}", "--out", "{out}"], "not a model folder"),
+    ],
+)
+def test_user_errors_are_one_clear_line(
+    args: list[str], expected: str, toy_beir: Path, tmp_path: Path
+) -> None:
+    fill = {"missing": str(tmp_path / "nope"), "out": str(tmp_path / "o"), "toy": str(toy_beir)}
+    result = _ar2(*[a.format(**fill) for a in args])
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert expected in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("ar2: error:")
+
+
+def test_bad_flag_value_is_rejected_by_argparse() -> None:
+    result = _ar2("search", "x", "q", "-k", "0")
+    assert result.returncode == 2 and "positive integer" in result.stderr
