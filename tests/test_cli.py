@@ -123,3 +123,21 @@ def test_user_errors_are_one_clear_line(
 def test_bad_flag_value_is_rejected_by_argparse() -> None:
     result = _ar2("search", "x", "q", "-k", "0")
     assert result.returncode == 2 and "positive integer" in result.stderr
+
+
+def test_eval_adds_answer_accuracy_for_qa_data(toy_beir: Path, tmp_path: Path) -> None:
+    queries = [json.loads(line) for line in (toy_beir / "queries.jsonl").read_text().splitlines()]
+    answers = {"q1": ["smaller fish"], "q2": ["balls"], "q3": ["zebra"]}
+    for q in queries:
+        q["metadata"] = {"answers": answers.get(q["_id"], [])}
+    (toy_beir / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    out = tmp_path / "qa"
+    assert main(["-q", "eval", str(toy_beir), "--systems", "bm25", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())["bm25"]
+    run = read_run(out / "runs" / "bm25.trec")
+    # q1's top hit is d1 (no "smaller fish"); d8 "fish eat smaller fish" is lower; q2 -> d2 has
+    # "balls" at rank 1; q3's answer appears nowhere.
+    rank_d8 = [h.doc_id for h in run["q1"]].index("d8") + 1
+    assert report["Acc@1"] == pytest.approx(1 / 3)
+    assert report["Acc@5"] == pytest.approx((1 + (rank_d8 <= 5)) / 3)
+    assert "Acc@5" in (out / "report.md").read_text()

@@ -132,7 +132,7 @@ def run_eval(job: EvalJob) -> dict[str, dict[str, float]]:
         runs.update(_run_system(spec, systems, corpus, queries, job))
     for name, run in runs.items():
         write_run(run, job.out / "runs" / f"{_file_name(name)}.trec", tag=_file_name(name))
-    return _score_and_report(job, runs, qrels, corpus, systems.descriptions)
+    return _score_and_report(job, runs, (queries, qrels), corpus, systems.descriptions)
 
 
 def _run_system(
@@ -158,19 +158,39 @@ def _ranker(job: EvalJob, corpus: list[Doc]) -> Any:
 
 
 def _score_and_report(
-    job: EvalJob, runs: dict[str, Run], qrels: Qrels, corpus: list[Doc], systems: dict[str, Any]
+    job: EvalJob,
+    runs: dict[str, Run],
+    labels: tuple[list[Query], Qrels],
+    corpus: list[Doc],
+    systems: dict[str, Any],
 ) -> dict[str, dict[str, float]]:
     from ar2.evaluate import compare, evaluate, per_query
     from ar2.report import write_report
 
+    queries, qrels = labels
     per_q = {name: per_query(run, qrels, job.measures) for name, run in runs.items()}
     results = {name: evaluate(run, qrels, job.measures) for name, run in runs.items()}
+    if any(q.answers for q in queries):
+        for name, accuracy in _answer_accuracy(job, runs, queries, corpus).items():
+            results[name].update(accuracy)
     baseline = next(iter(runs))
     comparisons = compare(per_q, baseline, job.measures) if len(runs) > 1 else []
     write_report(
         job.out, results, per_q, _protocol(job, qrels, corpus, systems, baseline), comparisons
     )
     return results
+
+
+def _answer_accuracy(
+    job: EvalJob, runs: dict[str, Run], queries: list[Query], corpus: list[Doc]
+) -> dict[str, dict[str, float]]:
+    """QA data (queries with answer strings): DPR's top-k accuracy per system."""
+    from ar2.evaluate import answer_accuracy
+
+    texts = {d.id: d.full_text() for d in corpus}
+    ks = tuple(k for k in (1, 5, 20, 100) if k <= job.depth)
+    log.info("queries carry answers: adding %s (DPR has_answer)", [f"Acc@{k}" for k in ks])
+    return {name: answer_accuracy(run, queries, texts, ks) for name, run in runs.items()}
 
 
 def _protocol(
