@@ -91,6 +91,10 @@ class FaissIndex:
         factory = factory_for(config, len(vectors), vectors.shape[1])
         faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
         index = faiss.index_factory(vectors.shape[1], factory, faiss_metric)
+        if getattr(index, "do_polysemous_training", False):
+            # on by default for PQ8 codes, only for polysemous (Hamming) search, which ar2
+            # never uses; it costs 10-15 s per build and leaves the search results unchanged
+            index.do_polysemous_training = False
         built = cls(index, [], metric, factory, config)
         if not index.is_trained:
             index.train(vectors)
@@ -106,7 +110,11 @@ class FaissIndex:
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """Top-``k`` hits for each query vector, best first."""
-        scores, rows = self.index.search(_as_float32(queries), min(k, len(self.ids)))
+        queries = _as_float32(queries)
+        k = min(k, len(self.ids))
+        if k <= 0:  # FAISS asserts on k = 0 (an empty index or k = 0): no hits, like BM25Index
+            return [[] for _ in queries]
+        scores, rows = self.index.search(queries, k)
         if self.metric == "l2":
             scores = -scores  # higher is better everywhere in ar2
         return [
