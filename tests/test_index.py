@@ -420,10 +420,10 @@ def test_folders_without_or_with_wrong_manifest(toy_beir: Path, tmp_path: Path) 
         with pytest.raises(Ar2Error, match="no manifest.json.*Fix:"):
             load(empty)
     BM25Index.build(_toy_docs(toy_beir)).save(tmp_path / "bm25")
-    with pytest.raises(Ar2Error, match="not a dense one"):
+    with pytest.raises(Ar2Error, match="not a 'dense' one"):
         FaissIndex.load(tmp_path / "bm25")
     FaissIndex.build(np.eye(2, dtype=np.float32), ["a", "b"]).save(tmp_path / "dense")
-    with pytest.raises(Ar2Error, match="not a BM25 one"):
+    with pytest.raises(Ar2Error, match="not a 'bm25' one"):
         BM25Index.load(tmp_path / "dense")
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "manifest.json").write_text(json.dumps({"kind": "colbert"}))

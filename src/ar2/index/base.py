@@ -35,15 +35,18 @@ def base_manifest(kind: str, count: int) -> dict[str, Any]:
     return {"kind": kind, "ar2_version": __version__, "count": count}
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Read ``path/manifest.json`` with a clear error when the folder is not an ar2 artifact."""
+def read_manifest(path: str | Path, kind: str | None = None) -> dict[str, Any]:
+    """Read ``path/manifest.json``; with ``kind``, also check the index is of that kind."""
     file = Path(path) / MANIFEST
     if not file.is_file():
         raise Ar2Error(
             f"{path}: no {MANIFEST}, so this is not an ar2 index. Fix: build one with `ar2 index`"
         )
     with open(file, encoding="utf-8") as f:
-        return json.load(f)
+        manifest = json.load(f)
+    if kind is not None and manifest.get("kind") != kind:
+        raise Ar2Error(f"{path}: a {manifest.get('kind')!r} index, not a {kind!r} one")
+    return manifest
 
 
 def write_ids(path: Path, ids: Sequence[str]) -> None:

@@ -10,7 +10,6 @@ from typing import Any
 from ar2._io import atomic_dir, atomic_write_json
 from ar2._optional import require
 from ar2.config import BM25Config
-from ar2.errors import Ar2Error
 from ar2.index.base import base_manifest, read_ids, read_manifest, write_docs, write_ids
 from ar2.types import Doc, Hit
 
@@ -97,9 +96,7 @@ class BM25Index:
         """Load a folder written by :meth:`save`."""
         bm25s = require("bm25s")
         path = Path(path)
-        manifest = read_manifest(path)
-        if manifest.get("kind") != "bm25":
-            raise Ar2Error(f"{path}: a {manifest.get('kind')!r} index, not a BM25 one")
+        manifest = read_manifest(path, kind="bm25")
         retriever = bm25s.BM25.load(str(path / "bm25s"), allow_pickle=False)
         return cls(retriever, read_ids(path), BM25Config(**manifest["bm25"]))
 

@@ -13,7 +13,6 @@ import numpy as np
 from ar2._io import atomic_dir, atomic_write_json
 from ar2._optional import require
 from ar2.config import IndexConfig
-from ar2.errors import Ar2Error
 from ar2.index.base import base_manifest, read_ids, read_manifest, write_docs, write_ids
 from ar2.types import Doc, Hit
 
@@ -146,9 +145,7 @@ class FaissIndex:
         """Load a folder written by :meth:`save`."""
         faiss = require("faiss")
         path = Path(path)
-        manifest = read_manifest(path)
-        if manifest.get("kind") != "dense":
-            raise Ar2Error(f"{path}: a {manifest.get('kind')!r} index, not a dense one")
+        manifest = read_manifest(path, kind="dense")
         index = faiss.read_index(os.fspath(path / INDEX_FILE))
         config = IndexConfig(**manifest["index_config"])
         return cls(index, read_ids(path), manifest["metric"], manifest["factory"], config)
