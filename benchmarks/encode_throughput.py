@@ -178,22 +178,25 @@ def time_encodings(
     for rep in range(1, repeats + 1):
         for name, encode in systems.items():
             load_before = loadavg()
-            start = time.perf_counter()
+            cpu_start, start = time.process_time(), time.perf_counter()
             out = encode(docs, texts)
             seconds = time.perf_counter() - start
+            cpu_seconds = time.process_time() - cpu_start
             vectors[name] = np.asarray(out, dtype=np.float32)
             rate = len(docs) / seconds
             runs[name].append(
                 {
                     "seconds": seconds,
                     "docs_per_s": rate,
+                    "cpu_seconds": cpu_seconds,
                     "loadavg_before": load_before,
                     "loadavg_after": loadavg(),
                 }
             )
+            load_after = runs[name][-1]["loadavg_after"]
             print(
                 f"repeat {rep}/{repeats}  {name:9s} {seconds:8.1f} s  {rate:7.1f} docs/s"
-                f"  (load {load_before} -> {runs[name][-1]['loadavg_after']})",
+                f"  cpu {cpu_seconds:6.1f} s  (load {load_before} -> {load_after})",
                 flush=True,
             )
     return runs, vectors

@@ -37,7 +37,8 @@ class EncoderConfig:
         doc_prefix: Text prepended to every document.
         title_sep: Separator between a document's title and its text.
         precision: ``"auto"`` (bf16 autocast where the hardware has it), ``"bf16"``, ``"fp32"``.
-        batch_size: Sequences per forward pass; batches are formed from length-sorted inputs.
+        batch_size: Sequences per forward pass, formed from length-sorted inputs (16 is fastest
+            on a 2-core CPU; raise it on a GPU).
     """
 
     pooling: str = "mean"
@@ -48,7 +49,7 @@ class EncoderConfig:
     doc_prefix: str = ""
     title_sep: str = " "
     precision: str = "auto"
-    batch_size: int = 32
+    batch_size: int = 16
 
     def __post_init__(self) -> None:
         _check_choice("pooling", self.pooling, POOLINGS)
