@@ -1,0 +1,316 @@
+"""AR2 training losses: pure functions of score matrices.
+
+Zhang et al., "Adversarial Retriever-Ranker for Dense Text Retrieval", ICLR 2022
+(arXiv 2110.03611), as the released ``microsoft/AR2`` code implements it (``ar2_spec.md``
+§2.3, §3.2-3.3, §5.5). Only training code imports this module, so it imports torch at the
+top; ``import ar2`` does not import it.
+
+Each query ``b`` has a *group* of ``M = 1 + n`` candidates with the positive at column 0.
+
+- ``s_bj`` are retriever scores (raw dot products) and ``P_b = softmax_j(s_bj)``. The positive
+  is inside the softmax.
+- ``r_bj`` are ranker scores, ``Q_b = softmax_j(r_bj / T)``, and
+  ``reward_bj = log sigmoid(r_b0 - r_bj)``: the ranker's pairwise log-probability of preferring
+  the positive over candidate ``j``.
+- Ranker outputs are always detached, so no gradient ever reaches the ranker from
+  :func:`ar2_distillation`, :func:`ar2_adversarial` or :func:`ar2_retriever_loss`.
+
+The losses, each a scalar to minimise:
+
+- :func:`in_batch_contrastive`: warm-up retriever G0 (DPR, ``de.py``), in-batch negatives.
+- :func:`listwise_ce`: ranker D, ``mean_b -log softmax(r_b)[0]`` (Eq. 7).
+- :func:`ar2_distillation`: ``L_KD = mean_b -sum_j Q_bj log P_bj`` (Eqs. 11-12).
+- :func:`ar2_adversarial`: ``L_ADV = sum_b sum_j reward_bj log P_bj`` (Eqs. 8-10).
+- :func:`ar2_retriever_loss`: the G-step, ``lambda L_ADV + (1 - lambda) L_KD``.
+
+Facts about L_ADV:
+
+- For ``j = 0`` (the positive against itself) the reward is ``log sigmoid(0) = log 0.5``
+  (about -0.693), so the positive also gets a fixed weight.
+- Every reward is <= 0 and every ``log P`` is <= 0, so every term is >= 0 and ``L_ADV >= 0``.
+- ``dL_ADV/ds_bj = reward_bj - P_bj * sum_k reward_bk``. Descent raises ``log P_bj`` most
+  for the candidates with the largest ``|reward_bj|``, the ones the ranker cannot separate
+  from the positive: "the retriever learns to retrieve documents that fool the ranker".
+
+Scale: with reduction ``"sum"`` (the original, per GPU batch) L_ADV adds ``B * M`` terms
+(8 x 16 in the paper), while L_KD is a mean over the ``B`` queries. ``lambda = 0.5`` therefore
+weighs the adversarial gradient much more than the distillation gradient. ``"mean_per_query"``
+divides L_ADV by ``B``; a user who picks it must raise ``lambda`` to stay faithful.
+
+Temperature vs scale: a *temperature* ``t`` divides scores (``softmax(s / t)``); a *scale*
+multiplies them, so scale 20 is temperature 0.05. AR2 uses temperature 1 everywhere: for the
+retriever the scores are raw dot products, and the ranker temperature ``T`` (original
+``--temperature_normal``) is 1.
+
+Where we differ from the original code:
+
+1. ``log_softmax`` and ``logsigmoid`` replace ``log(p + 1e-7)`` (for ``log P`` and for the
+   reward). Since ``|log(p + 1e-7) - log p| <= 1e-7 / p``, they differ only at extreme logits
+   (``p`` below about ``1e-5``), where the original flattens out near ``log 1e-7 = -16.1``
+   and we return the exact, numerically stable value.
+2. ``ar2_retriever_loss(..., in_batch_scores=...)`` can add an in-batch cross-entropy term.
+   It is off by default: the original AR2 stage has no in-batch negatives.
+3. ``ar2_adversarial(..., reduction="mean_per_query")`` is an option; the default ``"sum"``
+   is the original.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def in_batch_contrastive(
+    query_vecs: torch.Tensor, doc_vecs: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """DPR loss with in-batch negatives, for the warm-up retriever G0 (AR2 ``de.py``).
+
+    Each query is scored against every passage of the batch: its own positive and hard
+    negatives, plus every other query's passages. The loss is the mean NLL of its own positive:
+    ``mean_b -log softmax_k(q_b . d_k / temperature)[b * (1 + h)]``.
+
+    The AR2 stage itself uses no in-batch negatives (:func:`ar2_retriever_loss`). With a
+    single query the loss reduces to :func:`listwise_ce` over its own group.
+
+    Args:
+        query_vecs: ``(B, d)`` query embeddings.
+        doc_vecs: ``(B * (1 + h), d)`` passage embeddings as ``B`` consecutive groups
+            ``[positive, h hard negatives]``; ``h = 0`` gives plain in-batch negatives.
+        temperature: divides the dot products (1 in AR2; scale = 1 / temperature).
+
+    Returns:
+        The scalar loss.
+
+    Example:
+        >>> q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> d = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+        >>> round(in_batch_contrastive(q, d).item(), 4)  # -log(e / (e + 3))
+        0.7437
+    """
+    _check_temperature(temperature)
+    if query_vecs.dim() != 2 or doc_vecs.dim() != 2 or query_vecs.shape[1] != doc_vecs.shape[1]:
+        raise ValueError(
+            f"query_vecs must be (B, d) and doc_vecs (B * (1 + h), d); "
+            f"got {tuple(query_vecs.shape)} and {tuple(doc_vecs.shape)}"
+        )
+    batch, n_docs = query_vecs.shape[0], doc_vecs.shape[0]
+    if batch == 0 or n_docs < batch or n_docs % batch:
+        raise ValueError(
+            f"doc_vecs must hold B groups of (1 + h) passages for B = {batch} queries; "
+            f"got {n_docs} rows"
+        )
+    scores = query_vecs @ doc_vecs.T / temperature  # (batch, batch * (1 + h))
+    return _in_batch_nll(scores, group=n_docs // batch)
+
+
+def listwise_ce(scores: torch.Tensor) -> torch.Tensor:
+    """Listwise softmax cross-entropy of the ranker D (spec §3.2, paper Eq. 7).
+
+    ``L_D = mean_b -log softmax_j(r_bj)[0]``: cross-entropy with target class 0. The warm-up
+    ranker D0 and the AR2 ranker phase both use it. It is :func:`in_batch_contrastive`
+    without the other queries' passages, and :func:`ar2_distillation` with a one-hot target.
+
+    Args:
+        scores: ``(B, 1 + n)`` ranker logits, positive at column 0.
+
+    Returns:
+        The scalar loss.
+
+    Example:
+        >>> round(listwise_ce(torch.tensor([[2.0, 0.0, 0.0]])).item(), 4)  # -log(e^2/(e^2+2))
+        0.2395
+    """
+    _check_group(scores, "scores")
+    log_p = F.log_softmax(scores, dim=-1)  # (batch, 1 + n)
+    return -log_p[:, 0].mean()
+
+
+def ar2_distillation(
+    retriever_scores: torch.Tensor, ranker_scores: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """L_KD: the ranker distils into the retriever (spec §3.3 step 3, paper Eqs. 11-12).
+
+    ``L_KD = mean_b -sum_j Q_bj log P_bj`` with ``Q_b = softmax(r_b / T)`` (detached, no
+    gradient) and ``P_b = softmax(s_b)``: cross-entropy, equal to ``KL(Q || P)`` up to a
+    constant. :func:`listwise_ce` is the special case of a one-hot ``Q``.
+
+    Args:
+        retriever_scores: ``(B, 1 + n)`` retriever scores ``s``, positive at column 0.
+        ranker_scores: ``(B, 1 + n)`` ranker logits ``r`` for the same candidates.
+        temperature: ``T``, divides the ranker logits only (1 in AR2). Large ``T`` flattens
+            ``Q`` towards uniform.
+
+    Returns:
+        The scalar loss.
+
+    Example:
+        >>> s = torch.tensor([[0.0, 0.0]]); r = torch.tensor([[5.0, -5.0]])
+        >>> round(ar2_distillation(s, r).item(), 4)  # both Q weights times -log 0.5
+        0.6931
+    """
+    _check_pair(retriever_scores, ranker_scores)
+    _check_temperature(temperature)
+    targets = torch.softmax(ranker_scores.detach() / temperature, dim=-1)  # (batch, 1 + n)
+    log_p = F.log_softmax(retriever_scores, dim=-1)  # (batch, 1 + n)
+    return -(targets * log_p).sum(dim=-1).mean()
+
+
+def adversarial_reward(ranker_scores: torch.Tensor) -> torch.Tensor:
+    """The REINFORCE reward of L_ADV: ``reward_bj = log sigmoid(r_b0 - r_bj)`` (paper Eq. 10).
+
+    It is the ranker's log-probability of preferring the positive over candidate ``j``, always
+    <= 0, detached (a constant), and ``log 0.5`` at ``j = 0``.
+
+    Args:
+        ranker_scores: ``(B, 1 + n)`` ranker logits, positive at column 0.
+
+    Returns:
+        ``(B, 1 + n)`` rewards without gradient.
+
+    Example:
+        >>> adversarial_reward(torch.tensor([[1.0, 1.0, 101.0]])).tolist()  # doctest: +ELLIPSIS
+        [[-0.693..., -0.693..., -100.0]]
+    """
+    _check_group(ranker_scores, "ranker_scores")
+    r = ranker_scores.detach()  # (batch, 1 + n)
+    return F.logsigmoid(r[:, :1] - r)  # (batch, 1 + n)
+
+
+def _sum(terms: torch.Tensor) -> torch.Tensor:
+    return terms.sum()
+
+
+def _mean_per_query(terms: torch.Tensor) -> torch.Tensor:
+    return terms.sum() / terms.shape[0]
+
+
+ADV_REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "sum": _sum,  # the original: sum over the B x (1 + n) terms of a GPU batch
+    "mean_per_query": _mean_per_query,  # the same divided by B
+}
+"""How :func:`ar2_adversarial` reduces its ``(B, 1 + n)`` terms to a scalar."""
+
+
+def ar2_adversarial(
+    retriever_scores: torch.Tensor, ranker_scores: torch.Tensor, reduction: str = "sum"
+) -> torch.Tensor:
+    """L_ADV: the adversarial (REINFORCE) retriever term (spec §3.3 step 4, paper Eqs. 8-10).
+
+    ``L_ADV = sum_b sum_j reward_bj * log P_bj`` with ``reward`` from
+    :func:`adversarial_reward` (no gradient) and ``P_b = softmax(s_b)`` over the whole group,
+    positive included. The terms are not weighted by ``P``: the sampled negatives stand for
+    samples from the retriever (the paper's Monte-Carlo estimate). ``L_ADV >= 0``; descent
+    raises ``P_bj`` most where ``|reward_bj|`` is largest. Mixed with :func:`ar2_distillation`
+    by :func:`ar2_retriever_loss`.
+
+    Args:
+        retriever_scores: ``(B, 1 + n)`` retriever scores, positive at column 0.
+        ranker_scores: ``(B, 1 + n)`` ranker logits for the same candidates.
+        reduction: ``"sum"`` (the original, per GPU batch) or ``"mean_per_query"`` (the sum
+            divided by ``B``; rescale ``lambda`` if you use it).
+
+    Returns:
+        The scalar loss.
+
+    Example:
+        >>> s = torch.tensor([[0.0, 0.0]]); r = torch.tensor([[0.0, 0.0]])
+        >>> round(ar2_adversarial(s, r).item(), 4)  # 2 * log 0.5 * log 0.5
+        0.9609
+    """
+    reduce = _get_reduction(reduction)
+    _check_pair(retriever_scores, ranker_scores)
+    reward = adversarial_reward(ranker_scores)  # (batch, 1 + n), constant
+    log_p = F.log_softmax(retriever_scores, dim=-1)  # (batch, 1 + n)
+    return reduce(reward * log_p)  # (batch, 1 + n) terms -> ()
+
+
+def ar2_retriever_loss(
+    retriever_scores: torch.Tensor,
+    ranker_scores: torch.Tensor,
+    adv_lambda: float = 0.5,
+    reduction: str = "sum",
+    temperature: float = 1.0,
+    in_batch_scores: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The AR2 retriever (G-step) loss ``lambda L_ADV + (1 - lambda) L_KD`` (spec §3.3 step 5).
+
+    ``lambda = 0`` is exactly :func:`ar2_distillation`, ``lambda = 1`` exactly
+    :func:`ar2_adversarial`. The README uses ``lambda = 0.5``; the authors later suggested
+    0.2-0.3 (issue #4). The ranker is frozen: no gradient reaches ``ranker_scores``.
+
+    Our addition, not in the original: when ``in_batch_scores`` is given, the mean
+    cross-entropy of each query's positive over all passages of the batch (as in
+    :func:`in_batch_contrastive`) is added with weight 1. The original AR2 stage has no
+    in-batch negatives (spec §3.3 step 1).
+
+    Args:
+        retriever_scores: ``(B, M)`` retriever scores of each query's group, ``M = 1 + n``,
+            positive at column 0.
+        ranker_scores: ``(B, M)`` ranker logits for the same candidates.
+        adv_lambda: ``lambda`` in ``[0, 1]``, the weight of L_ADV.
+        reduction: L_ADV reduction, ``"sum"`` (original) or ``"mean_per_query"``.
+        temperature: ranker temperature ``T`` of L_KD (1 in AR2).
+        in_batch_scores: optional ``(B, B * M)`` scores of every query against every passage
+            of the batch, groups in query order; query ``b``'s positive is column ``b * M``.
+
+    Returns:
+        The scalar loss.
+
+    Example:
+        >>> s = torch.tensor([[0.0, 0.0]]); r = torch.tensor([[5.0, -5.0]])
+        >>> round(ar2_retriever_loss(s, r, adv_lambda=0.0).item(), 4)
+        0.6931
+    """
+    if not 0.0 <= adv_lambda <= 1.0:
+        raise ValueError(f"adv_lambda must be in [0, 1]; got {adv_lambda}")
+    adv = ar2_adversarial(retriever_scores, ranker_scores, reduction)  # ()
+    kd = ar2_distillation(retriever_scores, ranker_scores, temperature)  # ()
+    loss = adv_lambda * adv + (1.0 - adv_lambda) * kd  # ()
+    if in_batch_scores is None:
+        return loss
+    batch, group = retriever_scores.shape
+    if in_batch_scores.shape != (batch, batch * group):
+        raise ValueError(
+            f"in_batch_scores must have shape (B, B * M) = {(batch, batch * group)}; "
+            f"got {tuple(in_batch_scores.shape)}"
+        )
+    return loss + _in_batch_nll(in_batch_scores, group)
+
+
+def _in_batch_nll(scores: torch.Tensor, group: int) -> torch.Tensor:
+    """Mean NLL of query ``b``'s positive, column ``b * group`` of ``(B, B * group)`` scores."""
+    targets = torch.arange(scores.shape[0], device=scores.device) * group  # (batch,)
+    return F.cross_entropy(scores, targets)
+
+
+def _get_reduction(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    try:
+        return ADV_REDUCTIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown reduction {name!r}; choose one of {sorted(ADV_REDUCTIONS)}"
+        ) from None
+
+
+def _check_group(scores: torch.Tensor, name: str) -> None:
+    if scores.dim() != 2 or scores.shape[0] < 1 or scores.shape[1] < 2:
+        raise ValueError(
+            f"{name} must have shape (B, M): B >= 1 queries, M >= 2 candidates with the "
+            f"positive at column 0; got {tuple(scores.shape)}"
+        )
+
+
+def _check_pair(retriever_scores: torch.Tensor, ranker_scores: torch.Tensor) -> None:
+    if retriever_scores.shape != ranker_scores.shape:
+        raise ValueError(
+            f"retriever_scores and ranker_scores must have the same shape (B, M); got "
+            f"{tuple(retriever_scores.shape)} and {tuple(ranker_scores.shape)}"
+        )
+    _check_group(retriever_scores, "retriever_scores")
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}")

@@ -1,0 +1,222 @@
+"""AR2 losses against hand computations on tiny tensors (plain ``math``, not torch ops)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = pytest.importorskip("torch")
+
+from ar2.losses import (  # noqa: E402
+    adversarial_reward,
+    ar2_adversarial,
+    ar2_distillation,
+    ar2_retriever_loss,
+    in_batch_contrastive,
+    listwise_ce,
+)
+
+S = [[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]]  # retriever scores (B = 2, M = 3)
+R = [[2.0, 1.5, -1.0], [0.0, 1.0, -2.0]]  # ranker scores; query 2's negative 1 beats the positive
+
+
+def _log_softmax(row: list[float]) -> list[float]:
+    log_z = math.log(sum(math.exp(x) for x in row))
+    return [x - log_z for x in row]
+
+
+def _softmax(row: list[float]) -> list[float]:
+    z = sum(math.exp(x) for x in row)
+    return [math.exp(x) / z for x in row]
+
+
+def _log_sigmoid(x: float) -> float:
+    return -math.log(1.0 + math.exp(-x))
+
+
+def _hand_kd(s: list[list[float]], r: list[list[float]], t: float = 1.0) -> float:
+    rows = [
+        -sum(q * lp for q, lp in zip(_softmax([x / t for x in rr]), _log_softmax(sr)))
+        for sr, rr in zip(s, r)
+    ]
+    return sum(rows) / len(rows)
+
+
+def _hand_adv_sum(s: list[list[float]], r: list[list[float]]) -> float:
+    return sum(
+        _log_sigmoid(rr[0] - rj) * lp
+        for sr, rr in zip(s, r)
+        for rj, lp in zip(rr, _log_softmax(sr))
+    )
+
+
+def _t(rows: list[list[float]], grad: bool = False) -> Tensor:
+    return torch.tensor(rows, dtype=torch.float64, requires_grad=grad)
+
+
+def test_listwise_ce_matches_hand_computation() -> None:
+    expected = -(_log_softmax(S[0])[0] + _log_softmax(S[1])[0]) / 2
+    assert listwise_ce(_t(S)).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_in_batch_contrastive_matches_hand_computation() -> None:
+    # B = 2 queries, h = 1 hard negative each, 2-d vectors.
+    q = [[1.0, 2.0], [-1.0, 0.5]]
+    d = [[1.0, 0.0], [0.0, 1.0], [0.5, -1.0], [-2.0, 1.0]]  # [pos0, neg0, pos1, neg1]
+    scores = [[sum(a * b for a, b in zip(qi, dk)) for dk in d] for qi in q]
+    expected = -(_log_softmax(scores[0])[0] + _log_softmax(scores[1])[2]) / 2
+    got = in_batch_contrastive(_t(q), _t(d))
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+
+    scaled = [[x / 0.5 for x in row] for row in scores]
+    expected_t = -(_log_softmax(scaled[0])[0] + _log_softmax(scaled[1])[2]) / 2
+    got_t = in_batch_contrastive(_t(q), _t(d), temperature=0.5)
+    assert got_t.item() == pytest.approx(expected_t, rel=1e-12)
+
+
+def test_in_batch_contrastive_without_hard_negatives() -> None:
+    q = [[1.0, 0.0], [0.0, 1.0]]
+    d = [[2.0, 0.0], [1.0, 1.0]]  # h = 0: one positive per query
+    # scores: q0 -> [2, 1] (target 0), q1 -> [0, 1] (target 1)
+    expected = -(_log_softmax([2.0, 1.0])[0] + _log_softmax([0.0, 1.0])[1]) / 2
+    assert in_batch_contrastive(_t(q), _t(d)).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_distillation_matches_hand_computation() -> None:
+    got = ar2_distillation(_t(S), _t(R))
+    assert got.item() == pytest.approx(_hand_kd(S, R), rel=1e-12)
+    got_t = ar2_distillation(_t(S), _t(R), temperature=3.0)
+    assert got_t.item() == pytest.approx(_hand_kd(S, R, t=3.0), rel=1e-12)
+
+
+def test_distillation_large_temperature_gives_uniform_targets() -> None:
+    uniform_ce = -sum(sum(_log_softmax(row)) / len(row) for row in S) / len(S)
+    got = ar2_distillation(_t(S), _t(R), temperature=1e9)
+    assert got.item() == pytest.approx(uniform_ce, rel=1e-8)
+    assert got.item() != pytest.approx(ar2_distillation(_t(S), _t(R)).item(), rel=1e-3)
+
+
+def test_adversarial_matches_hand_computation() -> None:
+    assert ar2_adversarial(_t(S), _t(R)).item() == pytest.approx(_hand_adv_sum(S, R), rel=1e-12)
+
+
+def test_reward_matches_hand_computation_and_is_log_half_for_positive() -> None:
+    reward = adversarial_reward(_t(R))
+    assert reward[:, 0].tolist() == pytest.approx([math.log(0.5)] * 2, rel=1e-12)
+    expected = [[_log_sigmoid(row[0] - x) for x in row] for row in R]
+    for got_row, want_row in zip(reward.tolist(), expected):
+        assert got_row == pytest.approx(want_row, rel=1e-12)
+
+
+def test_mean_per_query_is_sum_over_batch() -> None:
+    total = ar2_adversarial(_t(S), _t(R), reduction="sum")
+    per_query = ar2_adversarial(_t(S), _t(R), reduction="mean_per_query")
+    assert per_query.item() == pytest.approx(total.item() / 2, rel=1e-12)
+
+
+def test_adversarial_is_nonnegative_on_random_inputs() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for batch, group in [(1, 2), (3, 4), (8, 16)]:
+        for _ in range(5):
+            s = torch.randn(batch, group, generator=gen) * 5
+            r = torch.randn(batch, group, generator=gen) * 5
+            assert ar2_adversarial(s, r).item() >= 0.0
+            assert ar2_adversarial(s, r, reduction="mean_per_query").item() >= 0.0
+
+
+def test_adversarial_step_raises_confusable_negative_most() -> None:
+    # Negative 1 scores close to the positive (|reward| large); negative 2 far below (small).
+    ranker = _t([[2.0, 1.9, -3.0]])
+    assert abs(_log_sigmoid(0.1)) > 50 * abs(_log_sigmoid(5.0))
+    scores = _t([[0.0, 0.0, 0.0]], grad=True)
+    before = _softmax([0.0, 0.0, 0.0])
+    opt = torch.optim.SGD([scores], lr=0.1)
+    opt.zero_grad()
+    ar2_adversarial(scores, ranker).backward()
+    opt.step()
+    after = torch.softmax(scores.detach(), dim=-1)[0].tolist()
+    gain_confusable, gain_easy = after[1] - before[1], after[2] - before[2]
+    assert gain_confusable > gain_easy
+    assert gain_confusable > 0.0
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        ar2_distillation,
+        ar2_adversarial,
+        lambda s, r: ar2_retriever_loss(s, r, adv_lambda=0.3),
+        lambda s, r: ar2_retriever_loss(s, r, in_batch_scores=torch.cat([s, s], dim=1)),
+    ],
+)
+def test_no_gradient_flows_into_ranker(loss: Callable[..., Tensor]) -> None:
+    s, r = _t(S, grad=True), _t(R, grad=True)
+    loss(s, r).backward()
+    assert r.grad is None or torch.all(r.grad == 0)
+    assert s.grad is not None and torch.any(s.grad != 0)
+
+
+def test_lambda_extremes_are_exactly_kd_and_adv() -> None:
+    s, r = _t(S), _t(R)
+    assert torch.equal(ar2_retriever_loss(s, r, adv_lambda=0.0), ar2_distillation(s, r))
+    assert torch.equal(ar2_retriever_loss(s, r, adv_lambda=1.0), ar2_adversarial(s, r))
+    assert torch.equal(
+        ar2_retriever_loss(s, r, adv_lambda=1.0, reduction="mean_per_query"),
+        ar2_adversarial(s, r, reduction="mean_per_query"),
+    )
+
+
+def test_retriever_loss_matches_hand_computation() -> None:
+    lam = 0.5
+    expected = lam * _hand_adv_sum(S, R) + (1 - lam) * _hand_kd(S, R)
+    assert ar2_retriever_loss(_t(S), _t(R)).item() == pytest.approx(expected, rel=1e-12)
+    expected_mean = lam * _hand_adv_sum(S, R) / 2 + (1 - lam) * _hand_kd(S, R, t=2.0)
+    got = ar2_retriever_loss(_t(S), _t(R), reduction="mean_per_query", temperature=2.0)
+    assert got.item() == pytest.approx(expected_mean, rel=1e-12)
+
+
+def test_retriever_loss_in_batch_term() -> None:
+    # (B, B * M) = (2, 6): query 0's positive is column 0, query 1's is column 3.
+    in_batch = [S[0] + [0.3, -0.2, 0.1], [0.4, 0.0, 1.0] + S[1]]
+    extra = -(_log_softmax(in_batch[0])[0] + _log_softmax(in_batch[1])[3]) / 2
+    expected = 0.5 * _hand_adv_sum(S, R) + 0.5 * _hand_kd(S, R) + extra
+    got = ar2_retriever_loss(_t(S), _t(R), in_batch_scores=_t(in_batch))
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: listwise_ce(torch.zeros(3)),  # not 2-D
+        lambda: listwise_ce(torch.zeros(2, 1)),  # no negative
+        lambda: listwise_ce(torch.zeros(0, 3)),  # no query
+        lambda: ar2_distillation(torch.zeros(2, 3), torch.zeros(2, 4)),  # shapes differ
+        lambda: ar2_distillation(torch.zeros(2, 3), torch.zeros(2, 3), temperature=0.0),
+        lambda: ar2_adversarial(torch.zeros(2, 3), torch.zeros(3, 3)),
+        lambda: ar2_adversarial(torch.zeros(2, 1), torch.zeros(2, 1)),
+        lambda: ar2_retriever_loss(torch.zeros(2, 3), torch.zeros(2, 3), adv_lambda=1.5),
+        lambda: ar2_retriever_loss(
+            torch.zeros(2, 3), torch.zeros(2, 3), in_batch_scores=torch.zeros(2, 5)
+        ),
+        lambda: in_batch_contrastive(torch.zeros(2, 4), torch.zeros(3, 4)),  # 3 rows, 2 queries
+        lambda: in_batch_contrastive(torch.zeros(2, 4), torch.zeros(4, 3)),  # dims differ
+        lambda: in_batch_contrastive(torch.zeros(2, 4), torch.zeros(1, 4)),  # fewer docs
+        lambda: in_batch_contrastive(torch.zeros(2, 4), torch.zeros(4, 4), temperature=-1.0),
+    ],
+)
+def test_invalid_inputs_raise_value_error(call: Callable[[], object]) -> None:
+    with pytest.raises(ValueError):
+        call()
+
+
+def test_unknown_reduction_lists_valid_names() -> None:
+    with pytest.raises(ValueError, match="mean_per_query.*sum|sum.*mean_per_query"):
+        ar2_adversarial(torch.zeros(2, 3), torch.zeros(2, 3), reduction="mean")
+    with pytest.raises(ValueError, match="choose one of"):
+        ar2_retriever_loss(torch.zeros(2, 3), torch.zeros(2, 3), reduction="avg")
