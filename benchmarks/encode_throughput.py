@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--batch-size",
         type=int,
         default=None,
-        help="batch size for all systems (default: each system's own default, 32)",
+        help="batch size for all systems (default: each system's own default: ST 32, ar2 16)",
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args(argv)

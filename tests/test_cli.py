@@ -106,6 +106,7 @@ def test_index_then_search_bm25_and_dense(toy_beir: Path, tiny_bert: Path, tmp_p
         (["eval", "{toy}", "--systems", "bm25,colbert", "--out", "{out}"], "unknown system"),
         (["eval", "{toy}", "--split", "dev", "--out", "{out}"], "dev"),
         (["search", "{toy}", "cats"], "not an ar2 index"),
+        (["eval", "{toy}", "--measures", "nDCG@ten", "--out", "{out}"], "unknown measure"),
         (["eval", "{toy}", "--systems", "dense:{toy}", "--out", "{out}"], "not a model folder"),
     ],
 )

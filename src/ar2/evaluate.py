@@ -73,8 +73,16 @@ PROTOCOL_NOTES: dict[str, str] = {
 """How :func:`per_query` and :func:`compare` compute their numbers, for reports."""
 
 
-def _parse_measures(measures: Sequence[str]) -> dict[str, Any]:
-    """Map each measure name (as given, deduplicated) to its ir_measures object."""
+def parse_measures(measures: Sequence[str]) -> dict[str, Any]:
+    """Map each measure name (as given, deduplicated) to its ir_measures object.
+
+    Raises:
+        ValueError: An empty list or a name ir_measures does not know (examples listed).
+
+    Example:
+        >>> list(parse_measures(["nDCG@10", "R@100"]))
+        ['nDCG@10', 'R@100']
+    """
     ir_measures = require("ir_measures")
     if isinstance(measures, str) or not measures:
         raise ValueError(
@@ -141,7 +149,7 @@ def per_query(run: Run, qrels: Qrels, measures: Sequence[str]) -> dict[str, dict
         {'RR@10': {'q1': 0.5, 'q2': 0.0}}
     """
     ir_measures = require("ir_measures")
-    parsed = _parse_measures(measures)
+    parsed = parse_measures(measures)
     qids = _judged_qids(qrels)
     if not qids:
         raise ValueError("the qrels hold no judgement with grade > 0, so nothing can be scored")

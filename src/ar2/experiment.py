@@ -58,9 +58,16 @@ def parse_system(spec: str) -> tuple[str, str | None]:
     return kind, model or None
 
 
-def _check_systems(specs: Sequence[str]) -> None:
-    """Fail before any work when a system name or model folder is wrong."""
+def _check_job(job: EvalJob) -> None:
+    """Fail before any work when a measure, a system name or a model folder is wrong."""
     from ar2.encoders._hf import check_model_dir
+    from ar2.evaluate import parse_measures
+
+    try:
+        parse_measures(job.measures)
+    except ValueError as err:
+        raise Ar2Error(f"{err}. Fix: correct --measures") from None
+    specs = job.systems
 
     if not specs:
         raise Ar2Error("no systems given. Fix: pass e.g. --systems bm25,dense,hybrid")
@@ -124,7 +131,7 @@ def run_eval(job: EvalJob) -> dict[str, dict[str, float]]:
     from ar2.data.beir import load_beir
     from ar2.data.trec import write_run
 
-    _check_systems(job.systems)
+    _check_job(job)
     corpus, queries, qrels = load_beir(job.data_dir, job.split)
     systems = _Systems(corpus, job)
     runs: dict[str, Run] = {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -95,13 +95,16 @@ class BiEncoder:
     def encode_queries(self, queries: Iterable[str | Query], progress: bool = False) -> np.ndarray:
         """Encode query strings (or :class:`Query` objects) into ``(n, dim)`` float32 vectors."""
         texts = (self.config.query_prefix + _text_of(q) for q in queries)
-        return self._encode(self.query_model, texts, self.config.query_max_length, progress)
+        bar = _progress(queries, progress)
+        return self._encode(self.query_model, texts, self.config.query_max_length, bar)
 
     def encode_docs(self, docs: Iterable[Doc | str], progress: bool = False) -> np.ndarray:
         """Encode documents (``title + title_sep + text``) into ``(n, dim)`` float32 vectors."""
         sep = self.config.title_sep
         texts = (self.config.doc_prefix + _doc_text(d, sep) for d in docs)
-        return self._encode(self.doc_model, texts, self.config.doc_max_length, progress)
+        return self._encode(
+            self.doc_model, texts, self.config.doc_max_length, _progress(docs, progress)
+        )
 
     def save(self, path: str | Path) -> None:
         """Save atomically as a sentence-transformers folder plus ``manifest.json``."""
@@ -127,10 +130,9 @@ class BiEncoder:
             "config": dataclasses.asdict(self.config),
         }
 
-    def _encode(self, model: Any, texts: Iterable[str], max_len: int, progress: bool) -> np.ndarray:
-        tqdm = require("tqdm").tqdm
+    def _encode(self, model: Any, texts: Iterable[str], max_len: int, bar: Any) -> np.ndarray:
         parts: list[np.ndarray] = []
-        with tqdm(desc="encoding", unit="text", disable=not progress) as bar:
+        with bar:
             for chunk in _chunks(texts, _CHUNK):
                 parts.append(self._encode_chunk(model, chunk, max_len, bar))
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
@@ -150,6 +152,13 @@ class BiEncoder:
             out[rows] = vectors.cpu().numpy()
             bar.update(len(rows))
         return out
+
+
+def _progress(items: Iterable[Any], show: bool) -> Any:
+    """A tqdm bar with a total (and so an ETA) whenever the input has a length."""
+    tqdm = require("tqdm").tqdm
+    total = len(items) if isinstance(items, Sized) else None
+    return tqdm(desc="encoding", unit="text", total=total, disable=not show)
 
 
 def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:

@@ -42,7 +42,7 @@ class BM25Index:
                 yield doc.full_text(config.title_sep)
 
         tokens = bm25s.tokenize(
-            list(texts()), stopwords=config.stopwords, stemmer=_stemmer(config), show_progress=False
+            texts(), stopwords=config.stopwords, stemmer=_stemmer(config), show_progress=False
         )
         retriever = bm25s.BM25(k1=config.k1, b=config.b, method=config.method)
         retriever.index(tokens, show_progress=False)

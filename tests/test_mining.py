@@ -1,0 +1,99 @@
+"""Mining: positives never become negatives; sampling is uniform without replacement."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from ar2.data.beir import load_beir
+from ar2.data.training import TrainingGroup, read_groups, write_groups
+from ar2.index import BM25Index
+from ar2.mining import build_groups, drop_positives, mine, sample_negatives
+from ar2.pipeline import BM25Retriever
+from ar2.types import Hit, Query
+
+
+def test_drop_positives_removes_graded_positives_and_keeps_judged_non_relevant() -> None:
+    run = {"q": [Hit("a", 4.0), Hit("b", 3.0), Hit("c", 2.0), Hit("d", 1.0)]}
+    pools = drop_positives(run, {"q": {"a": 2, "c": 1, "d": 0}})
+    assert pools == {"q": (["b", "d"], ["a", "c"])}
+
+
+def test_drop_positives_with_answers() -> None:
+    run = {"q": [Hit("a", 2.0), Hit("b", 1.0)]}
+    texts = {"a": "Paris is in France", "b": "Berlin"}
+    query = Query("q", "capital of France", ("Paris",))
+    pools = drop_positives(run, {}, lambda q, d: q.answers[0] in texts[d], {"q": query})
+    assert pools == {"q": (["b"], ["a"])}
+
+
+def test_sample_without_replacement_and_uniform() -> None:
+    rng = random.Random(0)
+    pool = [f"d{i}" for i in range(10)]
+    for _ in range(200):
+        picked = sample_negatives(pool, 7, rng)
+        assert len(picked) == len(set(picked)) == 7 and set(picked) <= set(pool)
+    draws = 20_000
+    first = Counter(sample_negatives(pool, 3, rng)[0] for _ in range(draws))
+    assert set(first) == set(pool)
+    # each of 10 ids should come first with p = 0.1; 5 standard deviations is about 0.0106
+    assert all(abs(c / draws - 0.1) < 0.0106 for c in first.values())
+
+
+def test_small_pool_is_tiled_evenly_and_seeded() -> None:
+    picked = sample_negatives(["a", "b", "c"], 7, random.Random(1))
+    counts = Counter(picked)
+    assert len(picked) == 7 and set(counts) == {"a", "b", "c"}
+    assert all(2 <= c <= 3 for c in counts.values())
+    assert picked == sample_negatives(["a", "b", "c"], 7, random.Random(1))
+    assert sample_negatives([], 3, random.Random(0)) == []
+
+
+def test_build_groups_drops_queries_without_positive_or_pool() -> None:
+    queries = [Query("q1", "x"), Query("q2", "y"), Query("q3", "z")]
+    qrels = {"q1": {"a": 1}, "q2": {"b": 1}}
+    pools = {"q1": (["c"], ["a"]), "q2": ([], ["b"]), "q3": (["d"], [])}
+    assert build_groups(queries, qrels, pools) == [
+        TrainingGroup(Query("q1", "x"), ("a",), ("c",), ("a",))
+    ]
+
+
+def test_mine_with_bm25_never_returns_a_positive(toy_beir: Path) -> None:
+    corpus, queries, qrels = load_beir(toy_beir, "test")
+    groups = mine(BM25Retriever(BM25Index.build(corpus)), queries, qrels, k=8)
+    ids = [g.query.id for g in groups]
+    # q1 and q2 match only their positives lexically: an empty pool drops them
+    assert ids == ["q3"]
+    for group in groups:
+        relevant = {d for d, g in qrels[group.query.id].items() if g > 0}
+        assert set(group.positives) == relevant
+        assert not relevant & set(group.negatives)
+        assert set(group.excluded) <= relevant
+    assert groups[0].excluded == ("q3",)  # the doc whose id equals the query id is its positive
+    assert set(groups[0].negatives) == {"d5", "d6"}  # "heart", "risk"
+
+
+def test_groups_round_trip_with_provenance(tmp_path: Path) -> None:
+    groups = [
+        TrainingGroup(Query("q1", "cats"), ("d1",), ("d3", "d2"), ("d1",)),
+        TrainingGroup(Query("7", "dogs"), ("d4", "d5"), ("d6",)),
+    ]
+    provenance = {"round": 2, "k": 100, "n": 7, "checkpoint": "runs/x/round-1/retriever"}
+    write_groups(tmp_path / "g", groups, provenance)
+    assert read_groups(tmp_path / "g") == groups
+    manifest = json.loads((tmp_path / "g" / "manifest.json").read_text())
+    assert manifest["groups"] == 2 and manifest["round"] == 2 and manifest["k"] == 100
+
+
+def test_corrupt_groups_file_names_the_line(tmp_path: Path) -> None:
+    from ar2.errors import DataError
+
+    write_groups(tmp_path / "g", [TrainingGroup(Query("q", "x"), ("a",), ("b",))], {})
+    with open(tmp_path / "g" / "groups.jsonl", "a") as f:
+        f.write("{not json\n")
+    with pytest.raises(DataError, match=r"groups.jsonl:2"):
+        read_groups(tmp_path / "g")
