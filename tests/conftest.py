@@ -50,6 +50,36 @@ def write_beir(root: Path) -> Path:
     return root
 
 
+TOPICS = ["cats", "dogs", "birds", "cancer", "brain", "drug", "heart", "gene", "fish", "mice"]
+FILLER = ["study", "effect", "risk", "the", "patients", "trial", "protein", "blood"]
+
+
+def write_train_toy(root: Path) -> Path:
+    """A toy BEIR folder for training: 40 docs on 10 topics, 24 train, 6 test queries.
+
+    Each query names its topic and a detail word; its positive holds both, the other docs of the
+    topic hold the topic word only (BM25 hard negatives), and filler words are shared widely.
+    """
+    docs, queries, train, test = [], [], [], []
+    for t, topic in enumerate(TOPICS):
+        for j in range(4):
+            detail = f"w{t * 4 + j}"
+            text = f"{topic} {detail} {FILLER[(t + j) % 8]} {FILLER[(t + 2 * j) % 8]}"
+            docs.append({"_id": f"t{t}d{j}", "title": topic, "text": text})
+            if j < 3:
+                qid = f"t{t}q{j}"
+                queries.append({"_id": qid, "text": f"{topic} {detail}"})
+                (test if t < 2 and j == 0 else train).append((qid, f"t{t}d{j}", 1))
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (root / "qrels").mkdir(exist_ok=True)
+    for split, rows in (("train", train), ("test", test)):
+        lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q, d, s in rows]
+        (root / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
 def build_tiny_bert(path: Path, seed: int = 0) -> Path:
     """A random-initialised 2-layer, 32-dim BERT with a word-level vocabulary, saved to ``path``."""
     import torch

@@ -92,6 +92,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """AR2 co-training on a BEIR folder with a train split."""
+    from ar2.config import load_ar2_config, load_toml
+    from ar2.report import format_table
+    from ar2.train.ar2 import run_ar2
+
+    source = args.config or str(_preset_path(args.preset))
+    data = load_toml(source)
+    if args.model:
+        data = data | {"retriever_model": args.model, "ranker_model": args.model}
+    results = run_ar2(
+        Path(args.data_dir), Path(args.out), load_ar2_config(data, source), args.resume
+    )
+    if results:
+        print(format_table(results))
+    print(f"\nrun: {args.out} (retriever/, ranker/, index/, report.md, metrics.jsonl)")
+    return 0
+
+
+def _preset_path(name: str) -> Path:
+    path = Path(__file__).parent / "presets" / f"{name}.toml"
+    if not path.is_file():
+        names = sorted(p.stem for p in path.parent.glob("*.toml"))
+        raise Ar2Error(f"unknown preset {name!r}. Fix: choose one of {names} or pass --config")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(prog="ar2", description="Train, evaluate and serve search.")
@@ -101,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_index(sub)
     _add_search(sub)
     _add_eval(sub)
+    _add_train(sub)
     return parser
 
 
@@ -140,6 +168,17 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="flat", choices=["flat", "ivf", "hnsw", "ivfpq"])
     _add_precision(p)
     p.set_defaults(func=cmd_eval)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="AR2 co-training of a retriever and a ranker")
+    p.add_argument("data_dir", help="BEIR folder with qrels/train.tsv (dev and test optional)")
+    p.add_argument("--out", required=True, help="run folder (models, index, report, checkpoints)")
+    p.add_argument("--preset", default="quick", help="quick (CPU demo), full, or toy")
+    p.add_argument("--config", help="a TOML file of AR2Config fields, instead of --preset")
+    p.add_argument("--model", help="start both models from this folder (default: MiniLM)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.set_defaults(func=cmd_train)
 
 
 def _add_precision(p: argparse.ArgumentParser) -> None:

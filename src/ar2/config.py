@@ -132,3 +132,92 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise ValueError(f"unknown {name} {value!r}; choose one of {list(valid)}")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One training stage of one model: its steps, batch, negatives and optimiser.
+
+    Attributes:
+        steps: Optimiser updates in the stage (per round for AR2 rounds).
+        batch_size: Queries per update.
+        n_neg: Hard negatives per query (the group is 1 positive + ``n_neg``).
+        lr: Peak AdamW learning rate (linear warm-up, then linear decay to 0).
+        warmup_ratio: Share of the model's total steps spent warming up.
+        weight_decay: AdamW weight decay (LayerNorm and bias excluded).
+        max_grad_norm: Gradient clipping (AR2: 2.0).
+    """
+
+    steps: int = 100
+    batch_size: int = 16
+    n_neg: int = 1
+    lr: float = 2e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 2.0
+
+
+@dataclass(frozen=True)
+class AR2Config:
+    """The AR2 recipe (``ar2_spec.md`` §5): warm-ups, mining, adversarial rounds.
+
+    Attributes:
+        seed: Seeds data order, negative sampling and dropout; each step's randomness is a pure
+            function of (seed, stage, step), so a resumed run replays the same batches.
+        retriever_model: Start of the retriever (default: bundled all-MiniLM-L6-v2).
+        ranker_model: Start of the ranker (default: all-MiniLM-L6-v2 with a new head).
+        query_max_length: Query token cut-off for both models.
+        doc_max_length: Document token cut-off for the retriever (and the ranker's pair).
+        scale: Similarity scale of the retriever scores (1 / temperature); 20 for cosine
+            encoders such as MiniLM, 1 for AR2's raw dot product.
+        g0: Warm-up retriever (in-batch + BM25 hard negatives).
+        d0: Warm-up ranker; ``skip_d0`` skips it (spec §9, AR2 issue #4).
+        ranker: Ranker steps per round; retriever: retriever steps per round.
+        rounds: Adversarial rounds (index refresh → ranker → retriever → dev eval).
+        mine_k: Candidates retrieved per training query when mining.
+        adv_lambda: λ in λ·L_ADV + (1−λ)·L_KD.
+        adv_reduction: ``sum`` (original code) or ``mean_per_query``.
+        kd_temperature: Temperature of the ranker's distillation target.
+        in_batch: Add in-batch negatives to the AR2 retriever loss (our addition).
+        dev_queries: Training queries held out as dev when the data has no dev split.
+        eval_measure: The dev measure logged every round.
+        rerank_k: Hits the ranker reranks when G+D is evaluated (dev and test).
+        checkpoint_every: Steps between checkpoints inside a training stage.
+    """
+
+    seed: int = 42
+    retriever_model: str | None = None
+    ranker_model: str | None = None
+    query_max_length: int = 64
+    doc_max_length: int = 256
+    scale: float = 20.0
+    g0: StageConfig = StageConfig(steps=100, batch_size=32, n_neg=1, lr=2e-5)
+    d0: StageConfig = StageConfig(steps=100, batch_size=8, n_neg=7, lr=2e-5)
+    skip_d0: bool = False
+    ranker: StageConfig = StageConfig(steps=50, batch_size=8, n_neg=7, lr=1e-5)
+    retriever: StageConfig = StageConfig(steps=100, batch_size=8, n_neg=7, lr=1e-5)
+    rounds: int = 2
+    mine_k: int = 100
+    adv_lambda: float = 0.5
+    adv_reduction: str = "sum"
+    kd_temperature: float = 1.0
+    in_batch: bool = False
+    dev_queries: int = 100
+    eval_measure: str = "nDCG@10"
+    rerank_k: int = 50
+    checkpoint_every: int = 50
+
+
+def load_ar2_config(data: dict[str, Any], source: str = "config") -> AR2Config:
+    """Build an :class:`AR2Config` from nested TOML data (stage tables become StageConfigs).
+
+    Example:
+        >>> load_ar2_config({"rounds": 3, "g0": {"steps": 10}}).g0.steps
+        10
+    """
+    stages = {f.name for f in dataclasses.fields(AR2Config) if f.type == "StageConfig"}
+    fields = {
+        k: from_dict(StageConfig, v, f"{source} [{k}]") if k in stages else v
+        for k, v in data.items()
+    }
+    return from_dict(AR2Config, fields, source)

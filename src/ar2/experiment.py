@@ -139,7 +139,7 @@ def run_eval(job: EvalJob) -> dict[str, dict[str, float]]:
         runs.update(_run_system(spec, systems, corpus, queries, job))
     for name, run in runs.items():
         write_run(run, job.out / "runs" / f"{_file_name(name)}.trec", tag=_file_name(name))
-    return _score_and_report(job, runs, (queries, qrels), corpus, systems.descriptions)
+    return score_and_report(job, runs, (queries, qrels), corpus, systems.descriptions)
 
 
 def _run_system(
@@ -164,13 +164,14 @@ def _ranker(job: EvalJob, corpus: list[Doc]) -> Any:
     return CrossEncoderRanker(model, {d.id: d for d in corpus})
 
 
-def _score_and_report(
+def score_and_report(
     job: EvalJob,
     runs: dict[str, Run],
     labels: tuple[list[Query], Qrels],
     corpus: list[Doc],
     systems: dict[str, Any],
 ) -> dict[str, dict[str, float]]:
+    """Score ``runs`` against ``labels``, test each system against the first, write the report."""
     from ar2.evaluate import compare, evaluate, per_query
     from ar2.report import write_report
 

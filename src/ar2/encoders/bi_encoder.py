@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from ar2.encoders import _hf
 from ar2.encoders._runtime import autocast, length_sorted_batches, pad_batch, pick_device, use_bf16
 from ar2.encoders.pooling import get_pooler
 from ar2.types import Doc, Query
+
+if TYPE_CHECKING:
+    import torch
 
 QUERY_TOWER = "query_encoder"
 """Sub-folder holding the query tower when the towers are separate."""
@@ -92,16 +95,33 @@ class BiEncoder:
             query_model = _hf.load_tokenizer_and_model(path / QUERY_TOWER)[1]
         return cls(doc_model, tokenizer, config, query_model, source=str(path.resolve()))
 
+    def query_text(self, query: str | Query) -> str:
+        """The exact string the query tower sees (prefix included)."""
+        return self.config.query_prefix + _text_of(query)
+
+    def doc_text(self, doc: Doc | str) -> str:
+        """The exact string the document tower sees (prefix, title, separator, text)."""
+        return self.config.doc_prefix + _doc_text(doc, self.config.title_sep)
+
+    def embed_queries(self, queries: Sequence[str | Query]) -> torch.Tensor:
+        """Training forward pass: ``(n, dim)`` query vectors that carry gradients."""
+        texts = [self.query_text(q) for q in queries]
+        return self._embed(self.query_model, texts, self.config.query_max_length)
+
+    def embed_docs(self, docs: Sequence[Doc | str]) -> torch.Tensor:
+        """Training forward pass: ``(n, dim)`` document vectors that carry gradients."""
+        texts = [self.doc_text(d) for d in docs]
+        return self._embed(self.doc_model, texts, self.config.doc_max_length)
+
     def encode_queries(self, queries: Iterable[str | Query], progress: bool = False) -> np.ndarray:
         """Encode query strings (or :class:`Query` objects) into ``(n, dim)`` float32 vectors."""
-        texts = (self.config.query_prefix + _text_of(q) for q in queries)
+        texts = (self.query_text(q) for q in queries)
         bar = _progress(queries, progress)
         return self._encode(self.query_model, texts, self.config.query_max_length, bar)
 
     def encode_docs(self, docs: Iterable[Doc | str], progress: bool = False) -> np.ndarray:
         """Encode documents (``title + title_sep + text``) into ``(n, dim)`` float32 vectors."""
-        sep = self.config.title_sep
-        texts = (self.config.doc_prefix + _doc_text(d, sep) for d in docs)
+        texts = (self.doc_text(d) for d in docs)
         return self._encode(
             self.doc_model, texts, self.config.doc_max_length, _progress(docs, progress)
         )
@@ -130,11 +150,26 @@ class BiEncoder:
             "config": dataclasses.asdict(self.config),
         }
 
+    def _embed(self, model: Any, texts: list[str], max_len: int) -> torch.Tensor:
+        torch = require("torch")
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt"
+        ).to(self.device)
+        with autocast(self.device, use_bf16(self.config.precision, self.device)):
+            hidden = model(**batch).last_hidden_state  # (n, seq, dim)
+        vectors = get_pooler(self.config.pooling)(hidden.float(), batch["attention_mask"])
+        if self.config.normalize:
+            vectors = torch.nn.functional.normalize(vectors, dim=-1)
+        return vectors  # (n, dim)
+
     def _encode(self, model: Any, texts: Iterable[str], max_len: int, bar: Any) -> np.ndarray:
         parts: list[np.ndarray] = []
+        training = model.training
+        model.eval()  # inference never uses dropout, even in the middle of training
         with bar:
             for chunk in _chunks(texts, _CHUNK):
                 parts.append(self._encode_chunk(model, chunk, max_len, bar))
+        model.train(training)
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
 
     def _encode_chunk(self, model: Any, texts: list[str], max_len: int, bar: Any) -> np.ndarray:

@@ -6,7 +6,7 @@ import dataclasses
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from ar2.config import RankerConfig
 from ar2.encoders import _hf
 from ar2.encoders._runtime import autocast, length_sorted_batches, pad_batch, pick_device, use_bf16
 from ar2.types import Doc
+
+if TYPE_CHECKING:
+    import torch
 
 _IDENTITY = "torch.nn.modules.linear.Identity"
 
@@ -67,9 +70,7 @@ class CrossEncoder:
 
     def score(self, query: str, docs: Sequence[Doc | str]) -> np.ndarray:
         """Relevance logits of ``docs`` for ``query``: float32 array of shape ``(len(docs),)``."""
-        sep = self.config.title_sep
-        texts = [d.full_text(sep) if isinstance(d, Doc) else d for d in docs]
-        return self.score_pairs([(query, text) for text in texts])
+        return self.score_pairs([(query, self.doc_text(d)) for d in docs])
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """Logits for many (query, document text) pairs, length-sorted into batches."""
@@ -83,6 +84,8 @@ class CrossEncoder:
         ids, types = enc["input_ids"], enc.get("token_type_ids")
         out = np.empty(len(pairs), dtype=np.float32)
         bf16 = use_bf16(self.config.precision, self.device)
+        training = self.model.training
+        self.model.eval()  # inference never uses dropout
         for rows in length_sorted_batches([len(x) for x in ids], self.config.batch_size):
             batch_types = [types[i] for i in rows] if types is not None else None
             batch = pad_batch(
@@ -91,7 +94,25 @@ class CrossEncoder:
             with torch.inference_mode(), autocast(self.device, bf16):
                 logits = self.model(**batch).logits  # (batch, 1)
             out[rows] = logits[:, 0].float().cpu().numpy()
+        self.model.train(training)
         return out
+
+    def logits(self, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
+        """Training forward pass: ``(n,)`` logits that carry gradients."""
+        batch = self.tokenizer(
+            [q for q, _ in pairs],
+            [d for _, d in pairs],
+            padding=True,
+            truncation="longest_first",
+            max_length=self.config.max_length,
+            return_tensors="pt",
+        ).to(self.device)
+        with autocast(self.device, use_bf16(self.config.precision, self.device)):
+            return self.model(**batch).logits[:, 0].float()  # (n,)
+
+    def doc_text(self, doc: Doc | str) -> str:
+        """The document side of a pair: ``title + title_sep + text``."""
+        return doc.full_text(self.config.title_sep) if isinstance(doc, Doc) else doc
 
     def save(self, path: str | Path) -> None:
         """Save atomically as a Hugging Face folder ``sentence_transformers.CrossEncoder`` loads."""

@@ -1,0 +1,121 @@
+"""``run_ar2``: warm-up retriever → mine → warm-up ranker → adversarial rounds → report.
+
+The order of one round follows the released code (spec §3.4, §5.2): refresh the index with the
+current retriever and mine negatives, train the ranker on them, then train the retriever against
+the frozen ranker. Every stage writes its output atomically and is skipped when that output
+exists; inside a stage a rolling checkpoint (models + optimisers, safetensors + JSON) lets
+``--resume`` continue after a kill at any point, replaying the same batches.
+
+Run folder::
+
+    config.json  dev_split.json  metrics.jsonl  report.md  report.json  report.png
+    g0/retriever/  d0/ranker/  mined/round-R/  rounds/R/{retriever,ranker}/
+    retriever/  ranker/  index/          # the final models and index
+    checkpoints/<stage>/                 # rolling training state
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ar2._io import atomic_write_json
+from ar2._optional import require
+from ar2.config import AR2Config
+from ar2.data.training import TrainingGroup, read_groups, write_groups
+from ar2.encoders import BiEncoder, CrossEncoder
+from ar2.errors import Ar2Error
+from ar2.train import steps
+from ar2.train.data import TrainData, load_train_data
+from ar2.train.rounds import adversarial_rounds, dev_rerank, mine_round
+from ar2.train.stage import MetricsLog, model_of, tail_mean, train_stage
+
+log = logging.getLogger(__name__)
+
+
+def run_ar2(data_dir: Path, out: Path, cfg: AR2Config, resume: bool = False) -> dict[str, Any]:
+    """Train a retriever and a ranker with AR2 on a BEIR folder; returns the test results."""
+    _prepare_out(out, cfg, resume)
+    data = load_train_data(data_dir, cfg.dev_queries, cfg.seed, out)
+    metrics = MetricsLog(out / "metrics.jsonl")
+    retriever = _warmup_retriever(out, data, cfg, metrics)
+    mine_round(out, 0, retriever, None, data, cfg, metrics)
+    ranker = _warmup_ranker(out, data, cfg, metrics)
+    retriever, ranker = adversarial_rounds(out, data, retriever, ranker, cfg, metrics)
+    from ar2.train.report import final_report
+
+    return final_report(data_dir, out, data, retriever, ranker, cfg)
+
+
+def _prepare_out(out: Path, cfg: AR2Config, resume: bool) -> None:
+    saved = out / "config.json"
+    wanted = json.loads(json.dumps(cfg.__dict__, default=lambda o: o.__dict__))
+    if saved.is_file():
+        if not resume:
+            raise Ar2Error(f"{out} holds a run. Fix: pass --resume to continue it, or a new --out")
+        if json.loads(saved.read_text()) != wanted:
+            raise Ar2Error(f"{out}: --resume with a different config. Fix: use the run's config")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(saved, wanted)
+
+
+def _warmup_retriever(out: Path, data: TrainData, cfg: AR2Config, metrics: MetricsLog) -> BiEncoder:
+    final = out / "g0" / "retriever"
+    if final.is_dir():
+        return BiEncoder.load(final)
+    encoder = BiEncoder.load(
+        cfg.retriever_model,
+        query_max_length=cfg.query_max_length,
+        doc_max_length=cfg.doc_max_length,
+    )
+    groups = _bm25_groups(out, data, cfg)
+
+    def loss(rng: Any, step: int) -> Any:
+        batch = steps.draw_batch(groups, data.docs, cfg.g0, cfg.seed, "g0", step)
+        return steps.warmup_retriever_loss(encoder, batch, cfg.scale)
+
+    losses = train_stage(out, "g0", {"retriever": model_of(encoder)}, cfg.g0, loss, cfg.seed)
+    encoder.save(final)
+    metrics.write(
+        {"stage": "g0-train", "round": 0, "model": "retriever", "loss": tail_mean(losses)}
+    )
+    return BiEncoder.load(final)
+
+
+def _bm25_groups(out: Path, data: TrainData, cfg: AR2Config) -> list[TrainingGroup]:
+    from ar2.index import BM25Index
+    from ar2.mining import mine
+    from ar2.pipeline import BM25Retriever
+
+    folder = out / "mined" / "bm25"
+    if not folder.is_dir():
+        retriever = BM25Retriever(BM25Index.build(data.corpus))
+        groups = mine(retriever, data.train, data.train_qrels, cfg.mine_k)
+        write_groups(folder, groups, {"round": "bm25", "k": cfg.mine_k, "retriever": "bm25"})
+    return read_groups(folder)
+
+
+def _warmup_ranker(out: Path, data: TrainData, cfg: AR2Config, metrics: MetricsLog) -> CrossEncoder:
+    final = out / "d0" / "ranker"
+    if final.is_dir():
+        return CrossEncoder.load(final)
+    require("torch").manual_seed(cfg.seed)  # the new head's initialisation is part of the run
+    ranker = CrossEncoder.load(
+        cfg.ranker_model, max_length=cfg.query_max_length + cfg.doc_max_length
+    )
+    if not cfg.skip_d0:
+        groups = read_groups(out / "mined" / "round-0")
+
+        def loss(rng: Any, step: int) -> Any:
+            batch = steps.draw_batch(groups, data.docs, cfg.d0, cfg.seed, "d0", step)
+            return steps.ranker_loss(ranker, batch)
+
+        losses = train_stage(out, "d0", {"ranker": ranker.model}, cfg.d0, loss, cfg.seed)
+        metrics.write(
+            {"stage": "d0-train", "round": 0, "model": "ranker", "loss": tail_mean(losses)}
+        )
+    ranker.save(final)
+    dev_rerank(out, 0, ranker, data, cfg, metrics)
+    return CrossEncoder.load(final)

@@ -1,0 +1,172 @@
+"""The one step loop every trainer uses: AdamW, linear schedule, clipping, checkpoints.
+
+Randomness is a pure function of ``(seed, stage, step)`` (:func:`step_rng`), so a run resumed
+from a checkpoint draws the same batches, negatives and dropout masks as an uninterrupted one.
+Checkpoints hold tensors in safetensors and everything else in JSON: no pickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ar2._io import atomic_dir, atomic_write_json
+from ar2._optional import require
+from ar2.config import StageConfig
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.safetensors"
+META_FILE = "state.json"
+
+
+def step_rng(seed: int, stage: str, step: int) -> random.Random:
+    """A Python RNG for one step of one stage, independent of everything that ran before.
+
+    Example:
+        >>> step_rng(42, "g0", 3).random() == step_rng(42, "g0", 3).random()
+        True
+    """
+    digest = hashlib.sha256(f"{seed}/{stage}/{step}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+class Stepper:
+    """AdamW + linear warm-up and decay over ``total_steps`` + gradient clipping, for one model."""
+
+    def __init__(self, model: Any, cfg: StageConfig, total_steps: int) -> None:
+        torch = require("torch")
+        transformers = require("transformers")
+        self.model, self.cfg, self.steps = model, cfg, 0
+        decay = [p for n, p in model.named_parameters() if not _no_decay(n)]
+        no_decay = [p for n, p in model.named_parameters() if _no_decay(n)]
+        groups = [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, eps=1e-8)
+        warmup = int(cfg.warmup_ratio * total_steps)
+        self.scheduler = transformers.get_linear_schedule_with_warmup(
+            self.optimizer, warmup, max(total_steps, 1)
+        )
+
+    def step(self, loss: Any) -> float:
+        """Backward, clip, update, advance the schedule; returns the loss as a float."""
+        torch = require("torch")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps += 1
+        return float(loss.detach())
+
+    def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Optimizer and schedule state split into tensors and JSON-able metadata."""
+        tensors, meta = _flatten(self.optimizer.state_dict()["state"])
+        return tensors, {
+            "steps": self.steps,
+            "optimizer_state_meta": meta,
+            "param_groups": self.optimizer.state_dict()["param_groups"],
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def load_state(self, tensors: dict[str, Any], meta: dict[str, Any]) -> None:
+        """Restore what :meth:`state` returned."""
+        state = _unflatten(tensors, meta["optimizer_state_meta"])
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.scheduler.load_state_dict(meta["scheduler"])
+        self.steps = meta["steps"]
+
+
+def save_checkpoint(
+    path: Path, models: dict[str, Any], steppers: dict[str, Stepper], meta: dict[str, Any]
+) -> None:
+    """Write models' weights, optimizers and ``meta`` atomically into ``path``."""
+    safetensors = require("safetensors.torch", extra="train")
+    tensors: dict[str, Any] = {}
+    for name, model in models.items():
+        for key, value in model.state_dict().items():
+            tensors[f"model/{name}/{key}"] = value.detach().contiguous().clone()
+    optim_meta = {}
+    for name, stepper in steppers.items():
+        flat, optim_meta[name] = stepper.state()
+        tensors.update({f"optim/{name}/{k}": v.contiguous() for k, v in flat.items()})
+    with atomic_dir(path) as tmp:
+        safetensors.save_file(tensors, str(tmp / STATE_FILE))
+        atomic_write_json(tmp / META_FILE, meta | {"optim": optim_meta})
+
+
+def load_checkpoint(path: Path, models: dict[str, Any], steppers: dict[str, Stepper]) -> dict:
+    """Load a checkpoint into ``models`` and ``steppers``; returns its metadata."""
+    safetensors = require("safetensors.torch", extra="train")
+    tensors = safetensors.load_file(str(path / STATE_FILE))
+    meta = json.loads((path / META_FILE).read_text())
+    for name, model in models.items():
+        prefix = f"model/{name}/"
+        model.load_state_dict(
+            {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        )
+    for name, stepper in steppers.items():
+        prefix = f"optim/{name}/"
+        flat = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        stepper.load_state(flat, meta["optim"][name])
+    return meta
+
+
+def run_steps(
+    stage: str,
+    total: int,
+    step_fn: Callable[[int], dict[str, float]],
+    checkpoint: Callable[[int], None],
+    every: int,
+    start: int = 0,
+) -> list[dict[str, float]]:
+    """Call ``step_fn(step)`` for ``start <= step < total`` with a progress bar; checkpoint
+    every ``every`` steps and at the end. Returns the per-step logs."""
+    tqdm = require("tqdm").tqdm
+    logs = []
+    with tqdm(total=total, initial=start, desc=stage, unit="step") as bar:
+        for step in range(start, total):
+            logs.append(step_fn(step))
+            bar.set_postfix({k: f"{v:.4f}" for k, v in logs[-1].items()})
+            bar.update(1)
+            if (step + 1) % every == 0 or step + 1 == total:
+                checkpoint(step + 1)
+    return logs
+
+
+def seed_step(seed: int, stage: str, step: int) -> random.Random:
+    """Seed torch for this step (dropout) and return the step's Python RNG."""
+    rng = step_rng(seed, stage, step)
+    require("torch").manual_seed(rng.getrandbits(63))
+    return rng
+
+
+def _no_decay(name: str) -> bool:
+    return name.endswith(".bias") or "LayerNorm" in name or "layer_norm" in name
+
+
+def _flatten(state: dict[int, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    torch = require("torch")
+    tensors, meta = {}, {}
+    for pid, entries in state.items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}.{key}"] = value
+            else:
+                meta[f"{pid}.{key}"] = value
+    return tensors, meta
+
+
+def _unflatten(tensors: dict[str, Any], meta: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    state: dict[int, dict[str, Any]] = {}
+    for flat, value in [*tensors.items(), *meta.items()]:
+        pid, key = flat.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    return state

@@ -1,0 +1,105 @@
+"""The end of a run: final models and index, the test comparison, and the training plots."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from ar2._io import atomic_write_bytes
+from ar2.config import AR2Config
+from ar2.encoders import BiEncoder, CrossEncoder
+from ar2.train.data import TrainData
+
+SYSTEMS = ("bm25", "start", "g0", "ar2-g", "ar2-g+d")
+
+
+def final_report(
+    data_dir: Path,
+    out: Path,
+    data: TrainData,
+    retriever: BiEncoder,
+    ranker: CrossEncoder,
+    cfg: AR2Config,
+) -> dict[str, Any]:
+    """Save ``retriever/``, ``ranker/``, ``index/``; compare the systems on test; plot."""
+    from ar2.index import FaissIndex
+
+    retriever.save(out / "retriever")
+    ranker.save(out / "ranker")
+    final = BiEncoder.load(out / "retriever")
+    last = FaissIndex.load(out / "indexes" / f"round-{cfg.rounds}")
+    last.save(out / "index", {"encoder": final.describe()}, docs=data.corpus)
+    plot_training(out)
+    if not data.test:
+        return {}
+    runs, info = _test_runs(out, data, final, cfg)
+    from ar2.experiment import EvalJob, score_and_report
+
+    job = EvalJob(
+        data_dir, "test", SYSTEMS, out, reranker=str(out / "ranker"), rerank_k=cfg.rerank_k
+    )
+    return score_and_report(job, runs, (data.test, data.test_qrels), data.corpus, info)
+
+
+def _test_runs(
+    out: Path, data: TrainData, final: BiEncoder, cfg: AR2Config
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    from ar2.index import BM25Index, FaissIndex
+    from ar2.pipeline import BM25Retriever, CrossEncoderRanker, DenseRetriever, SearchPipeline
+
+    start = BiEncoder.load(cfg.retriever_model, query_max_length=cfg.query_max_length,
+                           doc_max_length=cfg.doc_max_length)  # fmt: skip
+    start_index = FaissIndex.build(start.encode_docs(data.corpus, progress=True),
+                                   [d.id for d in data.corpus])  # fmt: skip
+    retrievers: dict[str, Any] = {
+        "bm25": BM25Retriever(BM25Index.build(data.corpus)),
+        "start": DenseRetriever(start, start_index),
+        "g0": DenseRetriever(
+            BiEncoder.load(out / "g0" / "retriever"), FaissIndex.load(out / "indexes" / "round-0")
+        ),  # fmt: skip
+        "ar2-g": DenseRetriever(final, FaissIndex.load(out / "index")),
+    }
+    runs = {name: r.retrieve(data.test, 100) for name, r in retrievers.items()}
+    ranker = CrossEncoderRanker(CrossEncoder.load(out / "ranker"), data.docs)
+    runs["ar2-g+d"] = SearchPipeline(retrievers["ar2-g"], ranker, cfg.rerank_k).run(
+        data.test, 100, progress=True
+    )
+    info = {
+        name: str(getattr(r, "encoder", None) and r.encoder.source)
+        for name, r in retrievers.items()
+    }
+    return runs, info
+
+
+def plot_training(out: Path) -> None:
+    """``training.png``: dev metric per round for G and G+D, and each model's loss per stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x]
+    fig, (dev_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, marker in (("G", "o"), ("G+D", "s")):
+        points = [(r["round"], r["dev"][key]) for r in records if key in r.get("dev", {})]
+        if points:
+            dev_ax.plot(*zip(*points), marker=marker, label=key)
+    dev_ax.set(xlabel="round (0 = warm-up)", ylabel="dev metric", title="dev effectiveness")
+    dev_ax.legend()
+    for model in ("retriever", "ranker"):
+        points = [
+            (r["round"], r["loss"])
+            for r in records
+            if r["stage"].endswith(model) and r.get("loss") is not None
+        ]
+        if points:
+            loss_ax.plot(*zip(*points), marker="o", label=model)
+    loss_ax.set(xlabel="round", ylabel="mean loss (last 20 steps)", title="training losses")
+    loss_ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(out / "training.png", buffer.getvalue())

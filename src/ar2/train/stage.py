@@ -1,0 +1,88 @@
+"""Shared pieces of the training stages: the metrics log and one resumable training stage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ar2._io import atomic_write_text
+from ar2._optional import require
+from ar2.config import StageConfig
+from ar2.encoders import BiEncoder
+from ar2.train.loop import Stepper, load_checkpoint, run_steps, save_checkpoint, seed_step
+
+log = logging.getLogger("ar2.train")
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one line per stage, written once (a resumed run does not repeat it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records = [r for r in map(_parse, _lines(path)) if r is not None]
+        self.seen = {r["stage"] for r in self.records}
+
+    def write(self, record: dict[str, Any]) -> None:
+        if record["stage"] in self.seen:
+            return
+        self.records.append(record | {"time": round(time.time(), 1)})
+        # rewritten whole and atomically: a kill never leaves half a line behind
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+        self.seen.add(record["stage"])
+        log.info("%s: %s", record["stage"], {k: v for k, v in record.items() if k != "stage"})
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and "stage" in record else None
+
+
+def model_of(encoder: BiEncoder) -> Any:
+    """The trainable module of a retriever: one tower, or both when they are separate."""
+    torch = require("torch")
+    return (
+        encoder.doc_model
+        if encoder.shared
+        else torch.nn.ModuleList([encoder.query_model, encoder.doc_model])
+    )
+
+
+def train_stage(
+    out: Path,
+    name: str,
+    models: dict[str, Any],
+    cfg: StageConfig,
+    step_loss: Any,
+    seed: int,
+    every: int = 50,
+) -> list[float]:
+    """Train ``models`` (one Stepper each) for ``cfg.steps`` with a resumable checkpoint."""
+    [(key, module)] = models.items()
+    stepper = Stepper(module, cfg, cfg.steps)
+    ckpt = out / "checkpoints" / name
+    start = load_checkpoint(ckpt, models, {key: stepper})["step"] if ckpt.is_dir() else 0
+    module.train()
+
+    def one(step: int) -> dict[str, float]:
+        return {"loss": stepper.step(step_loss(seed_step(seed, name, step), step))}
+
+    def save(step: int) -> None:
+        save_checkpoint(ckpt, models, {key: stepper}, {"step": step})
+
+    logs = run_steps(name, cfg.steps, one, save, every, start)
+    return [x["loss"] for x in logs]
+
+
+def tail_mean(values: list[float], n: int = 20) -> float | None:
+    tail = values[-n:]
+    return round(sum(tail) / len(tail), 6) if tail else None

@@ -1,0 +1,115 @@
+"""One optimiser step of each AR2 stage: batch composition, forward passes and the loss.
+
+Every batch is a pure function of ``(seed, stage, step)``: queries are taken in a seeded
+permutation per epoch and negatives are re-sampled each time a query is drawn (spec §4.1.7).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+from ar2 import losses
+from ar2._optional import require
+from ar2.config import AR2Config, StageConfig
+from ar2.data.training import TrainingGroup
+from ar2.encoders import BiEncoder, CrossEncoder
+from ar2.errors import Ar2Error
+from ar2.mining import sample_negatives
+from ar2.types import Doc, Query
+
+
+class Batch(NamedTuple):
+    """``B`` queries, each with a group of ``M = 1 + n`` documents, the positive first."""
+
+    queries: list[Query]
+    docs: list[Doc]  # (B * M,) in query-major order
+
+    @property
+    def group_size(self) -> int:
+        return len(self.docs) // len(self.queries)
+
+
+def draw_batch(
+    groups: Sequence[TrainingGroup],
+    docs: Mapping[str, Doc],
+    cfg: StageConfig,
+    seed: int,
+    stage: str,
+    step: int,
+) -> Batch:
+    """The batch of ``step``: ``cfg.batch_size`` groups from a seeded per-epoch permutation."""
+    from ar2.train.loop import step_rng
+
+    if not groups:
+        raise Ar2Error(
+            f"{stage}: no training query has both a positive and a retrieved hard negative. "
+            "Fix: check qrels/train.tsv against the corpus, or raise mine_k"
+        )
+    picked = []
+    for i in range(cfg.batch_size):
+        position = step * cfg.batch_size + i
+        epoch, offset = divmod(position, len(groups))
+        order = list(range(len(groups)))
+        random.Random(f"{seed}/{stage}/epoch{epoch}").shuffle(order)
+        picked.append(groups[order[offset]])
+    rng = step_rng(seed, stage, step)
+    batch_docs: list[Doc] = []
+    for group in picked:
+        positive = rng.choice(group.positives)
+        negatives = sample_negatives(group.negatives, cfg.n_neg, rng)
+        batch_docs.extend(docs[d] for d in (positive, *negatives))
+    return Batch([g.query for g in picked], batch_docs)
+
+
+def group_scores(encoder: BiEncoder, batch: Batch, scale: float) -> tuple[Any, Any]:
+    """Retriever scores: ``(B, M)`` within each group and ``(B, B·M)`` against the whole batch."""
+    q = encoder.embed_queries(batch.queries)  # (B, dim)
+    d = encoder.embed_docs(batch.docs)  # (B * M, dim)
+    in_batch = scale * q @ d.T  # (B, B * M)
+    rows = require("torch").arange(len(batch.queries))
+    cols = rows.unsqueeze(1) * batch.group_size + require("torch").arange(batch.group_size)
+    return in_batch[rows.unsqueeze(1), cols], in_batch  # (B, M), (B, B * M)
+
+
+def ranker_scores(ranker: CrossEncoder, batch: Batch) -> Any:
+    """Ranker logits ``(B, M)`` for each query against its own group."""
+    m = batch.group_size
+    pairs = [
+        (q.text, ranker.doc_text(d))
+        for i, q in enumerate(batch.queries)
+        for d in batch.docs[i * m : (i + 1) * m]
+    ]
+    return ranker.logits(pairs).view(len(batch.queries), m)  # (B, M)
+
+
+def warmup_retriever_loss(encoder: BiEncoder, batch: Batch, scale: float) -> Any:
+    """G0 (spec §5.1 stage 1): each query against every passage of the batch, NLL of its own."""
+    q = encoder.embed_queries(batch.queries)  # (B, dim)
+    d = encoder.embed_docs(batch.docs)  # (B * M, dim)
+    return losses.in_batch_contrastive(q, d, temperature=1.0 / scale)
+
+
+def ranker_loss(ranker: CrossEncoder, batch: Batch) -> Any:
+    """D0 and AR2 ranker steps (spec §3.2): listwise cross-entropy, positive at column 0."""
+    return losses.listwise_ce(ranker_scores(ranker, batch))
+
+
+def ar2_retriever_step_loss(
+    encoder: BiEncoder, ranker: CrossEncoder, batch: Batch, cfg: AR2Config
+) -> Any:
+    """AR2 retriever step (spec §3.3): λ·L_ADV + (1−λ)·L_KD against the frozen ranker."""
+    torch = require("torch")
+    scores, in_batch = group_scores(encoder, batch, cfg.scale)
+    ranker.model.eval()
+    with torch.no_grad():
+        teacher = ranker_scores(ranker, batch)  # (B, M), constant
+    return losses.ar2_retriever_loss(
+        scores,
+        teacher,
+        cfg.adv_lambda,
+        cfg.adv_reduction,
+        cfg.kd_temperature,
+        in_batch if cfg.in_batch else None,
+    )

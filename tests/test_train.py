@@ -1,0 +1,135 @@
+"""AR2 training end to end on toy data with a tiny model: artifacts, determinism, kill + resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ar2.cli import main
+from conftest import write_train_toy
+
+pytest.importorskip("torch")
+
+
+def _train_cmd(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "ar2.cli", "-q", "train", str(data), "--preset", "toy",
+            "--model", str(model), "--out", str(out), *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    from conftest import build_tiny_bert
+
+    root = tmp_path_factory.mktemp("train")
+    data = write_train_toy(root / "data")
+    model = build_tiny_bert(root / "tiny")
+    out = root / "run"
+    result = subprocess.run(_train_cmd(data, model, out), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return data, model, out
+
+
+def test_run_writes_every_artifact(toy_run: tuple[Path, Path, Path]) -> None:
+    from sentence_transformers import CrossEncoder as STCrossEncoder
+    from sentence_transformers import SentenceTransformer
+
+    data, _, out = toy_run
+    for name in ("retriever", "ranker", "index", "g0/retriever", "d0/ranker", "rounds/2/ranker"):
+        assert (out / name).is_dir(), name
+    for name in ("report.md", "report.png", "training.png", "metrics.jsonl", "dev_split.json"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert list(report) == ["bm25", "start", "g0", "ar2-g", "ar2-g+d"]
+    stages = [json.loads(x)["stage"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert stages == [
+        "g0-train", "dev-g-0", "d0-train", "dev-gd-0",
+        "round-1-ranker", "round-1-retriever", "dev-g-1", "dev-gd-1",
+        "round-2-ranker", "round-2-retriever", "dev-g-2", "dev-gd-2",
+    ]  # fmt: skip
+    SentenceTransformer(str(out / "retriever"), device="cpu").encode(["cats w0"])
+    STCrossEncoder(str(out / "ranker"), device="cpu").predict([("cats", "cats w0")])
+    dev = json.loads((out / "dev_split.json").read_text())
+    assert len(dev["queries"]) == 4 and "hold-out" in dev["source"]
+
+
+def test_mined_groups_exclude_positives_and_record_provenance(
+    toy_run: tuple[Path, Path, Path],
+) -> None:
+    from ar2.data.beir import load_qrels
+    from ar2.data.training import read_groups
+
+    data, _, out = toy_run
+    qrels = load_qrels(data / "qrels" / "train.tsv")
+    dev = set(json.loads((out / "dev_split.json").read_text())["queries"])
+    for r in (0, 1, 2):
+        folder = out / "mined" / f"round-{r}"
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["round"] == r and manifest["k"] == 8 and manifest["checkpoint"]
+        for group in read_groups(folder):
+            assert group.query.id not in dev  # dev queries are never trained on
+            assert not set(group.negatives) & set(qrels[group.query.id])
+
+
+def test_existing_run_needs_resume_and_the_same_config(
+    toy_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    data, model, out = toy_run
+    again = subprocess.run(_train_cmd(data, model, out), capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    config = tmp_path / "other.toml"
+    preset = Path(__file__).parents[1] / "src" / "ar2" / "presets" / "toy.toml"
+    config.write_text(preset.read_text().replace("rounds = 2", "rounds = 3"))
+    cmd = _train_cmd(data, model, out, "--resume", "--config", str(config))  # --config wins
+    changed = subprocess.run(cmd, capture_output=True, text=True)
+    assert changed.returncode == 2 and "different config" in changed.stderr
+
+
+def _kill_when(cmd: list[str], ready: Path, timeout: float = 120) -> None:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        assert proc.poll() is None, "the run ended before the kill point"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("kill_point", ["checkpoints/g0", "checkpoints/ar2", "rounds/1/ranker"])
+def test_kill_and_resume_matches_the_uninterrupted_run(
+    toy_run: tuple[Path, Path, Path], tmp_path: Path, kill_point: str
+) -> None:
+    from safetensors.numpy import load_file
+
+    data, model, reference = toy_run
+    out = tmp_path / "killed"
+    _kill_when(_train_cmd(data, model, out), out / kill_point)
+    assert not (out / "report.json").exists()
+    resumed = subprocess.run(
+        _train_cmd(data, model, out, "--resume"), capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ("retriever/model.safetensors", "ranker/model.safetensors"):
+        want, got = load_file(str(reference / name)), load_file(str(out / name))
+        assert want.keys() == got.keys()
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], atol=1e-5, err_msg=f"{name}:{key}")
+    got_report, want_report = (
+        json.loads((p / "report.json").read_text()) for p in (out, reference)
+    )
+    assert got_report.keys() == want_report.keys()
+    for system, measures in want_report.items():
+        assert got_report[system] == pytest.approx(measures, abs=1e-6), system
+
+
+def test_unknown_preset_is_a_clear_error(toy_beir: Path, tmp_path: Path) -> None:
+    code = main(["train", str(toy_beir), "--preset", "huge", "--out", str(tmp_path / "x")])
+    assert code == 2
