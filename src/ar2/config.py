@@ -146,6 +146,8 @@ class StageConfig:
         warmup_ratio: Share of the model's total steps spent warming up.
         weight_decay: AdamW weight decay (LayerNorm and bias excluded).
         max_grad_norm: Gradient clipping (AR2: 2.0).
+        head_lr: Learning rate of a newly initialised head (the ranker's classifier), which
+            learns far too slowly at the encoder's rate; ``None`` uses ``lr``.
     """
 
     steps: int = 100
@@ -155,6 +157,7 @@ class StageConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     max_grad_norm: float = 2.0
+    head_lr: float | None = None
 
 
 @dataclass(frozen=True)

@@ -43,13 +43,7 @@ class Stepper:
         torch = require("torch")
         transformers = require("transformers")
         self.model, self.cfg, self.steps = model, cfg, 0
-        decay = [p for n, p in model.named_parameters() if not _no_decay(n)]
-        no_decay = [p for n, p in model.named_parameters() if _no_decay(n)]
-        groups = [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, eps=1e-8)
+        self.optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, eps=1e-8)
         warmup = int(cfg.warmup_ratio * total_steps)
         self.scheduler = transformers.get_linear_schedule_with_warmup(
             self.optimizer, warmup, max(total_steps, 1)
@@ -146,6 +140,22 @@ def seed_step(seed: int, stage: str, step: int) -> random.Random:
     rng = step_rng(seed, stage, step)
     require("torch").manual_seed(rng.getrandbits(63))
     return rng
+
+
+def _param_groups(model: Any, cfg: StageConfig) -> list[dict[str, Any]]:
+    """AdamW groups: decay vs no decay (LayerNorm, bias), and the new head at ``head_lr``."""
+    groups: dict[tuple[bool, bool], list[Any]] = {}
+    for name, param in model.named_parameters():
+        key = (_no_decay(name), cfg.head_lr is not None and name.startswith("classifier."))
+        groups.setdefault(key, []).append(param)
+    return [
+        {
+            "params": params,
+            "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+            "lr": cfg.head_lr if head else cfg.lr,
+        }
+        for (no_decay, head), params in sorted(groups.items())
+    ]
 
 
 def _no_decay(name: str) -> bool:
