@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ar2.errors import DataError
+
 WORDS = (
     "cats eat fish dogs chase balls birds sing songs the a of and in on what do does how why "
     "cell cancer protein gene brain heart blood drug trial patients mice risk study effect"
@@ -34,6 +36,17 @@ TOY_QRELS = {
     "test": [("q1", "d1", 2), ("q1", "d8", 1), ("q2", "d2", 1), ("q3", "q3", 1)],
     "train": [("q4", "d4", 1), ("q5", "d6", 1)],
 }
+
+
+def check_error(err: pytest.ExceptionInfo[DataError], name: str, line: int | None) -> str:
+    """Assert a DataError names the file, the line (when given) and a fix; return its text."""
+    msg = str(err.value)
+    assert name in msg
+    if line is not None:
+        assert f"{name}:{line}:" in msg
+        assert err.value.line == line
+    assert "Fix:" in msg
+    return msg
 
 
 def write_beir(root: Path) -> Path:

@@ -12,6 +12,7 @@ import pytest
 from ar2.data import available_splits, iter_corpus, load_beir, load_corpus, load_qrels, load_queries
 from ar2.errors import DataError, DataWarning
 from ar2.types import Doc, Query
+from conftest import check_error
 
 SCIFACT = Path(__file__).resolve().parents[1] / "data" / "scifact"
 HEADER = "query-id\tcorpus-id\tscore\n"
@@ -28,16 +29,6 @@ def write_beir(root: Path, corpus: str, queries: str, **qrels: str) -> Path:
     for split, text in qrels.items():
         (root / "qrels" / f"{split}.tsv").write_text(text, encoding="utf-8")
     return root
-
-
-def check_error(err: pytest.ExceptionInfo[DataError], name: str, line: int | None) -> str:
-    msg = str(err.value)
-    assert name in msg
-    if line is not None:
-        assert f"{name}:{line}:" in msg
-        assert err.value.line == line
-    assert "Fix:" in msg
-    return msg
 
 
 CORPUS = jsonl(

@@ -20,18 +20,9 @@ from ar2.data import (
 )
 from ar2.errors import DataError, DataWarning
 from ar2.types import Doc, Hit, Query
+from conftest import check_error
 
 Files = tuple[Path, Path, Path]
-
-
-def check_error(err: pytest.ExceptionInfo[DataError], name: str, line: int | None) -> str:
-    msg = str(err.value)
-    assert name in msg
-    if line is not None:
-        assert f"{name}:{line}:" in msg
-        assert err.value.line == line
-    assert "Fix:" in msg
-    return msg
 
 
 def write(path: Path, text: str) -> Path:
