@@ -133,3 +133,20 @@ def test_kill_and_resume_matches_the_uninterrupted_run(
 def test_unknown_preset_is_a_clear_error(toy_beir: Path, tmp_path: Path) -> None:
     code = main(["train", str(toy_beir), "--preset", "huge", "--out", str(tmp_path / "x")])
     assert code == 2
+
+
+@pytest.mark.parametrize("name", ["quick", "full", "toy"])
+def test_presets_are_valid_configs(name: str) -> None:
+    from ar2.cli import _preset_path
+    from ar2.config import AR2Config, load_ar2_config, load_toml
+
+    cfg = load_ar2_config(load_toml(_preset_path(name)), name)
+    assert isinstance(cfg, AR2Config) and cfg.rounds >= 1 and cfg.g0.steps > 0
+
+
+def test_config_typos_are_reported_with_the_valid_keys(tmp_path: Path) -> None:
+    from ar2.config import load_ar2_config
+    from ar2.errors import Ar2Error
+
+    with pytest.raises(Ar2Error, match=r"\[g0\].*unknown key.*'stpes'.*valid keys"):
+        load_ar2_config({"g0": {"stpes": 3}}, "my.toml")
