@@ -30,22 +30,22 @@ from ar2.errors import Ar2Error
 from ar2.train import steps
 from ar2.train.data import TrainData, load_train_data
 from ar2.train.rounds import adversarial_rounds, dev_rerank, mine_round
-from ar2.train.stage import MetricsLog, model_of, tail_mean, train_stage
+from ar2.train.stage import MetricsLog, RunContext, model_of, tail_mean, train_stage
 
 log = logging.getLogger(__name__)
 
 
 def run_ar2(data_dir: Path, out: Path, cfg: AR2Config, resume: bool = False) -> dict[str, Any]:
     """Train a retriever and a ranker with AR2 on a BEIR folder; returns the test results."""
-    _prepare_out(out, cfg, resume)
-    data = load_train_data(data_dir, cfg.dev_queries, cfg.seed, out)
-    metrics = MetricsLog(out / "metrics.jsonl")
-    retriever = _warmup_retriever(out, data, cfg, metrics)
-    mine_round(out, 0, retriever, None, data, cfg, metrics)
-    ranker = _warmup_ranker(out, data, cfg, metrics)
-    retriever, ranker = adversarial_rounds(out, data, retriever, ranker, cfg, metrics)
     from ar2.train.report import final_report
 
+    _prepare_out(out, cfg, resume)
+    data = load_train_data(data_dir, cfg.dev_queries, cfg.seed, out)
+    ctx = RunContext(out, data, cfg, MetricsLog(out / "metrics.jsonl"))
+    retriever = _warmup_retriever(ctx)
+    mine_round(ctx, 0, retriever, None)
+    ranker = _warmup_ranker(ctx)
+    retriever, ranker = adversarial_rounds(ctx, retriever, ranker)
     return final_report(data_dir, out, data, retriever, ranker, cfg)
 
 
@@ -61,7 +61,9 @@ def _prepare_out(out: Path, cfg: AR2Config, resume: bool) -> None:
     atomic_write_json(saved, wanted)
 
 
-def _warmup_retriever(out: Path, data: TrainData, cfg: AR2Config, metrics: MetricsLog) -> BiEncoder:
+def _warmup_retriever(ctx: RunContext) -> BiEncoder:
+    """G0: in-batch negatives plus one BM25 hard negative per query (spec §5.1 stage 1)."""
+    out, data, cfg = ctx.out, ctx.data, ctx.cfg
     final = out / "g0" / "retriever"
     if final.is_dir():
         return BiEncoder.load(final)
@@ -78,7 +80,7 @@ def _warmup_retriever(out: Path, data: TrainData, cfg: AR2Config, metrics: Metri
 
     losses = train_stage(out, "g0", {"retriever": model_of(encoder)}, cfg.g0, loss, cfg.seed)
     encoder.save(final)
-    metrics.write(
+    ctx.metrics.write(
         {"stage": "g0-train", "round": 0, "model": "retriever", "loss": tail_mean(losses)}
     )
     return BiEncoder.load(final)
@@ -97,7 +99,9 @@ def _bm25_groups(out: Path, data: TrainData, cfg: AR2Config) -> list[TrainingGro
     return read_groups(folder)
 
 
-def _warmup_ranker(out: Path, data: TrainData, cfg: AR2Config, metrics: MetricsLog) -> CrossEncoder:
+def _warmup_ranker(ctx: RunContext) -> CrossEncoder:
+    """D0 on round-0 groups (skipped with ``skip_d0``: a fresh, seeded head, spec §5.1)."""
+    out, data, cfg = ctx.out, ctx.data, ctx.cfg
     final = out / "d0" / "ranker"
     if final.is_dir():
         return CrossEncoder.load(final)
@@ -113,9 +117,9 @@ def _warmup_ranker(out: Path, data: TrainData, cfg: AR2Config, metrics: MetricsL
             return steps.ranker_loss(ranker, batch)
 
         losses = train_stage(out, "d0", {"ranker": ranker.model}, cfg.d0, loss, cfg.seed)
-        metrics.write(
+        ctx.metrics.write(
             {"stage": "d0-train", "round": 0, "model": "ranker", "loss": tail_mean(losses)}
         )
     ranker.save(final)
-    dev_rerank(out, 0, ranker, data, cfg, metrics)
+    dev_rerank(ctx, 0, ranker)
     return CrossEncoder.load(final)

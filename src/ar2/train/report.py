@@ -89,13 +89,14 @@ def plot_training(out: Path) -> None:
     dev_ax.set(xlabel="round (0 = warm-up)", ylabel="dev metric", title="dev effectiveness")
     dev_ax.legend()
     for model in ("retriever", "ranker"):
-        points = [
-            (r["round"], r["loss"])
-            for r in records
-            if r["stage"].endswith(model) and r.get("loss") is not None
-        ]
-        if points:
-            loss_ax.plot(*zip(*points), marker="o", label=model)
+        points = [(r["round"], r["loss"]) for r in records if r.get("model") == model]
+        warm = [p for p in points if p[0] == 0]  # warm-up losses are other losses: own marker
+        rounds = [p for p in points if p[0] > 0]
+        if warm:
+            loss_ax.plot(*zip(*warm), marker="x", linestyle="", label=f"{model} warm-up")
+        if rounds:
+            loss_ax.plot(*zip(*rounds), marker="o", label=f"{model} AR2")
+    loss_ax.set_yscale("log")
     loss_ax.set(xlabel="round", ylabel="mean loss (last 20 steps)", title="training losses")
     loss_ax.legend()
     fig.tight_layout()

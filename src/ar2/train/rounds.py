@@ -7,36 +7,26 @@ where to continue.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from ar2.config import AR2Config
-from ar2.data.training import read_groups, write_groups
+from ar2.data.training import TrainingGroup, read_groups, write_groups
 from ar2.data.trec import read_run, write_run
 from ar2.encoders import BiEncoder, CrossEncoder
 from ar2.train import steps
-from ar2.train.data import TrainData
 from ar2.train.loop import Stepper, load_checkpoint, run_steps, save_checkpoint, seed_step
-from ar2.train.stage import MetricsLog, model_of, tail_mean
+from ar2.train.stage import RunContext, model_of, tail_mean
 
 PHASES = ("ranker", "retriever")
 
 
-def mine_round(
-    out: Path,
-    r: int,
-    retriever: BiEncoder,
-    ranker: CrossEncoder | None,
-    data: TrainData,
-    cfg: AR2Config,
-    metrics: MetricsLog,
-) -> None:
+def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncoder | None) -> None:
     """Refresh the index with ``retriever``, mine round ``r``'s groups, evaluate on dev."""
     from ar2.evaluate import evaluate
     from ar2.index import FaissIndex
     from ar2.mining import mine
     from ar2.pipeline import DenseRetriever
 
+    out, data, cfg, metrics = ctx.out, ctx.data, ctx.cfg, ctx.metrics
     folder = out / "mined" / f"round-{r}"
     if folder.is_dir():
         return
@@ -49,26 +39,24 @@ def mine_round(
     dev = {"G": evaluate(dev_run, data.dev_qrels, [cfg.eval_measure])[cfg.eval_measure]}
     metrics.write({"stage": f"dev-g-{r}", "round": r, "dev": dev, "groups": len(groups)})
     if ranker is not None:
-        dev_rerank(out, r, ranker, data, cfg, metrics)
+        dev_rerank(ctx, r, ranker)
     index.save(out / "indexes" / f"round-{r}", {"encoder": retriever.describe()})
     source = "g0/retriever" if r == 0 else f"rounds/{r}/retriever"
     provenance = {"round": r, "k": cfg.mine_k, "n": cfg.retriever.n_neg, "checkpoint": source}
     write_groups(folder, groups, provenance)  # last: its presence marks the round as mined
 
 
-def dev_rerank(
-    out: Path, r: int, ranker: CrossEncoder, data: TrainData, cfg: AR2Config, metrics: MetricsLog
-) -> None:
+def dev_rerank(ctx: RunContext, r: int, ranker: CrossEncoder) -> None:
     """Rerank round ``r``'s dev run with ``ranker`` and log G+D."""
     from ar2.evaluate import evaluate
     from ar2.pipeline import CrossEncoderRanker, SearchPipeline
 
-    run = read_run(out / "dev_runs" / f"round-{r}.trec")
-    fixed = _FixedRun(run)
-    pipe = SearchPipeline(fixed, CrossEncoderRanker(ranker, data.docs), cfg.rerank_k)
+    data, cfg = ctx.data, ctx.cfg
+    run = read_run(ctx.out / "dev_runs" / f"round-{r}.trec")
+    pipe = SearchPipeline(_FixedRun(run), CrossEncoderRanker(ranker, data.docs), cfg.rerank_k)
     reranked = pipe.run(data.dev, 100)
     value = evaluate(reranked, data.dev_qrels, [cfg.eval_measure])[cfg.eval_measure]
-    metrics.write({"stage": f"dev-gd-{r}", "round": r, "dev": {"G+D": value}})
+    ctx.metrics.write({"stage": f"dev-gd-{r}", "round": r, "dev": {"G+D": value}})
 
 
 class _FixedRun:
@@ -80,86 +68,78 @@ class _FixedRun:
 
 
 def adversarial_rounds(
-    out: Path,
-    data: TrainData,
-    retriever: BiEncoder,
-    ranker: CrossEncoder,
-    cfg: AR2Config,
-    metrics: MetricsLog,
+    ctx: RunContext, retriever: BiEncoder, ranker: CrossEncoder
 ) -> tuple[BiEncoder, CrossEncoder]:
     """Run ``cfg.rounds`` rounds; returns the final retriever and ranker."""
-    g_model, d_model = model_of(retriever), ranker.model
+    cfg = ctx.cfg
+    models = {"retriever": model_of(retriever), "ranker": ranker.model}
     steppers = {
-        "retriever": Stepper(g_model, cfg.retriever, cfg.rounds * cfg.retriever.steps),
-        "ranker": Stepper(d_model, cfg.ranker, cfg.rounds * cfg.ranker.steps),
+        "retriever": Stepper(models["retriever"], cfg.retriever, cfg.rounds * cfg.retriever.steps),
+        "ranker": Stepper(models["ranker"], cfg.ranker, cfg.rounds * cfg.ranker.steps),
     }
-    models = {"retriever": g_model, "ranker": d_model}
-    ckpt = out / "checkpoints" / "ar2"
+    ckpt = ctx.out / "checkpoints" / "ar2"
     pos = tuple(load_checkpoint(ckpt, models, steppers)["pos"]) if ckpt.is_dir() else (1, 0, 0)
+
+    def save(position: list[int]) -> None:
+        save_checkpoint(ckpt, models, steppers, {"pos": position})
+
     for r in range(1, cfg.rounds + 1):
-        groups = read_groups(out / "mined" / f"round-{r - 1}")
+        groups = read_groups(ctx.out / "mined" / f"round-{r - 1}")
         for phase, name in enumerate(PHASES):
             if (r, phase) < pos[:2]:
                 continue
             start = pos[2] if (r, phase) == pos[:2] else 0
-            trainer = _Phase(name, r, groups, data, cfg, retriever, ranker, steppers[name])
-            losses = trainer.run(
-                start, lambda p, s: save_checkpoint(ckpt, models, steppers, {"pos": p + [s]})
-            )
-            metrics.write(
-                {"stage": f"round-{r}-{name}", "round": r, "model": name, "loss": tail_mean(losses)}
-            )
-        _finish_round(out, r, retriever, ranker, data, cfg, metrics)
+            phase_run = _Phase(ctx, (r, phase), groups, (retriever, ranker), steppers[name])
+            losses = phase_run.run(start, save)
+            record = {"round": r, "model": name, "loss": tail_mean(losses)}
+            ctx.metrics.write({"stage": f"round-{r}-{name}"} | record)
+        _finish_round(ctx, r, retriever, ranker)
     return retriever, ranker
 
 
-def _finish_round(
-    out: Path,
-    r: int,
-    retriever: BiEncoder,
-    ranker: CrossEncoder,
-    data: TrainData,
-    cfg: AR2Config,
-    metrics: MetricsLog,
-) -> None:
-    folder = out / "rounds" / str(r)
+def _finish_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncoder) -> None:
+    folder = ctx.out / "rounds" / str(r)
     if not (folder / "ranker").is_dir():
         retriever.save(folder / "retriever")
         ranker.save(folder / "ranker")
-    mine_round(out, r, retriever, ranker, data, cfg, metrics)
+    mine_round(ctx, r, retriever, ranker)
 
 
 class _Phase:
     """One model's steps in one round: the ranker (listwise CE) or the retriever (AR2 loss)."""
 
-    def __init__(self, name, r, groups, data, cfg, retriever, ranker, stepper) -> None:  # type: ignore[no-untyped-def]
-        self.name, self.r, self.groups, self.data, self.cfg = name, r, groups, data, cfg
-        self.retriever, self.ranker, self.stepper = retriever, ranker, stepper
-        self.stage_cfg = cfg.ranker if name == "ranker" else cfg.retriever
+    def __init__(
+        self,
+        ctx: RunContext,
+        position: tuple[int, int],
+        groups: list[TrainingGroup],
+        models: tuple[BiEncoder, CrossEncoder],
+        stepper: Stepper,
+    ) -> None:
+        self.ctx, (self.r, self.phase), self.groups = ctx, position, groups
+        (self.retriever, self.ranker), self.stepper = models, stepper
+        self.name = PHASES[self.phase]
+        self.stage_cfg = ctx.cfg.ranker if self.name == "ranker" else ctx.cfg.retriever
 
     def run(self, start: int, save: Any) -> list[float]:
-        stage = f"round-{self.r}-{self.name}"
+        """Steps ``start..steps``; ``save([round, phase, step])`` checkpoints the position."""
+        stage, cfg = f"round-{self.r}-{self.name}", self.ctx.cfg
         (self.ranker.model if self.name == "ranker" else model_of(self.retriever)).train()
 
         def one(step: int) -> dict[str, float]:
-            seed_step(self.cfg.seed, stage, step)
+            seed_step(cfg.seed, stage, step)
             batch = steps.draw_batch(
-                self.groups, self.data.docs, self.stage_cfg, self.cfg.seed, stage, step
+                self.groups, self.ctx.data.docs, self.stage_cfg, cfg.seed, stage, step
             )
             if self.name == "ranker":
                 loss = steps.ranker_loss(self.ranker, batch)
             else:
-                loss = steps.ar2_retriever_step_loss(self.retriever, self.ranker, batch, self.cfg)
+                loss = steps.ar2_retriever_step_loss(self.retriever, self.ranker, batch, cfg)
             return {"loss": self.stepper.step(loss)}
 
-        phase = PHASES.index(self.name)
-        logs = run_steps(
-            stage,
-            self.stage_cfg.steps,
-            one,
-            lambda s: save([self.r, phase], s),
-            self.cfg.checkpoint_every,
-            start,
-        )
-        save([self.r, phase + 1], 0)
+        def checkpoint(step: int) -> None:
+            save([self.r, self.phase, step])
+
+        logs = run_steps(stage, self.stage_cfg.steps, one, checkpoint, cfg.checkpoint_every, start)
+        save([self.r, self.phase + 1, 0])
         return [x["loss"] for x in logs]

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ar2._io import atomic_write_text
 from ar2._optional import require
-from ar2.config import StageConfig
+from ar2.config import AR2Config, StageConfig
 from ar2.encoders import BiEncoder
+from ar2.train.data import TrainData
 from ar2.train.loop import Stepper, load_checkpoint, run_steps, save_checkpoint, seed_step
 
 log = logging.getLogger("ar2.train")
@@ -33,6 +35,16 @@ class MetricsLog:
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
         self.seen.add(record["stage"])
         log.info("%s: %s", record["stage"], {k: v for k, v in record.items() if k != "stage"})
+
+
+@dataclass
+class RunContext:
+    """What every stage of a run reads: its folder, data, config and metrics log."""
+
+    out: Path
+    data: TrainData
+    cfg: AR2Config
+    metrics: MetricsLog
 
 
 def _lines(path: Path) -> list[str]:
