@@ -177,9 +177,19 @@ def evaluate(run: Run, qrels: Qrels, measures: Sequence[str]) -> dict[str, float
         >>> evaluate({"q1": [Hit("d1", 0.9)]}, qrels, ["R@100", "P@1"])
         {'R@100': 0.25, 'P@1': 0.5}
     """
+    return mean_of(per_query(run, qrels, measures))
+
+
+def mean_of(per_query_values: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Means of :func:`per_query` output (``measure -> query_id -> value``).
+
+    Example:
+        >>> mean_of({"RR@10": {"q1": 1.0, "q2": 0.5}})
+        {'RR@10': 0.75}
+    """
     return {
         name: math.fsum(by_qid.values()) / len(by_qid)
-        for name, by_qid in per_query(run, qrels, measures).items()
+        for name, by_qid in per_query_values.items()
     }
 
 

@@ -172,12 +172,12 @@ def score_and_report(
     systems: dict[str, Any],
 ) -> dict[str, dict[str, float]]:
     """Score ``runs`` against ``labels``, test each system against the first, write the report."""
-    from ar2.evaluate import compare, evaluate, per_query
+    from ar2.evaluate import compare, mean_of, per_query
     from ar2.report import write_report
 
     queries, qrels = labels
     per_q = {name: per_query(run, qrels, job.measures) for name, run in runs.items()}
-    results = {name: evaluate(run, qrels, job.measures) for name, run in runs.items()}
+    results = {name: mean_of(values) for name, values in per_q.items()}
     if any(q.answers for q in queries):
         for name, accuracy in _answer_accuracy(job, runs, queries, corpus).items():
             results[name].update(accuracy)
