@@ -33,12 +33,22 @@ def main() -> None:
     parser.add_argument("--n-neg", type=int, default=7)
     parser.add_argument("--max-length", type=int, default=192)
     parser.add_argument("--precision", default="auto")
+    parser.add_argument(
+        "--pooler-identity",
+        action="store_true",
+        help="start BERT's (untrained) pooler as the identity instead of random",
+    )
     args = parser.parse_args()
     docs = {d.id: d for d in load_corpus(args.data / "corpus.jsonl")}
     groups = read_groups(args.groups)
     cfg = StageConfig(args.steps, args.batch_size, args.n_neg, args.lr, head_lr=args.head_lr)
     torch.manual_seed(0)
     ranker = CrossEncoder.load(None, max_length=args.max_length, precision=args.precision)
+    if args.pooler_identity:
+        with torch.no_grad():
+            dense = ranker.model.bert.pooler.dense
+            dense.weight.copy_(torch.eye(dense.weight.shape[0]))
+            dense.bias.zero_()
     stepper = Stepper(ranker.model, cfg, args.steps)
     ranker.model.train()
     start, losses = time.time(), []
