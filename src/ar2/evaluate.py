@@ -188,8 +188,7 @@ def mean_of(per_query_values: Mapping[str, Mapping[str, float]]) -> dict[str, fl
         {'RR@10': 0.75}
     """
     return {
-        name: math.fsum(by_qid.values()) / len(by_qid)
-        for name, by_qid in per_query_values.items()
+        name: math.fsum(by_qid.values()) / len(by_qid) for name, by_qid in per_query_values.items()
     }
 
 
