@@ -150,3 +150,19 @@ def test_config_typos_are_reported_with_the_valid_keys(tmp_path: Path) -> None:
 
     with pytest.raises(Ar2Error, match=r"\[g0\].*unknown key.*'stpes'.*valid keys"):
         load_ar2_config({"g0": {"stpes": 3}}, "my.toml")
+
+
+def test_skip_d0_starts_the_rounds_from_a_fresh_seeded_ranker(
+    toy_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    data, model, _ = toy_run
+    preset = Path(__file__).parents[1] / "src" / "ar2" / "presets" / "toy.toml"
+    config = tmp_path / "skip.toml"
+    config.write_text(preset.read_text().replace("rounds = 2", "rounds = 1\nskip_d0 = true"))
+    out = tmp_path / "skip"
+    cmd = _train_cmd(data, model, out, "--config", str(config))
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    stages = [json.loads(x)["stage"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "d0-train" not in stages and "round-1-ranker" in stages
+    assert not (out / "checkpoints" / "d0").exists() and (out / "d0" / "ranker").is_dir()
