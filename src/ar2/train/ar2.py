@@ -74,7 +74,7 @@ def _warmup_retriever(ctx: RunContext) -> BiEncoder:
     )
     groups = _bm25_groups(out, data, cfg)
 
-    def loss(rng: Any, step: int) -> Any:
+    def loss(step: int) -> Any:
         batch = steps.draw_batch(groups, data.docs, cfg.g0, cfg.seed, "g0", step)
         return steps.warmup_retriever_loss(encoder, batch, cfg.scale)
 
@@ -112,7 +112,7 @@ def _warmup_ranker(ctx: RunContext) -> CrossEncoder:
     if not cfg.skip_d0:
         groups = read_groups(out / "mined" / "round-0")
 
-        def loss(rng: Any, step: int) -> Any:
+        def loss(step: int) -> Any:
             batch = steps.draw_batch(groups, data.docs, cfg.d0, cfg.seed, "d0", step)
             return steps.ranker_loss(ranker, batch)
 

@@ -86,7 +86,8 @@ def train_stage(
     module.train()
 
     def one(step: int) -> dict[str, float]:
-        return {"loss": stepper.step(step_loss(seed_step(seed, name, step), step))}
+        seed_step(seed, name, step)  # dropout masks; the batch seeds itself from the step
+        return {"loss": stepper.step(step_loss(step))}
 
     def save(step: int) -> None:
         save_checkpoint(ckpt, models, {key: stepper}, {"step": step})

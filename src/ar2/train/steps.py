@@ -47,13 +47,14 @@ def draw_batch(
             f"{stage}: no training query has both a positive and a retrieved hard negative. "
             "Fix: check qrels/train.tsv against the corpus, or raise mine_k"
         )
+    orders: dict[int, list[int]] = {}  # one seeded permutation per epoch the batch touches
     picked = []
     for i in range(cfg.batch_size):
-        position = step * cfg.batch_size + i
-        epoch, offset = divmod(position, len(groups))
-        order = list(range(len(groups)))
-        random.Random(f"{seed}/{stage}/epoch{epoch}").shuffle(order)
-        picked.append(groups[order[offset]])
+        epoch, offset = divmod(step * cfg.batch_size + i, len(groups))
+        if epoch not in orders:
+            orders[epoch] = list(range(len(groups)))
+            random.Random(f"{seed}/{stage}/epoch{epoch}").shuffle(orders[epoch])
+        picked.append(groups[orders[epoch][offset]])
     rng = step_rng(seed, stage, step)
     batch_docs: list[Doc] = []
     for group in picked:
