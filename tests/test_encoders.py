@@ -159,6 +159,15 @@ def test_query_max_length_truncates(tiny_bert: Path) -> None:
     )
 
 
+def test_training_doc_cut_off(tiny_bert: Path) -> None:
+    # embed_docs(max_length=4) sees [CLS] cats eat [SEP], like encoding "cats eat"
+    enc = BiEncoder.load(tiny_bert, precision="fp32")
+    long_doc = "cats eat fish dogs chase"
+    cut = enc.embed_docs([long_doc], max_length=4).detach().numpy()
+    np.testing.assert_allclose(cut, enc.encode_docs(["cats eat"]), atol=1e-6)
+    assert not np.allclose(enc.embed_docs([long_doc]).detach().numpy(), cut, atol=1e-3)
+
+
 def test_prefixes_are_prepended(tiny_bert: Path) -> None:
     plain = BiEncoder.load(tiny_bert, precision="fp32")
     prefixed = BiEncoder.load(
@@ -332,6 +341,15 @@ def test_cross_encoder_scores(ranker: CrossEncoder) -> None:
     assert len(set(scores.tolist())) == len(PAIRS)  # a real function of the input
     one = ranker.score("cats", ["cats eat fish", "dogs chase balls", "a"])
     assert one.shape == (3,)
+
+
+def test_cross_encoder_training_cut_off(ranker: CrossEncoder) -> None:
+    # 6 tokens = [CLS] cats [SEP] cats eat [SEP]: the rest of the document is cut off
+    cut = ranker.logits([("cats", "cats eat fish dogs")], max_length=6).detach().numpy()
+    # the new head's logits are small (about 3e-3): compare them at their own scale
+    np.testing.assert_allclose(cut, ranker.score_pairs([("cats", "cats eat")]), rtol=1e-4)
+    full = ranker.logits([("cats", "cats eat fish dogs")]).detach().numpy()
+    assert not np.allclose(full, cut, rtol=1e-3, atol=0)
 
 
 def test_cross_encoder_matches_transformers(ranker: CrossEncoder) -> None:

@@ -60,6 +60,21 @@ def test_run_writes_every_artifact(toy_run: tuple[Path, Path, Path]) -> None:
     assert len(dev["queries"]) == 4 and "hold-out" in dev["source"]
 
 
+def test_fusion_weight_is_tuned_on_dev_and_saved_with_the_ranker(
+    toy_run: tuple[Path, Path, Path],
+) -> None:
+    from ar2.encoders import CrossEncoder
+
+    _, _, out = toy_run
+    tuned = json.loads((out / "dev_runs" / "round-2.fusion.json").read_text())
+    values = tuned["nDCG@10"]
+    assert len(values) == 11 and values[str(tuned["weight"])] == max(values.values())
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in records if r["stage"] == "dev-gd-2"][0]
+    assert last["dev"] == {"G+D": max(values.values()), "D": values["1.0"]}
+    assert CrossEncoder.load(out / "ranker").config.fusion_weight == tuned["weight"]
+
+
 def test_mined_groups_exclude_positives_and_record_provenance(
     toy_run: tuple[Path, Path, Path],
 ) -> None:
@@ -166,3 +181,51 @@ def test_skip_d0_starts_the_rounds_from_a_fresh_seeded_ranker(
     stages = [json.loads(x)["stage"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert "d0-train" not in stages and "round-1-ranker" in stages
     assert not (out / "checkpoints" / "d0").exists() and (out / "d0" / "ranker").is_dir()
+
+
+def test_ablation_from_a_warm_start_reuses_g0_and_keeps_round_0_negatives(
+    toy_run: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The static-negatives control: G0 and D0 copied, no ranker steps, no refresh."""
+    from ar2.config import load_ar2_config, load_toml
+    from ar2.train import rounds
+    from ar2.train.ar2 import run_ar2
+
+    data, model, base = toy_run
+    preset = Path(__file__).parents[1] / "src" / "ar2" / "presets" / "toy.toml"
+    raw = load_toml(preset) | {"retriever_model": str(model), "ranker_model": str(model)}
+    raw |= {"retriever_loss": "contrastive", "refresh": False, "ranker": {"steps": 0}}
+    cfg = load_ar2_config(raw, "ablation")
+    read = []
+    original = rounds.read_groups
+    monkeypatch.setattr(rounds, "read_groups", lambda p: read.append(p.name) or original(p))
+    out = tmp_path / "static"
+    run_ar2(data, out, cfg, warm_start_from=base)
+    assert read == ["round-0", "round-0"]  # both rounds train on G0's negatives
+    copied = json.loads((out / "warm_start.json").read_text())["copied"]
+    assert "g0" in copied and "d0" in copied
+    for name in ("g0/retriever/model.safetensors", "d0/ranker/model.safetensors"):
+        assert (out / name).read_bytes() == (base / name).read_bytes()
+    stages = [json.loads(x)["stage"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert stages[:4] == ["g0-train", "dev-g-0", "d0-train", "dev-gd-0"]
+    assert "round-1-ranker" not in stages and "round-2-retriever" in stages
+    # the ranker never trained in the rounds: it is still D0
+    from safetensors.numpy import load_file
+
+    d0 = load_file(str(base / "d0" / "ranker" / "model.safetensors"))
+    final = load_file(str(out / "ranker" / "model.safetensors"))
+    assert all(np.array_equal(d0[k], final[k]) for k in d0)
+
+
+def test_warm_start_refuses_a_run_with_other_g0_settings(
+    toy_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    data, model, base = toy_run
+    preset = Path(__file__).parents[1] / "src" / "ar2" / "presets" / "toy.toml"
+    config = tmp_path / "other.toml"
+    config.write_text(preset.read_text().replace("seed = 0", "seed = 1"))
+    cmd = _train_cmd(
+        data, model, tmp_path / "x", "--config", str(config), "--warm-start", str(base)
+    )
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 2 and "['seed']" in result.stderr and "Fix:" in result.stderr

@@ -102,9 +102,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = load_toml(source)
     if args.model:
         data = data | {"retriever_model": args.model, "ranker_model": args.model}
-    results = run_ar2(
-        Path(args.data_dir), Path(args.out), load_ar2_config(data, source), args.resume
-    )
+    cfg = load_ar2_config(data, source)
+    warm = Path(args.warm_start) if args.warm_start else None
+    results = run_ar2(Path(args.data_dir), Path(args.out), cfg, args.resume, warm)
     if results:
         print(format_table(results))
     print(f"\nrun: {args.out} (retriever/, ranker/, index/, report.md, metrics.jsonl)")
@@ -178,6 +178,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="a TOML file of AR2Config fields, instead of --preset")
     p.add_argument("--model", help="start both models from this folder (default: MiniLM)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--warm-start",
+        metavar="RUN",
+        help="copy G0 (and D0) from a run with the same warm-up settings instead of training",
+    )
     p.set_defaults(func=cmd_train)
 
 

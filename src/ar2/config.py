@@ -22,6 +22,7 @@ from ar2.errors import Ar2Error
 
 PRECISIONS = ("auto", "bf16", "fp32")
 POOLINGS = ("mean", "cls")
+RETRIEVER_LOSSES = ("ar2", "contrastive")
 
 
 @dataclass(frozen=True)
@@ -58,15 +59,25 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class RankerConfig:
-    """How a cross-encoder scores ``[CLS] query [SEP] title text [SEP]`` pairs."""
+    """How a cross-encoder scores ``[CLS] query [SEP] title text [SEP]`` pairs.
+
+    Attributes:
+        fusion_weight: Weight ``w`` of the ranker when reranking: hits are ordered by
+            ``(1 - w) z(retrieval score) + w z(ranker score)`` (per-query z-scores, see
+            :mod:`ar2.fusion`). ``1.0`` orders by the ranker alone; ``ar2 train`` tunes it on dev
+            and saves it with the ranker.
+    """
 
     max_length: int = 256
     title_sep: str = " "
     precision: str = "auto"
     batch_size: int = 32
+    fusion_weight: float = 1.0
 
     def __post_init__(self) -> None:
         _check_choice("precision", self.precision, PRECISIONS)
+        if not 0.0 <= self.fusion_weight <= 1.0:
+            raise Ar2Error(f"fusion_weight = {self.fusion_weight}. Fix: use a value in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -171,6 +182,9 @@ class AR2Config:
         ranker_model: Start of the ranker (default: all-MiniLM-L6-v2 with a new head).
         query_max_length: Query token cut-off for both models.
         doc_max_length: Document token cut-off for the retriever (and the ranker's pair).
+        train_doc_max_length: Cut documents shorter inside training batches (both models);
+            indexing, mining and evaluation keep ``doc_max_length``. Our addition for CPU
+            budgets: a step at 128 tokens costs about a quarter of one at 256. ``None``: the same.
         scale: Similarity scale of the retriever scores (1 / temperature); 20 for cosine
             encoders such as MiniLM, 1 for AR2's raw dot product.
         g0: Warm-up retriever (in-batch + BM25 hard negatives).
@@ -182,9 +196,15 @@ class AR2Config:
         adv_reduction: ``sum`` (original code) or ``mean_per_query``.
         kd_temperature: Temperature of the ranker's distillation target.
         in_batch: Add in-batch negatives to the AR2 retriever loss (our addition).
+        retriever_loss: ``"ar2"`` (λ·L_ADV + (1−λ)·L_KD against the ranker) or
+            ``"contrastive"`` (the ANCE-style control: in-batch + mined negatives, no ranker).
+        refresh: Re-mine negatives with the current retriever every round; ``False`` keeps
+            G0's (round-0) negatives throughout (the static-negatives ablation).
         dev_queries: Training queries held out as dev when the data has no dev split.
         eval_measure: The dev measure logged every round.
         rerank_k: Hits the ranker reranks when G+D is evaluated (dev and test).
+        tune_fusion: Rerank by ``(1 - w) z(G) + w z(D)`` with ``w`` tuned on dev each round
+            (our addition, :mod:`ar2.fusion`); ``False`` ranks by the ranker alone, as AR2 does.
         checkpoint_every: Steps between checkpoints inside a training stage.
     """
 
@@ -193,6 +213,7 @@ class AR2Config:
     ranker_model: str | None = None
     query_max_length: int = 64
     doc_max_length: int = 256
+    train_doc_max_length: int | None = None
     scale: float = 20.0
     g0: StageConfig = StageConfig(steps=100, batch_size=32, n_neg=1, lr=2e-5)
     d0: StageConfig = StageConfig(steps=100, batch_size=8, n_neg=7, lr=2e-5)
@@ -205,10 +226,23 @@ class AR2Config:
     adv_reduction: str = "sum"
     kd_temperature: float = 1.0
     in_batch: bool = False
+    retriever_loss: str = "ar2"
+    refresh: bool = True
     dev_queries: int = 100
     eval_measure: str = "nDCG@10"
     rerank_k: int = 50
+    tune_fusion: bool = True
     checkpoint_every: int = 50
+
+    def __post_init__(self) -> None:
+        _check_choice("retriever_loss", self.retriever_loss, RETRIEVER_LOSSES)
+        _check_choice("adv_reduction", self.adv_reduction, ("sum", "mean_per_query"))
+        cut = self.train_doc_max_length
+        if cut is not None and not 0 < cut <= self.doc_max_length:
+            raise ValueError(
+                f"train_doc_max_length = {cut} must be in 1..doc_max_length "
+                f"({self.doc_max_length}); leave it out to train at doc_max_length"
+            )
 
 
 def load_ar2_config(data: dict[str, Any], source: str = "config") -> AR2Config:

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from ar2 import fusion
 from ar2._optional import require
 from ar2.types import Doc, Hit, Query, Run
 
@@ -112,9 +113,9 @@ class CrossEncoderRanker:
         self.model, self.docs = model, docs
 
     def rerank(self, query: Query, hits: Sequence[Hit]) -> list[Hit]:
+        """``hits`` reordered by the ranker, fused with their scores by its ``fusion_weight``."""
         scores = self.model.score(query.text, [self.docs[h.doc_id] for h in hits])
-        ranked = sorted(zip(hits, scores), key=lambda x: (-float(x[1]), x[0].doc_id))
-        return [Hit(h.doc_id, float(s)) for h, s in ranked]
+        return fusion.rerank(hits, scores, self.model.config.fusion_weight)
 
 
 class SearchPipeline:
@@ -146,7 +147,6 @@ class SearchPipeline:
 
     def _rerank_one(self, query: Query, hits: list[Hit]) -> list[Hit]:
         assert self.ranker is not None
-        head = self.ranker.rerank(query, hits[: self.rerank_k])
-        floor = min((h.score for h in head), default=0.0)
-        tail = [Hit(h.doc_id, floor - i) for i, h in enumerate(hits[self.rerank_k :], start=1)]
-        return head + tail
+        return fusion.with_tail(
+            self.ranker.rerank(query, hits[: self.rerank_k]), hits[self.rerank_k :]
+        )

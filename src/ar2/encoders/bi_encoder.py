@@ -108,10 +108,13 @@ class BiEncoder:
         texts = [self.query_text(q) for q in queries]
         return self._embed(self.query_model, texts, self.config.query_max_length)
 
-    def embed_docs(self, docs: Sequence[Doc | str]) -> torch.Tensor:
-        """Training forward pass: ``(n, dim)`` document vectors that carry gradients."""
+    def embed_docs(self, docs: Sequence[Doc | str], max_length: int | None = None) -> torch.Tensor:
+        """Training forward pass: ``(n, dim)`` document vectors that carry gradients.
+
+        ``max_length`` cuts documents shorter than ``config.doc_max_length`` (cheaper steps).
+        """
         texts = [self.doc_text(d) for d in docs]
-        return self._embed(self.doc_model, texts, self.config.doc_max_length)
+        return self._embed(self.doc_model, texts, max_length or self.config.doc_max_length)
 
     def encode_queries(self, queries: Iterable[str | Query], progress: bool = False) -> np.ndarray:
         """Encode query strings (or :class:`Query` objects) into ``(n, dim)`` float32 vectors."""

@@ -97,14 +97,17 @@ class CrossEncoder:
         self.model.train(training)
         return out
 
-    def logits(self, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
-        """Training forward pass: ``(n,)`` logits that carry gradients."""
+    def logits(
+        self, pairs: Sequence[tuple[str, str]], max_length: int | None = None
+    ) -> torch.Tensor:
+        """Training forward pass: ``(n,)`` logits that carry gradients (pairs cut to
+        ``max_length``, default ``config.max_length``)."""
         batch = self.tokenizer(
             [q for q, _ in pairs],
             [d for _, d in pairs],
             padding=True,
             truncation="longest_first",
-            max_length=self.config.max_length,
+            max_length=max_length or self.config.max_length,
             return_tensors="pt",
         ).to(self.device)
         with autocast(self.device, use_bf16(self.config.precision, self.device)):

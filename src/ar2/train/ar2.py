@@ -31,15 +31,28 @@ from ar2.train import steps
 from ar2.train.data import TrainData, load_train_data
 from ar2.train.rounds import adversarial_rounds, dev_rerank, mine_round
 from ar2.train.stage import MetricsLog, RunContext, model_of, tail_mean, train_stage
+from ar2.train.warm_start import warm_start
 
 log = logging.getLogger(__name__)
 
 
-def run_ar2(data_dir: Path, out: Path, cfg: AR2Config, resume: bool = False) -> dict[str, Any]:
-    """Train a retriever and a ranker with AR2 on a BEIR folder; returns the test results."""
+def run_ar2(
+    data_dir: Path,
+    out: Path,
+    cfg: AR2Config,
+    resume: bool = False,
+    warm_start_from: Path | None = None,
+) -> dict[str, Any]:
+    """Train a retriever and a ranker with AR2 on a BEIR folder; returns the test results.
+
+    ``warm_start_from``: a finished run whose G0 (and D0) settings match; its warm-ups are
+    copied instead of retrained (:mod:`ar2.train.warm_start`).
+    """
     from ar2.train.report import final_report
 
-    _prepare_out(out, cfg, resume)
+    wanted = _prepare_out(out, cfg, resume)
+    if warm_start_from is not None:
+        warm_start(out, warm_start_from, wanted)
     data = load_train_data(data_dir, cfg.dev_queries, cfg.seed, out)
     ctx = RunContext(out, data, cfg, MetricsLog(out / "metrics.jsonl"))
     retriever = _warmup_retriever(ctx)
@@ -49,7 +62,7 @@ def run_ar2(data_dir: Path, out: Path, cfg: AR2Config, resume: bool = False) -> 
     return final_report(data_dir, out, data, retriever, ranker, cfg)
 
 
-def _prepare_out(out: Path, cfg: AR2Config, resume: bool) -> None:
+def _prepare_out(out: Path, cfg: AR2Config, resume: bool) -> dict[str, Any]:
     saved = out / "config.json"
     wanted = json.loads(json.dumps(cfg.__dict__, default=lambda o: o.__dict__))
     if saved.is_file():
@@ -59,6 +72,7 @@ def _prepare_out(out: Path, cfg: AR2Config, resume: bool) -> None:
             raise Ar2Error(f"{out}: --resume with a different config. Fix: use the run's config")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(saved, wanted)
+    return wanted
 
 
 def _warmup_retriever(ctx: RunContext) -> BiEncoder:
@@ -76,7 +90,7 @@ def _warmup_retriever(ctx: RunContext) -> BiEncoder:
 
     def loss(step: int) -> Any:
         batch = steps.draw_batch(groups, data.docs, cfg.g0, cfg.seed, "g0", step)
-        return steps.warmup_retriever_loss(encoder, batch, cfg.scale)
+        return steps.contrastive_retriever_loss(encoder, batch, cfg.scale, cfg.train_doc_max_length)
 
     losses = train_stage(out, "g0", {"retriever": model_of(encoder)}, cfg.g0, loss, cfg.seed)
     encoder.save(final)
@@ -114,7 +128,7 @@ def _warmup_ranker(ctx: RunContext) -> CrossEncoder:
 
         def loss(step: int) -> Any:
             batch = steps.draw_batch(groups, data.docs, cfg.d0, cfg.seed, "d0", step)
-            return steps.ranker_loss(ranker, batch)
+            return steps.ranker_loss(ranker, batch, steps.train_pair_length(cfg))
 
         losses = train_stage(out, "d0", {"ranker": ranker.model}, cfg.d0, loss, cfg.seed)
         ctx.metrics.write(

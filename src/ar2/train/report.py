@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -25,8 +26,10 @@ def final_report(
 ) -> dict[str, Any]:
     """Save ``retriever/``, ``ranker/``, ``index/``; compare the systems on test; plot."""
     from ar2.index import FaissIndex
+    from ar2.train.rounds import fusion_weight
 
     retriever.save(out / "retriever")
+    ranker.config = dataclasses.replace(ranker.config, fusion_weight=fusion_weight(out, cfg.rounds))
     ranker.save(out / "ranker")
     final = BiEncoder.load(out / "retriever")
     last = FaissIndex.load(out / "indexes" / f"round-{cfg.rounds}")

@@ -7,8 +7,12 @@ where to continue.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+from ar2._io import atomic_write_json
+from ar2._optional import require
 from ar2.data.training import TrainingGroup, read_groups, write_groups
 from ar2.data.trec import read_run, write_run
 from ar2.encoders import BiEncoder, CrossEncoder
@@ -47,16 +51,31 @@ def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncod
 
 
 def dev_rerank(ctx: RunContext, r: int, ranker: CrossEncoder) -> None:
-    """Rerank round ``r``'s dev run with ``ranker`` and log G+D."""
-    from ar2.evaluate import evaluate
-    from ar2.pipeline import CrossEncoderRanker, SearchPipeline
+    """Rerank round ``r``'s dev run with ``ranker``, tune the fusion weight, log G+D and D.
+
+    The weight (:mod:`ar2.fusion`) goes to ``dev_runs/round-R.fusion.json``; ``D`` is the
+    ranker's order alone (``w = 1``), as in AR2's own reranking.
+    """
+    from ar2.fusion import WEIGHTS, tune_weight
 
     data, cfg = ctx.data, ctx.cfg
     run = read_run(ctx.out / "dev_runs" / f"round-{r}.trec")
-    pipe = SearchPipeline(_FixedRun(run), CrossEncoderRanker(ranker, data.docs), cfg.rerank_k)
-    reranked = pipe.run(data.dev, 100)
-    value = evaluate(reranked, data.dev_qrels, [cfg.eval_measure])[cfg.eval_measure]
-    ctx.metrics.write({"stage": f"dev-gd-{r}", "round": r, "dev": {"G+D": value}})
+    tqdm = require("tqdm").tqdm
+    scored = {}
+    for q in tqdm(data.dev, desc=f"dev rerank {r}", unit="query"):
+        hits = run.get(q.id, [])[: cfg.rerank_k]
+        scored[q.id] = (hits, ranker.score(q.text, [data.docs[h.doc_id] for h in hits]))
+    weights = WEIGHTS if cfg.tune_fusion else (1.0,)
+    best, values = tune_weight(scored, run, data.dev_qrels, cfg.eval_measure, weights)
+    record = {"weight": best, cfg.eval_measure: {str(w): v for w, v in values.items()}}
+    atomic_write_json(ctx.out / "dev_runs" / f"round-{r}.fusion.json", record)
+    dev = {"G+D": values[best], "D": values[1.0]}
+    ctx.metrics.write({"stage": f"dev-gd-{r}", "round": r, "dev": dev, "fusion_weight": best})
+
+
+def fusion_weight(out: Path, r: int) -> float:
+    """The fusion weight tuned on dev for round ``r``."""
+    return float(json.loads((out / "dev_runs" / f"round-{r}.fusion.json").read_text())["weight"])
 
 
 class _FixedRun:
@@ -84,9 +103,9 @@ def adversarial_rounds(
         save_checkpoint(ckpt, models, steppers, {"pos": position})
 
     for r in range(1, cfg.rounds + 1):
-        groups = read_groups(ctx.out / "mined" / f"round-{r - 1}")
+        groups = read_groups(ctx.out / "mined" / f"round-{r - 1 if cfg.refresh else 0}")
         for phase, name in enumerate(PHASES):
-            if (r, phase) < pos[:2]:
+            if (r, phase) < pos[:2] or getattr(cfg, name).steps == 0:
                 continue
             start = pos[2] if (r, phase) == pos[:2] else 0
             phase_run = _Phase(ctx, (r, phase), groups, (retriever, ranker), steppers[name])
@@ -132,7 +151,11 @@ class _Phase:
                 self.groups, self.ctx.data.docs, self.stage_cfg, cfg.seed, stage, step
             )
             if self.name == "ranker":
-                loss = steps.ranker_loss(self.ranker, batch)
+                loss = steps.ranker_loss(self.ranker, batch, steps.train_pair_length(cfg))
+            elif cfg.retriever_loss == "contrastive":  # the ANCE-style control: no ranker
+                loss = steps.contrastive_retriever_loss(
+                    self.retriever, batch, cfg.scale, cfg.train_doc_max_length
+                )
             else:
                 loss = steps.ar2_retriever_step_loss(self.retriever, self.ranker, batch, cfg)
             return {"loss": self.stepper.step(loss)}

@@ -64,17 +64,19 @@ def draw_batch(
     return Batch([g.query for g in picked], batch_docs)
 
 
-def group_scores(encoder: BiEncoder, batch: Batch, scale: float) -> tuple[Any, Any]:
+def group_scores(
+    encoder: BiEncoder, batch: Batch, scale: float, doc_len: int | None = None
+) -> tuple[Any, Any]:
     """Retriever scores: ``(B, M)`` within each group and ``(B, B·M)`` against the whole batch."""
     q = encoder.embed_queries(batch.queries)  # (B, dim)
-    d = encoder.embed_docs(batch.docs)  # (B * M, dim)
+    d = encoder.embed_docs(batch.docs, doc_len)  # (B * M, dim)
     in_batch = scale * q @ d.T  # (B, B * M)
     rows = require("torch").arange(len(batch.queries))
     cols = rows.unsqueeze(1) * batch.group_size + require("torch").arange(batch.group_size)
     return in_batch[rows.unsqueeze(1), cols], in_batch  # (B, M), (B, B * M)
 
 
-def ranker_scores(ranker: CrossEncoder, batch: Batch) -> Any:
+def ranker_scores(ranker: CrossEncoder, batch: Batch, max_length: int | None = None) -> Any:
     """Ranker logits ``(B, M)`` for each query against its own group."""
     m = batch.group_size
     pairs = [
@@ -82,19 +84,25 @@ def ranker_scores(ranker: CrossEncoder, batch: Batch) -> Any:
         for i, q in enumerate(batch.queries)
         for d in batch.docs[i * m : (i + 1) * m]
     ]
-    return ranker.logits(pairs).view(len(batch.queries), m)  # (B, M)
+    return ranker.logits(pairs, max_length).view(len(batch.queries), m)  # (B, M)
 
 
-def warmup_retriever_loss(encoder: BiEncoder, batch: Batch, scale: float) -> Any:
-    """G0 (spec §5.1 stage 1): each query against every passage of the batch, NLL of its own."""
+def contrastive_retriever_loss(
+    encoder: BiEncoder, batch: Batch, scale: float, doc_len: int | None = None
+) -> Any:
+    """Each query against every passage of the batch, NLL of its own positive.
+
+    G0 with BM25 negatives (spec §5.1 stage 1), and the ANCE-style control of the ablations
+    (``retriever_loss = "contrastive"``) with the retriever's own mined negatives.
+    """
     q = encoder.embed_queries(batch.queries)  # (B, dim)
-    d = encoder.embed_docs(batch.docs)  # (B * M, dim)
+    d = encoder.embed_docs(batch.docs, doc_len)  # (B * M, dim)
     return losses.in_batch_contrastive(q, d, temperature=1.0 / scale)
 
 
-def ranker_loss(ranker: CrossEncoder, batch: Batch) -> Any:
+def ranker_loss(ranker: CrossEncoder, batch: Batch, max_length: int | None = None) -> Any:
     """D0 and AR2 ranker steps (spec §3.2): listwise cross-entropy, positive at column 0."""
-    return losses.listwise_ce(ranker_scores(ranker, batch))
+    return losses.listwise_ce(ranker_scores(ranker, batch, max_length))
 
 
 def ar2_retriever_step_loss(
@@ -102,10 +110,10 @@ def ar2_retriever_step_loss(
 ) -> Any:
     """AR2 retriever step (spec §3.3): λ·L_ADV + (1−λ)·L_KD against the frozen ranker."""
     torch = require("torch")
-    scores, in_batch = group_scores(encoder, batch, cfg.scale)
+    scores, in_batch = group_scores(encoder, batch, cfg.scale, cfg.train_doc_max_length)
     ranker.model.eval()
     with torch.no_grad():
-        teacher = ranker_scores(ranker, batch)  # (B, M), constant
+        teacher = ranker_scores(ranker, batch, train_pair_length(cfg))  # (B, M), constant
     return losses.ar2_retriever_loss(
         scores,
         teacher,
@@ -114,3 +122,8 @@ def ar2_retriever_step_loss(
         cfg.kd_temperature,
         in_batch if cfg.in_batch else None,
     )
+
+
+def train_pair_length(cfg: AR2Config) -> int | None:
+    """The ranker's pair cut-off in training: query + ``train_doc_max_length`` tokens, if set."""
+    return cfg.train_doc_max_length and cfg.query_max_length + cfg.train_doc_max_length

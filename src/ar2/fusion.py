@@ -1,0 +1,80 @@
+"""Fusing retriever and ranker scores: per-query z-scores, interpolated, the weight tuned on dev.
+
+A cross-encoder trained on a few hundred queries is a weak ranker on its own, yet its scores carry
+signal the retriever lacks. Reranking by ``(1 - w) z(g) + w z(d)`` (``g`` the retrieval scores and
+``d`` the ranker's logits of one query's top hits, each z-normalised within the query) keeps both;
+``w = 1`` is AR2's reranking by the ranker alone, ``w = 0`` the retriever's order.
+
+Example:
+    >>> from ar2.types import Hit
+    >>> hits = [Hit("a", 0.9), Hit("b", 0.8), Hit("c", 0.1)]
+    >>> [h.doc_id for h in rerank(hits, np.array([0.0, 5.0, 1.0]), 1.0)]
+    ['b', 'c', 'a']
+    >>> [h.doc_id for h in rerank(hits, np.array([0.0, 5.0, 1.0]), 0.2)]
+    ['b', 'a', 'c']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ar2.types import Hit, Qrels, Run
+
+WEIGHTS = tuple(i / 10 for i in range(11))
+
+
+def zscore(x: np.ndarray) -> np.ndarray:
+    """``(x - mean) / std`` over one query's hits (all zeros when they are constant)."""
+    x = np.asarray(x, dtype=np.float64)
+    std = x.std()
+    return (x - x.mean()) / std if std > 0 else np.zeros_like(x)
+
+
+def interpolate(retrieval: np.ndarray, ranking: np.ndarray, weight: float) -> np.ndarray:
+    """``(1 - w) z(retrieval) + w z(ranking)`` for one query's hits."""
+    return (1.0 - weight) * zscore(retrieval) + weight * zscore(ranking)
+
+
+def rerank(hits: Sequence[Hit], ranking: np.ndarray, weight: float) -> list[Hit]:
+    """``hits`` reordered by their fused scores (ties: doc id), scored with them."""
+    if weight >= 1.0:
+        fused = np.asarray(ranking, dtype=np.float64)  # the ranker's own logits, unchanged
+    else:
+        fused = interpolate(np.array([h.score for h in hits]), ranking, weight)
+    order = sorted(range(len(hits)), key=lambda i: (-fused[i], hits[i].doc_id))
+    return [Hit(hits[i].doc_id, float(fused[i])) for i in order]
+
+
+def with_tail(head: list[Hit], tail: Sequence[Hit]) -> list[Hit]:
+    """``head`` then ``tail`` in its order, every tail hit scored below every head hit."""
+    floor = min((h.score for h in head), default=0.0)
+    return head + [Hit(h.doc_id, floor - i) for i, h in enumerate(tail, start=1)]
+
+
+def fused_run(
+    scored: Mapping[str, tuple[Sequence[Hit], np.ndarray]],
+    depth: Mapping[str, Sequence[Hit]],
+    weight: float,
+) -> Run:
+    """Each query's reranked head (``scored``: hits and ranker scores), then its ``depth`` tail."""
+    return {
+        qid: with_tail(rerank(hits, ranking, weight), depth.get(qid, [])[len(hits) :])
+        for qid, (hits, ranking) in scored.items()
+    }
+
+
+def tune_weight(
+    scored: Mapping[str, tuple[Sequence[Hit], np.ndarray]],
+    depth: Mapping[str, Sequence[Hit]],
+    qrels: Qrels,
+    measure: str,
+    weights: Sequence[float] = WEIGHTS,
+) -> tuple[float, dict[float, float]]:
+    """The weight with the best mean ``measure`` (ties: the smaller weight), and every value."""
+    from ar2.evaluate import evaluate
+
+    values = {w: evaluate(fused_run(scored, depth, w), qrels, [measure])[measure] for w in weights}
+    best = max(weights, key=lambda w: (values[w], -w))
+    return best, values
