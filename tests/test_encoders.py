@@ -352,6 +352,14 @@ def test_cross_encoder_training_cut_off(ranker: CrossEncoder) -> None:
     assert not np.allclose(full, cut, rtol=1e-3, atol=0)
 
 
+def test_cross_encoder_starts_from_a_saved_bi_encoder(tiny_bert: Path, tmp_path: Path) -> None:
+    # a trained retriever's folder (its manifest holds an EncoderConfig) is a valid start
+    BiEncoder.load(tiny_bert, pooling="cls").save(tmp_path / "retriever")
+    with pytest.warns(UserWarning, match="new head"):
+        ranker = CrossEncoder.load(tmp_path / "retriever", max_length=40)
+    assert ranker.config.max_length == 40 and ranker.score("cats", ["cats eat"]).shape == (1,)
+
+
 def test_cross_encoder_matches_transformers(ranker: CrossEncoder) -> None:
     # reference: the same model called directly on padded pairs
     tokenizer, model = ranker.tokenizer, ranker.model

@@ -54,7 +54,8 @@ class CrossEncoder:
 
         path = _hf.check_model_dir(path or default_model_path())
         manifest = _hf.read_json(path / _hf.MANIFEST)
-        config = dataclasses.replace(RankerConfig(**manifest.get("config", {})), **overrides)
+        saved = manifest.get("config", {}) if manifest.get("kind") == "cross_encoder" else {}
+        config = dataclasses.replace(RankerConfig(**saved), **overrides)  # a bi-encoder's: unused
         if not _is_one_label_classifier(path):
             warnings.warn(
                 f"{path} has no one-label classification head: a new head is initialised. "
