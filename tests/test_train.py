@@ -203,7 +203,7 @@ def test_ablation_from_a_warm_start_reuses_g0_and_keeps_round_0_negatives(
     run_ar2(data, out, cfg, warm_start_from=base)
     assert read == ["round-0", "round-0"]  # both rounds train on G0's negatives
     copied = json.loads((out / "warm_start.json").read_text())["copied"]
-    assert "g0" in copied and "d0" in copied
+    assert {"g0", "d0", "indexes/start"} <= set(copied)
     for name in ("g0/retriever/model.safetensors", "d0/ranker/model.safetensors"):
         assert (out / name).read_bytes() == (base / name).read_bytes()
     stages = [json.loads(x)["stage"] for x in (out / "metrics.jsonl").read_text().splitlines()]

@@ -54,8 +54,7 @@ def _test_runs(
 
     start = BiEncoder.load(cfg.retriever_model, query_max_length=cfg.query_max_length,
                            doc_max_length=cfg.doc_max_length)  # fmt: skip
-    start_index = FaissIndex.build(start.encode_docs(data.corpus, progress=True),
-                                   [d.id for d in data.corpus])  # fmt: skip
+    start_index = _start_index(out / "indexes" / "start", start, data)
     retrievers: dict[str, Any] = {
         "bm25": BM25Retriever(BM25Index.build(data.corpus)),
         "start": DenseRetriever(start, start_index),
@@ -73,7 +72,23 @@ def _test_runs(
         name: str(getattr(r, "encoder", None) and r.encoder.source)
         for name, r in retrievers.items()
     }
+    weight = ranker.model.config.fusion_weight
+    info["ar2-g+d"] = (
+        f"ar2-g, top {cfg.rerank_k} reranked by (1 - w) z(G) + w z(D), w = {weight} (tuned on dev)"
+    )
     return runs, info
+
+
+def _start_index(folder: Path, start: BiEncoder, data: TrainData) -> Any:
+    """The untrained model's index, built once per run (and shared by ``--warm-start``)."""
+    from ar2.index import FaissIndex
+
+    if folder.is_dir():
+        return FaissIndex.load(folder)
+    index = FaissIndex.build(start.encode_docs(data.corpus, progress=True),
+                             [d.id for d in data.corpus])  # fmt: skip
+    index.save(folder, {"encoder": start.describe()})
+    return index
 
 
 def plot_training(out: Path) -> None:

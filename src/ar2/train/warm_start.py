@@ -5,7 +5,8 @@ warm-ups; re-running G0 for each costs most of a CPU budget. ``ar2 train --warm-
 copies the stage outputs of ``BASE`` whose inputs are the same as the new run's:
 
 - G0 (``g0/``, ``mined/bm25``, ``mined/round-0``, ``indexes/round-0``, ``dev_runs/round-0*``,
-  ``dev_split.json``) when every field in :data:`G0_FIELDS` matches;
+  ``dev_split.json``, and the start model's ``indexes/start`` if built) when every field in
+  :data:`G0_FIELDS` matches;
 - D0 (``d0/``) when, in addition, every field in :data:`D0_FIELDS` matches.
 
 What was copied, from where, is written to ``warm_start.json``.
@@ -31,7 +32,7 @@ G0_FIELDS = (
 D0_FIELDS = ("ranker_model", "d0", "skip_d0", "rerank_k", "tune_fusion")
 G0_PATHS = (
     "dev_split.json", "g0", "mined/bm25", "mined/round-0", "indexes/round-0",
-    "dev_runs/round-0.trec",
+    "dev_runs/round-0.trec", "indexes/start",
 )  # fmt: skip
 D0_PATHS = ("d0", "dev_runs/round-0.fusion.json")
 
@@ -59,6 +60,7 @@ def warm_start(out: Path, base: Path, wanted: dict[str, Any]) -> list[str]:
     d0_same = all(have.get(k) == wanted.get(k) for k in D0_FIELDS)
     if d0_same and (base / "d0" / "ranker").is_dir():
         paths += D0_PATHS
+    paths = [rel for rel in paths if (base / rel).exists()]
     for rel in paths:
         _copy(base / rel, out / rel)
     stages = {"g0-train", "dev-g-0"} | ({"d0-train", "dev-gd-0"} if "d0" in paths else set())
