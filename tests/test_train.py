@@ -72,7 +72,9 @@ def test_fusion_weight_is_tuned_on_dev_and_saved_with_the_ranker(
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in records if r["stage"] == "dev-gd-2"][0]
     assert last["dev"] == {"G+D": max(values.values()), "D": values["1.0"]}
-    assert CrossEncoder.load(out / "ranker").config.fusion_weight == tuned["weight"]
+    ranker = CrossEncoder.load(out / "ranker")
+    assert ranker.config.fusion_weight == tuned["weight"]
+    assert ranker.config.max_length == 40  # the toy preset's ranker_max_length
 
 
 def test_mined_groups_exclude_positives_and_record_provenance(

@@ -185,6 +185,8 @@ class AR2Config:
         train_doc_max_length: Cut documents shorter inside training batches (both models);
             indexing, mining and evaluation keep ``doc_max_length``. Our addition for CPU
             budgets: a step at 128 tokens costs about a quarter of one at 256. ``None``: the same.
+        ranker_max_length: The ranker's (query, document) pair cut-off when it scores (dev and
+            test reranking, the saved model); ``None``: ``query_max_length + doc_max_length``.
         scale: Similarity scale of the retriever scores (1 / temperature); 20 for cosine
             encoders such as MiniLM, 1 for AR2's raw dot product.
         g0: Warm-up retriever (in-batch + BM25 hard negatives).
@@ -214,6 +216,7 @@ class AR2Config:
     query_max_length: int = 64
     doc_max_length: int = 256
     train_doc_max_length: int | None = None
+    ranker_max_length: int | None = None
     scale: float = 20.0
     g0: StageConfig = StageConfig(steps=100, batch_size=32, n_neg=1, lr=2e-5)
     d0: StageConfig = StageConfig(steps=100, batch_size=8, n_neg=7, lr=2e-5)

@@ -120,9 +120,8 @@ def _warmup_ranker(ctx: RunContext) -> CrossEncoder:
     if final.is_dir():
         return CrossEncoder.load(final)
     require("torch").manual_seed(cfg.seed)  # the new head's initialisation is part of the run
-    ranker = CrossEncoder.load(
-        cfg.ranker_model, max_length=cfg.query_max_length + cfg.doc_max_length
-    )
+    length = cfg.ranker_max_length or cfg.query_max_length + cfg.doc_max_length
+    ranker = CrossEncoder.load(cfg.ranker_model, max_length=length)
     if not cfg.skip_d0:
         groups = read_groups(out / "mined" / "round-0")
 
