@@ -231,3 +231,26 @@ def test_warm_start_refuses_a_run_with_other_g0_settings(
     )
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 2 and "['seed']" in result.stderr and "Fix:" in result.stderr
+
+
+def test_ranker_from_g0_starts_from_the_warm_up_retriever(
+    toy_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    from safetensors.numpy import load_file
+
+    from ar2.config import load_ar2_config, load_toml
+    from ar2.train.ar2 import run_ar2
+
+    data, model, base = toy_run
+    preset = Path(__file__).parents[1] / "src" / "ar2" / "presets" / "toy.toml"
+    raw = load_toml(preset) | {"retriever_model": str(model), "ranker_model": str(model)}
+    raw |= {"ranker_from_g0": True, "skip_d0": True, "rounds": 1}
+    out = tmp_path / "from-g0"
+    run_ar2(data, out, load_ar2_config(raw, "from-g0"), warm_start_from=base)
+    assert "d0" not in json.loads((out / "warm_start.json").read_text())["copied"]
+    g0 = load_file(str(out / "g0" / "retriever" / "model.safetensors"))
+    d0 = load_file(str(out / "d0" / "ranker" / "model.safetensors"))
+    key = "encoder.layer.0.attention.self.query.weight"
+    assert np.array_equal(d0[f"bert.{key}"], g0[key])
+    start = load_file(str(model / "model.safetensors"))
+    assert not np.array_equal(start[key], g0[key])  # G0 trained: a real difference

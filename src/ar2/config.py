@@ -180,6 +180,8 @@ class AR2Config:
             function of (seed, stage, step), so a resumed run replays the same batches.
         retriever_model: Start of the retriever (default: bundled all-MiniLM-L6-v2).
         ranker_model: Start of the ranker (default: all-MiniLM-L6-v2 with a new head).
+        ranker_from_g0: Start the ranker from the warm-up retriever G0 instead (our addition):
+            an encoder already tuned on the corpus learns the ranking task faster.
         query_max_length: Query token cut-off for both models.
         doc_max_length: Document token cut-off for the retriever (and the ranker's pair).
         train_doc_max_length: Cut documents shorter inside training batches (both models);
@@ -213,6 +215,7 @@ class AR2Config:
     seed: int = 42
     retriever_model: str | None = None
     ranker_model: str | None = None
+    ranker_from_g0: bool = False
     query_max_length: int = 64
     doc_max_length: int = 256
     train_doc_max_length: int | None = None

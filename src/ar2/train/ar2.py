@@ -121,7 +121,8 @@ def _warmup_ranker(ctx: RunContext) -> CrossEncoder:
         return CrossEncoder.load(final)
     require("torch").manual_seed(cfg.seed)  # the new head's initialisation is part of the run
     length = cfg.ranker_max_length or cfg.query_max_length + cfg.doc_max_length
-    ranker = CrossEncoder.load(cfg.ranker_model, max_length=length)
+    start = out / "g0" / "retriever" if cfg.ranker_from_g0 else cfg.ranker_model
+    ranker = CrossEncoder.load(start, max_length=length)
     if not cfg.skip_d0:
         groups = read_groups(out / "mined" / "round-0")
 

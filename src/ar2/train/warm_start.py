@@ -29,7 +29,10 @@ G0_FIELDS = (
     "seed", "retriever_model", "query_max_length", "doc_max_length", "train_doc_max_length",
     "scale", "g0", "mine_k", "dev_queries", "eval_measure",
 )  # fmt: skip
-D0_FIELDS = ("ranker_model", "ranker_max_length", "d0", "skip_d0", "rerank_k", "tune_fusion")
+D0_FIELDS = (
+    "ranker_model", "ranker_from_g0", "ranker_max_length", "d0", "skip_d0", "rerank_k",
+    "tune_fusion",
+)  # fmt: skip
 G0_PATHS = (
     "dev_split.json", "g0", "mined/bm25", "mined/round-0", "indexes/round-0",
     "dev_runs/round-0.trec", "indexes/start",
