@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check src tests benchmarks
-.venv/bin/ruff format --check src tests benchmarks
+.venv/bin/ruff check src tests benchmarks conftest.py
+.venv/bin/ruff format --check src tests benchmarks conftest.py
 .venv/bin/mypy src/ar2
 .venv/bin/python -m pytest "$@"
