@@ -6,6 +6,7 @@ the same rounds with the same retriever steps and the same documents per step (b
 - ``static``: G0's negatives throughout (no refresh), no ranker: in-batch + group cross-entropy;
 - ``ance``: negatives re-mined every round, no ranker (ANCE-style control), same loss;
 - ``lambda0``, ``lambda0.3``: the AR2 loss with λ = 0 (distillation only) and λ = 0.3;
+- ``inbatch``: the AR2 loss plus the in-batch term (``in_batch = true``, our addition);
 - the base run itself is the AR2 arm (its λ, usually 0.5).
 
 Then each arm's test nDCG@10 (``ar2-g`` and ``ar2-g+d``) is compared with the base run's by a
@@ -13,7 +14,7 @@ paired two-sided t-test over the test queries (Holm-corrected), and a table is p
 written to ``OUT/ablations.md`` and ``OUT/ablations.json``. Usage:
 
     .venv/bin/python benchmarks/ablations.py RUN_DIR --data data/scifact --out runs/ablations \\
-        [--arms static,ance,lambda0,lambda0.3]
+        [--arms static,ance,lambda0,lambda0.3,inbatch]
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "ance": NO_RANKER,
     "lambda0": {"adv_lambda": 0.0},
     "lambda0.3": {"adv_lambda": 0.3},
+    "inbatch": {"in_batch": True},
 }
 MEASURE = "nDCG@10"
 
