@@ -30,6 +30,7 @@ from ar2.pipeline import DenseRetriever
 from ar2.train import steps
 from ar2.train.data import load_train_data
 from ar2.train.loop import Stepper, seed_step
+from ar2.train.rounds import score_heads
 
 MEASURE = "nDCG@10"
 
@@ -53,15 +54,6 @@ def train_ranker(args: argparse.Namespace, docs: dict) -> CrossEncoder:
                 f"step {step + 1}: mean loss {mean:.3f} ({time.time() - start:.0f} s)", flush=True
             )
     return ranker
-
-
-def scored_heads(run, queries, ranker, docs, k):
-    """Per query: its top ``k`` hits and the ranker's scores for them."""
-    heads = {q.id: run.get(q.id, [])[:k] for q in queries}
-    return {
-        q.id: (heads[q.id], ranker.score(q.text, [docs[h.doc_id] for h in heads[q.id]]))
-        for q in queries
-    }
 
 
 def main() -> None:
@@ -95,7 +87,7 @@ def main() -> None:
     result: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "train_s": train_s}
     for split in ("dev", "test"):
         queries, qrels = qs[split]
-        scored = scored_heads(runs[split], queries, ranker, data.docs, args.rerank_k)
+        scored = score_heads(runs[split], queries, ranker, data.docs, args.rerank_k, split)
         _, values = tune_weight(scored, runs[split], qrels, MEASURE)
         result[split] = {str(w): v for w, v in values.items()}
     best = max(WEIGHTS, key=lambda w: (result["dev"][str(w)], -w))

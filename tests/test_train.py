@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +23,26 @@ pytest.importorskip("torch")
 def _train_cmd(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "ar2.cli", "-q", "train", str(data), "--preset", "toy",
             "--model", str(model), "--out", str(out), *extra]  # fmt: skip
+
+
+TOY_PRESET = Path(__file__).parents[1] / "src" / "ar2" / "presets" / "toy.toml"
+
+
+def _toy_toml(folder: Path, old: str, new: str) -> Path:
+    """The toy preset with ``old`` replaced by ``new``, written to ``folder/variant.toml``."""
+    text = TOY_PRESET.read_text()
+    assert old in text, old
+    config = folder / "variant.toml"
+    config.write_text(text.replace(old, new))
+    return config
+
+
+def _toy_config(model: Path, **changes: Any) -> Any:
+    """The toy preset as an AR2Config for ``model``, with ``changes``."""
+    from ar2.config import load_ar2_config, load_toml
+
+    raw = load_toml(TOY_PRESET) | {"retriever_model": str(model), "ranker_model": str(model)}
+    return load_ar2_config(raw | changes, "toy variant")
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +122,7 @@ def test_existing_run_needs_resume_and_the_same_config(
     data, model, out = toy_run
     again = subprocess.run(_train_cmd(data, model, out), capture_output=True, text=True)
     assert again.returncode == 2 and "--resume" in again.stderr
-    config = tmp_path / "other.toml"
-    preset = Path(__file__).parents[1] / "src" / "ar2" / "presets" / "toy.toml"
-    config.write_text(preset.read_text().replace("rounds = 2", "rounds = 3"))
+    config = _toy_toml(tmp_path, "rounds = 2", "rounds = 3")
     cmd = _train_cmd(data, model, out, "--resume", "--config", str(config))  # --config wins
     changed = subprocess.run(cmd, capture_output=True, text=True)
     assert changed.returncode == 2 and "different config" in changed.stderr
@@ -173,9 +192,7 @@ def test_skip_d0_starts_the_rounds_from_a_fresh_seeded_ranker(
     toy_run: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     data, model, _ = toy_run
-    preset = Path(__file__).parents[1] / "src" / "ar2" / "presets" / "toy.toml"
-    config = tmp_path / "skip.toml"
-    config.write_text(preset.read_text().replace("rounds = 2", "rounds = 1\nskip_d0 = true"))
+    config = _toy_toml(tmp_path, "rounds = 2", "rounds = 1\nskip_d0 = true")
     out = tmp_path / "skip"
     cmd = _train_cmd(data, model, out, "--config", str(config))
     result = subprocess.run(cmd, capture_output=True, text=True)
@@ -189,18 +206,19 @@ def test_ablation_from_a_warm_start_reuses_g0_and_keeps_round_0_negatives(
     toy_run: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The static-negatives control: G0 and D0 copied, no ranker steps, no refresh."""
-    from ar2.config import load_ar2_config, load_toml
-    from ar2.train import rounds
+    from ar2.train import rounds, steps
     from ar2.train.ar2 import run_ar2
 
     data, model, base = toy_run
-    preset = Path(__file__).parents[1] / "src" / "ar2" / "presets" / "toy.toml"
-    raw = load_toml(preset) | {"retriever_model": str(model), "ranker_model": str(model)}
-    raw |= {"retriever_loss": "contrastive", "refresh": False, "ranker": {"steps": 0}}
-    cfg = load_ar2_config(raw, "ablation")
+    cfg = _toy_config(model, retriever_loss="contrastive", refresh=False, ranker={"steps": 0})
     read = []
     original = rounds.read_groups
     monkeypatch.setattr(rounds, "read_groups", lambda p: read.append(p.name) or original(p))
+
+    def no_ranker_feedback(*args: Any) -> None:
+        raise AssertionError("the contrastive control must not use the AR2 loss")
+
+    monkeypatch.setattr(steps, "ar2_retriever_step_loss", no_ranker_feedback)
     out = tmp_path / "static"
     run_ar2(data, out, cfg, warm_start_from=base)
     assert read == ["round-0", "round-0"]  # both rounds train on G0's negatives
@@ -223,9 +241,7 @@ def test_warm_start_refuses_a_run_with_other_g0_settings(
     toy_run: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     data, model, base = toy_run
-    preset = Path(__file__).parents[1] / "src" / "ar2" / "presets" / "toy.toml"
-    config = tmp_path / "other.toml"
-    config.write_text(preset.read_text().replace("seed = 0", "seed = 1"))
+    config = _toy_toml(tmp_path, "seed = 0", "seed = 1")
     cmd = _train_cmd(
         data, model, tmp_path / "x", "--config", str(config), "--warm-start", str(base)
     )
@@ -238,15 +254,12 @@ def test_ranker_from_g0_starts_from_the_warm_up_retriever(
 ) -> None:
     from safetensors.numpy import load_file
 
-    from ar2.config import load_ar2_config, load_toml
     from ar2.train.ar2 import run_ar2
 
     data, model, base = toy_run
-    preset = Path(__file__).parents[1] / "src" / "ar2" / "presets" / "toy.toml"
-    raw = load_toml(preset) | {"retriever_model": str(model), "ranker_model": str(model)}
-    raw |= {"ranker_from_g0": True, "skip_d0": True, "rounds": 1}
     out = tmp_path / "from-g0"
-    run_ar2(data, out, load_ar2_config(raw, "from-g0"), warm_start_from=base)
+    cfg = _toy_config(model, ranker_from_g0=True, skip_d0=True, rounds=1)
+    run_ar2(data, out, cfg, warm_start_from=base)
     assert "d0" not in json.loads((out / "warm_start.json").read_text())["copied"]
     g0 = load_file(str(out / "g0" / "retriever" / "model.safetensors"))
     d0 = load_file(str(out / "d0" / "ranker" / "model.safetensors"))

@@ -8,6 +8,7 @@ where to continue.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from ar2.encoders import BiEncoder, CrossEncoder
 from ar2.train import steps
 from ar2.train.loop import Stepper, load_checkpoint, run_steps, save_checkpoint, seed_step
 from ar2.train.stage import RunContext, model_of, tail_mean
+from ar2.types import Doc, Hit, Query, Run
 
 PHASES = ("ranker", "retriever")
 
@@ -60,11 +62,7 @@ def dev_rerank(ctx: RunContext, r: int, ranker: CrossEncoder) -> None:
 
     data, cfg = ctx.data, ctx.cfg
     run = read_run(ctx.out / "dev_runs" / f"round-{r}.trec")
-    tqdm = require("tqdm").tqdm
-    scored = {}
-    for q in tqdm(data.dev, desc=f"dev rerank {r}", unit="query"):
-        hits = run.get(q.id, [])[: cfg.rerank_k]
-        scored[q.id] = (hits, ranker.score(q.text, [data.docs[h.doc_id] for h in hits]))
+    scored = score_heads(run, data.dev, ranker, data.docs, cfg.rerank_k, f"dev rerank {r}")
     weights = WEIGHTS if cfg.tune_fusion else (1.0,)
     best, values = tune_weight(scored, run, data.dev_qrels, cfg.eval_measure, weights)
     record = {"weight": best, cfg.eval_measure: {str(w): v for w, v in values.items()}}
@@ -73,17 +71,27 @@ def dev_rerank(ctx: RunContext, r: int, ranker: CrossEncoder) -> None:
     ctx.metrics.write({"stage": f"dev-gd-{r}", "round": r, "dev": dev, "fusion_weight": best})
 
 
+def score_heads(
+    run: Run,
+    queries: Sequence[Query],
+    ranker: CrossEncoder,
+    docs: Mapping[str, Doc],
+    k: int,
+    desc: str = "scoring",
+) -> dict[str, tuple[list[Hit], Any]]:
+    """Each query's top ``k`` hits of ``run`` with the ranker's scores for them, scored once
+    so that every fusion weight can be tried (:func:`ar2.fusion.tune_weight`)."""
+    tqdm = require("tqdm").tqdm
+    scored = {}
+    for q in tqdm(queries, desc=desc, unit="query"):
+        hits = run.get(q.id, [])[:k]
+        scored[q.id] = (hits, ranker.score(q.text, [docs[h.doc_id] for h in hits]))
+    return scored
+
+
 def fusion_weight(out: Path, r: int) -> float:
     """The fusion weight tuned on dev for round ``r``."""
     return float(json.loads((out / "dev_runs" / f"round-{r}.fusion.json").read_text())["weight"])
-
-
-class _FixedRun:
-    def __init__(self, run: dict[str, Any]) -> None:
-        self.run = run
-
-    def retrieve(self, queries: Any, k: int) -> dict[str, Any]:
-        return {q.id: self.run.get(q.id, [])[:k] for q in queries}
 
 
 def adversarial_rounds(
