@@ -131,3 +131,31 @@ def tiny_bert(_tiny_bert_master: Path, tmp_path: Path) -> Path:
 def toy_beir(tmp_path: Path) -> Path:
     """A toy BEIR folder: 8 docs, a 2-relevant-doc query, a query id equal to a doc id."""
     return write_beir(tmp_path / "toy")
+
+
+def build_tiny_run(root: Path, bert: Path, rerank_k: int = 5) -> Path:
+    """A finished-run folder as ``ar2 train`` leaves it (retriever, ranker, index with its
+    documents, config.json), made of tiny random BERTs over the toy documents."""
+    import warnings
+
+    from ar2.encoders import BiEncoder, CrossEncoder
+    from ar2.index import FaissIndex
+    from ar2.types import Doc
+
+    docs = [Doc(d["_id"], d["text"], d["title"]) for d in TOY_DOCS]
+    BiEncoder.load(bert, precision="fp32").save(root / "retriever")
+    encoder = BiEncoder.load(root / "retriever")
+    index = FaissIndex.build(encoder.encode_docs(docs), [d.id for d in docs])
+    index.save(root / "index", {"encoder": encoder.describe()}, docs=docs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "a new head is initialised": random on purpose
+        CrossEncoder.load(bert, precision="fp32").save(root / "ranker")
+    (root / "config.json").write_text(json.dumps({"seed": 0, "rerank_k": rerank_k}))
+    (root / "report.json").write_text(json.dumps({"ar2-g": {"nDCG@10": 0.5}}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(_tiny_bert_master: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny finished run folder shared by the serving tests (read-only)."""
+    return build_tiny_run(tmp_path_factory.mktemp("run") / "run", _tiny_bert_master)

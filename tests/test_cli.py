@@ -31,13 +31,16 @@ def tiny_ranker(tiny_bert: Path, tmp_path: Path) -> Path:
 
 def test_help_is_fast_and_imports_nothing_heavy() -> None:
     code = (
-        "import sys, ar2.cli, ar2.experiment, ar2.pipeline, ar2.evaluate, ar2.report, ar2.data;"
-        "heavy = {'torch', 'transformers', 'faiss', 'bm25s', 'ir_measures', 'scipy', 'matplotlib'};"
+        "import sys, ar2.cli, ar2.experiment, ar2.pipeline, ar2.evaluate, ar2.report, ar2.data,"
+        " ar2.serve;"
+        "heavy = {'torch', 'transformers', 'faiss', 'bm25s', 'ir_measures', 'scipy', 'matplotlib',"
+        " 'fastapi', 'uvicorn'};"
         "print(sorted(heavy & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-    for args in (["--help"], ["eval", "--help"], ["index", "--help"], ["search", "--help"]):
+    for command in ("", "eval", "index", "search", "serve", "train"):
+        args = [command, "--help"] if command else ["--help"]
         start = time.perf_counter()
         result = _ar2(*args)
         assert result.returncode == 0, result.stderr

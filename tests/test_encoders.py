@@ -341,6 +341,7 @@ def test_cross_encoder_scores(ranker: CrossEncoder) -> None:
     assert len(set(scores.tolist())) == len(PAIRS)  # a real function of the input
     one = ranker.score("cats", ["cats eat fish", "dogs chase balls", "a"])
     assert one.shape == (3,)
+    assert ranker.score("a query with no hits", []).shape == (0,)  # found by the API fuzzer
 
 
 def test_cross_encoder_training_cut_off(ranker: CrossEncoder) -> None:

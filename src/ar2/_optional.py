@@ -16,6 +16,8 @@ _EXTRA_OF = {
     "scipy": "eval",
     "statsmodels": "eval",
     "matplotlib": "eval",
+    "fastapi": "serve",
+    "uvicorn": "serve",
 }
 
 

@@ -111,6 +111,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a run or an index over HTTP until Ctrl-C or SIGTERM (then finish what is running)."""
+    from ar2._optional import require
+
+    require("fastapi", "serve")
+    from ar2.serve import SearchService, create_app
+    from ar2.serve.server import listen, server, url_of
+
+    sock = listen(args.host, args.port)  # fail fast, before minutes of loading
+    log.info("loading %s", args.path)
+    service = SearchService.load(args.path, args.reranker, args.retriever, args.rerank_k)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: anyone who can reach it can search", args.host)
+    rerank = f"; rerank top {service.default_rerank_k}" if service.has_ranker else ""
+    modes = ", ".join(service.modes)
+    print(f"ar2 serve: {url_of(sock)}/ ({len(service.docs)} documents; {modes}{rerank})")
+    sys.stdout.flush()
+    server(create_app(service), quiet=args.quiet).run(sockets=[sock])
+    return 0
+
+
 def _preset_path(name: str) -> Path:
     path = Path(__file__).parent / "presets" / f"{name}.toml"
     if not path.is_file():
@@ -129,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search(sub)
     _add_eval(sub)
     _add_train(sub)
+    _add_serve(sub)
     return parser
 
 
@@ -186,6 +208,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a run or an index over HTTP (search API + web page)")
+    p.add_argument("path", help="a run folder (`ar2 train --out`) or an index folder (`ar2 index`)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument("--reranker", help="cross-encoder folder (a run's own ranker by default)")
+    p.add_argument(
+        "--rerank-k",
+        type=_non_negative,
+        help="hits reranked by default (a run's own setting otherwise; 0: none)",
+    )
+    p.add_argument("--retriever", help="encoder folder for an index whose encoder was moved")
+    p.set_defaults(func=cmd_serve)
+
+
 def _add_precision(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
@@ -199,6 +236,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
     return value
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ar2 import fusion
 from ar2._optional import require
+from ar2.errors import Ar2Error
 from ar2.types import Doc, Hit, Query, Run
 
 if TYPE_CHECKING:
@@ -56,13 +57,23 @@ class DenseRetriever:
         self.encoder, self.index, self.progress = encoder, index, progress
 
     @classmethod
-    def load(cls, index_dir: str | Path) -> DenseRetriever:
-        """Load an index folder and the encoder its manifest names, with the same settings."""
+    def load(cls, index_dir: str | Path, encoder_dir: str | Path | None = None) -> DenseRetriever:
+        """Load an index folder and the encoder its manifest names, with the same settings.
+
+        ``encoder_dir`` replaces the manifest's encoder path (a run folder that was moved); the
+        settings still come from the manifest, so queries are encoded as the documents were.
+        """
         from ar2.encoders import BiEncoder
         from ar2.index import FaissIndex, read_manifest
 
-        encoder_info = read_manifest(index_dir)["encoder"]
-        encoder = BiEncoder.load(encoder_info["source"], **encoder_info["config"])
+        encoder_info = read_manifest(index_dir, "dense")["encoder"]
+        source = Path(encoder_dir or encoder_info["source"])
+        if not source.exists():
+            raise Ar2Error(
+                f"{index_dir}: its encoder {source} does not exist (moved or deleted). "
+                "Fix: pass the encoder folder it was built with (--retriever PATH)"
+            )
+        encoder = BiEncoder.load(source, **encoder_info["config"])
         return cls(encoder, FaissIndex.load(index_dir))
 
     def retrieve(self, queries: Sequence[Query], k: int) -> Run:
@@ -129,24 +140,32 @@ class SearchPipeline:
     ) -> None:
         self.retriever, self.ranker, self.rerank_k = retriever, ranker, rerank_k
 
-    def run(self, queries: Sequence[Query], k: int, progress: bool = False) -> Run:
-        """Rankings of depth ``k`` for all ``queries``."""
-        depth = max(k, self.rerank_k) if self.ranker else k
-        run = self.retriever.retrieve(queries, depth)
-        if self.ranker is None:
-            return run
+    def run(
+        self,
+        queries: Sequence[Query],
+        k: int,
+        progress: bool = False,
+        rerank_k: int | None = None,
+    ) -> Run:
+        """Rankings of depth ``k`` for all ``queries``.
+
+        ``rerank_k`` overrides ``self.rerank_k`` for this call (``0``: no reranking), so one
+        pipeline can serve requests that ask for different depths.
+        """
+        top = self.rerank_k if rerank_k is None else rerank_k
+        if self.ranker is None or top <= 0:
+            return self.retriever.retrieve(queries, k)
+        run = self.retriever.retrieve(queries, max(k, top))
         tqdm = require("tqdm").tqdm
         by_id = {q.id: q for q in queries}
         for qid in tqdm(list(run), desc="reranking", unit="query", disable=not progress):
-            run[qid] = self._rerank_one(by_id[qid], run[qid])[:k]
+            run[qid] = self._rerank_one(by_id[qid], run[qid], top)[:k]
         return run
 
     def search(self, query: str, k: int = 10) -> list[Hit]:
         """Hits for one query string."""
         return self.run([Query("query", query)], k)["query"]
 
-    def _rerank_one(self, query: Query, hits: list[Hit]) -> list[Hit]:
+    def _rerank_one(self, query: Query, hits: list[Hit], top: int) -> list[Hit]:
         assert self.ranker is not None
-        return fusion.with_tail(
-            self.ranker.rerank(query, hits[: self.rerank_k]), hits[self.rerank_k :]
-        )
+        return fusion.with_tail(self.ranker.rerank(query, hits[:top]), hits[top:])

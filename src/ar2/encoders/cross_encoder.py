@@ -75,6 +75,8 @@ class CrossEncoder:
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """Logits for many (query, document text) pairs, length-sorted into batches."""
+        if not pairs:  # a query with no hits (the tokenizer fails on an empty batch)
+            return np.zeros(0, dtype=np.float32)
         torch = require("torch")
         enc = self.tokenizer(
             [q for q, _ in pairs],

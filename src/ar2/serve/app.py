@@ -1,0 +1,260 @@
+"""``create_app``: the HTTP face of a :class:`~ar2.serve.SearchService` (FastAPI).
+
+Endpoints: ``POST /search``, ``POST /search/batch``, ``GET /health``, ``GET /info``, the page at
+``/`` and the OpenAPI schema at ``/openapi.json`` (browsable at ``/docs``). Request models are
+built from the service and its :class:`~ar2.serve.Limits`, so the schema states exactly what is
+accepted: the modes this service has, the largest ``k``, ``rerank_k`` and batch. Anything else
+gets a 4xx answer whose body names the field and the rule, never a traceback.
+
+Example:
+    >>> from fastapi.testclient import TestClient
+    >>> from ar2.index import BM25Index
+    >>> from ar2.pipeline import BM25Retriever
+    >>> from ar2.serve import SearchService
+    >>> from ar2.types import Doc
+    >>> docs = [Doc("d1", "cats eat fish", "Cats"), Doc("d2", "dogs chase balls", "Dogs")]
+    >>> app = create_app(SearchService(docs, {"bm25": BM25Retriever(BM25Index.build(docs))}))
+    >>> reply = TestClient(app).post("/search", json={"query": "what do cats eat", "k": 1})
+    >>> reply.status_code, reply.json()["hits"][0]["title"]
+    (200, 'Cats')
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations at
+# run time, and the request models are local to ``create_app``.
+
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    create_model,
+)
+from starlette.exceptions import HTTPException
+
+from ar2 import __version__
+from ar2.errors import Ar2Error
+from ar2.serve.service import Limits, SearchService
+from ar2.serve.snippet import snippet
+from ar2.types import Hit, Query
+
+log = logging.getLogger(__name__)
+
+
+class HitOut(BaseModel):
+    """One result: the document's id, its score, its title and the best-matching stretch."""
+
+    id: str
+    score: float
+    title: str
+    snippet: str
+
+
+class SearchResponse(BaseModel):
+    hits: list[HitOut]
+    took_ms: float = Field(description="server-side time of the search, in milliseconds")
+    mode: str
+    rerank_k: int = Field(description="hits reranked (0: none)")
+
+
+class Hits(BaseModel):
+    hits: list[HitOut]
+
+
+class BatchResponse(BaseModel):
+    results: list[Hits] = Field(description="one entry per query, in request order")
+    took_ms: float
+    mode: str
+    rerank_k: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    documents: int
+    modes: list[str]
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    detail: str | list[ErrorDetail]
+
+
+NOT_BLANK = r"[^ \t\n\r\f\v]"
+"""A query holds one character other than ASCII whitespace (the same rule in every regex
+dialect, so the schema and the validation agree)."""
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "a request this service cannot answer"},
+    413: {"model": ErrorBody, "description": "request body too large"},
+    422: {"model": ErrorBody, "description": "invalid request: the fields and rules broken"},
+}
+
+
+def create_app(service: SearchService, limits: Limits | None = None) -> FastAPI:
+    """A FastAPI app answering searches with ``service`` (already loaded: nothing is loaded
+    per request). Run it with uvicorn, or call it in-process with FastAPI's ``TestClient``."""
+    limits = limits or Limits()
+    search_request, batch_request = _request_models(service, limits)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info("serving %d documents, modes %s", len(service.docs), list(service.modes))
+        yield
+        log.info("shut down")
+
+    app = FastAPI(
+        title="ar2 search",
+        version=__version__,
+        description="Retrieve (dense, BM25 or hybrid), then rerank. Built by `ar2`.",
+        lifespan=lifespan,
+        max_body_size=limits.max_body_bytes,
+    )
+    _add_error_handlers(app)
+
+    @app.post("/search", response_model=SearchResponse, responses=_ERRORS)
+    def search(body: search_request) -> dict[str, Any]:  # type: ignore[valid-type]
+        """Search one query."""
+        start = time.perf_counter()
+        req: Any = body
+        run = service.search([Query("0", req.query)], req.k, req.mode, req.rerank_k)
+        results = _hits_out(service, run["0"], req.query, limits.snippet_chars)
+        return _reply(service, req, start, hits=results)
+
+    @app.post("/search/batch", response_model=BatchResponse, responses=_ERRORS)
+    def search_batch(body: batch_request) -> dict[str, Any]:  # type: ignore[valid-type]
+        """Search many queries in one call (encoded together: cheaper than one call each)."""
+        start = time.perf_counter()
+        req: Any = body
+        queries = [Query(str(i), text) for i, text in enumerate(req.queries)]
+        run = service.search(queries, req.k, req.mode, req.rerank_k)
+        results = [
+            {"hits": _hits_out(service, run[q.id], q.text, limits.snippet_chars)} for q in queries
+        ]
+        return _reply(service, req, start, results=results)
+
+    @app.get("/health", response_model=Health)
+    def health() -> dict[str, Any]:
+        """Liveness: the service is loaded and answering."""
+        return {"status": "ok", "documents": len(service.docs), "modes": list(service.modes)}
+
+    @app.get("/info")
+    def info() -> dict[str, Any]:
+        """What is served and how it was built: modes, defaults, limits, manifests, versions."""
+        return service.info() | {"limits": limits.__dict__}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return resources.files("ar2.serve").joinpath("static/index.html").read_text("utf-8")
+
+    return app
+
+
+def _request_models(service: SearchService, limits: Limits) -> tuple[Any, Any]:
+    """``SearchRequest`` and ``BatchRequest`` with this service's modes and these limits."""
+    text = Annotated[
+        str,
+        StringConstraints(max_length=limits.max_query_chars, pattern=NOT_BLANK),
+    ]
+    top_rerank = limits.max_rerank_k if service.has_ranker else 0
+    common: dict[str, Any] = {
+        "k": (_count(1, limits.max_k), Field(10, description="hits to return")),
+        "mode": (
+            Literal[service.modes],  # type: ignore[valid-type]
+            Field(service.default_mode, description="first stage: dense, bm25 or hybrid (RRF)"),
+        ),
+        "rerank_k": (
+            _count(0, top_rerank) | None,
+            Field(
+                None, description=f"hits to rerank (0: none; default {service.default_rerank_k})"
+            ),
+        ),
+    }
+    config = ConfigDict(extra="forbid", strict=True)
+    search = create_model(
+        "SearchRequest",
+        __config__=config,
+        query=(text, Field(description="the query text")),
+        **common,
+    )
+    batch = create_model(
+        "BatchRequest",
+        __config__=config,
+        queries=(list[text], Field(min_length=1, max_length=limits.max_batch)),  # type: ignore[valid-type]
+        **common,
+    )
+    return search, batch
+
+
+def _count(lowest: int, highest: int) -> Any:
+    """An integer in ``[lowest, highest]``, given as JSON Schema allows (``5`` or ``5.0``)."""
+    return Annotated[int, Field(ge=lowest, le=highest), BeforeValidator(_whole_number)]
+
+
+def _whole_number(value: Any) -> Any:
+    """JSON Schema's integers: ``5`` and ``5.0``, but not ``5.5``, ``"5"`` or ``true``."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int | None):
+        raise ValueError("Input should be a whole number")
+    return value
+
+
+def _hits_out(service: SearchService, hits: Sequence[Hit], query: str, chars: int) -> list[dict]:
+    out = []
+    for hit in hits:
+        doc = service.docs.get(hit.doc_id)
+        title, text = (doc.title, snippet(doc.text, query, chars)) if doc else ("", "")
+        out.append({"id": hit.doc_id, "score": hit.score, "title": title, "snippet": text})
+    return out
+
+
+def _reply(service: SearchService, req: Any, start: float, **payload: Any) -> dict[str, Any]:
+    rerank_k = service.default_rerank_k if req.rerank_k is None else req.rerank_k
+    took_ms = (time.perf_counter() - start) * 1000
+    return payload | {"took_ms": round(took_ms, 3), "mode": req.mode, "rerank_k": rerank_k}
+
+
+def _message(error: Any) -> str:
+    if error.get("type") == "string_pattern_mismatch":
+        return "String should hold a character other than whitespace"
+    return str(error.get("msg", ""))
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """4xx bodies name the field and the rule; nothing echoes input, internals or tracebacks."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [
+            {"loc": list(e.get("loc", ())), "msg": _message(e), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(Ar2Error)
+    async def refused(request: Request, exc: Ar2Error) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)

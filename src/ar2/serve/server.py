@@ -1,0 +1,80 @@
+"""Run an app with uvicorn: in the foreground (``ar2 serve``) or in a background thread.
+
+Example:
+    >>> from ar2.index import BM25Index
+    >>> from ar2.pipeline import BM25Retriever
+    >>> from ar2.serve import SearchService, create_app
+    >>> from ar2.types import Doc
+    >>> import json, urllib.request
+    >>> docs = [Doc("d1", "cats eat fish", "Cats")]
+    >>> app = create_app(SearchService(docs, {"bm25": BM25Retriever(BM25Index.build(docs))}))
+    >>> with in_background(app) as url:
+    ...     json.load(urllib.request.urlopen(url + "/health"))["status"]
+    'ok'
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ar2._optional import require
+from ar2.errors import Ar2Error
+
+GRACE_SECONDS = 10
+"""On Ctrl-C or SIGTERM, requests already running get this long to finish."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0: any free port), or a clear error."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as err:
+        raise Ar2Error(
+            f"cannot listen on {host}:{port} ({err.strerror or err}). "
+            "Fix: choose another --port (0 picks a free one) or stop what is using it"
+        ) from err
+
+
+def url_of(sock: socket.socket) -> str:
+    """``http://host:port`` of a listening socket."""
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def server(app: Any, quiet: bool = False) -> Any:
+    """A ``uvicorn.Server`` for ``app`` that shuts down gracefully."""
+    uvicorn = require("uvicorn", "serve")
+    config = uvicorn.Config(
+        app,
+        log_level="warning" if quiet else "info",
+        access_log=not quiet,
+        timeout_graceful_shutdown=GRACE_SECONDS,
+    )
+    return uvicorn.Server(config)
+
+
+@contextmanager
+def in_background(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve ``app`` from a thread while the block runs; yields the base URL. On exit the server
+    finishes the requests in flight and stops."""
+    sock = listen(host, port)
+    srv = server(app, quiet=True)
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not srv.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.01)
+        yield url_of(sock)
+    finally:
+        srv.should_exit = True
+        thread.join(GRACE_SECONDS + 5)
+        sock.close()

@@ -1,0 +1,254 @@
+"""SearchService: every search mode a run (or an index) offers, loaded once, thread-safe.
+
+A service answers ``search(queries, k, mode, rerank_k)`` with the same components ``ar2 eval``
+and ``ar2 train`` use: the dense retriever with its index's encoder settings, BM25, their
+reciprocal rank fusion (``hybrid``) and the ranker with its tuned fusion weight.
+
+Example:
+    >>> from ar2.index import BM25Index
+    >>> from ar2.pipeline import BM25Retriever
+    >>> docs = [Doc("d1", "cats eat fish", "Cats"), Doc("d2", "dogs chase balls", "Dogs")]
+    >>> service = SearchService(docs, {"bm25": BM25Retriever(BM25Index.build(docs))})
+    >>> service.search([Query("q", "what do cats eat")], k=1, mode="bm25")
+    {'q': [Hit(doc_id='d1', score=0.67...)]}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ar2 import __version__
+from ar2.errors import Ar2Error
+from ar2.pipeline import HybridRetriever, Ranker, Retriever, SearchPipeline
+from ar2.types import Doc, Query, Run
+
+log = logging.getLogger(__name__)
+
+MODES = ("dense", "bm25", "hybrid")
+"""Search modes: the dense retriever, BM25, and their reciprocal rank fusion."""
+
+DEFAULT_RERANK_K = 20
+"""Hits reranked per query when a ranker is given without a run's ``rerank_k``."""
+
+HYBRID_DEPTH = 100
+"""Hits each retriever contributes to the hybrid fusion (as ``ar2 eval``'s default depth)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; larger requests get a 4xx answer, never a slow one."""
+
+    max_query_chars: int = 1000
+    max_k: int = 100
+    max_rerank_k: int = 100
+    max_batch: int = 32
+    max_body_bytes: int = 256 * 1024
+    snippet_chars: int = 240
+
+
+class SearchService:
+    """Retrievers by mode, an optional ranker, the documents, and what built them.
+
+    ``search`` may be called from many threads: calls run one at a time behind a lock
+    (tokenizers and stemmers are not thread-safe, and two cores gain nothing from overlapping
+    model calls); an HTTP server still overlaps parsing and sending with the computation.
+    """
+
+    def __init__(
+        self,
+        docs: Iterable[Doc],
+        retrievers: Mapping[str, Retriever],
+        ranker: Ranker | None = None,
+        default_rerank_k: int | None = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        unknown = sorted(set(retrievers) - set(MODES))
+        if unknown or not retrievers:
+            raise ValueError(f"retrievers must be keyed by modes {MODES}; got {sorted(retrievers)}")
+        self.docs = {d.id: d for d in docs}
+        self.modes = tuple(m for m in MODES if m in retrievers)
+        self.has_ranker = ranker is not None
+        rerank_k = DEFAULT_RERANK_K if default_rerank_k is None else default_rerank_k
+        self.default_rerank_k = rerank_k if ranker is not None else 0
+        self.default_mode = self.modes[0]
+        self._pipelines = {
+            m: SearchPipeline(r, ranker, self.default_rerank_k) for m, r in retrievers.items()
+        }
+        self._info = dict(info or {})
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        reranker: str | Path | None = None,
+        retriever: str | Path | None = None,
+        rerank_k: int | None = None,
+    ) -> SearchService:
+        """Load a finished ``ar2 train`` run folder or an ``ar2 index`` folder.
+
+        A run serves its final retriever and index, BM25 over the index's documents, and its
+        ranker with the ``rerank_k`` it was evaluated with. ``reranker`` adds (or replaces) the
+        ranker; ``retriever`` replaces the encoder path an index's manifest names; ``rerank_k``
+        replaces the default depth of reranking.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise Ar2Error(f"{path}: no such folder. Fix: give a run folder or an index folder")
+        if (path / "config.json").is_file() and not (path / "manifest.json").is_file():
+            return _load_run(path, reranker, rerank_k)
+        return _load_index(path, reranker, retriever, rerank_k)
+
+    def search(
+        self, queries: Sequence[Query], k: int, mode: str | None = None, rerank_k: int | None = None
+    ) -> Run:
+        """The top ``k`` hits of each query by ``mode`` (default: the first available), the
+        top ``rerank_k`` of them reranked (default: the service's; ``0``: none)."""
+        mode = mode or self.default_mode
+        if mode not in self._pipelines:
+            raise Ar2Error(f"mode {mode!r} is not served here; choose one of {list(self.modes)}")
+        if rerank_k and not self.has_ranker:
+            raise Ar2Error("this service has no ranker; set rerank_k to 0")
+        with self._lock:
+            return self._pipelines[mode].run(queries, k, rerank_k=rerank_k)
+
+    def info(self) -> dict[str, Any]:
+        """What is served and how it was built: modes, defaults, manifests, versions."""
+        return {
+            "ar2_version": __version__,
+            "documents": len(self.docs),
+            "modes": list(self.modes),
+            "default_mode": self.default_mode,
+            "ranker": self.has_ranker,
+            "default_rerank_k": self.default_rerank_k,
+            **self._info,
+            "versions": _versions(),
+        }
+
+
+def _load_run(run: Path, reranker: str | Path | None, rerank_k: int | None) -> SearchService:
+    from ar2.pipeline import DenseRetriever
+
+    if not (run / "retriever").is_dir() or not (run / "index" / "manifest.json").is_file():
+        raise Ar2Error(
+            f"{run}: the run has no final retriever and index yet. "
+            f"Fix: finish it with `ar2 train DATA --out {run} --resume`"
+        )
+    config = _read_json(run / "config.json")
+    docs = _stored_docs(run / "index")
+    dense = DenseRetriever.load(run / "index", encoder_dir=run / "retriever")
+    ranker_dir = Path(reranker) if reranker else run / "ranker"
+    ranker = _load_ranker(ranker_dir, docs) if ranker_dir.is_dir() else None
+    retrievers = _with_bm25({"dense": dense}, docs)
+    info = {
+        "source": {"kind": "run", "path": str(run.resolve())},
+        "manifests": _manifests(run / "index", run / "retriever", ranker_dir if ranker else None),
+        "training": {"config": config, "results": _results(run)},
+    }
+    rerank_k = config.get("rerank_k") if rerank_k is None else rerank_k
+    return SearchService(docs, retrievers, ranker, rerank_k, info)
+
+
+def _load_index(
+    index_dir: Path,
+    reranker: str | Path | None,
+    retriever: str | Path | None,
+    rerank_k: int | None,
+) -> SearchService:
+    from ar2.index import BM25Index, read_manifest
+    from ar2.pipeline import BM25Retriever, DenseRetriever
+
+    manifest = read_manifest(index_dir)
+    docs = _stored_docs(index_dir)
+    retrievers: dict[str, Retriever]
+    if manifest.get("kind") == "bm25":
+        retrievers = {"bm25": BM25Retriever(BM25Index.load(index_dir))}
+    else:
+        retrievers = _with_bm25({"dense": DenseRetriever.load(index_dir, retriever)}, docs)
+    ranker = _load_ranker(Path(reranker), docs) if reranker else None
+    encoder = retriever or manifest.get("encoder", {}).get("source")
+    info = {
+        "source": {"kind": "index", "path": str(index_dir.resolve())},
+        "manifests": _manifests(index_dir, encoder, reranker),
+    }
+    return SearchService(docs, retrievers, ranker, rerank_k, info)
+
+
+def _with_bm25(retrievers: dict[str, Retriever], docs: list[Doc]) -> dict[str, Retriever]:
+    """Add BM25 (built now with default settings, as ``ar2 eval``'s baseline) and hybrid."""
+    if not docs:
+        log.warning("the index stores no documents: no bm25/hybrid modes, no titles or snippets")
+        return retrievers
+    from ar2.index import BM25Index
+    from ar2.pipeline import BM25Retriever
+
+    bm25 = BM25Retriever(BM25Index.build(docs))
+    hybrid = HybridRetriever([bm25, retrievers["dense"]], HYBRID_DEPTH)
+    return retrievers | {"bm25": bm25, "hybrid": hybrid}
+
+
+def _load_ranker(path: Path, docs: list[Doc]) -> Ranker:
+    """A cross-encoder over ``docs``, reranking with the fusion weight in its manifest."""
+    from ar2.encoders import CrossEncoder
+    from ar2.pipeline import CrossEncoderRanker
+
+    if not docs:
+        raise Ar2Error(
+            f"{path}: a ranker reads the documents, but the index stores none. "
+            "Fix: rebuild the index with `ar2 index` (it stores corpus.jsonl)"
+        )
+    return CrossEncoderRanker(CrossEncoder.load(path), {d.id: d for d in docs})
+
+
+def _stored_docs(index_dir: Path) -> list[Doc]:
+    from ar2.index.base import iter_docs
+
+    return list(iter_docs(index_dir))
+
+
+def _manifests(
+    index_dir: Path, retriever: str | Path | None, ranker: str | Path | None
+) -> dict[str, Any]:
+    """The manifests of the index and the models (``None`` where a part is absent)."""
+    from ar2.config import BM25Config
+
+    out: dict[str, Any] = {"index": _read_json(index_dir / "manifest.json")}
+    for name, folder in (("retriever", retriever), ("ranker", ranker)):
+        file = Path(folder) / "manifest.json" if folder else None
+        out[name] = _read_json(file) if file and file.is_file() else None
+    if out["index"].get("kind") != "bm25":
+        built = "at start-up from the index's documents, with these settings"
+        out["bm25"] = {"built": built, "config": dataclasses.asdict(BM25Config())}
+    return out
+
+
+def _results(run: Path) -> Any:
+    file = run / "report.json"
+    return _read_json(file) if file.is_file() else None
+
+
+def _read_json(file: Path) -> Any:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise Ar2Error(f"{file}: cannot read it ({err}). Fix: restore the file") from err
+
+
+def _versions() -> dict[str, str]:
+    """Installed versions of the libraries a search goes through."""
+    from importlib import metadata
+
+    found = {}
+    for name in ("torch", "transformers", "faiss-cpu", "bm25s", "fastapi", "uvicorn"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found

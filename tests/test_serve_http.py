@@ -1,0 +1,184 @@
+"""The service over real HTTP on 127.0.0.1: a real client, the ``ar2 serve`` command with a
+graceful SIGTERM, a bounded load test and property-based fuzzing of the OpenAPI schema."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("uvicorn")
+
+from ar2.serve import SearchService  # noqa: E402
+from ar2.serve.app import create_app  # noqa: E402
+from ar2.serve.server import in_background  # noqa: E402
+
+QUERIES = ["what do cats eat", "dogs chase balls", "heart risk", "cancer gene protein"]
+
+
+@pytest.fixture(scope="module")
+def service(tiny_run: Path) -> SearchService:
+    return SearchService.load(tiny_run)
+
+
+@pytest.fixture(scope="module")
+def url(service: SearchService) -> Iterator[str]:
+    with in_background(create_app(service)) as base:
+        yield base
+
+
+def test_a_real_client_over_loopback(url: str, service: SearchService) -> None:
+    from fastapi.testclient import TestClient
+
+    assert url.startswith("http://127.0.0.1:")
+    in_process = TestClient(create_app(service))
+    with httpx.Client(base_url=url, timeout=30) as client:
+        assert client.get("/health").json()["status"] == "ok"
+        assert client.get("/info").json()["modes"] == ["dense", "bm25", "hybrid"]
+        assert "<form" in client.get("/").text
+        for mode in ("dense", "bm25", "hybrid"):
+            body = {"query": "what do cats eat", "k": 5, "mode": mode}
+            over_http = client.post("/search", json=body).json()
+            direct = in_process.post("/search", json=body).json()
+            assert over_http["hits"] == direct["hits"]
+        batch = client.post("/search/batch", json={"queries": QUERIES, "k": 3})
+        assert batch.status_code == 200 and len(batch.json()["results"]) == len(QUERIES)
+        bad = client.post("/search", json={"query": "cats", "k": -1})
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "k"]
+
+
+def test_load_8_clients_200_requests_each_without_errors(url: str) -> None:
+    """8 concurrent keep-alive clients × 200 requests (every mode, reranked or not, batches)."""
+    expected: dict[tuple[str, str, int], list[str]] = {}
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for query in QUERIES:
+            for mode in ("dense", "bm25", "hybrid"):
+                for rerank_k in (0, 5):
+                    body = {"query": query, "k": 5, "mode": mode, "rerank_k": rerank_k}
+                    hits = client.post("/search", json=body).json()["hits"]
+                    expected[(query, mode, rerank_k)] = [h["id"] for h in hits]
+    cases = list(expected)
+    statuses: Counter[Any] = Counter()
+    wrong: list[Any] = []
+
+    def worker(n: int) -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for i in range(200):
+                query, mode, rerank_k = cases[(n * 200 + i) % len(cases)]
+                try:
+                    if i % 10 == 9:
+                        body = {"queries": [query] * 3, "k": 5, "mode": mode, "rerank_k": rerank_k}
+                        reply = client.post("/search/batch", json=body)
+                        got = [[h["id"] for h in r["hits"]] for r in reply.json()["results"]]
+                        ok = got == [expected[(query, mode, rerank_k)]] * 3
+                    else:
+                        body = {"query": query, "k": 5, "mode": mode, "rerank_k": rerank_k}
+                        reply = client.post("/search", json=body)
+                        got_ids = [h["id"] for h in reply.json()["hits"]]
+                        ok = got_ids == expected[(query, mode, rerank_k)]
+                    statuses[reply.status_code] += 1
+                    if not ok:
+                        wrong.append((query, mode, rerank_k))
+                except Exception as err:  # noqa: BLE001 - every failure is counted
+                    statuses[type(err).__name__] += 1
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "the load test did not finish in 300 s"
+    assert statuses == Counter({200: 1600}), statuses
+    assert not wrong, wrong[:5]
+    print(f"1600 requests in {time.perf_counter() - start:.1f} s")
+
+
+def test_ar2_serve_command_starts_answers_and_stops_on_sigterm(tiny_run: Path) -> None:
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "ar2.cli", "serve", str(tiny_run), "--port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # printed once loaded, before serving
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        assert match, line + (proc.stderr.read() if proc.poll() is not None else "")
+        assert "8 documents; dense, bm25, hybrid; rerank top 5" in line
+        base = f"http://127.0.0.1:{match.group(1)}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert httpx.get(base + "/health", timeout=5).json()["status"] == "ok"
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.1)
+        reply = httpx.post(base + "/search", json={"query": "cats"}, timeout=30)
+        assert reply.status_code == 200 and reply.json()["hits"]
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal for the process manager
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        stderr = proc.stderr.read() if proc.stderr else ""
+        assert "Shutting down" in stderr and "Application shutdown complete" in stderr
+        assert "Traceback" not in stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_ar2_serve_refuses_a_busy_port_and_a_missing_folder(url: str, tmp_path: Path) -> None:
+    port = url.rsplit(":", 1)[1]
+    cmd = [sys.executable, "-m", "ar2.cli", "serve", str(tmp_path), "--port", port]
+    busy = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert busy.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in busy.stderr and "Fix:" in busy.stderr
+    cmd = [sys.executable, "-m", "ar2.cli", "serve", str(tmp_path / "nope"), "--port", "0"]
+    missing = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "no such folder" in missing.stderr
+    assert "Traceback" not in busy.stderr + missing.stderr
+
+
+def test_fuzz_the_openapi_schema(service: SearchService) -> None:
+    """schemathesis: schema-valid and schema-invalid requests to every operation, checked with
+    all its default checks (no 5xx, invalid data rejected with a 4xx, valid data accepted,
+    responses match the schema). More: AR2_FUZZ_EXAMPLES=2000 AR2_FUZZ_RANDOM=1."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+
+    examples = int(os.environ.get("AR2_FUZZ_EXAMPLES", "60"))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(service))
+    ran: Counter[str] = Counter()
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        modes = [schemathesis.GenerationMode.POSITIVE]
+        if operation.method.upper() == "POST":  # only bodies can be invalid
+            modes.append(schemathesis.GenerationMode.NEGATIVE)
+        for mode in modes:
+
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(
+                max_examples=examples,
+                deadline=None,
+                database=None,
+                derandomize="AR2_FUZZ_RANDOM" not in os.environ,
+                suppress_health_check=list(HealthCheck),
+            )
+            def check(case: Any) -> None:
+                ran[case.operation.label] += 1
+                case.call_and_validate()
+
+            check()
+    assert set(ran) == {"POST /search", "POST /search/batch", "GET /health", "GET /info"}
+    assert sum(ran.values()) >= 2 * examples
