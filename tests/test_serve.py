@@ -140,6 +140,28 @@ def test_snippets_hold_the_query_words_and_respect_the_length() -> None:
     assert snippet("no match here at all " * 20, "zebra", 30).startswith("no match")
 
 
+def test_the_snippet_window_is_the_best_one_against_brute_force() -> None:
+    import random
+
+    from ar2.serve.snippet import _best_start, _occurrences
+
+    def brute(found: list, chars: int) -> int:  # every start, counted from scratch
+        def count(start: int) -> int:
+            return len({w for s, e, w in found if s >= start and e <= start + chars})
+
+        return max([0] + [s for s, _, _ in found], key=lambda s: (count(s), -s))
+
+    rng = random.Random(0)
+    vocab = ["cats", "Cats", "eat", "fish", "dogs", "a", "the", "Straße", "x1"]
+    for _ in range(500):
+        text = " ".join(rng.choice(vocab) for _ in range(rng.randint(1, 80)))
+        query = " ".join(rng.choice(vocab) for _ in range(rng.randint(1, 4)))
+        chars = rng.choice([5, 20, 60])
+        found = _occurrences(text, query)
+        assert _best_start(found, chars) == brute(found, chars), (text, query, chars)
+        assert len(snippet(text, query, chars)) <= chars + 4
+
+
 # ---------------------------------------------------------------- the app
 
 
@@ -300,7 +322,7 @@ def test_internal_errors_are_a_plain_500(service: SearchService, monkeypatch) ->
         raise RuntimeError("secret /internal/path")
 
     app = create_app(service)
-    monkeypatch.setattr(service, "search", broken)
+    monkeypatch.setattr(service, "submit", broken)
     with TestClient(app, raise_server_exceptions=False) as c:
         reply = c.post("/search", json={"query": "cats"})
     assert reply.status_code == 500

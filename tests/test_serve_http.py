@@ -58,6 +58,24 @@ def test_a_real_client_over_loopback(url: str, service: SearchService) -> None:
         assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "k"]
 
 
+def test_keep_alive_replies_do_not_wait_for_delayed_acks(url: str) -> None:
+    """A listening socket without IPPROTO_TCP gets no TCP_NODELAY from asyncio: every reply
+    on a kept-alive connection then waited ~40 ms (Nagle against delayed ACK)."""
+    import http.client
+    import statistics
+
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    times = []
+    for _ in range(20):
+        start = time.perf_counter()
+        conn.request("GET", "/health")
+        assert conn.getresponse().read()
+        times.append(time.perf_counter() - start)
+    conn.close()
+    assert statistics.median(times) < 0.02, times
+
+
 def test_load_8_clients_200_requests_each_without_errors(url: str) -> None:
     """8 concurrent keep-alive clients × 200 requests (every mode, reranked or not, batches)."""
     expected: dict[tuple[str, str, int], list[str]] = {}

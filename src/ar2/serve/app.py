@@ -22,6 +22,7 @@ Example:
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations at
 # run time, and the request models are local to ``create_app``.
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -126,40 +127,45 @@ def create_app(service: SearchService, limits: Limits | None = None) -> FastAPI:
     )
     _add_error_handlers(app)
 
+    # The endpoints are ``async``: they await the service's own worker thread (one hop), so
+    # the event loop stays free and no second thread pool is involved.
     @app.post("/search", response_model=SearchResponse, responses=_ERRORS)
-    def search(body: search_request) -> dict[str, Any]:  # type: ignore[valid-type]
+    async def search(body: search_request) -> dict[str, Any]:  # type: ignore[valid-type]
         """Search one query."""
         start = time.perf_counter()
         req: Any = body
-        run = service.search([Query("0", req.query)], req.k, req.mode, req.rerank_k)
+        queries = [Query("0", req.query)]
+        run = await asyncio.wrap_future(service.submit(queries, req.k, req.mode, req.rerank_k))
         results = _hits_out(service, run["0"], req.query, limits.snippet_chars)
         return _reply(service, req, start, hits=results)
 
     @app.post("/search/batch", response_model=BatchResponse, responses=_ERRORS)
-    def search_batch(body: batch_request) -> dict[str, Any]:  # type: ignore[valid-type]
+    async def search_batch(body: batch_request) -> dict[str, Any]:  # type: ignore[valid-type]
         """Search many queries in one call (encoded together: cheaper than one call each)."""
         start = time.perf_counter()
         req: Any = body
         queries = [Query(str(i), text) for i, text in enumerate(req.queries)]
-        run = service.search(queries, req.k, req.mode, req.rerank_k)
+        run = await asyncio.wrap_future(service.submit(queries, req.k, req.mode, req.rerank_k))
         results = [
             {"hits": _hits_out(service, run[q.id], q.text, limits.snippet_chars)} for q in queries
         ]
         return _reply(service, req, start, results=results)
 
     @app.get("/health", response_model=Health)
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         """Liveness: the service is loaded and answering."""
         return {"status": "ok", "documents": len(service.docs), "modes": list(service.modes)}
 
     @app.get("/info")
-    def info() -> dict[str, Any]:
+    async def info() -> dict[str, Any]:
         """What is served and how it was built: modes, defaults, limits, manifests, versions."""
         return service.info() | {"limits": limits.__dict__}
 
+    page_html = resources.files("ar2.serve").joinpath("static/index.html").read_text("utf-8")
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page() -> str:
-        return resources.files("ar2.serve").joinpath("static/index.html").read_text("utf-8")
+    async def page() -> str:
+        return page_html
 
     return app
 

@@ -30,10 +30,25 @@ GRACE_SECONDS = 10
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port`` (port 0: any free port), or a clear error."""
+    """A listening socket on ``host:port`` (port 0: any free port), or a clear error.
+
+    The socket is made with ``IPPROTO_TCP`` as its protocol: asyncio sets TCP_NODELAY only on
+    connections from such sockets, and without it a keep-alive connection waits about 40 ms
+    per response (Nagle's algorithm against the client's delayed ACK).
+    """
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family, backlog=2048)
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(2048)
+        except OSError:
+            sock.close()
+            raise
+        return sock
     except OSError as err:
         raise Ar2Error(
             f"cannot listen on {host}:{port} ({err.strerror or err}). "

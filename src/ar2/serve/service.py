@@ -20,6 +20,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,9 +57,11 @@ class Limits:
 class SearchService:
     """Retrievers by mode, an optional ranker, the documents, and what built them.
 
-    ``search`` may be called from many threads: calls run one at a time behind a lock
-    (tokenizers and stemmers are not thread-safe, and two cores gain nothing from overlapping
-    model calls); an HTTP server still overlaps parsing and sending with the computation.
+    ``search`` may be called from many threads: every search runs, one at a time, on one
+    worker thread that the service owns. Tokenizers and stemmers are not thread-safe; and each
+    thread that runs torch gets its own OpenMP team, whose idle threads then compete with the
+    working one (on 2 cores, torch calls from a pool of threads took 10 ms where one thread
+    took 5). An HTTP server still overlaps parsing and sending with the computation.
     """
 
     def __init__(
@@ -82,7 +85,8 @@ class SearchService:
             m: SearchPipeline(r, ranker, self.default_rerank_k) for m, r in retrievers.items()
         }
         self._info = dict(info or {})
-        self._lock = threading.Lock()
+        self._worker: ThreadPoolExecutor | None = None
+        self._worker_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -111,13 +115,32 @@ class SearchService:
     ) -> Run:
         """The top ``k`` hits of each query by ``mode`` (default: the first available), the
         top ``rerank_k`` of them reranked (default: the service's; ``0``: none)."""
+        return self.submit(queries, k, mode, rerank_k).result()
+
+    def submit(
+        self, queries: Sequence[Query], k: int, mode: str | None = None, rerank_k: int | None = None
+    ) -> Future[Run]:
+        """:meth:`search` without waiting: the future of its run (``asyncio.wrap_future`` turns
+        it into an awaitable, so an event loop needs no thread of its own to wait)."""
         mode = mode or self.default_mode
         if mode not in self._pipelines:
             raise Ar2Error(f"mode {mode!r} is not served here; choose one of {list(self.modes)}")
         if rerank_k and not self.has_ranker:
             raise Ar2Error("this service has no ranker; set rerank_k to 0")
-        with self._lock:
-            return self._pipelines[mode].run(queries, k, rerank_k=rerank_k)
+        return self._thread().submit(self._pipelines[mode].run, queries, k, rerank_k=rerank_k)
+
+    def close(self) -> None:
+        """Stop the worker thread (a later search starts a new one)."""
+        with self._worker_lock:
+            if self._worker is not None:
+                self._worker.shutdown()
+                self._worker = None
+
+    def _thread(self) -> ThreadPoolExecutor:
+        with self._worker_lock:
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(1, thread_name_prefix="ar2-search")
+            return self._worker
 
     def info(self) -> dict[str, Any]:
         """What is served and how it was built: modes, defaults, manifests, versions."""

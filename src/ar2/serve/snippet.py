@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from functools import lru_cache
 
 _WORD = re.compile(r"\w+")
-_PUNCT = re.compile(r"[^\w\s]*")  # punctuation right after the last word stays with it
+_BEFORE_PARTIAL_WORD = re.compile(r"(?s)(.*\W)\w+")  # a window cut inside its last word
 ELLIPSIS = "…"
 
 
@@ -24,38 +25,51 @@ def snippet(text: str, query: str, chars: int = 240) -> str:
     """
     if len(text) <= chars:
         return text
-    words = list(_WORD.finditer(text))
+    found = _occurrences(text, query)
+    begin = _best_start(found, chars)
+    stop = min(len(text), begin + chars)
+    window = text[begin:stop]
+    if stop < len(text) and (cut := _BEFORE_PARTIAL_WORD.fullmatch(window)):
+        window = cut.group(1)
+    window = window.rstrip()
+    tail = f" {ELLIPSIS}" if begin + len(window) < len(text) else ""
+    return f"{ELLIPSIS} " * (begin > 0) + window + tail
+
+
+def _occurrences(text: str, query: str) -> list[tuple[int, int, str]]:
+    """``(start, end, word)`` of every whole-word, case-insensitive query word in ``text``."""
+    words = tuple(sorted({w.lower() for w in _WORD.findall(query)}))
     if not words:
-        return text[:chars] + ELLIPSIS
-    wanted = {w.lower() for w in _WORD.findall(query)}
-    start, end = _best_window(words, wanted, chars)
-    begin, stop = words[start].start(), words[end].end()
-    tail = _PUNCT.match(text, stop)
-    stop = min(tail.end() if tail else stop, begin + chars)
-    return f"{ELLIPSIS} " * (begin > 0) + text[begin:stop] + f" {ELLIPSIS}" * (stop < len(text))
+        return []
+    lower = text.lower()
+    if len(lower) == len(text):  # offsets still match (twice as fast as re.IGNORECASE)
+        return [(m.start(), m.end(), m.group()) for m in _pattern(words, 0).finditer(lower)]
+    pattern = _pattern(words, re.IGNORECASE)
+    return [(m.start(), m.end(), m.group().lower()) for m in pattern.finditer(text)]
 
 
-def _best_window(words: list[re.Match[str]], wanted: set[str], chars: int) -> tuple[int, int]:
-    """``(first, last)`` word of the window of at most ``chars`` with the most wanted words."""
-    seen: Counter[str] = Counter()
-    best, best_count, last = (0, 0), -1, -1
+@lru_cache(maxsize=256)
+def _pattern(words: tuple[str, ...], flags: int) -> re.Pattern[str]:
+    longest_first = sorted(words, key=len, reverse=True)
+    return re.compile(r"\b(?:" + "|".join(map(re.escape, longest_first)) + r")\b", flags)
 
-    def take(i: int, step: int) -> None:
-        word = words[i].group().lower()
-        if word in wanted:
-            seen[word] += step
-            if not seen[word]:
-                del seen[word]
 
-    for first in range(len(words)):
-        if last < first:  # a word longer than the window stands alone (clipped later)
-            last = first
-            take(last, 1)
-        while last + 1 < len(words) and words[last + 1].end() - words[first].start() <= chars:
+def _best_start(found: list[tuple[int, int, str]], chars: int) -> int:
+    """The start (0 or an occurrence) whose window of ``chars`` holds the most distinct words:
+    one pass of a sliding window over the occurrences, in text order."""
+    best, best_count = 0, len({w for _, end, w in found if end <= chars})
+    inside: Counter[str] = Counter()
+    last = 0  # occurrences [first, last) lie in the current window
+    for first, (start, _, word) in enumerate(found):
+        while last < len(found) and found[last][1] <= start + chars:
+            inside[found[last][2]] += 1
             last += 1
-            take(last, 1)
-        opens = first == 0 or words[first].group().lower() in wanted
-        if opens and len(seen) > best_count:
-            best, best_count = (first, last), len(seen)
-        take(first, -1)
+        if len(inside) > best_count:
+            best, best_count = start, len(inside)
+        if last > first:  # the window held this occurrence: slide past it
+            inside[word] -= 1
+            if not inside[word]:
+                del inside[word]
+        else:
+            last = first + 1
     return best
