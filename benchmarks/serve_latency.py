@@ -59,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", default="test", help="queries of this qrels split (test)")
     parser.add_argument("--queries", type=int, default=None, help="only the first N queries")
     parser.add_argument("--out", help="also write every timing as JSON")
+    parser.add_argument("--url", help="query this running `ar2 serve RUN` instead of starting one")
     return parser.parse_args(argv)
 
 
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(queries)} queries; loading {args.run} in-process and in `ar2 serve`", flush=True)
     service = SearchService.load(args.run)
     texts = [q.text for q in queries]
-    with served(args.run) as url, http_client(url) as client:
+    with served(args.run, args.url) as url, http_client(url) as client:
         host, port = url.removeprefix("http://").rsplit(":", 1)
         conn = http.client.HTTPConnection(host, int(port), timeout=60)
         took: list[float] = []
@@ -199,21 +200,30 @@ def http_qps(url: str, texts: list[str], mode: str, rerank_k: int) -> float:
 class served:
     """``ar2 serve RUN --port 0`` in a subprocess; the context value is its base URL."""
 
-    def __init__(self, run: str) -> None:
-        self.run = run
+    def __init__(self, run: str, url: str | None = None) -> None:
+        self.run, self.url = run, url
+        self.proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> str:
         import httpx
 
-        self.log = tempfile.TemporaryFile("w+")
+        if self.url:
+            return self.url.rstrip("/")
+        # Both streams go to a file: uvicorn writes its access log to stdout, and a pipe that
+        # nobody reads fills after ~900 requests and then blocks the server's event loop.
+        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log")
         cmd = [sys.executable, "-m", "ar2.cli", "serve", self.run, "--port", "0"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        match = re.search(r"(http://\S+?)/ ", line)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, text=True)
+        match = None
+        for _ in range(1200):
+            match = re.search(r"ar2 serve: (http://\S+?)/ ", Path(self.log.name).read_text())
+            if match or self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
         if not match:
+            text = Path(self.log.name).read_text()[-2000:]
             self.__exit__()
-            raise SystemExit(f"ar2 serve did not start: {line}")
+            raise SystemExit(f"ar2 serve did not start:\n{text}")
         url = match.group(1)
         for _ in range(600):
             try:
@@ -224,6 +234,8 @@ class served:
         raise SystemExit("ar2 serve did not answer /health within 60 s")
 
     def __exit__(self, *exc: object) -> None:
+        if self.proc is None:
+            return
         self.proc.terminate()
         self.proc.wait(timeout=30)
         self.log.close()

@@ -76,6 +76,32 @@ def test_keep_alive_replies_do_not_wait_for_delayed_acks(url: str) -> None:
     assert statistics.median(times) < 0.02, times
 
 
+def test_health_answers_while_a_slow_search_runs() -> None:
+    """Searches run on the service's worker thread, so the event loop keeps answering."""
+    from ar2.index import BM25Index
+    from ar2.pipeline import BM25Retriever
+    from ar2.types import Doc, Hit, Query
+
+    class SlowRanker:
+        def rerank(self, query: Query, hits: list[Hit]) -> list[Hit]:
+            time.sleep(1.5)
+            return list(hits)
+
+    docs = [Doc("d1", "cats eat fish"), Doc("d2", "dogs chase balls")]
+    service = SearchService(docs, {"bm25": BM25Retriever(BM25Index.build(docs))}, SlowRanker())
+    with in_background(create_app(service)) as base:
+        slow = threading.Thread(
+            target=lambda: httpx.post(base + "/search", json={"query": "cats"}, timeout=30)
+        )
+        slow.start()
+        time.sleep(0.3)  # the search is running now
+        start = time.perf_counter()
+        assert httpx.get(base + "/health", timeout=30).status_code == 200
+        assert time.perf_counter() - start < 0.5
+        assert slow.is_alive()
+        slow.join()
+
+
 def test_load_8_clients_200_requests_each_without_errors(url: str) -> None:
     """8 concurrent keep-alive clients × 200 requests (every mode, reranked or not, batches)."""
     expected: dict[tuple[str, str, int], list[str]] = {}
