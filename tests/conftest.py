@@ -101,7 +101,8 @@ def build_tiny_bert(path: Path, seed: int = 0) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *[f"w{i}" for i in range(40)]]
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    # vocab=, not vocab_file= (which transformers 5 ignores, leaving a 5-token vocabulary)
+    tokenizer = BertTokenizerFast(vocab=str(path / "vocab.txt"), do_lower_case=True)
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=len(vocab),

@@ -63,7 +63,11 @@ import torch.nn.functional as F
 
 
 def in_batch_contrastive(
-    query_vecs: torch.Tensor, doc_vecs: torch.Tensor, temperature: float = 1.0
+    query_vecs: torch.Tensor,
+    doc_vecs: torch.Tensor,
+    temperature: float = 1.0,
+    group: int | None = None,
+    offset: int = 0,
 ) -> torch.Tensor:
     """DPR loss with in-batch negatives, for the warm-up retriever G0 (AR2 ``de.py``).
 
@@ -79,6 +83,10 @@ def in_batch_contrastive(
         doc_vecs: ``(B * (1 + h), d)`` passage embeddings as ``B`` consecutive groups
             ``[positive, h hard negatives]``; ``h = 0`` gives plain in-batch negatives.
         temperature: divides the dot products (1 in AR2; scale = 1 / temperature).
+        group: ``1 + h`` (default: the rows of ``doc_vecs`` per query).
+        offset: for data parallelism (:mod:`ar2.distributed`): ``doc_vecs`` holds the groups
+            of every process's queries, ``query_vecs`` are queries ``offset, offset + 1, ...``
+            of them, and query ``b``'s positive is row ``(offset + b) * group``.
 
     Returns:
         The scalar loss.
@@ -96,13 +104,15 @@ def in_batch_contrastive(
             f"got {tuple(query_vecs.shape)} and {tuple(doc_vecs.shape)}"
         )
     batch, n_docs = query_vecs.shape[0], doc_vecs.shape[0]
-    if batch == 0 or n_docs < batch or n_docs % batch:
+    if group is None:  # one process: exactly one group per query
+        group = n_docs // batch if batch and n_docs % batch == 0 else 0
+    if batch == 0 or group < 1 or n_docs % group or (offset + batch) * group > n_docs:
         raise ValueError(
-            f"doc_vecs must hold B groups of (1 + h) passages for B = {batch} queries; "
-            f"got {n_docs} rows"
+            f"doc_vecs must hold a group of (1 + h) passages per query for B = {batch} "
+            f"queries (from query {offset} on); got {n_docs} rows"
         )
-    scores = query_vecs @ doc_vecs.T / temperature  # (batch, batch * (1 + h))
-    return _in_batch_nll(scores, group=n_docs // batch)
+    scores = query_vecs @ doc_vecs.T / temperature  # (batch, all queries * group)
+    return _in_batch_nll(scores, group, offset)
 
 
 def listwise_ce(scores: torch.Tensor) -> torch.Tensor:
@@ -233,6 +243,8 @@ def ar2_retriever_loss(
     reduction: str = "sum",
     temperature: float = 1.0,
     in_batch_scores: torch.Tensor | None = None,
+    shards: int = 1,
+    offset: int = 0,
 ) -> torch.Tensor:
     """The AR2 retriever (G-step) loss ``lambda L_ADV + (1 - lambda) L_KD`` (spec §3.3 step 5).
 
@@ -254,6 +266,12 @@ def ar2_retriever_loss(
         temperature: ranker temperature ``T`` of L_KD (1 in AR2).
         in_batch_scores: optional ``(B, B * M)`` scores of every query against every passage
             of the batch, groups in query order; query ``b``'s positive is column ``b * M``.
+        shards: data parallelism (:mod:`ar2.distributed`): this batch is one of ``shards``
+            equal shards of the global batch. The summed L_ADV is multiplied by ``shards``, so
+            that the mean of the shards' losses (what DDP's gradient averaging optimises) is
+            the loss of the global batch.
+        offset: with ``shards``, the global index of this shard's first query;
+            ``in_batch_scores`` then holds every shard's passages, ``(B, shards * B * M)``.
 
     Returns:
         The scalar loss.
@@ -266,23 +284,25 @@ def ar2_retriever_loss(
     if not 0.0 <= adv_lambda <= 1.0:
         raise ValueError(f"adv_lambda must be in [0, 1]; got {adv_lambda}")
     adv = ar2_adversarial(retriever_scores, ranker_scores, reduction)  # ()
+    if reduction == "sum":
+        adv = adv * shards  # a sum over the global batch, not over this shard
     kd = ar2_distillation(retriever_scores, ranker_scores, temperature)  # ()
     loss = adv_lambda * adv + (1.0 - adv_lambda) * kd  # ()
     if in_batch_scores is None:
         return loss
     batch, group = retriever_scores.shape
-    if in_batch_scores.shape != (batch, batch * group):
+    if in_batch_scores.shape != (batch, shards * batch * group):
         raise ValueError(
-            f"in_batch_scores must have shape (B, B * M) = {(batch, batch * group)}; "
-            f"got {tuple(in_batch_scores.shape)}"
+            f"in_batch_scores must have shape (B, shards * B * M) = "
+            f"{(batch, shards * batch * group)}; got {tuple(in_batch_scores.shape)}"
         )
-    return loss + _in_batch_nll(in_batch_scores, group)
+    return loss + _in_batch_nll(in_batch_scores, group, offset)
 
 
-def _in_batch_nll(scores: torch.Tensor, group: int) -> torch.Tensor:
-    """Mean NLL of query ``b``'s positive, column ``b * group`` of ``(B, B * group)`` scores."""
-    targets = torch.arange(scores.shape[0], device=scores.device) * group  # (batch,)
-    return F.cross_entropy(scores, targets)
+def _in_batch_nll(scores: torch.Tensor, group: int, offset: int = 0) -> torch.Tensor:
+    """Mean NLL of query ``b``'s positive, column ``(offset + b) * group`` of the scores."""
+    rows = torch.arange(scores.shape[0], device=scores.device)  # (batch,)
+    return F.cross_entropy(scores, (offset + rows) * group)
 
 
 def _get_reduction(name: str) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ar2 import distributed
 from ar2._io import atomic_write_json
 from ar2._optional import require
 from ar2.config import AR2Config
@@ -30,7 +31,7 @@ from ar2.errors import Ar2Error
 from ar2.train import steps
 from ar2.train.data import TrainData, load_train_data
 from ar2.train.rounds import adversarial_rounds, dev_rerank, mine_round
-from ar2.train.stage import MetricsLog, RunContext, model_of, tail_mean, train_stage
+from ar2.train.stage import TOWERS, MetricsLog, RunContext, model_of, tail_mean, train_stage
 from ar2.train.warm_start import warm_start
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,8 @@ def _warmup_retriever(ctx: RunContext) -> BiEncoder:
         batch = steps.draw_batch(groups, data.docs, cfg.g0, cfg.seed, "g0", step)
         return steps.contrastive_retriever_loss(encoder, batch, cfg.scale, cfg.train_doc_max_length)
 
-    losses = train_stage(out, "g0", {"retriever": model_of(encoder)}, cfg.g0, loss, cfg.seed)
+    with distributed.data_parallel(encoder, TOWERS):
+        losses = train_stage(out, "g0", {"retriever": model_of(encoder)}, cfg.g0, loss, cfg.seed)
     encoder.save(final)
     ctx.metrics.write(
         {"stage": "g0-train", "round": 0, "model": "retriever", "loss": tail_mean(losses)}
@@ -130,7 +132,8 @@ def _warmup_ranker(ctx: RunContext) -> CrossEncoder:
             batch = steps.draw_batch(groups, data.docs, cfg.d0, cfg.seed, "d0", step)
             return steps.ranker_loss(ranker, batch, steps.train_pair_length(cfg))
 
-        losses = train_stage(out, "d0", {"ranker": ranker.model}, cfg.d0, loss, cfg.seed)
+        with distributed.data_parallel(ranker, ("model",)):
+            losses = train_stage(out, "d0", {"ranker": ranker.model}, cfg.d0, loss, cfg.seed)
         ctx.metrics.write(
             {"stage": "d0-train", "round": 0, "model": "ranker", "loss": tail_mean(losses)}
         )

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ar2 import distributed
 from ar2._io import atomic_dir, atomic_write_json
 from ar2._optional import require
 from ar2.config import StageConfig
@@ -50,7 +51,11 @@ class Stepper:
         )
 
     def step(self, loss: Any) -> float:
-        """Backward, clip, update, advance the schedule; returns the loss as a float."""
+        """Backward, clip, update, advance the schedule; returns the loss as a float.
+
+        Under data parallelism the model runs inside :func:`ar2.distributed.data_parallel`, so
+        ``backward`` averages the gradients over the processes before clipping.
+        """
         torch = require("torch")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
@@ -58,7 +63,7 @@ class Stepper:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.steps += 1
-        return float(loss.detach())
+        return distributed.all_mean(float(loss.detach()))  # this shard's loss, averaged
 
     def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """Optimizer and schedule state split into tensors and JSON-able metadata."""

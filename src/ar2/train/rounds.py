@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ar2 import distributed
 from ar2._io import atomic_write_json
 from ar2._optional import require
 from ar2.data.training import TrainingGroup, read_groups, write_groups
@@ -19,7 +20,7 @@ from ar2.data.trec import read_run, write_run
 from ar2.encoders import BiEncoder, CrossEncoder
 from ar2.train import steps
 from ar2.train.loop import Stepper, load_checkpoint, run_steps, save_checkpoint, seed_step
-from ar2.train.stage import RunContext, model_of, tail_mean
+from ar2.train.stage import TOWERS, RunContext, model_of, tail_mean
 from ar2.types import Doc, Hit, Query, Run
 
 PHASES = ("ranker", "retriever")
@@ -171,6 +172,11 @@ class _Phase:
         def checkpoint(step: int) -> None:
             save([self.r, self.phase, step])
 
-        logs = run_steps(stage, self.stage_cfg.steps, one, checkpoint, cfg.checkpoint_every, start)
+        owner, attrs = (
+            (self.ranker, ("model",)) if self.name == "ranker" else (self.retriever, TOWERS)
+        )
+        with distributed.data_parallel(owner, attrs):
+            every = cfg.checkpoint_every
+            logs = run_steps(stage, self.stage_cfg.steps, one, checkpoint, every, start)
         save([self.r, self.phase + 1, 0])
         return [x["loss"] for x in logs]

@@ -59,6 +59,10 @@ def _parse(line: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and "stage" in record else None
 
 
+TOWERS = ("doc_model", "query_model")
+"""A retriever's modules that data parallelism wraps (one wrapper when the towers are shared)."""
+
+
 def model_of(encoder: BiEncoder) -> Any:
     """The trainable module of a retriever: one tower, or both when they are separate."""
     torch = require("torch")

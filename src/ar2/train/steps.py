@@ -10,7 +10,7 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from ar2 import losses
+from ar2 import distributed, losses
 from ar2._optional import require
 from ar2.config import AR2Config, StageConfig
 from ar2.data.training import TrainingGroup
@@ -21,14 +21,24 @@ from ar2.types import Doc, Query
 
 
 class Batch(NamedTuple):
-    """``B`` queries, each with a group of ``M = 1 + n`` documents, the positive first."""
+    """``B`` queries, each with a group of ``M = 1 + n`` documents, the positive first.
+
+    Under data parallelism a batch is this process's shard of the global batch, and
+    ``offset`` the global index of its first query.
+    """
 
     queries: list[Query]
     docs: list[Doc]  # (B * M,) in query-major order
+    offset: int = 0
 
     @property
     def group_size(self) -> int:
         return len(self.docs) // len(self.queries)
+
+    def shard(self, w: distributed.World) -> Batch:
+        """This process's contiguous share of the queries, with their groups."""
+        queries = distributed.shard(self.queries, w)
+        return Batch(queries, distributed.shard(self.docs, w), w.rank * len(queries))
 
 
 def draw_batch(
@@ -39,7 +49,10 @@ def draw_batch(
     stage: str,
     step: int,
 ) -> Batch:
-    """The batch of ``step``: ``cfg.batch_size`` groups from a seeded per-epoch permutation."""
+    """The batch of ``step``: ``cfg.batch_size`` groups from a seeded per-epoch permutation.
+
+    Every process draws the same global batch and keeps its own shard of it.
+    """
     from ar2.train.loop import step_rng
 
     if not groups:
@@ -61,19 +74,21 @@ def draw_batch(
         positive = rng.choice(group.positives)
         negatives = sample_negatives(group.negatives, cfg.n_neg, rng)
         batch_docs.extend(docs[d] for d in (positive, *negatives))
-    return Batch([g.query for g in picked], batch_docs)
+    return Batch([g.query for g in picked], batch_docs).shard(distributed.world())
 
 
 def group_scores(
     encoder: BiEncoder, batch: Batch, scale: float, doc_len: int | None = None
 ) -> tuple[Any, Any]:
-    """Retriever scores: ``(B, M)`` within each group and ``(B, B·M)`` against the whole batch."""
+    """Retriever scores: ``(B, M)`` within each group and ``(B, W·B·M)`` against every
+    passage of the global batch (``W`` processes; their passages gathered)."""
     q = encoder.embed_queries(batch.queries)  # (B, dim)
     d = encoder.embed_docs(batch.docs, doc_len)  # (B * M, dim)
-    in_batch = scale * q @ d.T  # (B, B * M)
+    in_batch = scale * q @ distributed.gather(d).T  # (B, W * B * M)
     rows = require("torch").arange(len(batch.queries))
-    cols = rows.unsqueeze(1) * batch.group_size + require("torch").arange(batch.group_size)
-    return in_batch[rows.unsqueeze(1), cols], in_batch  # (B, M), (B, B * M)
+    first = (batch.offset + rows.unsqueeze(1)) * batch.group_size
+    cols = first + require("torch").arange(batch.group_size)
+    return in_batch[rows.unsqueeze(1), cols], in_batch  # (B, M), (B, W * B * M)
 
 
 def ranker_scores(ranker: CrossEncoder, batch: Batch, max_length: int | None = None) -> Any:
@@ -96,8 +111,8 @@ def contrastive_retriever_loss(
     (``retriever_loss = "contrastive"``) with the retriever's own mined negatives.
     """
     q = encoder.embed_queries(batch.queries)  # (B, dim)
-    d = encoder.embed_docs(batch.docs, doc_len)  # (B * M, dim)
-    return losses.in_batch_contrastive(q, d, temperature=1.0 / scale)
+    d = distributed.gather(encoder.embed_docs(batch.docs, doc_len))  # (W * B * M, dim)
+    return losses.in_batch_contrastive(q, d, 1.0 / scale, batch.group_size, batch.offset)
 
 
 def ranker_loss(ranker: CrossEncoder, batch: Batch, max_length: int | None = None) -> Any:
@@ -121,6 +136,8 @@ def ar2_retriever_step_loss(
         cfg.adv_reduction,
         cfg.kd_temperature,
         in_batch if cfg.in_batch else None,
+        distributed.world().size,
+        batch.offset,
     )
 
 

@@ -1,0 +1,160 @@
+"""Data parallelism with torch.distributed: the process group, batch shards, gathers, DDP.
+
+Under ``torchrun --nproc_per_node N`` every process draws the same global batch (a pure function
+of seed, stage and step), keeps its own contiguous shard (:func:`shard`), and runs the models
+wrapped in ``DistributedDataParallel`` (:func:`data_parallel`), which averages gradients over
+the processes. In-batch negatives come from every process: :func:`gather` concatenates the
+shards' document vectors and lets gradients flow back to the process that made them. With
+equal shards the step is the same as one process on the global batch: the mean of the
+processes' losses is the global loss, and the averaged gradients are its gradients (tested in
+``tests/test_distributed.py``). Backend: nccl on CUDA, gloo on CPU.
+
+Without torchrun (``WORLD_SIZE`` unset or 1) everything here is a no-op:
+
+Example:
+    >>> w = world()
+    >>> (w.rank, w.size, w.main)
+    (0, 1, True)
+    >>> shard(["a", "b", "c", "d"], w)
+    ['a', 'b', 'c', 'd']
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ar2._optional import require
+from ar2.errors import Ar2Error
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among ``size`` processes (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that writes artifacts and logs."""
+        return self.rank == 0
+
+
+def world() -> World:
+    """The current process group's rank and size, or rank 0 of 1 without one."""
+    if "torch" not in _loaded() or not _initialized():
+        return World()
+    dist = require("torch").distributed
+    return World(dist.get_rank(), dist.get_world_size())
+
+
+def init_from_env() -> World:
+    """Join the process group torchrun describes (``WORLD_SIZE``, ``RANK``, ``MASTER_ADDR``,
+    ``MASTER_PORT``, ``LOCAL_RANK``): nccl when CUDA is available, gloo otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return World()
+    torch = require("torch")
+    if not torch.distributed.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+    return world()
+
+
+def finish() -> None:
+    """Leave the process group cleanly (all ranks together)."""
+    if "torch" in _loaded() and _initialized():
+        gc.collect()  # drop DDP reducers and autograd graphs before the group goes
+        dist = require("torch").distributed
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def shard(items: Sequence[T], w: World | None = None) -> list[T]:
+    """This rank's contiguous slice of a global batch (every rank gets the same number).
+
+    Example:
+        >>> shard([1, 2, 3, 4], World(rank=1, size=2))
+        [3, 4]
+    """
+    w = w or world()
+    if len(items) % w.size:
+        raise Ar2Error(
+            f"a batch of {len(items)} does not split into {w.size} equal shards. "
+            f"Fix: make batch_size a multiple of the number of processes ({w.size})"
+        )
+    per = len(items) // w.size
+    return list(items[w.rank * per : (w.rank + 1) * per])
+
+
+def gather(tensor: Any) -> Any:
+    """Every rank's ``tensor`` concatenated along dim 0, in rank order. Gradients flow back to
+    the rank that made each part (their sum over the ranks that used it)."""
+    w = world()
+    if w.size == 1:
+        return tensor
+    torch = require("torch")
+    with warnings.catch_warnings():  # deprecated in favour of a private API; still correct
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = torch.distributed.nn.functional.all_gather(tensor)
+    return torch.cat(parts, dim=0)
+
+
+def all_mean(value: float) -> float:
+    """The mean of a float over the ranks (for logging a loss)."""
+    w = world()
+    if w.size == 1:
+        return value
+    torch = require("torch")
+    t = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return float(t.item()) / w.size
+
+
+@contextmanager
+def data_parallel(owner: Any, attrs: Sequence[str]) -> Iterator[None]:
+    """While the block runs, ``owner.<attr>`` are ``DistributedDataParallel`` wrappers of
+    themselves (the same wrapper where two attributes are one module, as shared towers), so
+    every forward through ``owner`` is synchronised; restored afterwards. No-op on one process.
+
+    ``find_unused_parameters``: BERT's pooler, for one, gets no gradient from mean pooling.
+    """
+    if world().size == 1:
+        yield
+        return
+    torch = require("torch")
+    originals = {a: getattr(owner, a) for a in attrs}
+    wrapped: dict[int, Any] = {}
+    for attr, module in originals.items():
+        if id(module) not in wrapped:
+            wrapped[id(module)] = torch.nn.parallel.DistributedDataParallel(
+                module, find_unused_parameters=True
+            )
+        setattr(owner, attr, wrapped[id(module)])
+    try:
+        yield
+    finally:
+        for attr, module in originals.items():
+            setattr(owner, attr, module)
+        wrapped.clear()
+        gc.collect()
+
+
+def _loaded() -> Any:
+    import sys
+
+    return sys.modules
+
+
+def _initialized() -> bool:
+    dist = require("torch").distributed
+    return bool(dist.is_available() and dist.is_initialized())

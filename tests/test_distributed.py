@@ -1,0 +1,83 @@
+"""Data parallelism on CPU (gloo, 2 processes under torchrun, a tiny model): one training step
+of every loss equals the single-process step on the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from ar2 import distributed
+from ar2.errors import Ar2Error
+
+HERE = Path(__file__).parent
+
+
+def torchrun(*args: str, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc_per_node nproc ARGS`` (a free port, loopback only)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += ["--nproc_per_node", str(nproc), *args]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def models(_tiny_bert_master: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A retriever and a ranker whose scores differ from document to document (a fresh tiny
+    BERT scores every pair alike, and its gradients are then round-off)."""
+    import torch
+
+    from ar2.encoders import BiEncoder, CrossEncoder
+
+    folder = tmp_path_factory.mktemp("dist")
+    torch.manual_seed(0)
+    retriever = BiEncoder.load(_tiny_bert_master, precision="fp32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a new head: random on purpose, saved so both agree
+        ranker = CrossEncoder.load(_tiny_bert_master, precision="fp32")
+    with torch.no_grad():
+        for module in (retriever.doc_model, ranker.model):
+            for param in module.parameters():
+                param.add_(torch.randn_like(param) * 0.5)
+    retriever.save(folder / "retriever")
+    ranker.save(folder / "ranker")
+    return str(folder / "retriever"), str(folder / "ranker")
+
+
+def test_shards_split_a_batch_evenly_or_say_why() -> None:
+    w = distributed.World(rank=1, size=3)
+    assert distributed.shard(list(range(6)), w) == [2, 3]
+    with pytest.raises(Ar2Error, match="multiple of the number of processes"):
+        distributed.shard(list(range(7)), w)
+
+
+def test_one_step_of_every_loss_equals_the_single_process_step(
+    models: tuple[str, str], tmp_path: Path
+) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from dist_step import KINDS, step_results
+
+    done = torchrun(str(HERE / "dist_step.py"), *models, str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    torch.set_num_threads(1)
+    reference = step_results(*models)
+    for kind in KINDS:
+        ref_loss, ref_grads = reference[kind]
+        for rank in (0, 1):
+            loss = json.loads((tmp_path / f"{kind}-rank{rank}.json").read_text())["loss"]
+            grads = load_file(str(tmp_path / f"{kind}-rank{rank}.safetensors"))
+            assert loss == pytest.approx(ref_loss, rel=1e-5, abs=1e-6), kind
+            assert set(grads) == set(ref_grads), kind
+            scale = max(g.abs().max().item() for g in ref_grads.values())
+            assert scale > 0, kind  # a step that trains something
+            for name, grad in grads.items():  # summation order differs: float32 round-off
+                torch.testing.assert_close(
+                    grad, ref_grads[name], rtol=1e-4, atol=1e-5 * scale, msg=f"{kind} {name}"
+                )
