@@ -115,6 +115,16 @@ def test_load_errors_name_the_folder_and_the_fix(tiny_run: Path, tmp_path: Path)
         SearchService.load(moved)
 
 
+def test_a_ranker_asked_for_must_exist_and_options_apply_to_runs(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(Ar2Error, match="typo"):
+        SearchService.load(tiny_run, reranker=tmp_path / "typo")
+    service = SearchService.load(tiny_run, retriever=tiny_run / "retriever", rerank_k=2)
+    assert service.default_rerank_k == 2
+    assert service.info()["manifests"]["retriever"]["kind"] == "bi_encoder"
+
+
 def test_an_index_folder_serves_with_an_added_ranker(tiny_run: Path) -> None:
     service = SearchService.load(tiny_run / "index", reranker=tiny_run / "ranker", rerank_k=3)
     assert service.modes == ("dense", "bm25", "hybrid")
@@ -129,6 +139,11 @@ def test_a_bm25_index_serves_bm25_only(toy_beir: Path, tmp_path: Path) -> None:
     service = SearchService.load(tmp_path / "b")
     assert service.modes == ("bm25",) and not service.has_ranker
     assert service.search([Query("q", "what do cats eat")], 1)["q"][0].doc_id == "d1"
+    with pytest.raises(Ar2Error, match="mode 'dense' is not served here"):
+        service.search([Query("q", "cats")], 1, "dense")
+    with TestClient(create_app(service)) as c:
+        reply = c.post("/search", json={"query": "cats", "mode": "dense"})
+        assert reply.status_code == 422 and "'bm25'" in reply.json()["detail"][0]["msg"]
 
 
 def test_snippets_hold_the_query_words_and_respect_the_length() -> None:
@@ -290,6 +305,12 @@ def test_oversized_bodies_get_a_413(client: TestClient) -> None:
     assert reply.status_code == 413
     assert "x" * 100 not in reply.text
     _assert_clean(reply.text)
+
+
+def test_unknown_field_names_are_cut_short_in_errors(client: TestClient) -> None:
+    reply = client.post("/search", json={"query": "cats", "x" * 5000: 1})
+    assert reply.status_code == 422
+    assert reply.json()["detail"][0]["loc"] == ["body", "x" * 64]
 
 
 def test_unknown_paths_and_methods(client: TestClient) -> None:

@@ -76,30 +76,59 @@ def test_keep_alive_replies_do_not_wait_for_delayed_acks(url: str) -> None:
     assert statistics.median(times) < 0.02, times
 
 
-def test_health_answers_while_a_slow_search_runs() -> None:
-    """Searches run on the service's worker thread, so the event loop keeps answering."""
+class SlowRanker:
+    """A ranker that signals when it starts and then takes its time."""
+
+    def __init__(self, seconds: float) -> None:
+        self.started, self.seconds = threading.Event(), seconds
+
+    def rerank(self, query: Any, hits: list[Any]) -> list[Any]:
+        self.started.set()
+        time.sleep(self.seconds)
+        return list(hits)
+
+
+def _slow_service(ranker: SlowRanker) -> SearchService:
     from ar2.index import BM25Index
     from ar2.pipeline import BM25Retriever
-    from ar2.types import Doc, Hit, Query
-
-    class SlowRanker:
-        def rerank(self, query: Query, hits: list[Hit]) -> list[Hit]:
-            time.sleep(1.5)
-            return list(hits)
+    from ar2.types import Doc
 
     docs = [Doc("d1", "cats eat fish"), Doc("d2", "dogs chase balls")]
-    service = SearchService(docs, {"bm25": BM25Retriever(BM25Index.build(docs))}, SlowRanker())
-    with in_background(create_app(service)) as base:
+    return SearchService(docs, {"bm25": BM25Retriever(BM25Index.build(docs))}, ranker)
+
+
+def test_health_answers_while_a_slow_search_runs() -> None:
+    """Searches run on the service's worker thread, so the event loop keeps answering."""
+    ranker = SlowRanker(1.5)
+    with in_background(create_app(_slow_service(ranker))) as base:
         slow = threading.Thread(
             target=lambda: httpx.post(base + "/search", json={"query": "cats"}, timeout=30)
         )
         slow.start()
-        time.sleep(0.3)  # the search is running now
+        assert ranker.started.wait(10)  # the search is running now
         start = time.perf_counter()
         assert httpx.get(base + "/health", timeout=30).status_code == 200
         assert time.perf_counter() - start < 0.5
         assert slow.is_alive()
         slow.join()
+
+
+def test_a_full_queue_answers_503_with_retry_after() -> None:
+    from ar2.serve import Limits
+
+    ranker = SlowRanker(1.0)
+    app = create_app(_slow_service(ranker), Limits(max_pending=1))
+    with in_background(app) as base:
+        first = threading.Thread(
+            target=lambda: httpx.post(base + "/search", json={"query": "cats"}, timeout=30)
+        )
+        first.start()
+        assert ranker.started.wait(10)
+        busy = httpx.post(base + "/search", json={"query": "dogs"}, timeout=30)
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert "retry" in busy.json()["detail"]
+        first.join()
+        assert httpx.post(base + "/search", json={"query": "dogs"}, timeout=30).status_code == 200
 
 
 def test_load_8_clients_200_requests_each_without_errors(url: str) -> None:

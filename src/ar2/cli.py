@@ -117,13 +117,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     require("fastapi", "serve")
     from ar2.serve import SearchService, create_app
-    from ar2.serve.server import listen, server, url_of
+    from ar2.serve.server import is_loopback, listen, server, url_of
 
     sock = listen(args.host, args.port)  # fail fast, before minutes of loading
     log.info("loading %s", args.path)
     service = SearchService.load(args.path, args.reranker, args.retriever, args.rerank_k)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    if not is_loopback(sock):
         log.warning("listening on %s: anyone who can reach it can search", args.host)
+    if args.rerank_k and not service.has_ranker:
+        log.warning(
+            "--rerank-k %d ignored: %s has no ranker (pass --reranker)", args.rerank_k, args.path
+        )
     rerank = f"; rerank top {service.default_rerank_k}" if service.has_ranker else ""
     modes = ", ".join(service.modes)
     print(f"ar2 serve: {url_of(sock)}/ ({len(service.docs)} documents; {modes}{rerank})")

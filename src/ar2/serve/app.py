@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -103,7 +103,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "a request this service cannot answer"},
     413: {"model": ErrorBody, "description": "request body too large"},
     422: {"model": ErrorBody, "description": "invalid request: the fields and rules broken"},
+    503: {"model": ErrorBody, "description": "too many searches queued: retry after a second"},
 }
+LOC_CHARS = 64  # a field name echoed in an error is cut to this length
 
 
 def create_app(service: SearchService, limits: Limits | None = None) -> FastAPI:
@@ -116,6 +118,7 @@ def create_app(service: SearchService, limits: Limits | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("serving %d documents, modes %s", len(service.docs), list(service.modes))
         yield
+        service.close()  # the searches in flight finish first
         log.info("shut down")
 
     app = FastAPI(
@@ -127,29 +130,31 @@ def create_app(service: SearchService, limits: Limits | None = None) -> FastAPI:
     )
     _add_error_handlers(app)
 
-    # The endpoints are ``async``: they await the service's own worker thread (one hop), so
-    # the event loop stays free and no second thread pool is involved.
+    # The endpoints are ``async``: they await the service's own worker thread (one hop), which
+    # also builds titles and snippets, so the event loop stays free for other requests.
+    async def run(queries: list[Query], req: Any) -> Any:
+        if service.pending >= limits.max_pending:
+            raise HTTPException(503, "too many searches queued; retry", {"Retry-After": "1"})
+
+        def hits(run: Any) -> list[list[dict[str, Any]]]:
+            return [_hits_out(service, run[q.id], q.text, limits.snippet_chars) for q in queries]
+
+        future = service.submit(queries, req.k, req.mode, req.rerank_k, then=hits)
+        return await asyncio.wrap_future(future)
+
     @app.post("/search", response_model=SearchResponse, responses=_ERRORS)
     async def search(body: search_request) -> dict[str, Any]:  # type: ignore[valid-type]
         """Search one query."""
-        start = time.perf_counter()
-        req: Any = body
-        queries = [Query("0", req.query)]
-        run = await asyncio.wrap_future(service.submit(queries, req.k, req.mode, req.rerank_k))
-        results = _hits_out(service, run["0"], req.query, limits.snippet_chars)
+        start, req = time.perf_counter(), cast(Any, body)
+        [results] = await run([Query("0", req.query)], req)
         return _reply(service, req, start, hits=results)
 
     @app.post("/search/batch", response_model=BatchResponse, responses=_ERRORS)
     async def search_batch(body: batch_request) -> dict[str, Any]:  # type: ignore[valid-type]
         """Search many queries in one call (encoded together: cheaper than one call each)."""
-        start = time.perf_counter()
-        req: Any = body
-        queries = [Query(str(i), text) for i, text in enumerate(req.queries)]
-        run = await asyncio.wrap_future(service.submit(queries, req.k, req.mode, req.rerank_k))
-        results = [
-            {"hits": _hits_out(service, run[q.id], q.text, limits.snippet_chars)} for q in queries
-        ]
-        return _reply(service, req, start, results=results)
+        start, req = time.perf_counter(), cast(Any, body)
+        results = await run([Query(str(i), t) for i, t in enumerate(req.queries)], req)
+        return _reply(service, req, start, results=[{"hits": h} for h in results])
 
     @app.get("/health", response_model=Health)
     async def health() -> dict[str, Any]:
@@ -235,6 +240,11 @@ def _reply(service: SearchService, req: Any, start: float, **payload: Any) -> di
     return payload | {"took_ms": round(took_ms, 3), "mode": req.mode, "rerank_k": rerank_k}
 
 
+def _loc(loc: Any) -> list[str | int]:
+    """Where the error is; unknown field names are the client's text, so they are cut short."""
+    return [part if isinstance(part, int) else str(part)[:LOC_CHARS] for part in loc]
+
+
 def _message(error: Any) -> str:
     if error.get("type") == "string_pattern_mismatch":
         return "String should hold a character other than whitespace"
@@ -247,7 +257,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         detail = [
-            {"loc": list(e.get("loc", ())), "msg": _message(e), "type": e.get("type", "")}
+            {"loc": _loc(e.get("loc", ())), "msg": _message(e), "type": e.get("type", "")}
             for e in exc.errors()
         ]
         return JSONResponse({"detail": detail}, status_code=422)

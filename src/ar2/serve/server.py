@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
 import time
@@ -54,6 +55,17 @@ def listen(host: str, port: int) -> socket.socket:
             f"cannot listen on {host}:{port} ({err.strerror or err}). "
             "Fix: choose another --port (0 picks a free one) or stop what is using it"
         ) from err
+
+
+def is_loopback(sock: socket.socket) -> bool:
+    """Whether ``sock`` listens on a loopback address only (127.0.0.0/8, ::1).
+
+    Example:
+        >>> with socket.create_server(("127.0.0.1", 0)) as s:
+        ...     is_loopback(s)
+        True
+    """
+    return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
 
 
 def url_of(sock: socket.socket) -> str:

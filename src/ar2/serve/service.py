@@ -19,7 +19,7 @@ import dataclasses
 import json
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +52,8 @@ class Limits:
     max_batch: int = 32
     max_body_bytes: int = 256 * 1024
     snippet_chars: int = 240
+    max_pending: int = 64
+    """Searches queued or running; one more gets 503 with Retry-After (back-pressure)."""
 
 
 class SearchService:
@@ -87,6 +89,8 @@ class SearchService:
         self._info = dict(info or {})
         self._worker: ThreadPoolExecutor | None = None
         self._worker_lock = threading.Lock()
+        self.pending = 0
+        """Searches submitted and not finished (the HTTP app refuses more than its limit)."""
 
     @classmethod
     def load(
@@ -107,7 +111,7 @@ class SearchService:
         if not path.is_dir():
             raise Ar2Error(f"{path}: no such folder. Fix: give a run folder or an index folder")
         if (path / "config.json").is_file() and not (path / "manifest.json").is_file():
-            return _load_run(path, reranker, rerank_k)
+            return _load_run(path, reranker, retriever, rerank_k)
         return _load_index(path, reranker, retriever, rerank_k)
 
     def search(
@@ -118,29 +122,44 @@ class SearchService:
         return self.submit(queries, k, mode, rerank_k).result()
 
     def submit(
-        self, queries: Sequence[Query], k: int, mode: str | None = None, rerank_k: int | None = None
-    ) -> Future[Run]:
-        """:meth:`search` without waiting: the future of its run (``asyncio.wrap_future`` turns
-        it into an awaitable, so an event loop needs no thread of its own to wait)."""
+        self,
+        queries: Sequence[Query],
+        k: int,
+        mode: str | None = None,
+        rerank_k: int | None = None,
+        then: Callable[[Run], Any] | None = None,
+    ) -> Future[Any]:
+        """:meth:`search` without waiting: the future of its run, or of ``then(run)`` (which
+        runs on the worker thread too). ``asyncio.wrap_future`` makes it awaitable."""
         mode = mode or self.default_mode
         if mode not in self._pipelines:
             raise Ar2Error(f"mode {mode!r} is not served here; choose one of {list(self.modes)}")
         if rerank_k and not self.has_ranker:
             raise Ar2Error("this service has no ranker; set rerank_k to 0")
-        return self._thread().submit(self._pipelines[mode].run, queries, k, rerank_k=rerank_k)
+        pipeline = self._pipelines[mode]
 
-    def close(self) -> None:
-        """Stop the worker thread (a later search starts a new one)."""
-        with self._worker_lock:
-            if self._worker is not None:
-                self._worker.shutdown()
-                self._worker = None
+        def work() -> Any:
+            run = pipeline.run(queries, k, rerank_k=rerank_k)
+            return then(run) if then else run
 
-    def _thread(self) -> ThreadPoolExecutor:
         with self._worker_lock:
             if self._worker is None:
                 self._worker = ThreadPoolExecutor(1, thread_name_prefix="ar2-search")
-            return self._worker
+            future = self._worker.submit(work)
+            self.pending += 1
+        future.add_done_callback(self._finished)
+        return future
+
+    def close(self) -> None:
+        """Stop the worker thread once its queue is done (a later search starts a new one)."""
+        with self._worker_lock:
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.shutdown(wait=True)
+
+    def _finished(self, future: Future[Any]) -> None:
+        with self._worker_lock:
+            self.pending -= 1
 
     def info(self) -> dict[str, Any]:
         """What is served and how it was built: modes, defaults, manifests, versions."""
@@ -156,7 +175,12 @@ class SearchService:
         }
 
 
-def _load_run(run: Path, reranker: str | Path | None, rerank_k: int | None) -> SearchService:
+def _load_run(
+    run: Path,
+    reranker: str | Path | None,
+    retriever: str | Path | None,
+    rerank_k: int | None,
+) -> SearchService:
     from ar2.pipeline import DenseRetriever
 
     if not (run / "retriever").is_dir() or not (run / "index" / "manifest.json").is_file():
@@ -166,13 +190,15 @@ def _load_run(run: Path, reranker: str | Path | None, rerank_k: int | None) -> S
         )
     config = _read_json(run / "config.json")
     docs = _stored_docs(run / "index")
-    dense = DenseRetriever.load(run / "index", encoder_dir=run / "retriever")
+    encoder_dir = Path(retriever) if retriever else run / "retriever"
+    dense = DenseRetriever.load(run / "index", encoder_dir=encoder_dir)
     ranker_dir = Path(reranker) if reranker else run / "ranker"
-    ranker = _load_ranker(ranker_dir, docs) if ranker_dir.is_dir() else None
+    # a ranker asked for must load (a typo is an error); the run's own is optional
+    ranker = _load_ranker(ranker_dir, docs) if reranker or ranker_dir.is_dir() else None
     retrievers = _with_bm25({"dense": dense}, docs)
     info = {
         "source": {"kind": "run", "path": str(run.resolve())},
-        "manifests": _manifests(run / "index", run / "retriever", ranker_dir if ranker else None),
+        "manifests": _manifests(run / "index", encoder_dir, ranker_dir if ranker else None),
         "training": {"config": config, "results": _results(run)},
     }
     rerank_k = config.get("rerank_k") if rerank_k is None else rerank_k
@@ -269,7 +295,8 @@ def _versions() -> dict[str, str]:
     from importlib import metadata
 
     found = {}
-    for name in ("torch", "transformers", "faiss-cpu", "bm25s", "fastapi", "uvicorn"):
+    names = ("torch", "transformers", "faiss-cpu", "faiss-gpu", "bm25s", "fastapi", "uvicorn")
+    for name in names:
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

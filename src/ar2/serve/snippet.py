@@ -9,12 +9,14 @@ from functools import lru_cache
 _WORD = re.compile(r"\w+")
 _BEFORE_PARTIAL_WORD = re.compile(r"(?s)(.*\W)\w+")  # a window cut inside its last word
 ELLIPSIS = "…"
+MAX_SCAN = 20_000  # characters searched for query words (a snippet of a book opens early)
 
 
 def snippet(text: str, query: str, chars: int = 240) -> str:
-    """At most ``chars`` characters of ``text``, cut at word boundaries, chosen to hold the most
-    distinct query words; ``…`` marks a cut. A window starts at the text's start or at a query
-    word (the earliest wins ties), so the snippet opens on what matched.
+    """At most ``chars`` characters of ``text`` (plus the ``…`` marks of cuts), cut at word
+    boundaries, chosen to hold the most distinct query words (searched for in the first
+    ``MAX_SCAN`` characters). A window starts at the text's start or at a query word (the
+    earliest wins ties), so the snippet opens on what matched.
 
     Example:
         >>> text = "Dogs bark at night. Birds sing at dawn. Cats eat fish every day."
@@ -23,15 +25,16 @@ def snippet(text: str, query: str, chars: int = 240) -> str:
         >>> snippet("short text", "anything")
         'short text'
     """
+    text = text.strip()
     if len(text) <= chars:
         return text
-    found = _occurrences(text, query)
+    found = _occurrences(text[:MAX_SCAN], query)
     begin = _best_start(found, chars)
     stop = min(len(text), begin + chars)
     window = text[begin:stop]
     if stop < len(text) and (cut := _BEFORE_PARTIAL_WORD.fullmatch(window)):
         window = cut.group(1)
-    window = window.rstrip()
+    window = window.rstrip() or text[begin:stop]  # no word boundary to cut at: cut anyway
     tail = f" {ELLIPSIS}" if begin + len(window) < len(text) else ""
     return f"{ELLIPSIS} " * (begin > 0) + window + tail
 
