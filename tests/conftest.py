@@ -93,7 +93,7 @@ def write_train_toy(root: Path) -> Path:
     return root
 
 
-def build_tiny_bert(path: Path, seed: int = 0) -> Path:
+def build_tiny_bert(path: Path, seed: int = 0, dropout: float = 0.1) -> Path:
     """A random-initialised 2-layer, 32-dim BERT with a word-level vocabulary, saved to ``path``."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
@@ -111,6 +111,8 @@ def build_tiny_bert(path: Path, seed: int = 0) -> Path:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     BertModel(config).save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))

@@ -94,6 +94,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """AR2 co-training on a BEIR folder with a train split."""
+    from ar2 import distributed
     from ar2.config import load_ar2_config, load_toml
     from ar2.report import format_table
     from ar2.train.ar2 import run_ar2
@@ -104,10 +105,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         data = data | {"retriever_model": args.model, "ranker_model": args.model}
     cfg = load_ar2_config(data, source)
     warm = Path(args.warm_start) if args.warm_start else None
-    results = run_ar2(Path(args.data_dir), Path(args.out), cfg, args.resume, warm)
-    if results:
-        print(format_table(results))
-    print(f"\nrun: {args.out} (retriever/, ranker/, index/, report.md, metrics.jsonl)")
+    w = distributed.init_from_env()  # under torchrun: one process of several
+    try:
+        results = run_ar2(Path(args.data_dir), Path(args.out), cfg, args.resume, warm)
+    except BaseException:
+        distributed.finish(clean=False)
+        raise
+    distributed.finish()
+    if w.main:
+        if results:
+            print(format_table(results))
+        print(f"\nrun: {args.out} (retriever/, ranker/, index/, report.md, metrics.jsonl)")
     return 0
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import gc
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -70,13 +70,50 @@ def init_from_env() -> World:
     return world()
 
 
-def finish() -> None:
-    """Leave the process group cleanly (all ranks together)."""
+def finish(clean: bool = True) -> None:
+    """Leave the process group: all ranks together when ``clean``; at once after an error
+    (the other ranks then fail at their next collective instead of waiting forever)."""
     if "torch" in _loaded() and _initialized():
         gc.collect()  # drop DDP reducers and autograd graphs before the group goes
         dist = require("torch").distributed
-        dist.barrier()
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op on one process)."""
+    if world().size > 1:
+        require("torch").distributed.barrier()
+
+
+def on_main(func: Callable[..., T], *args: Any) -> T | None:
+    """Run ``func(*args)`` on rank 0 only (what writes files) between two barriers: every rank
+    has made its decisions on the files as they were ("skip this stage if its output exists")
+    before rank 0 writes, and what it wrote is there for all of them afterwards."""
+    barrier()
+    result = func(*args) if world().main else None
+    barrier()
+    return result
+
+
+def encode_sharded(encode: Callable[[Sequence[T]], Any], items: Sequence[T]) -> Any:
+    """``encode(items)`` (an ``(n, dim)`` float32 array) with the work split over the ranks:
+    rank ``r`` encodes items ``r, r + W, ...``; every rank gets the whole array back."""
+    w = world()
+    if w.size == 1:
+        return encode(items)
+    np, torch = require("numpy"), require("torch")
+    mine = torch.from_numpy(np.ascontiguousarray(encode(items[w.rank :: w.size])))
+    per = -(-len(items) // w.size)  # all_gather needs equal sizes: pad to the largest share
+    padded = torch.zeros((per, *mine.shape[1:]), dtype=mine.dtype)
+    padded[: len(mine)] = mine
+    parts = [torch.empty_like(padded) for _ in range(w.size)]
+    torch.distributed.all_gather(parts, padded)
+    out = np.empty((len(items), *mine.shape[1:]), dtype=np.float32)
+    for rank, part in enumerate(parts):
+        out[rank :: w.size] = part[: len(range(rank, len(items), w.size))].numpy()
+    return out
 
 
 def shard(items: Sequence[T], w: World | None = None) -> list[T]:

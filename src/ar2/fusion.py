@@ -25,11 +25,25 @@ from ar2.types import Hit, Qrels, Run
 WEIGHTS = tuple(i / 10 for i in range(11))
 
 
+FLAT = 1e-6
+"""Scores whose spread is below this share of their magnitude count as constant: float32
+models carry about 7 significant digits, and z-scoring round-off would blow it up to O(1)."""
+
+
 def zscore(x: np.ndarray) -> np.ndarray:
-    """``(x - mean) / std`` over one query's hits (all zeros when they are constant)."""
+    """``(x - mean) / std`` over one query's hits (all zeros when they are constant, to float32
+    precision).
+
+    Example:
+        >>> zscore(np.array([1.0, 2.0, 3.0])).round(4).tolist()
+        [-1.2247, 0.0, 1.2247]
+        >>> zscore(np.array([5.0, 5.0 + 1e-9])).tolist()
+        [0.0, 0.0]
+    """
     x = np.asarray(x, dtype=np.float64)
     std = x.std()
-    return (x - x.mean()) / std if std > 0 else np.zeros_like(x)
+    flat = std <= FLAT * max(1.0, float(np.abs(x).max(initial=0.0)))
+    return np.zeros_like(x) if flat else (x - x.mean()) / std
 
 
 def interpolate(retrieval: np.ndarray, ranking: np.ndarray, weight: float) -> np.ndarray:

@@ -53,14 +53,15 @@ def run_ar2(
 
     wanted = _prepare_out(out, cfg, resume)
     if warm_start_from is not None:
-        warm_start(out, warm_start_from, wanted)
+        distributed.on_main(warm_start, out, warm_start_from, wanted)
     data = load_train_data(data_dir, cfg.dev_queries, cfg.seed, out)
     ctx = RunContext(out, data, cfg, MetricsLog(out / "metrics.jsonl"))
     retriever = _warmup_retriever(ctx)
     mine_round(ctx, 0, retriever, None)
     ranker = _warmup_ranker(ctx)
     retriever, ranker = adversarial_rounds(ctx, retriever, ranker)
-    return final_report(data_dir, out, data, retriever, ranker, cfg)
+    report = distributed.on_main(final_report, data_dir, out, data, retriever, ranker, cfg)
+    return report or {}
 
 
 def _prepare_out(out: Path, cfg: AR2Config, resume: bool) -> dict[str, Any]:
@@ -71,8 +72,13 @@ def _prepare_out(out: Path, cfg: AR2Config, resume: bool) -> dict[str, Any]:
             raise Ar2Error(f"{out} holds a run. Fix: pass --resume to continue it, or a new --out")
         if json.loads(saved.read_text()) != wanted:
             raise Ar2Error(f"{out}: --resume with a different config. Fix: use the run's config")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(saved, wanted)
+    distributed.barrier()  # every rank has checked before rank 0 writes
+
+    def write() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(saved, wanted)
+
+    distributed.on_main(write)
     return wanted
 
 
@@ -95,7 +101,7 @@ def _warmup_retriever(ctx: RunContext) -> BiEncoder:
 
     with distributed.data_parallel(encoder, TOWERS):
         losses = train_stage(out, "g0", {"retriever": model_of(encoder)}, cfg.g0, loss, cfg.seed)
-    encoder.save(final)
+    distributed.on_main(encoder.save, final)
     ctx.metrics.write(
         {"stage": "g0-train", "round": 0, "model": "retriever", "loss": tail_mean(losses)}
     )
@@ -111,7 +117,8 @@ def _bm25_groups(out: Path, data: TrainData, cfg: AR2Config) -> list[TrainingGro
     if not folder.is_dir():
         retriever = BM25Retriever(BM25Index.build(data.corpus))
         groups = mine(retriever, data.train, data.train_qrels, cfg.mine_k)
-        write_groups(folder, groups, {"round": "bm25", "k": cfg.mine_k, "retriever": "bm25"})
+        provenance = {"round": "bm25", "k": cfg.mine_k, "retriever": "bm25"}
+        distributed.on_main(write_groups, folder, groups, provenance)
     return read_groups(folder)
 
 
@@ -137,6 +144,6 @@ def _warmup_ranker(ctx: RunContext) -> CrossEncoder:
         ctx.metrics.write(
             {"stage": "d0-train", "round": 0, "model": "ranker", "loss": tail_mean(losses)}
         )
-    ranker.save(final)
+    distributed.on_main(ranker.save, final)
     dev_rerank(ctx, 0, ranker)
     return CrossEncoder.load(final)

@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from ar2 import distributed
 from ar2._io import atomic_write_json
 from ar2.data.beir import available_splits, load_beir, load_qrels, load_queries
 from ar2.errors import Ar2Error
@@ -49,7 +50,7 @@ def load_train_data(data_dir: Path, dev_queries: int, seed: int, out: Path) -> T
             "source": f"seeded hold-out of train (seed {seed})",
             "queries": [q.id for q in dev],
         }
-    atomic_write_json(out / "dev_split.json", record)
+    distributed.on_main(atomic_write_json, out / "dev_split.json", record)
     docs = {d.id: d for d in corpus}
     return TrainData(corpus, docs, train, train_qrels, dev, dev_qrels, test, test_qrels)
 

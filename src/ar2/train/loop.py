@@ -86,7 +86,10 @@ class Stepper:
 def save_checkpoint(
     path: Path, models: dict[str, Any], steppers: dict[str, Stepper], meta: dict[str, Any]
 ) -> None:
-    """Write models' weights, optimizers and ``meta`` atomically into ``path``."""
+    """Write models' weights, optimizers and ``meta`` atomically into ``path`` (on rank 0:
+    data parallelism keeps every rank's models and optimizers equal)."""
+    if not distributed.world().main:
+        return
     safetensors = require("safetensors.torch", extra="train")
     tensors: dict[str, Any] = {}
     for name, model in models.items():
@@ -130,7 +133,8 @@ def run_steps(
     every ``every`` steps and at the end. Returns the per-step logs."""
     tqdm = require("tqdm").tqdm
     logs = []
-    with tqdm(total=total, initial=start, desc=stage, unit="step") as bar:
+    quiet = not distributed.world().main  # one progress bar, not one per process
+    with tqdm(total=total, initial=start, desc=stage, unit="step", disable=quiet) as bar:
         for step in range(start, total):
             logs.append(step_fn(step))
             bar.set_postfix({k: f"{v:.4f}" for k, v in logs[-1].items()})

@@ -37,20 +37,29 @@ def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncod
     folder = out / "mined" / f"round-{r}"
     if folder.is_dir():
         return
-    vectors = retriever.encode_docs(data.corpus, progress=True)
+    main = distributed.world().main
+
+    def encode(docs: Sequence[Doc]) -> Any:  # each rank encodes its share of the corpus
+        return retriever.encode_docs(docs, progress=main)
+
+    vectors = distributed.encode_sharded(encode, data.corpus)
     index = FaissIndex.build(vectors, [d.id for d in data.corpus])
     dense = DenseRetriever(retriever, index)
     groups = mine(dense, data.train, data.train_qrels, cfg.mine_k)
     dev_run = dense.retrieve(data.dev, 100)
-    write_run(dev_run, out / "dev_runs" / f"round-{r}.trec")
+    distributed.on_main(write_run, dev_run, out / "dev_runs" / f"round-{r}.trec")
     dev = {"G": evaluate(dev_run, data.dev_qrels, [cfg.eval_measure])[cfg.eval_measure]}
     metrics.write({"stage": f"dev-g-{r}", "round": r, "dev": dev, "groups": len(groups)})
     if ranker is not None:
         dev_rerank(ctx, r, ranker)
-    index.save(out / "indexes" / f"round-{r}", {"encoder": retriever.describe()})
     source = "g0/retriever" if r == 0 else f"rounds/{r}/retriever"
     provenance = {"round": r, "k": cfg.mine_k, "n": cfg.retriever.n_neg, "checkpoint": source}
-    write_groups(folder, groups, provenance)  # last: its presence marks the round as mined
+
+    def write() -> None:
+        index.save(out / "indexes" / f"round-{r}", {"encoder": retriever.describe()})
+        write_groups(folder, groups, provenance)  # last: its presence marks the round as mined
+
+    distributed.on_main(write)
 
 
 def dev_rerank(ctx: RunContext, r: int, ranker: CrossEncoder) -> None:
@@ -67,7 +76,7 @@ def dev_rerank(ctx: RunContext, r: int, ranker: CrossEncoder) -> None:
     weights = WEIGHTS if cfg.tune_fusion else (1.0,)
     best, values = tune_weight(scored, run, data.dev_qrels, cfg.eval_measure, weights)
     record = {"weight": best, cfg.eval_measure: {str(w): v for w, v in values.items()}}
-    atomic_write_json(ctx.out / "dev_runs" / f"round-{r}.fusion.json", record)
+    distributed.on_main(atomic_write_json, ctx.out / "dev_runs" / f"round-{r}.fusion.json", record)
     dev = {"G+D": values[best], "D": values[1.0]}
     ctx.metrics.write({"stage": f"dev-gd-{r}", "round": r, "dev": dev, "fusion_weight": best})
 
@@ -84,7 +93,7 @@ def score_heads(
     so that every fusion weight can be tried (:func:`ar2.fusion.tune_weight`)."""
     tqdm = require("tqdm").tqdm
     scored = {}
-    for q in tqdm(queries, desc=desc, unit="query"):
+    for q in tqdm(queries, desc=desc, unit="query", disable=not distributed.world().main):
         hits = run.get(q.id, [])[:k]
         scored[q.id] = (hits, ranker.score(q.text, [docs[h.doc_id] for h in hits]))
     return scored
@@ -128,8 +137,12 @@ def adversarial_rounds(
 def _finish_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncoder) -> None:
     folder = ctx.out / "rounds" / str(r)
     if not (folder / "ranker").is_dir():
-        retriever.save(folder / "retriever")
-        ranker.save(folder / "ranker")
+
+        def write() -> None:
+            retriever.save(folder / "retriever")
+            ranker.save(folder / "ranker")
+
+        distributed.on_main(write)
     mine_round(ctx, r, retriever, ranker)
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ar2 import distributed
 from ar2._io import atomic_write_text
 from ar2._optional import require
 from ar2.config import AR2Config, StageConfig
@@ -31,9 +32,11 @@ class MetricsLog:
         if record["stage"] in self.seen:
             return
         self.records.append(record | {"time": round(time.time(), 1)})
+        self.seen.add(record["stage"])
+        if not distributed.world().main:  # every rank keeps the records; rank 0 writes them
+            return
         # rewritten whole and atomically: a kill never leaves half a line behind
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
-        self.seen.add(record["stage"])
         log.info("%s: %s", record["stage"], {k: v for k, v in record.items() if k != "stage"})
 
 
