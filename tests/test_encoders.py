@@ -424,3 +424,21 @@ def test_sentence_transformers_cross_encoder_loads_saved_folder(
     model = st.CrossEncoder(str(tmp_path / "ranker"), device="cpu")
     # identity activation: predict returns the raw logits, not sigmoid(logits)
     np.testing.assert_allclose(model.predict(PAIRS), ranker.score_pairs(PAIRS), atol=1e-5)
+
+
+def test_encode_docs_to_a_file_equals_encoding_in_memory(tiny_bert: Path, tmp_path: Path) -> None:
+    from ar2.encoders import bi_encoder
+
+    encoder = BiEncoder.load(tiny_bert, precision="fp32")
+    docs = [Doc(f"d{i}", f"cats eat fish {i % 7} " * (1 + i % 5), "Cats") for i in range(50)]
+    bi_encoder._CHUNK, saved = 16, bi_encoder._CHUNK  # several chunks
+    try:
+        mapped = encoder.encode_docs_to(tmp_path / "v.npy", iter(docs), len(docs))
+    finally:
+        bi_encoder._CHUNK = saved
+    assert isinstance(mapped, np.memmap) and mapped.shape == (50, encoder.dim)
+    np.testing.assert_allclose(mapped, encoder.encode_docs(docs), atol=1e-6)
+    assert not list(tmp_path.glob("*.tmp.npy"))
+    with pytest.raises(ValueError, match="count=49"):
+        encoder.encode_docs_to(tmp_path / "w.npy", iter(docs), 49)
+    assert sorted(f.name for f in tmp_path.glob("*.npy")) == ["v.npy"]  # nothing half-written

@@ -165,7 +165,7 @@ def test_raw_factory_overrides_preset(data) -> None:
 
 def test_unknown_preset_and_metric_are_refused(data) -> None:
     docs, _, ids = data
-    with pytest.raises(ValueError, match=r"'nope'.*\['flat', 'hnsw', 'ivf', 'ivfpq'\]"):
+    with pytest.raises(ValueError, match=r"'nope'.*\['flat', 'hnsw', 'ivf', 'ivfpq', 'auto'\]"):
         factory_for(IndexConfig(preset="nope"), N, DIM)
     with pytest.raises(ValueError, match="choose one of"):
         FaissIndex.build(docs, ids, IndexConfig(preset="nope"))
@@ -429,3 +429,31 @@ def test_folders_without_or_with_wrong_manifest(toy_beir: Path, tmp_path: Path) 
     (tmp_path / "odd" / "manifest.json").write_text(json.dumps({"kind": "colbert"}))
     with pytest.raises(Ar2Error, match="unknown index kind 'colbert'"):
         load_index(tmp_path / "odd")
+
+
+def test_auto_preset_follows_size_and_budget_and_is_recorded(data, tmp_path: Path) -> None:
+    from ar2.index.dense import auto_preset
+
+    assert auto_preset(1_000, 384, 1e9)[0] == "flat"
+    assert auto_preset(400_000, 384, 1e9)[0] == "hnsw"  # past exact search's size
+    assert auto_preset(1_000_000, 384, 1.5e9)[0] == "ivfpq"  # HNSW would not fit
+    docs, _, ids = data
+    index = FaissIndex.build(docs, ids, IndexConfig(preset="auto", ram_budget_gb=1.0))
+    assert index.factory == "Flat"
+    index.save(tmp_path / "auto")
+    chosen = read_manifest(tmp_path / "auto")["auto_preset"]
+    assert chosen["preset"] == "flat" and chosen["ram_budget_bytes"] == 1e9 and chosen["reason"]
+
+
+def test_a_memory_mapped_array_builds_the_same_index(data, tmp_path: Path) -> None:
+    docs, queries, ids = data
+    mapped = np.lib.format.open_memmap(tmp_path / "v.npy", "w+", np.float32, docs.shape)
+    mapped[:] = docs
+    mapped.flush()
+    for preset in ("flat", "ivfpq"):
+        from_ram = FaissIndex.build(docs, ids, IndexConfig(preset=preset))
+        from_disk = FaissIndex.build(np.load(tmp_path / "v.npy", mmap_mode="r"), ids,
+                                     IndexConfig(preset=preset))  # fmt: skip
+        assert from_disk.search(queries, 5) == from_ram.search(queries, 5)
+        from_file = FaissIndex.build_from_npy(tmp_path / "v.npy", ids, IndexConfig(preset=preset))
+        assert from_file.search(queries, 5) == from_ram.search(queries, 5)

@@ -36,7 +36,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         encoder = BiEncoder.load(args.model, precision=args.precision)
         log.info("encoding %d documents with %s", len(corpus), encoder.source)
         vectors = encoder.encode_docs(corpus, progress=True)
-        config = IndexConfig(preset=args.preset, factory=args.factory)
+        config = IndexConfig(args.preset, args.factory, ram_budget_gb=args.ram_budget_gb)
         index = FaissIndex.build(vectors, [d.id for d in corpus], config)
         index.save(args.out, extra | {"encoder": encoder.describe()}, docs=corpus)
     print(f"wrote {args.kind} index of {len(corpus)} documents to {args.out}")
@@ -172,8 +172,16 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", choices=["bm25", "dense"], default="bm25")
     p.add_argument("--out", required=True, help="index folder to write")
     p.add_argument("--model", help="encoder folder for --kind dense (default: all-MiniLM-L6-v2)")
-    p.add_argument("--preset", default="flat", choices=["flat", "ivf", "hnsw", "ivfpq"])
+    p.add_argument(
+        "--preset",
+        default="flat",
+        choices=["flat", "ivf", "hnsw", "ivfpq", "auto"],
+        help="auto: chosen from the corpus size and --ram-budget-gb (default flat)",
+    )
     p.add_argument("--factory", help="a FAISS factory string, overriding --preset")
+    p.add_argument(
+        "--ram-budget-gb", type=float, help="memory for the index (auto; default: RAM/2)"
+    )
     _add_precision(p)
     p.set_defaults(func=cmd_index)
 

@@ -85,16 +85,21 @@ class IndexConfig:
     """Which FAISS index to build: a preset name or a raw factory string, and search settings.
 
     Attributes:
-        preset: ``flat``, ``ivf``, ``hnsw`` or ``ivfpq``; ignored when ``factory`` is set.
+        preset: ``flat``, ``ivf``, ``hnsw`` or ``ivfpq``, or ``auto`` (chosen from the corpus
+            size and ``ram_budget_gb``: :func:`ar2.index.dense.auto_preset`); ignored when
+            ``factory`` is set.
         factory: A FAISS ``index_factory`` string (e.g. ``"IVF256,Flat"``), overriding ``preset``.
         nprobe: IVF lists visited per query.
         ef_search: HNSW beam width at query time.
+        ram_budget_gb: the memory the index may take, for ``auto`` (default: half the
+            machine's RAM).
     """
 
     preset: str = "flat"
     factory: str | None = None
     nprobe: int = 32
     ef_search: int = 128
+    ram_budget_gb: float | None = None
 
 
 @dataclass(frozen=True)

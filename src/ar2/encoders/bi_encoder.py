@@ -129,6 +129,42 @@ class BiEncoder:
             self.doc_model, texts, self.config.doc_max_length, _progress(docs, progress)
         )
 
+    def encode_docs_to(
+        self, path: str | Path, docs: Iterable[Doc | str], count: int, progress: bool = False
+    ) -> np.ndarray:
+        """Encode a stream of ``count`` documents into the float32 ``.npy`` file ``path``, a
+        chunk at a time, and return it memory-mapped: memory stays flat however large the
+        corpus (no list of the texts, no array of all the vectors). Written atomically.
+        """
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp.npy")
+        out = np.lib.format.open_memmap(tmp, "w+", np.float32, (count, self.dim))
+        row, model = 0, self.doc_model
+        training = model.training
+        model.eval()
+        bar = require("tqdm").tqdm(desc="encoding", unit="text", total=count, disable=not progress)
+        try:
+            with bar:
+                for chunk in _chunks((self.doc_text(d) for d in docs), _CHUNK):
+                    if row + len(chunk) > count:
+                        raise ValueError(f"more than count={count} documents")
+                    out[row : row + len(chunk)] = self._encode_chunk(
+                        model, chunk, self.config.doc_max_length, bar
+                    )
+                    row += len(chunk)
+            if row != count:
+                raise ValueError(f"{row} documents, but count={count}")
+        except BaseException:
+            del out
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            model.train(training)
+        out.flush()
+        del out
+        tmp.replace(path)
+        return np.load(path, mmap_mode="r")
+
     def save(self, path: str | Path) -> None:
         """Save atomically as a sentence-transformers folder plus ``manifest.json``."""
         cfg = self.config

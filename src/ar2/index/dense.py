@@ -17,6 +17,8 @@ from ar2.index.base import base_manifest, read_ids, read_manifest, write_docs, w
 from ar2.types import Doc, Hit
 
 INDEX_FILE = "index.faiss"
+ADD_CHUNK = 65_536  # vectors added at a time
+TRAIN_SAMPLE = 256 * 1024  # vectors an IVF / PQ index is trained on, at most
 METRICS = ("ip", "l2")
 
 
@@ -38,6 +40,41 @@ PRESETS: dict[str, Callable[[int, int], str]] = {
 }
 
 
+EXACT_UP_TO = 300_000
+"""``auto`` keeps exact (flat) search up to this many vectors when they fit the budget."""
+HNSW_LINK_BYTES = 32 * 2 * 4 * 1.1  # HNSW32: about 2 x 32 int32 links per vector on level 0
+
+
+def auto_preset(n: int, d: int, ram_budget_bytes: float) -> tuple[str, str]:
+    """The preset for ``n`` vectors of dimension ``d`` within a memory budget, and why.
+
+    Exact search while the corpus is small and fits; HNSW (fast, recall near 1, float32
+    vectors plus links) while that fits; IVF-PQ (``d / 4`` bytes per vector) beyond.
+
+    Example:
+        >>> auto_preset(5_183, 384, 8e9)[0]
+        'flat'
+        >>> auto_preset(1_000_000, 384, 8e9)[0]
+        'hnsw'
+        >>> auto_preset(1_000_000, 384, 1e9)[0]
+        'ivfpq'
+    """
+    flat = n * d * 4.0
+    hnsw = n * (d * 4.0 + HNSW_LINK_BYTES)
+    if n <= EXACT_UP_TO and flat <= ram_budget_bytes:
+        return "flat", f"{n} vectors <= {EXACT_UP_TO} and {flat / 1e9:.2f} GB fit the budget"
+    if hnsw <= ram_budget_bytes:
+        return "hnsw", f"HNSW needs {hnsw / 1e9:.2f} GB <= budget {ram_budget_bytes / 1e9:.2f} GB"
+    return "ivfpq", f"HNSW would need {hnsw / 1e9:.2f} GB > budget {ram_budget_bytes / 1e9:.2f} GB"
+
+
+def ram_budget(config: IndexConfig) -> float:
+    """``config.ram_budget_gb`` in bytes, or half the machine's physical memory."""
+    if config.ram_budget_gb is not None:
+        return config.ram_budget_gb * 1e9
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2
+
+
 def factory_for(config: IndexConfig, n: int, d: int) -> str:
     """The FAISS factory string for ``config`` on ``n`` vectors of dimension ``d``.
 
@@ -46,12 +83,18 @@ def factory_for(config: IndexConfig, n: int, d: int) -> str:
         'IVF256,Flat'
         >>> factory_for(IndexConfig(factory="HNSW16"), 10, 8)
         'HNSW16'
+        >>> factory_for(IndexConfig(preset="auto", ram_budget_gb=1.0), 1_000_000, 384)
+        'IVF4000,PQ96x8'
     """
     if config.factory:
         return config.factory
-    if config.preset not in PRESETS:
-        raise ValueError(f"unknown index preset {config.preset!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[config.preset](n, d)
+    preset = config.preset
+    if preset == "auto":
+        preset = auto_preset(n, d, ram_budget(config))[0]
+    if preset not in PRESETS:
+        choices = sorted(PRESETS) + ["auto"]
+        raise ValueError(f"unknown index preset {config.preset!r}; choose one of {choices}")
+    return PRESETS[preset](n, d)
 
 
 class FaissIndex:
@@ -71,6 +114,7 @@ class FaissIndex:
     def __init__(self, index: Any, ids: list[str], metric: str, factory: str, config: IndexConfig):
         self.index, self.ids, self.metric, self.factory = index, ids, metric, factory
         self.config = config
+        self.auto: dict[str, Any] | None = None  # what preset "auto" chose, and why
         self._apply_search_params()
 
     @classmethod
@@ -82,22 +126,70 @@ class FaissIndex:
         metric: str = "ip",
     ) -> FaissIndex:
         """Build (training first if the index type needs it) and fill with ``vectors``."""
+        if vectors.ndim != 2:
+            raise ValueError(f"expected a 2-d array of vectors, got shape {vectors.shape}")
+        return cls._build(lambda rows: vectors[rows], vectors.shape, ids, config, metric)
+
+    @classmethod
+    def build_from_npy(
+        cls,
+        path: str | Path,
+        ids: Sequence[str],
+        config: IndexConfig | None = None,
+        metric: str = "ip",
+    ) -> FaissIndex:
+        """:meth:`build` from a float32 ``.npy`` file (as ``BiEncoder.encode_docs_to`` writes),
+        read a chunk at a time: each chunk is mapped, copied and unmapped, so memory holds the
+        index and one chunk, not the file's pages too."""
+
+        def read(rows: Any) -> np.ndarray:
+            mapped = np.load(path, mmap_mode="r")
+            try:
+                return np.array(mapped[rows], dtype=np.float32)
+            finally:
+                del mapped
+
+        shape = np.load(path, mmap_mode="r").shape
+        if len(shape) != 2:
+            raise ValueError(f"{path}: expected a 2-d array of vectors, got shape {shape}")
+        return cls._build(read, shape, ids, config, metric)
+
+    @classmethod
+    def _build(
+        cls,
+        read: Callable[[Any], np.ndarray],
+        shape: tuple[int, ...],
+        ids: Sequence[str],
+        config: IndexConfig | None,
+        metric: str,
+    ) -> FaissIndex:
+        """Train on a sample of rows, then add ``ADD_CHUNK`` rows at a time (``read(rows)``)."""
         faiss = require("faiss")
         config = config or IndexConfig()
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; choose one of {list(METRICS)}")
-        vectors = _as_float32(vectors)
-        factory = factory_for(config, len(vectors), vectors.shape[1])
+        n, d = shape
+        if n != len(ids):
+            raise ValueError(f"{n} vectors but {len(ids)} ids")
+        factory = factory_for(config, n, d)
         faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
-        index = faiss.index_factory(vectors.shape[1], factory, faiss_metric)
+        index = faiss.index_factory(d, factory, faiss_metric)
         if getattr(index, "do_polysemous_training", False):
             # on by default for PQ8 codes, only for polysemous (Hamming) search, which ar2
             # never uses; it costs 10-15 s per build and leaves the search results unchanged
             index.do_polysemous_training = False
         built = cls(index, [], metric, factory, config)
+        if config.preset == "auto" and not config.factory:
+            preset, reason = auto_preset(n, d, ram_budget(config))
+            built.auto = {
+                "preset": preset,
+                "reason": reason,
+                "ram_budget_bytes": ram_budget(config),
+            }
         if not index.is_trained:
-            index.train(vectors)
-        built.add(vectors, ids)
+            index.train(_as_float32(read(_training_rows(n))))
+        for start in range(0, n, ADD_CHUNK):
+            built.add(read(slice(start, start + ADD_CHUNK)), ids[start : start + ADD_CHUNK])
         return built
 
     def add(self, vectors: np.ndarray, ids: Sequence[str]) -> None:
@@ -138,6 +230,8 @@ class FaissIndex:
                 "ef_search": self.config.ef_search,
                 "index_config": self.config.__dict__,
             }
+            if self.auto:
+                manifest["auto_preset"] = self.auto
             atomic_write_json(tmp / "manifest.json", manifest | (extra or {}))
 
     @classmethod
@@ -157,6 +251,13 @@ class FaissIndex:
             ivf.nprobe = self.config.nprobe
         if hasattr(self.index, "hnsw"):
             self.index.hnsw.efSearch = self.config.ef_search
+
+
+def _training_rows(n: int) -> Any:
+    """All rows, or ``TRAIN_SAMPLE`` evenly spaced ones (FAISS wants 39-256 per centroid)."""
+    if n <= TRAIN_SAMPLE:
+        return slice(0, n)
+    return np.linspace(0, n - 1, TRAIN_SAMPLE).astype(np.int64)
 
 
 def _as_float32(vectors: np.ndarray) -> np.ndarray:
