@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--dir", help="working folder (default: a temporary one)")
     parser.add_argument("--preset", help=argparse.SUPPRESS)
+    parser.add_argument("--ef-construction", type=int, default=128, help="HNSW build beam")
     parser.add_argument("--out", help="also write the results as JSON")
     args = parser.parse_args(argv)
     {"vectors": vectors, "encode": encode, "_build": _build, "_encode": _encode}[args.what](args)
@@ -64,7 +65,8 @@ def vectors(args: argparse.Namespace) -> None:
         print(f"wrote {args.n} x {args.d} vectors in {time.perf_counter() - start:.0f} s")
         results = {}
         for preset in ["flat", *[p for p in args.presets.split(",") if p != "flat"]]:
-            results[preset] = _child("_build", "--dir", work, "--preset", preset)
+            efc = ["--ef-construction", str(args.ef_construction)]
+            results[preset] = _child("_build", "--dir", work, "--preset", preset, *efc)
             for setting, r in results[preset]["settings"].items():
                 hits = np.load(folder / f"hits-{preset}-{setting}.npy")
                 truth = np.load(folder / "hits-flat-0.npy")
@@ -129,7 +131,8 @@ def _build(args: argparse.Namespace) -> None:
     n = np.load(folder / "vectors.npy", mmap_mode="r").shape[0]
     ids = [str(i) for i in range(n)]
     start = time.perf_counter()
-    index = FaissIndex.build_from_npy(folder / "vectors.npy", ids, IndexConfig(preset=args.preset))
+    config = IndexConfig(preset=args.preset, ef_construction=args.ef_construction)
+    index = FaissIndex.build_from_npy(folder / "vectors.npy", ids, config)
     build_s = time.perf_counter() - start
     name, values = SWEEP[args.preset]
     settings = {}

@@ -134,11 +134,12 @@ class BiEncoder:
     ) -> np.ndarray:
         """Encode a stream of ``count`` documents into the float32 ``.npy`` file ``path``, a
         chunk at a time, and return it memory-mapped: memory stays flat however large the
-        corpus (no list of the texts, no array of all the vectors). Written atomically.
+        corpus (no list of the texts, no array of all the vectors, each chunk written through
+        its own short-lived map). Written atomically.
         """
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp.npy")
-        out = np.lib.format.open_memmap(tmp, "w+", np.float32, (count, self.dim))
+        _create_npy(tmp, (count, self.dim))
         row, model = 0, self.doc_model
         training = model.training
         model.eval()
@@ -148,20 +149,16 @@ class BiEncoder:
                 for chunk in _chunks((self.doc_text(d) for d in docs), _CHUNK):
                     if row + len(chunk) > count:
                         raise ValueError(f"more than count={count} documents")
-                    out[row : row + len(chunk)] = self._encode_chunk(
-                        model, chunk, self.config.doc_max_length, bar
-                    )
+                    vectors = self._encode_chunk(model, chunk, self.config.doc_max_length, bar)
+                    _write_rows(tmp, row, vectors)
                     row += len(chunk)
             if row != count:
                 raise ValueError(f"{row} documents, but count={count}")
         except BaseException:
-            del out
             tmp.unlink(missing_ok=True)
             raise
         finally:
             model.train(training)
-        out.flush()
-        del out
         tmp.replace(path)
         return np.load(path, mmap_mode="r")
 
@@ -226,6 +223,21 @@ class BiEncoder:
             out[rows] = vectors.cpu().numpy()
             bar.update(len(rows))
         return out
+
+
+def _create_npy(path: Path, shape: tuple[int, int]) -> None:
+    """A float32 ``.npy`` file of ``shape`` (zeros), for :func:`_write_rows` to fill."""
+    mapped = np.lib.format.open_memmap(path, "w+", np.float32, shape)
+    del mapped
+
+
+def _write_rows(path: Path, start: int, rows: np.ndarray) -> None:
+    """Write ``rows`` into the ``.npy`` file from row ``start`` through a short-lived map (its
+    pages leave the process's memory when it closes)."""
+    mapped = np.load(path, mmap_mode="r+")
+    mapped[start : start + len(rows)] = rows
+    mapped.flush()
+    del mapped
 
 
 def _progress(items: Iterable[Any], show: bool) -> Any:

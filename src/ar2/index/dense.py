@@ -178,6 +178,8 @@ class FaissIndex:
             # on by default for PQ8 codes, only for polysemous (Hamming) search, which ar2
             # never uses; it costs 10-15 s per build and leaves the search results unchanged
             index.do_polysemous_training = False
+        if hasattr(index, "hnsw"):
+            index.hnsw.efConstruction = config.ef_construction
         built = cls(index, [], metric, factory, config)
         if config.preset == "auto" and not config.factory:
             preset, reason = auto_preset(n, d, ram_budget(config))
