@@ -100,6 +100,25 @@ def test_index_then_search_bm25_and_dense(toy_beir: Path, tiny_bert: Path, tmp_p
     result = _ar2("search", str(dense_dir), "fish", "-k", "8")
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 8
+    assert not list(tmp_path.glob(".ar2-vectors-*"))  # the on-disk vectors are cleaned up
+
+
+def test_dense_index_holds_the_encoders_vectors(toy_beir: Path, tiny_bert: Path, tmp_path: Path):
+    import numpy as np
+
+    from ar2.data.beir import load_corpus
+    from ar2.encoders import BiEncoder
+    from ar2.index import FaissIndex
+
+    out = tmp_path / "flat"
+    built = _ar2("index", str(toy_beir), "--kind", "dense", "--model", str(tiny_bert),
+                 "--precision", "fp32", "--out", str(out))  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    index = FaissIndex.load(out)
+    docs = load_corpus(toy_beir / "corpus.jsonl")
+    expected = BiEncoder.load(tiny_bert, precision="fp32").encode_docs(docs)
+    np.testing.assert_allclose(index.index.reconstruct_n(0, len(docs)), expected, atol=1e-6)
+    assert index.ids == [d.id for d in docs]
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -35,10 +36,16 @@ def cmd_index(args: argparse.Namespace) -> int:
 
         encoder = BiEncoder.load(args.model, precision=args.precision)
         log.info("encoding %d documents with %s", len(corpus), encoder.source)
-        vectors = encoder.encode_docs(corpus, progress=True)
         config = IndexConfig(args.preset, args.factory, ram_budget_gb=args.ram_budget_gb)
-        index = FaissIndex.build(vectors, [d.id for d in corpus], config)
-        index.save(args.out, extra | {"encoder": encoder.describe()}, docs=corpus)
+        out = Path(args.out).resolve()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # the vectors go to disk a chunk at a time and are indexed a chunk at a time: memory
+        # never holds all of them, let alone twice
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".ar2-vectors-") as work:
+            vectors = Path(work) / "vectors.npy"
+            encoder.encode_docs_to(vectors, corpus, len(corpus), progress=True)
+            index = FaissIndex.build_from_npy(vectors, [d.id for d in corpus], config)
+        index.save(out, extra | {"encoder": encoder.describe()}, docs=corpus)
     print(f"wrote {args.kind} index of {len(corpus)} documents to {args.out}")
     return 0
 
