@@ -113,6 +113,26 @@ def test_health_answers_while_a_slow_search_runs() -> None:
         slow.join()
 
 
+def test_shutdown_lets_the_search_in_flight_finish() -> None:
+    """Graceful shutdown (what SIGTERM triggers in uvicorn): the running search completes."""
+    ranker = SlowRanker(1.0)
+    replies: list[Any] = []
+
+    def search(base: str) -> None:
+        replies.append(httpx.post(base + "/search", json={"query": "cats"}, timeout=30))
+
+    with in_background(create_app(_slow_service(ranker))) as base:
+        slow = threading.Thread(target=search, args=(base,))
+        slow.start()
+        assert ranker.started.wait(10)
+    # leaving the block asked the server to exit while the search was running
+    slow.join(30)
+    assert [r.status_code for r in replies] == [200]
+    assert replies[0].json()["hits"][0]["id"] == "d1"
+    with pytest.raises(httpx.TransportError):
+        httpx.get(base + "/health", timeout=5)  # and then it stopped
+
+
 def test_a_full_queue_answers_503_with_retry_after() -> None:
     from ar2.serve import Limits
 
