@@ -116,6 +116,18 @@ def encode_sharded(encode: Callable[[Sequence[T]], Any], items: Sequence[T]) -> 
     return out
 
 
+def map_sharded(func: Callable[[Sequence[T]], list[Any]], items: Sequence[T]) -> list[Any]:
+    """``func(items)`` with the work split over the ranks: rank ``r`` runs ``func`` on items
+    ``r, r + W, ...``; every rank gets the concatenated results, rank 0's first. ``func`` must
+    return plain data (it crosses processes with ``all_gather_object``)."""
+    w = world()
+    if w.size == 1:
+        return func(items)
+    parts: list[Any] = [None] * w.size
+    require("torch").distributed.all_gather_object(parts, func(items[w.rank :: w.size]))
+    return [x for part in parts for x in part]
+
+
 def shard(items: Sequence[T], w: World | None = None) -> list[T]:
     """This rank's contiguous slice of a global batch (every rank gets the same number).
 

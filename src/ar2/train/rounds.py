@@ -45,7 +45,13 @@ def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncod
     vectors = distributed.encode_sharded(encode, data.corpus)
     index = FaissIndex.build(vectors, [d.id for d in data.corpus])
     dense = DenseRetriever(retriever, index)
-    groups = mine(dense, data.train, data.train_qrels, cfg.mine_k)
+    order = {q.id: i for i, q in enumerate(data.train)}
+
+    def mine_share(queries: Sequence[Query]) -> list[TrainingGroup]:  # a rank's queries
+        return mine(dense, queries, data.train_qrels, cfg.mine_k)
+
+    groups = distributed.map_sharded(mine_share, data.train)
+    groups.sort(key=lambda g: order[g.query.id])  # the single-process order
     dev_run = dense.retrieve(data.dev, 100)
     distributed.on_main(write_run, dev_run, out / "dev_runs" / f"round-{r}.trec")
     dev = {"G": evaluate(dev_run, data.dev_qrels, [cfg.eval_measure])[cfg.eval_measure]}
