@@ -50,7 +50,7 @@ class World:
 
 def world() -> World:
     """The current process group's rank and size, or rank 0 of 1 without one."""
-    if "torch" not in _loaded() or not _initialized():
+    if not _initialized():
         return World()
     dist = require("torch").distributed
     return World(dist.get_rank(), dist.get_world_size())
@@ -73,7 +73,7 @@ def init_from_env() -> World:
 def finish(clean: bool = True) -> None:
     """Leave the process group: all ranks together when ``clean``; at once after an error
     (the other ranks then fail at their next collective instead of waiting forever)."""
-    if "torch" in _loaded() and _initialized():
+    if _initialized():
         gc.collect()  # drop DDP reducers and autograd graphs before the group goes
         dist = require("torch").distributed
         if clean:
@@ -198,12 +198,11 @@ def data_parallel(owner: Any, attrs: Sequence[str]) -> Iterator[None]:
         gc.collect()
 
 
-def _loaded() -> Any:
+def _initialized() -> bool:
+    """A process group exists (never true before torch is imported: no import here)."""
     import sys
 
-    return sys.modules
-
-
-def _initialized() -> bool:
+    if "torch" not in sys.modules:
+        return False
     dist = require("torch").distributed
     return bool(dist.is_available() and dist.is_initialized())

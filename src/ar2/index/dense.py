@@ -86,15 +86,22 @@ def factory_for(config: IndexConfig, n: int, d: int) -> str:
         >>> factory_for(IndexConfig(preset="auto", ram_budget_gb=1.0), 1_000_000, 384)
         'IVF4000,PQ96x8'
     """
+    return _choose(config, n, d)[0]
+
+
+def _choose(config: IndexConfig, n: int, d: int) -> tuple[str, dict[str, Any] | None]:
+    """The factory string, and for ``auto`` what it chose and why (for the manifest)."""
     if config.factory:
-        return config.factory
-    preset = config.preset
+        return config.factory, None
+    preset, auto = config.preset, None
     if preset == "auto":
-        preset = auto_preset(n, d, ram_budget(config))[0]
+        budget = ram_budget(config)
+        preset, reason = auto_preset(n, d, budget)
+        auto = {"preset": preset, "reason": reason, "ram_budget_bytes": budget}
     if preset not in PRESETS:
         choices = sorted(PRESETS) + ["auto"]
         raise ValueError(f"unknown index preset {config.preset!r}; choose one of {choices}")
-    return PRESETS[preset](n, d)
+    return PRESETS[preset](n, d), auto
 
 
 class FaissIndex:
@@ -171,7 +178,7 @@ class FaissIndex:
         n, d = shape
         if n != len(ids):
             raise ValueError(f"{n} vectors but {len(ids)} ids")
-        factory = factory_for(config, n, d)
+        factory, auto = _choose(config, n, d)
         faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
         index = faiss.index_factory(d, factory, faiss_metric)
         if getattr(index, "do_polysemous_training", False):
@@ -181,13 +188,7 @@ class FaissIndex:
         if hasattr(index, "hnsw"):
             index.hnsw.efConstruction = config.ef_construction
         built = cls(index, [], metric, factory, config)
-        if config.preset == "auto" and not config.factory:
-            preset, reason = auto_preset(n, d, ram_budget(config))
-            built.auto = {
-                "preset": preset,
-                "reason": reason,
-                "ram_budget_bytes": ram_budget(config),
-            }
+        built.auto = auto
         if not index.is_trained:
             index.train(_as_float32(read(_training_rows(n))))
         for start in range(0, n, ADD_CHUNK):

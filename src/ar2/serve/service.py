@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ class SearchService:
 
     def __init__(
         self,
-        docs: Iterable[Doc],
+        docs: Mapping[str, Doc] | Iterable[Doc],
         retrievers: Mapping[str, Retriever],
         ranker: Ranker | None = None,
         default_rerank_k: int | None = None,
@@ -77,7 +78,7 @@ class SearchService:
         unknown = sorted(set(retrievers) - set(MODES))
         if unknown or not retrievers:
             raise ValueError(f"retrievers must be keyed by modes {MODES}; got {sorted(retrievers)}")
-        self.docs = {d.id: d for d in docs}
+        self.docs = docs if isinstance(docs, Mapping) else {d.id: d for d in docs}
         self.modes = tuple(m for m in MODES if m in retrievers)
         self.has_ranker = ranker is not None
         rerank_k = DEFAULT_RERANK_K if default_rerank_k is None else default_rerank_k
@@ -171,7 +172,7 @@ class SearchService:
             "ranker": self.has_ranker,
             "default_rerank_k": self.default_rerank_k,
             **self._info,
-            "versions": _versions(),
+            "versions": dict(_versions()),  # a copy: the lookup is cached
         }
 
 
@@ -230,7 +231,7 @@ def _load_index(
     return SearchService(docs, retrievers, ranker, rerank_k, info)
 
 
-def _with_bm25(retrievers: dict[str, Retriever], docs: list[Doc]) -> dict[str, Retriever]:
+def _with_bm25(retrievers: dict[str, Retriever], docs: dict[str, Doc]) -> dict[str, Retriever]:
     """Add BM25 (built now with default settings, as ``ar2 eval``'s baseline) and hybrid."""
     if not docs:
         log.warning("the index stores no documents: no bm25/hybrid modes, no titles or snippets")
@@ -238,12 +239,12 @@ def _with_bm25(retrievers: dict[str, Retriever], docs: list[Doc]) -> dict[str, R
     from ar2.index import BM25Index
     from ar2.pipeline import BM25Retriever
 
-    bm25 = BM25Retriever(BM25Index.build(docs))
+    bm25 = BM25Retriever(BM25Index.build(docs.values()))
     hybrid = HybridRetriever([bm25, retrievers["dense"]], HYBRID_DEPTH)
     return retrievers | {"bm25": bm25, "hybrid": hybrid}
 
 
-def _load_ranker(path: Path, docs: list[Doc]) -> Ranker:
+def _load_ranker(path: Path, docs: dict[str, Doc]) -> Ranker:
     """A cross-encoder over ``docs``, reranking with the fusion weight in its manifest."""
     from ar2.encoders import CrossEncoder
     from ar2.pipeline import CrossEncoderRanker
@@ -253,13 +254,14 @@ def _load_ranker(path: Path, docs: list[Doc]) -> Ranker:
             f"{path}: a ranker reads the documents, but the index stores none. "
             "Fix: rebuild the index with `ar2 index` (it stores corpus.jsonl)"
         )
-    return CrossEncoderRanker(CrossEncoder.load(path), {d.id: d for d in docs})
+    return CrossEncoderRanker(CrossEncoder.load(path), docs)
 
 
-def _stored_docs(index_dir: Path) -> list[Doc]:
+def _stored_docs(index_dir: Path) -> dict[str, Doc]:
+    """The index's documents by id: one map, shared by the service and its ranker."""
     from ar2.index.base import iter_docs
 
-    return list(iter_docs(index_dir))
+    return {d.id: d for d in iter_docs(index_dir)}
 
 
 def _manifests(
@@ -290,6 +292,7 @@ def _read_json(file: Path) -> Any:
         raise Ar2Error(f"{file}: cannot read it ({err}). Fix: restore the file") from err
 
 
+@cache
 def _versions() -> dict[str, str]:
     """Installed versions of the libraries a search goes through."""
     from importlib import metadata

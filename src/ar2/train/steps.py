@@ -78,17 +78,18 @@ def draw_batch(
 
 
 def group_scores(
-    encoder: BiEncoder, batch: Batch, scale: float, doc_len: int | None = None
+    encoder: BiEncoder, batch: Batch, scale: float, doc_len: int | None, in_batch: bool
 ) -> tuple[Any, Any]:
-    """Retriever scores: ``(B, M)`` within each group and ``(B, W·B·M)`` against every
-    passage of the global batch (``W`` processes; their passages gathered)."""
+    """Retriever scores: ``(B, M)`` within each group, and with ``in_batch`` also
+    ``(B, W·B·M)`` against every passage of the global batch (``W`` processes' passages
+    gathered; ``None`` otherwise, so that no gather runs)."""
     q = encoder.embed_queries(batch.queries)  # (B, dim)
     d = encoder.embed_docs(batch.docs, doc_len)  # (B * M, dim)
-    in_batch = scale * q @ distributed.gather(d).T  # (B, W * B * M)
-    rows = require("torch").arange(len(batch.queries))
-    first = (batch.offset + rows.unsqueeze(1)) * batch.group_size
-    cols = first + require("torch").arange(batch.group_size)
-    return in_batch[rows.unsqueeze(1), cols], in_batch  # (B, M), (B, W * B * M)
+    groups = d.view(len(batch.queries), batch.group_size, -1)  # (B, M, dim)
+    scores = scale * (q.unsqueeze(1) * groups).sum(-1)  # (B, M)
+    if not in_batch:
+        return scores, None
+    return scores, scale * q @ distributed.gather(d).T  # (B, M), (B, W * B * M)
 
 
 def ranker_scores(ranker: CrossEncoder, batch: Batch, max_length: int | None = None) -> Any:
@@ -125,7 +126,9 @@ def ar2_retriever_step_loss(
 ) -> Any:
     """AR2 retriever step (spec §3.3): λ·L_ADV + (1−λ)·L_KD against the frozen ranker."""
     torch = require("torch")
-    scores, in_batch = group_scores(encoder, batch, cfg.scale, cfg.train_doc_max_length)
+    scores, in_batch = group_scores(
+        encoder, batch, cfg.scale, cfg.train_doc_max_length, cfg.in_batch
+    )
     ranker.model.eval()
     with torch.no_grad():
         teacher = ranker_scores(ranker, batch, train_pair_length(cfg))  # (B, M), constant
@@ -135,7 +138,7 @@ def ar2_retriever_step_loss(
         cfg.adv_lambda,
         cfg.adv_reduction,
         cfg.kd_temperature,
-        in_batch if cfg.in_batch else None,
+        in_batch,
         distributed.world().size,
         batch.offset,
     )
