@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ar2 import distributed
@@ -83,9 +86,11 @@ def test_one_step_of_every_loss_equals_the_single_process_step(
                 )
 
 
-def _train(data: Path, bert: Path, out: Path, nproc: int) -> subprocess.CompletedProcess[str]:
+def _train(
+    data: Path, bert: Path, out: Path, nproc: int, *extra: str
+) -> subprocess.CompletedProcess[str]:
     args = ["-m", "ar2.cli", "-q", "train", str(data), "--preset", "toy"]
-    args += ["--model", str(bert), "--out", str(out)]
+    args += ["--model", str(bert), "--out", str(out), *extra]
     if nproc == 1:
         env = os.environ | {"OMP_NUM_THREADS": "1", "AR2_PRECISION": "fp32"}
         cmd = [sys.executable, *args]
@@ -93,33 +98,45 @@ def _train(data: Path, bert: Path, out: Path, nproc: int) -> subprocess.Complete
     return torchrun(*args, nproc=nproc, timeout=600)
 
 
-def test_a_two_process_ar2_run_mines_and_scores_like_one_process(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def toy_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The toy preset trained by 1 process and by 2 (fp32, a tiny BERT without dropout: masks
+    would differ per shard), plus the data and model they used."""
+    from conftest import build_tiny_bert, write_train_toy
+
+    root = tmp_path_factory.mktemp("toy_runs")
+    runs = {"bert": build_tiny_bert(root / "bert", dropout=0.0)}
+    runs["data"] = write_train_toy(root / "data")
+    for name, nproc in (("one", 1), ("two", 2)):
+        runs[name] = root / name
+        done = _train(runs["data"], runs["bert"], runs[name], nproc)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "Traceback" not in done.stderr
+    return runs
+
+
+def _groups(run: Path, name: str) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    from ar2.data.training import read_groups
+
+    return [(g.query.id, g.positives, g.negatives) for g in read_groups(run / "mined" / name)]
+
+
+def test_a_two_process_ar2_run_mines_and_scores_like_one_process(
+    toy_runs: dict[str, Path],
+) -> None:
     """The toy preset (G0, D0, two AR2 rounds with index refreshes) under torchrun with 2
-    processes against 1 process, in fp32 on a tiny BERT without dropout (masks would differ per
-    shard): the same mined negatives every round, the same losses and retriever metrics.
+    processes against 1 process: the same mined negatives every round, the same losses and
+    retriever metrics.
 
     The ranker's metrics (D, G+D) are not compared: the toy ranker barely moves from its new
     head (loss ln 3 = 1.0986), its scores for a query's documents agree to about 1e-5, and
     their order is round-off. Its training loss, which is compared, matches.
     """
-    from ar2.data.training import read_groups
-    from conftest import build_tiny_bert, write_train_toy
-
-    bert = build_tiny_bert(tmp_path / "bert", dropout=0.0)
-    data = write_train_toy(tmp_path / "data")
-    one, two = tmp_path / "one", tmp_path / "two"
-    for out, nproc in ((one, 1), (two, 2)):
-        done = _train(data, bert, out, nproc)
-        assert done.returncode == 0, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr
+    one, two = toy_runs["one"], toy_runs["two"]
     mined = sorted(p.name for p in (two / "mined").iterdir())
     assert mined == ["bm25", "round-0", "round-1", "round-2"]
     for name in mined:
-        expected = [
-            (g.query.id, g.positives, g.negatives) for g in read_groups(one / "mined" / name)
-        ]
-        got = [(g.query.id, g.positives, g.negatives) for g in read_groups(two / "mined" / name)]
-        assert got == expected, name
+        assert _groups(two, name) == _groups(one, name), name
     records = [
         [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         for out in (one, two)
@@ -135,10 +152,40 @@ def test_a_two_process_ar2_run_mines_and_scores_like_one_process(tmp_path: Path)
         assert report[1][system] == pytest.approx(report[0][system], abs=1e-6), system
 
 
-def _floats(value: object) -> list[float]:
-    """The numbers in a JSON value, in a fixed order."""
-    if isinstance(value, dict):
-        return [x for k in sorted(value) for x in _floats(value[k])]
-    if isinstance(value, int | float):
-        return [float(value)]
-    return []
+def test_a_killed_two_process_run_resumes_to_the_same_result(
+    toy_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Both processes (and torchrun) killed at once when round 1's first checkpoint appears,
+    then ``--resume`` under 2 processes: the same negatives, models and report as the
+    uninterrupted 2-process run."""
+    from safetensors.numpy import load_file
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "ar2.cli", "-q", "train", str(toy_runs["data"]), "--preset", "toy"]
+    cmd += ["--model", str(toy_runs["bert"]), "--out", str(out)]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE), "AR2_PRECISION": "fp32"}
+    proc = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoints" / "ar2").is_dir():  # round 1's first checkpoint
+        assert proc.poll() is None, proc.stderr.read()[-3000:] if proc.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # every process of the job, as a lost node would
+    proc.wait()
+    assert not (out / "report.json").exists()
+    resumed = _train(toy_runs["data"], toy_runs["bert"], out, 2, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    two = toy_runs["two"]
+    for name in ("round-0", "round-1", "round-2"):
+        assert _groups(out, name) == _groups(two, name), name
+    for name in ("retriever/model.safetensors", "ranker/model.safetensors"):
+        want, got = load_file(str(two / name)), load_file(str(out / name))
+        assert want.keys() == got.keys()
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], atol=1e-5, err_msg=f"{name}:{key}")
+    got, want = (json.loads((p / "report.json").read_text()) for p in (out, two))
+    for system in ("bm25", "start", "g0", "ar2-g"):
+        assert got[system] == pytest.approx(want[system], abs=1e-6), system
