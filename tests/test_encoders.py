@@ -330,6 +330,9 @@ def test_bad_model_folder_raises_without_download(
 
 @pytest.fixture
 def ranker(tiny_bert: Path) -> CrossEncoder:
+    import torch
+
+    torch.manual_seed(0)  # the new head's weights: the same whatever ran before
     with pytest.warns(UserWarning, match="new head"):
         return CrossEncoder.load(tiny_bert, precision="fp32")
 

@@ -267,3 +267,23 @@ def test_ranker_from_g0_starts_from_the_warm_up_retriever(
     assert np.array_equal(d0[f"bert.{key}"], g0[key])
     start = load_file(str(model / "model.safetensors"))
     assert not np.array_equal(start[key], g0[key])  # G0 trained: a real difference
+
+
+def test_the_index_table_sets_every_refresh_index(
+    toy_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """``[index]`` chooses the FAISS index that refreshes build (exact by default)."""
+    from ar2.index import read_manifest
+
+    data, model, reference = toy_run
+    config = _toy_toml(tmp_path, "rounds = 2", "rounds = 1")
+    config.write_text(config.read_text() + '\n[index]\npreset = "hnsw"\n')
+    out = tmp_path / "hnsw"
+    result = subprocess.run(
+        _train_cmd(data, model, out, "--config", str(config)), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    for name in ("indexes/round-0", "indexes/round-1", "index"):
+        assert read_manifest(out / name)["factory"] == "HNSW32", name
+    assert read_manifest(reference / "indexes" / "round-1")["factory"] == "Flat"
+    assert not list((out / "indexes").glob(".*"))  # the encoded parts were removed

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,12 +26,40 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder, fsync, then rename."""
+    atomic_write_chunks(path, [data])
+
+
+def atomic_write_lines(path: str | Path, lines: Iterable[str]) -> int:
+    """Write a stream of lines (UTF-8, each followed by a newline) atomically, one at a time
+    (memory holds one line); returns how many were written.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+        >>> atomic_write_lines(p, iter(["x", "y"])), p.read_text()
+        (2, 'x\\ny\\n')
+    """
+    count = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal count
+        for line in lines:
+            count += 1
+            yield f"{line}\n".encode()
+
+    atomic_write_chunks(path, chunks())
+    return count
+
+
+def atomic_write_chunks(path: str | Path, chunks: Iterable[bytes]) -> None:
+    """Write ``chunks`` to ``path`` through a temp file in the same folder, fsync, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -9,7 +9,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,31 +21,31 @@ log = logging.getLogger("ar2")
 def cmd_index(args: argparse.Namespace) -> int:
     """Build a BM25 or dense index of a BEIR corpus into ``--out``."""
     from ar2.config import IndexConfig
-    from ar2.data.beir import load_corpus
+    from ar2.data.beir import iter_corpus, load_corpus
 
-    corpus = load_corpus(Path(args.data_dir) / "corpus.jsonl")
+    file = Path(args.data_dir) / "corpus.jsonl"
     extra = {"data": str(Path(args.data_dir).resolve())}
     if args.kind == "bm25":
         from ar2.index import BM25Index
 
+        corpus = load_corpus(file)
         BM25Index.build(corpus).save(args.out, extra, docs=corpus)
+        count = len(corpus)
     else:
         from ar2.encoders import BiEncoder
-        from ar2.index import FaissIndex
+        from ar2.pipeline import index_corpus
 
+        # the texts are streamed twice (encoding, then stored in the index), never held: a
+        # first pass checks the whole file and keeps only the ids, before hours of encoding
+        ids = [d.id for d in iter_corpus(file)]
         encoder = BiEncoder.load(args.model, precision=args.precision)
-        log.info("encoding %d documents with %s", len(corpus), encoder.source)
+        log.info("encoding %d documents with %s", len(ids), encoder.source)
         config = IndexConfig(args.preset, args.factory, ram_budget_gb=args.ram_budget_gb)
-        out = Path(args.out).resolve()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # the vectors go to disk a chunk at a time and are indexed a chunk at a time: memory
-        # never holds all of them, let alone twice
-        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".ar2-vectors-") as work:
-            vectors = Path(work) / "vectors.npy"
-            encoder.encode_docs_to(vectors, corpus, len(corpus), progress=True)
-            index = FaissIndex.build_from_npy(vectors, [d.id for d in corpus], config)
-        index.save(out, extra | {"encoder": encoder.describe()}, docs=corpus)
-    print(f"wrote {args.kind} index of {len(corpus)} documents to {args.out}")
+        index_corpus(
+            encoder, lambda: iter_corpus(file), ids, args.out, config, extra, store_docs=True
+        )
+        count = len(ids)
+    print(f"wrote {args.kind} index of {count} documents to {args.out}")
     return 0
 
 

@@ -96,6 +96,9 @@ class IndexConfig:
         ef_construction: HNSW beam width while building. FAISS's default, 40, gave recall@10
             0.82 on 1M hard synthetic vectors where 128 gave 0.999, for twice the build time
             (``docs/benchmarks.md``).
+        refine: for a compressed index (IVF-PQ, SQ), re-score the top ``k x refine``
+            candidates with the exact float32 vectors kept beside it on disk; 0 turns it off.
+            On 1M hard vectors IVF-PQ's recall@10 went from 0.55 to 0.99 with 10.
     """
 
     preset: str = "flat"
@@ -104,6 +107,7 @@ class IndexConfig:
     ef_search: int = 128
     ram_budget_gb: float | None = None
     ef_construction: int = 128
+    refine: int = 10
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,8 @@ class AR2Config:
         tune_fusion: Rerank by ``(1 - w) z(G) + w z(D)`` with ``w`` tuned on dev each round
             (our addition, :mod:`ar2.fusion`); ``False`` ranks by the ranker alone, as AR2 does.
         checkpoint_every: Steps between checkpoints inside a training stage.
+        index: The FAISS index built at every refresh: exact (``flat``) as in the spec; a
+            corpus too large for it can take ``hnsw``, ``ivfpq`` or ``auto`` (:class:`IndexConfig`).
     """
 
     seed: int = 42
@@ -248,6 +254,7 @@ class AR2Config:
     rerank_k: int = 50
     tune_fusion: bool = True
     checkpoint_every: int = 50
+    index: IndexConfig = IndexConfig()
 
     def __post_init__(self) -> None:
         _check_choice("retriever_loss", self.retriever_loss, RETRIEVER_LOSSES)
@@ -261,15 +268,16 @@ class AR2Config:
 
 
 def load_ar2_config(data: dict[str, Any], source: str = "config") -> AR2Config:
-    """Build an :class:`AR2Config` from nested TOML data (stage tables become StageConfigs).
+    """Build an :class:`AR2Config` from nested TOML data (stage and index tables become
+    their dataclasses).
 
     Example:
         >>> load_ar2_config({"rounds": 3, "g0": {"steps": 10}}).g0.steps
         10
     """
-    stages = {f.name for f in dataclasses.fields(AR2Config) if f.type == "StageConfig"}
+    tables = {"StageConfig": StageConfig, "IndexConfig": IndexConfig}
+    kinds = {f.name: tables[f.type] for f in dataclasses.fields(AR2Config) if f.type in tables}
     fields = {
-        k: from_dict(StageConfig, v, f"{source} [{k}]") if k in stages else v
-        for k, v in data.items()
+        k: from_dict(kinds[k], v, f"{source} [{k}]") if k in kinds else v for k, v in data.items()
     }
     return from_dict(AR2Config, fields, source)

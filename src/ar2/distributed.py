@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ar2._optional import require
@@ -97,23 +98,19 @@ def on_main(func: Callable[..., T], *args: Any) -> T | None:
     return result
 
 
-def encode_sharded(encode: Callable[[Sequence[T]], Any], items: Sequence[T]) -> Any:
-    """``encode(items)`` (an ``(n, dim)`` float32 array) with the work split over the ranks:
-    rank ``r`` encodes items ``r, r + W, ...``; every rank gets the whole array back."""
+def encode_to_parts(
+    encode_to: Callable[[Path, Sequence[T]], Any], items: Sequence[T], folder: Path
+) -> list[Path]:
+    """Each rank runs ``encode_to(path, share)`` on its contiguous share of ``items`` (rank
+    ``r``'s rows follow rank ``r - 1``'s), writing ``folder/part-r.npy``; returns every rank's
+    path in order, once all are written. ``folder`` must be shared by the ranks (as ``--out``).
+    """
     w = world()
-    if w.size == 1:
-        return encode(items)
-    np, torch = require("numpy"), require("torch")
-    mine = torch.from_numpy(np.ascontiguousarray(encode(items[w.rank :: w.size])))
-    per = -(-len(items) // w.size)  # all_gather needs equal sizes: pad to the largest share
-    padded = torch.zeros((per, *mine.shape[1:]), dtype=mine.dtype)
-    padded[: len(mine)] = mine
-    parts = [torch.empty_like(padded) for _ in range(w.size)]
-    torch.distributed.all_gather(parts, padded)
-    out = np.empty((len(items), *mine.shape[1:]), dtype=np.float32)
-    for rank, part in enumerate(parts):
-        out[rank :: w.size] = part[: len(range(rank, len(items), w.size))].numpy()
-    return out
+    per = -(-len(items) // w.size)
+    path = folder / f"part-{w.rank:05d}.npy"
+    encode_to(path, items[w.rank * per : (w.rank + 1) * per])
+    barrier()
+    return [folder / f"part-{rank:05d}.npy" for rank in range(w.size)]
 
 
 def map_sharded(func: Callable[[Sequence[T]], list[Any]], items: Sequence[T]) -> list[Any]:

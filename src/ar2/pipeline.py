@@ -10,9 +10,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ar2 import fusion
 from ar2._optional import require
@@ -20,6 +20,7 @@ from ar2.errors import Ar2Error
 from ar2.types import Doc, Hit, Query, Run
 
 if TYPE_CHECKING:
+    from ar2.config import IndexConfig
     from ar2.encoders import BiEncoder, CrossEncoder
     from ar2.index import BM25Index, FaissIndex
 
@@ -80,6 +81,37 @@ class DenseRetriever:
         vectors = self.encoder.encode_queries(queries, progress=self.progress)
         hits = self.index.search(vectors, k)
         return {q.id: h for q, h in zip(queries, hits)}
+
+
+def index_corpus(
+    encoder: BiEncoder,
+    docs: Callable[[], Iterable[Doc]],
+    ids: Sequence[str],
+    path: str | Path,
+    config: IndexConfig | None = None,
+    extra: dict[str, Any] | None = None,
+    store_docs: bool = False,
+) -> FaissIndex:
+    """Encode the documents ``docs()`` yields (``ids`` are theirs, in order) into a dense index
+    saved at ``path`` (with the documents when ``store_docs``: ``docs()`` is read again).
+
+    Memory holds neither all the texts nor all the vectors: they are encoded to a temporary
+    ``.npy`` file a chunk at a time and indexed from it a chunk at a time. Returns the saved
+    index, loaded.
+    """
+    import tempfile
+
+    from ar2.index import FaissIndex
+
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".ar2-vectors-") as work:
+        vectors = Path(work) / "vectors.npy"
+        encoder.encode_docs_to(vectors, docs(), len(ids), progress=True)
+        index = FaissIndex.build_from_npy(vectors, ids, config)
+        extra = (extra or {}) | {"encoder": encoder.describe()}
+        index.save(path, extra, docs=docs() if store_docs else ())  # before the vectors go
+    return FaissIndex.load(path)
 
 
 class HybridRetriever:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ar2 import __version__
+from ar2 import __version__, _npy
 from ar2._io import atomic_dir, atomic_write_json
 from ar2._optional import require
 from ar2.config import EncoderConfig
@@ -139,7 +139,7 @@ class BiEncoder:
         """
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp.npy")
-        _create_npy(tmp, (count, self.dim))
+        _npy.create(tmp, (count, self.dim))
         row, model = 0, self.doc_model
         training = model.training
         model.eval()
@@ -150,7 +150,7 @@ class BiEncoder:
                     if row + len(chunk) > count:
                         raise ValueError(f"more than count={count} documents")
                     vectors = self._encode_chunk(model, chunk, self.config.doc_max_length, bar)
-                    _write_rows(tmp, row, vectors)
+                    _npy.write_rows(tmp, row, vectors)
                     row += len(chunk)
             if row != count:
                 raise ValueError(f"{row} documents, but count={count}")
@@ -223,21 +223,6 @@ class BiEncoder:
             out[rows] = vectors.cpu().numpy()
             bar.update(len(rows))
         return out
-
-
-def _create_npy(path: Path, shape: tuple[int, int]) -> None:
-    """A float32 ``.npy`` file of ``shape`` (zeros), for :func:`_write_rows` to fill."""
-    mapped = np.lib.format.open_memmap(path, "w+", np.float32, shape)
-    del mapped
-
-
-def _write_rows(path: Path, start: int, rows: np.ndarray) -> None:
-    """Write ``rows`` into the ``.npy`` file from row ``start`` through a short-lived map (its
-    pages leave the process's memory when it closes)."""
-    mapped = np.load(path, mmap_mode="r+")
-    mapped[start : start + len(rows)] = rows
-    mapped.flush()
-    del mapped
 
 
 def _progress(items: Iterable[Any], show: bool) -> Any:

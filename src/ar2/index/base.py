@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ar2 import __version__
-from ar2._io import atomic_write_text
+from ar2._io import atomic_write_lines
 from ar2.errors import Ar2Error
 from ar2.types import Doc, Hit
 
@@ -54,7 +54,7 @@ def write_ids(path: Path, ids: Sequence[str]) -> None:
     bad = next((i for i in ids if "\n" in i or "\r" in i), None)
     if bad is not None:
         raise Ar2Error(f"document id {bad!r} contains a line break. Fix: remove it from the id")
-    atomic_write_text(path / IDS_FILE, "".join(f"{i}\n" for i in ids))
+    atomic_write_lines(path / IDS_FILE, ids)
 
 
 def read_ids(path: Path) -> list[str]:
@@ -64,14 +64,14 @@ def read_ids(path: Path) -> list[str]:
 
 
 def write_docs(path: Path, docs: Iterable[Doc]) -> None:
-    """Store the documents (BEIR ``corpus.jsonl`` format) so an index folder is self-contained."""
+    """Store the documents (BEIR ``corpus.jsonl`` format) so an index folder is self-contained;
+    a stream of them is written a line at a time. Nothing is written for no documents."""
     lines = (
         json.dumps({"_id": d.id, "title": d.title, "text": d.text}, ensure_ascii=False)
         for d in docs
     )
-    text = "".join(f"{line}\n" for line in lines)
-    if text:
-        atomic_write_text(path / DOCS_FILE, text)
+    if not atomic_write_lines(path / DOCS_FILE, lines):
+        (path / DOCS_FILE).unlink()
 
 
 def iter_docs(path: str | Path) -> Iterator[Doc]:

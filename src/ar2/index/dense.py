@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ar2 import _npy
 from ar2._io import atomic_dir, atomic_write_json
 from ar2._optional import require
 from ar2.config import IndexConfig
@@ -17,8 +18,10 @@ from ar2.index.base import base_manifest, read_ids, read_manifest, write_docs, w
 from ar2.types import Doc, Hit
 
 INDEX_FILE = "index.faiss"
+VECTORS_FILE = "vectors.npy"  # float32 vectors beside a compressed index, for exact refining
 ADD_CHUNK = 65_536  # vectors added at a time
 TRAIN_SAMPLE = 256 * 1024  # vectors an IVF / PQ index is trained on, at most
+REFINE_BATCH = 256  # queries whose candidates' vectors are read together when refining
 METRICS = ("ip", "l2")
 
 
@@ -75,6 +78,16 @@ def ram_budget(config: IndexConfig) -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2
 
 
+def compresses(factory: str) -> bool:
+    """Whether a factory string stores lossy codes instead of the float32 vectors.
+
+    Example:
+        >>> compresses("IVF4000,PQ96x8"), compresses("HNSW32"), compresses("IVF256,SQ8")
+        (True, False, True)
+    """
+    return any(code in factory for code in ("PQ", "SQ", "LSH", "RaBitQ"))
+
+
 def factory_for(config: IndexConfig, n: int, d: int) -> str:
     """The FAISS factory string for ``config`` on ``n`` vectors of dimension ``d``.
 
@@ -110,6 +123,11 @@ class FaissIndex:
     Inner product (``"ip"``) is the metric for both dot-product and cosine encoders (cosine
     vectors are normalised by the encoder); ``"l2"`` is available for L2 models.
 
+    A compressed index (IVF-PQ, SQ: :func:`compresses`) keeps the float32 vectors beside it on
+    disk (``vectors.npy``) and re-scores its top ``k x config.refine`` candidates exactly
+    from them, reading only those rows (FAISS's ``IndexRefineFlat`` would hold every vector in
+    memory, which is what a compressed index is chosen to avoid).
+
     Example:
         >>> import numpy as np
         >>> vecs = np.eye(3, dtype=np.float32)
@@ -122,7 +140,13 @@ class FaissIndex:
         self.index, self.ids, self.metric, self.factory = index, ids, metric, factory
         self.config = config
         self.auto: dict[str, Any] | None = None  # what preset "auto" chose, and why
+        self.vectors: np.ndarray | _npy.NpyParts | None = None  # exact vectors, to refine
         self._apply_search_params()
+
+    @property
+    def refines(self) -> bool:
+        """Whether searches re-score candidates exactly (a compressed index with vectors)."""
+        return self.vectors is not None and self.config.refine > 0 and compresses(self.factory)
 
     @classmethod
     def build(
@@ -135,31 +159,28 @@ class FaissIndex:
         """Build (training first if the index type needs it) and fill with ``vectors``."""
         if vectors.ndim != 2:
             raise ValueError(f"expected a 2-d array of vectors, got shape {vectors.shape}")
-        return cls._build(lambda rows: vectors[rows], vectors.shape, ids, config, metric)
+        built = cls._build(lambda rows: vectors[rows], vectors.shape, ids, config, metric)
+        if compresses(built.factory):
+            built.vectors = vectors  # a reference, for refining; not a copy
+        return built
 
     @classmethod
     def build_from_npy(
         cls,
-        path: str | Path,
+        paths: _npy.Paths,
         ids: Sequence[str],
         config: IndexConfig | None = None,
         metric: str = "ip",
     ) -> FaissIndex:
-        """:meth:`build` from a float32 ``.npy`` file (as ``BiEncoder.encode_docs_to`` writes),
-        read a chunk at a time: each chunk is mapped, copied and unmapped, so memory holds the
-        index and one chunk, not the file's pages too."""
-
-        def read(rows: Any) -> np.ndarray:
-            mapped = np.load(path, mmap_mode="r")
-            try:
-                return np.array(mapped[rows], dtype=np.float32)
-            finally:
-                del mapped
-
-        shape = np.load(path, mmap_mode="r").shape
-        if len(shape) != 2:
-            raise ValueError(f"{path}: expected a 2-d array of vectors, got shape {shape}")
-        return cls._build(read, shape, ids, config, metric)
+        """:meth:`build` from float32 ``.npy`` files (as ``BiEncoder.encode_docs_to`` writes;
+        several files are read as one, their rows in order), a chunk at a time: each chunk is
+        mapped, copied and unmapped, so memory holds the index and one chunk, not the files'
+        pages too."""
+        parts = _npy.NpyParts(paths)
+        built = cls._build(parts.read, parts.shape, ids, config, metric)
+        if compresses(built.factory):
+            built.vectors = parts
+        return built
 
     @classmethod
     def _build(
@@ -208,13 +229,42 @@ class FaissIndex:
         k = min(k, len(self.ids))
         if k <= 0:  # FAISS asserts on k = 0 (an empty index or k = 0): no hits, like BM25Index
             return [[] for _ in queries]
-        scores, rows = self.index.search(queries, k)
-        if self.metric == "l2":
-            scores = -scores  # higher is better everywhere in ar2
+        if self.refines:
+            scores, rows = self._refine(queries, k)
+        else:
+            scores, rows = self.index.search(queries, k)
+            if self.metric == "l2":
+                scores = -scores  # higher is better everywhere in ar2
         return [
             [Hit(self.ids[r], float(s)) for r, s in zip(row, score) if r >= 0]
             for row, score in zip(rows, scores)
         ]
+
+    def _refine(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The top ``k x refine`` candidates from the codes, re-scored with exact vectors."""
+        _, candidates = self.index.search(queries, min(k * self.config.refine, len(self.ids)))
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        rows = np.full((len(queries), k), -1, dtype=np.int64)
+        for start in range(0, len(queries), REFINE_BATCH):
+            block = candidates[start : start + REFINE_BATCH]  # (b, k x refine)
+            unique = np.unique(block[block >= 0])  # increasing: one read, in file order
+            vectors = self._read_vectors(unique)  # (u, dim)
+            for i, found in enumerate(block, start):
+                found = found[found >= 0]  # (c,)
+                exact = vectors[np.searchsorted(unique, found)]  # (c, dim)
+                query = queries[i]  # (dim,)
+                if self.metric == "ip":
+                    score = exact @ query  # (c,)
+                else:
+                    score = -((exact - query) ** 2).sum(axis=1)  # (c,): -squared L2, as FAISS
+                top = np.argsort(-score, kind="stable")[:k]
+                scores[i, : len(top)], rows[i, : len(top)] = score[top], found[top]
+        return scores, rows
+
+    def _read_vectors(self, rows: np.ndarray) -> np.ndarray:
+        if isinstance(self.vectors, _npy.NpyParts):
+            return self.vectors.read(rows)
+        return np.asarray(self.vectors[rows], dtype=np.float32)  # type: ignore[index]
 
     def save(
         self, path: str | Path, extra: dict[str, Any] | None = None, docs: Iterable[Doc] = ()
@@ -225,6 +275,8 @@ class FaissIndex:
             faiss.write_index(self.index, os.fspath(tmp / INDEX_FILE))
             write_ids(tmp, self.ids)
             write_docs(tmp, docs)
+            if self.refines:
+                self._save_vectors(tmp / VECTORS_FILE)
             manifest = base_manifest("dense", len(self.ids)) | {
                 "factory": self.factory,
                 "metric": self.metric,
@@ -232,20 +284,33 @@ class FaissIndex:
                 "nprobe": self.config.nprobe,
                 "ef_search": self.config.ef_search,
                 "index_config": self.config.__dict__,
+                "refine": self.config.refine if self.refines else 0,
             }
             if self.auto:
                 manifest["auto_preset"] = self.auto
             atomic_write_json(tmp / "manifest.json", manifest | (extra or {}))
 
     @classmethod
-    def load(cls, path: str | Path) -> FaissIndex:
-        """Load a folder written by :meth:`save`."""
+    def load(cls, path: str | Path, mmap: bool = False) -> FaissIndex:
+        """Load a folder written by :meth:`save`. With ``mmap`` the index's vectors are mapped
+        from the file rather than read (``IO_FLAG_MMAP_IFC``): processes on one machine that
+        load the same index share one copy in the page cache."""
         faiss = require("faiss")
         path = Path(path)
         manifest = read_manifest(path, kind="dense")
-        index = faiss.read_index(os.fspath(path / INDEX_FILE))
+        flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0
+        index = faiss.read_index(os.fspath(path / INDEX_FILE), flags)
         config = IndexConfig(**manifest["index_config"])
-        return cls(index, read_ids(path), manifest["metric"], manifest["factory"], config)
+        loaded = cls(index, read_ids(path), manifest["metric"], manifest["factory"], config)
+        if (path / VECTORS_FILE).is_file():
+            loaded.vectors = _npy.NpyParts(path / VECTORS_FILE)
+        return loaded
+
+    def _save_vectors(self, path: Path) -> None:
+        if isinstance(self.vectors, _npy.NpyParts):
+            self.vectors.copy_to(path)
+        else:
+            np.save(path, np.asarray(self.vectors, dtype=np.float32))
 
     def _apply_search_params(self) -> None:
         faiss = require("faiss")

@@ -54,7 +54,7 @@ def _test_runs(
 
     start = BiEncoder.load(cfg.retriever_model, query_max_length=cfg.query_max_length,
                            doc_max_length=cfg.doc_max_length)  # fmt: skip
-    start_index = _start_index(out / "indexes" / "start", start, data)
+    start_index = _start_index(out / "indexes" / "start", start, data, cfg)
     retrievers: dict[str, Any] = {
         "bm25": BM25Retriever(BM25Index.build(data.corpus)),
         "start": DenseRetriever(start, start_index),
@@ -79,16 +79,15 @@ def _test_runs(
     return runs, info
 
 
-def _start_index(folder: Path, start: BiEncoder, data: TrainData) -> Any:
+def _start_index(folder: Path, start: BiEncoder, data: TrainData, cfg: AR2Config) -> Any:
     """The untrained model's index, built once per run (and shared by ``--warm-start``)."""
     from ar2.index import FaissIndex
+    from ar2.pipeline import index_corpus
 
     if folder.is_dir():
         return FaissIndex.load(folder)
-    index = FaissIndex.build(start.encode_docs(data.corpus, progress=True),
-                             [d.id for d in data.corpus])  # fmt: skip
-    index.save(folder, {"encoder": start.describe()})
-    return index
+    ids = [d.id for d in data.corpus]
+    return index_corpus(start, lambda: data.corpus, ids, folder, cfg.index)
 
 
 def plot_training(out: Path) -> None:

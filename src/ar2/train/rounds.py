@@ -8,6 +8,7 @@ where to continue.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,6 @@ PHASES = ("ranker", "retriever")
 def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncoder | None) -> None:
     """Refresh the index with ``retriever``, mine round ``r``'s groups, evaluate on dev."""
     from ar2.evaluate import evaluate
-    from ar2.index import FaissIndex
     from ar2.mining import mine
     from ar2.pipeline import DenseRetriever
 
@@ -37,13 +37,7 @@ def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncod
     folder = out / "mined" / f"round-{r}"
     if folder.is_dir():
         return
-    main = distributed.world().main
-
-    def encode(docs: Sequence[Doc]) -> Any:  # each rank encodes its share of the corpus
-        return retriever.encode_docs(docs, progress=main)
-
-    vectors = distributed.encode_sharded(encode, data.corpus)
-    index = FaissIndex.build(vectors, [d.id for d in data.corpus])
+    index = refresh_index(ctx, r, retriever)
     dense = DenseRetriever(retriever, index)
     order = {q.id: i for i, q in enumerate(data.train)}
 
@@ -61,11 +55,36 @@ def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncod
     source = "g0/retriever" if r == 0 else f"rounds/{r}/retriever"
     provenance = {"round": r, "k": cfg.mine_k, "n": cfg.retriever.n_neg, "checkpoint": source}
 
-    def write() -> None:
-        index.save(out / "indexes" / f"round-{r}", {"encoder": retriever.describe()})
-        write_groups(folder, groups, provenance)  # last: its presence marks the round as mined
+    distributed.on_main(write_groups, folder, groups, provenance)  # marks the round as mined
 
-    distributed.on_main(write)
+
+def refresh_index(ctx: RunContext, r: int, retriever: BiEncoder) -> Any:
+    """Round ``r``'s index (spec §4.1 steps 1-2): each rank encodes its share of the corpus to
+    a ``.npy`` file, rank 0 builds the index from the files and saves it, and every rank maps
+    the saved index (one copy in memory per machine, however many ranks it runs).
+
+    As the original code, one index on rank 0; unlike it, no pickles, and the vectors go
+    through disk rather than memory (they are read a chunk at a time).
+    """
+    from ar2.index import FaissIndex
+
+    corpus, main = ctx.data.corpus, distributed.world().main
+    path = ctx.out / "indexes" / f"round-{r}"
+    parts_dir = ctx.out / "indexes" / f".round-{r}.parts"
+    parts_dir.mkdir(parents=True, exist_ok=True)
+
+    def encode_to(file: Path, docs: Sequence[Doc]) -> None:
+        retriever.encode_docs_to(file, docs, len(docs), progress=main)
+
+    parts = distributed.encode_to_parts(encode_to, corpus, parts_dir)
+
+    def build() -> None:
+        index = FaissIndex.build_from_npy(parts, [d.id for d in corpus], ctx.cfg.index)
+        index.save(path, {"encoder": retriever.describe()})
+        shutil.rmtree(parts_dir)
+
+    distributed.on_main(build)
+    return FaissIndex.load(path, mmap=True)
 
 
 def dev_rerank(ctx: RunContext, r: int, ranker: CrossEncoder) -> None:

@@ -1,0 +1,84 @@
+"""Float32 ``.npy`` files read and written a chunk at a time through short-lived maps.
+
+A memory map's pages stay in the process's resident memory for as long as the map is open, so
+a long-lived map over a large file costs as much memory as reading it. Every function here maps
+the file, touches only the rows asked for, and unmaps it again.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> create(folder / "a.npy", (2, 3)); write_rows(folder / "a.npy", 1, np.ones((1, 3)))
+    >>> create(folder / "b.npy", (1, 3))
+    >>> parts = NpyParts([folder / "a.npy", folder / "b.npy"])
+    >>> parts.shape, parts.read(slice(1, 3)).tolist()
+    ((3, 3), [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Paths = str | Path | Sequence[str | Path]
+
+
+def create(path: str | Path, shape: tuple[int, int]) -> None:
+    """A float32 ``.npy`` file of ``shape`` (zeros), for :func:`write_rows` to fill."""
+    mapped = np.lib.format.open_memmap(path, "w+", np.float32, shape)
+    del mapped
+
+
+def write_rows(path: str | Path, start: int, rows: np.ndarray) -> None:
+    """Write ``rows`` into the ``.npy`` file from row ``start``."""
+    mapped = np.load(path, mmap_mode="r+")
+    mapped[start : start + len(rows)] = rows
+    mapped.flush()
+    del mapped
+
+
+class NpyParts:
+    """Several 2-d ``.npy`` files read as one array, their rows concatenated in order (the
+    shards that several processes wrote)."""
+
+    def __init__(self, paths: Paths) -> None:
+        if isinstance(paths, str | os.PathLike):
+            paths = [paths]
+        self.paths = [Path(p) for p in paths]
+        shapes = [np.load(p, mmap_mode="r").shape for p in self.paths]
+        for path, shape in zip(self.paths, shapes):
+            if len(shape) != 2 or shape[1:] != shapes[0][1:]:
+                raise ValueError(f"{path}: expected 2-d vectors like {shapes[0]}, got {shape}")
+        self.starts = np.cumsum([0] + [s[0] for s in shapes])
+        self.shape = (int(self.starts[-1]), shapes[0][1] if shapes else 0)
+
+    def read(self, rows: slice | np.ndarray) -> np.ndarray:
+        """The rows ``rows`` (a slice with step 1, or increasing row numbers) as float32."""
+        if isinstance(rows, slice):
+            rows = np.arange(*rows.indices(self.shape[0]))
+        out = np.empty((len(rows), self.shape[1]), dtype=np.float32)
+        for i, path in enumerate(self.paths):
+            lo, hi = self.starts[i], self.starts[i + 1]
+            take = (rows >= lo) & (rows < hi)
+            if take.any():
+                out[take] = _read(path, rows[take] - lo)
+        return out
+
+    def copy_to(self, path: str | Path, chunk: int = 65_536) -> None:
+        """Write the concatenation to one ``.npy`` file, a chunk at a time."""
+        create(path, self.shape)
+        for start in range(0, self.shape[0], chunk):
+            write_rows(path, start, self.read(slice(start, start + chunk)))
+
+
+def _read(path: Path, rows: np.ndarray) -> Any:
+    mapped = np.load(path, mmap_mode="r")
+    try:
+        if len(rows) and rows[-1] - rows[0] == len(rows) - 1:  # a run: one slice
+            return np.array(mapped[rows[0] : rows[-1] + 1], dtype=np.float32)
+        return np.array(mapped[rows], dtype=np.float32)
+    finally:
+        del mapped
