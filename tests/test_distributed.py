@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -59,16 +60,42 @@ def test_shards_split_a_batch_evenly_or_say_why() -> None:
         distributed.shard(list(range(7)), w)
 
 
+def _two_nodes(*args: str, timeout: int = 300) -> list[subprocess.CompletedProcess[str]]:
+    """The multi-node launch: two torchrun agents of one process each (``--nnodes 2``), meeting
+    at a c10d rendezvous on this machine, as two machines would at HOST0's address."""
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE), "AR2_PRECISION": "fp32"}
+    procs = []
+    for node in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank"]
+        cmd += [str(node), "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_id", "t"]
+        cmd += ["--rdzv_endpoint", f"127.0.0.1:{port}", "--local_addr", "127.0.0.1", *args]
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        )
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
+
+
+@pytest.mark.parametrize("launch", ["one node", "two nodes"])
 def test_one_step_of_every_loss_equals_the_single_process_step(
-    models: tuple[str, str], tmp_path: Path
+    models: tuple[str, str], tmp_path: Path, launch: str
 ) -> None:
     import torch
     from safetensors.torch import load_file
 
     from dist_step import KINDS, step_results
 
-    done = torchrun(str(HERE / "dist_step.py"), *models, str(tmp_path))
-    assert done.returncode == 0, done.stderr[-3000:]
+    args = (str(HERE / "dist_step.py"), *models, str(tmp_path))
+    for done in [torchrun(*args)] if launch == "one node" else _two_nodes(*args):
+        assert done.returncode == 0, done.stderr[-3000:]
     torch.set_num_threads(1)
     reference = step_results(*models)
     for kind in KINDS:

@@ -54,17 +54,25 @@ class NpyParts:
                 raise ValueError(f"{path}: expected 2-d vectors like {shapes[0]}, got {shape}")
         self.starts = np.cumsum([0] + [s[0] for s in shapes])
         self.shape = (int(self.starts[-1]), shapes[0][1] if shapes else 0)
+        self._maps: list[np.ndarray] | None = None
 
-    def read(self, rows: slice | np.ndarray) -> np.ndarray:
-        """The rows ``rows`` (a slice with step 1, or increasing row numbers) as float32."""
+    def read(self, rows: slice | np.ndarray, keep_mapped: bool = False) -> np.ndarray:
+        """The rows ``rows`` (a slice with step 1, or increasing row numbers) as float32.
+
+        Each call maps and unmaps the files, unless ``keep_mapped``: then the maps stay open
+        for the next calls (repeated small reads, as searches make, skip the page faults of a
+        fresh map; the pages are the shared page cache's, which the kernel can reclaim)."""
         if isinstance(rows, slice):
             rows = np.arange(*rows.indices(self.shape[0]))
+        if keep_mapped and self._maps is None:
+            self._maps = [np.load(p, mmap_mode="r") for p in self.paths]
         out = np.empty((len(rows), self.shape[1]), dtype=np.float32)
         for i, path in enumerate(self.paths):
             lo, hi = self.starts[i], self.starts[i + 1]
             take = (rows >= lo) & (rows < hi)
             if take.any():
-                out[take] = _read(path, rows[take] - lo)
+                mapped = self._maps[i] if keep_mapped and self._maps else None
+                out[take] = _read(path, rows[take] - lo, mapped)
         return out
 
     def copy_to(self, path: str | Path, chunk: int = 65_536) -> None:
@@ -74,11 +82,12 @@ class NpyParts:
             write_rows(path, start, self.read(slice(start, start + chunk)))
 
 
-def _read(path: Path, rows: np.ndarray) -> Any:
-    mapped = np.load(path, mmap_mode="r")
+def _read(path: Path, rows: np.ndarray, mapped: np.ndarray | None = None) -> Any:
+    """Rows of one file, through ``mapped`` or a map of its own, closed after."""
+    array = np.load(path, mmap_mode="r") if mapped is None else mapped
     try:
         if len(rows) and rows[-1] - rows[0] == len(rows) - 1:  # a run: one slice
-            return np.array(mapped[rows[0] : rows[-1] + 1], dtype=np.float32)
-        return np.array(mapped[rows], dtype=np.float32)
+            return np.array(array[rows[0] : rows[-1] + 1], dtype=np.float32)
+        return np.array(array[rows], dtype=np.float32)
     finally:
-        del mapped
+        del array

@@ -21,7 +21,7 @@ INDEX_FILE = "index.faiss"
 VECTORS_FILE = "vectors.npy"  # float32 vectors beside a compressed index, for exact refining
 ADD_CHUNK = 65_536  # vectors added at a time
 TRAIN_SAMPLE = 256 * 1024  # vectors an IVF / PQ index is trained on, at most
-REFINE_BATCH = 256  # queries whose candidates' vectors are read together when refining
+REFINE_BATCH = 64  # queries whose candidates' vectors are read together when refining
 METRICS = ("ip", "l2")
 
 
@@ -243,27 +243,26 @@ class FaissIndex:
     def _refine(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The top ``k x refine`` candidates from the codes, re-scored with exact vectors."""
         _, candidates = self.index.search(queries, min(k * self.config.refine, len(self.ids)))
-        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        rows = np.full((len(queries), k), -1, dtype=np.int64)
+        scores = [np.zeros((0, k), dtype=np.float32)]
+        rows = [np.zeros((0, k), dtype=np.int64)]
         for start in range(0, len(queries), REFINE_BATCH):
-            block = candidates[start : start + REFINE_BATCH]  # (b, k x refine)
-            unique = np.unique(block[block >= 0])  # increasing: one read, in file order
-            vectors = self._read_vectors(unique)  # (u, dim)
-            for i, found in enumerate(block, start):
-                found = found[found >= 0]  # (c,)
-                exact = vectors[np.searchsorted(unique, found)]  # (c, dim)
-                query = queries[i]  # (dim,)
-                if self.metric == "ip":
-                    score = exact @ query  # (c,)
-                else:
-                    score = -((exact - query) ** 2).sum(axis=1)  # (c,): -squared L2, as FAISS
-                top = np.argsort(-score, kind="stable")[:k]
-                scores[i, : len(top)], rows[i, : len(top)] = score[top], found[top]
-        return scores, rows
+            found = candidates[start : start + REFINE_BATCH]  # (b, c), -1 where none
+            unique = np.unique(found[found >= 0])  # increasing: one read, in file order
+            vectors = self._read_vectors(unique)[np.searchsorted(unique, found)]  # (b, c, dim)
+            block = queries[start : start + REFINE_BATCH, None, :]  # (b, 1, dim)
+            if self.metric == "ip":
+                exact = (vectors * block).sum(axis=2)  # (b, c)
+            else:
+                exact = -((vectors - block) ** 2).sum(axis=2)  # (b, c): -squared L2, as FAISS
+            exact[found < 0] = -np.inf
+            top = np.argsort(-exact, axis=1, kind="stable")[:, :k]  # (b, k)
+            scores.append(np.take_along_axis(exact, top, axis=1))
+            rows.append(np.where(np.isfinite(scores[-1]), np.take_along_axis(found, top, 1), -1))
+        return np.concatenate(scores), np.concatenate(rows)
 
     def _read_vectors(self, rows: np.ndarray) -> np.ndarray:
         if isinstance(self.vectors, _npy.NpyParts):
-            return self.vectors.read(rows)
+            return self.vectors.read(rows, keep_mapped=True)
         return np.asarray(self.vectors[rows], dtype=np.float32)  # type: ignore[index]
 
     def save(

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ar2 import distributed
 from ar2._io import atomic_write_json
@@ -25,6 +25,7 @@ from ar2.train.stage import TOWERS, RunContext, model_of, tail_mean
 from ar2.types import Doc, Hit, Query, Run
 
 PHASES = ("ranker", "retriever")
+T = TypeVar("T")
 
 
 def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncoder | None) -> None:
@@ -46,7 +47,7 @@ def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncod
 
     groups = distributed.map_sharded(mine_share, data.train)
     groups.sort(key=lambda g: order[g.query.id])  # the single-process order
-    dev_run = dense.retrieve(data.dev, 100)
+    dev_run = _split(lambda queries: dense.retrieve(queries, 100), data.dev)
     distributed.on_main(write_run, dev_run, out / "dev_runs" / f"round-{r}.trec")
     dev = {"G": evaluate(dev_run, data.dev_qrels, [cfg.eval_measure])[cfg.eval_measure]}
     metrics.write({"stage": f"dev-g-{r}", "round": r, "dev": dev, "groups": len(groups)})
@@ -97,7 +98,11 @@ def dev_rerank(ctx: RunContext, r: int, ranker: CrossEncoder) -> None:
 
     data, cfg = ctx.data, ctx.cfg
     run = read_run(ctx.out / "dev_runs" / f"round-{r}.trec")
-    scored = score_heads(run, data.dev, ranker, data.docs, cfg.rerank_k, f"dev rerank {r}")
+
+    def score(queries: Sequence[Query]) -> dict[str, tuple[list[Hit], Any]]:
+        return score_heads(run, queries, ranker, data.docs, cfg.rerank_k, f"dev rerank {r}")
+
+    scored = _split(score, data.dev)
     weights = WEIGHTS if cfg.tune_fusion else (1.0,)
     best, values = tune_weight(scored, run, data.dev_qrels, cfg.eval_measure, weights)
     record = {"weight": best, cfg.eval_measure: {str(w): v for w, v in values.items()}}
@@ -122,6 +127,15 @@ def score_heads(
         hits = run.get(q.id, [])[:k]
         scored[q.id] = (hits, ranker.score(q.text, [docs[h.doc_id] for h in hits]))
     return scored
+
+
+def _split(
+    func: Callable[[Sequence[Query]], dict[str, T]], queries: Sequence[Query]
+) -> dict[str, T]:
+    """``func(queries)`` (a dict keyed by query id, in query order), each rank running it on
+    its share of the queries."""
+    merged = dict(distributed.map_sharded(lambda share: list(func(share).items()), queries))
+    return {q.id: merged[q.id] for q in queries if q.id in merged}
 
 
 def fusion_weight(out: Path, r: int) -> float:
