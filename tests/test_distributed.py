@@ -84,6 +84,19 @@ def _two_nodes(*args: str, timeout: int = 300) -> list[subprocess.CompletedProce
     return done
 
 
+def test_the_collective_timeout_is_long_by_default_and_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+    assert distributed._timeout().total_seconds() == 6 * 3600
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "90")
+    assert distributed._timeout().total_seconds() == 90 * 60
+    for bad in ("soon", "0"):
+        monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
+        with pytest.raises(Ar2Error, match="AR2_DIST_TIMEOUT_MIN.*expected minutes > 0"):
+            distributed._timeout()
+
+
 @pytest.mark.parametrize("launch", ["one node", "two nodes"])
 def test_one_step_of_every_loss_equals_the_single_process_step(
     models: tuple[str, str], tmp_path: Path, launch: str

@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -57,9 +58,18 @@ def world() -> World:
     return World(dist.get_rank(), dist.get_world_size())
 
 
+TIMEOUT_ENV = "AR2_DIST_TIMEOUT_MIN"
+DEFAULT_TIMEOUT_MIN = 360.0
+"""How long a rank waits for the others at a collective. Ranks wait while rank 0 alone builds
+a refresh's index or the final report, which takes hours on a large corpus (torch's default,
+10 to 30 minutes, would end the run). A rank that dies does not leave the others waiting:
+torchrun stops the whole group."""
+
+
 def init_from_env() -> World:
     """Join the process group torchrun describes (``WORLD_SIZE``, ``RANK``, ``MASTER_ADDR``,
-    ``MASTER_PORT``, ``LOCAL_RANK``): nccl when CUDA is available, gloo otherwise."""
+    ``MASTER_PORT``, ``LOCAL_RANK``): nccl when CUDA is available, gloo otherwise; collectives
+    time out after ``AR2_DIST_TIMEOUT_MIN`` minutes (default 360)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return World()
     torch = require("torch")
@@ -67,8 +77,19 @@ def init_from_env() -> World:
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+        torch.distributed.init_process_group(backend="nccl" if cuda else "gloo", timeout=_timeout())
     return world()
+
+
+def _timeout() -> timedelta:
+    value = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_MIN))
+    try:
+        minutes = float(value)
+    except ValueError:
+        minutes = -1.0
+    if minutes <= 0:
+        raise Ar2Error(f"{TIMEOUT_ENV}={value!r}: expected minutes > 0, e.g. {TIMEOUT_ENV}=720")
+    return timedelta(minutes=minutes)
 
 
 def finish(clean: bool = True) -> None:

@@ -8,8 +8,10 @@ where to continue.
 from __future__ import annotations
 
 import json
+import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -80,12 +82,27 @@ def refresh_index(ctx: RunContext, r: int, retriever: BiEncoder) -> Any:
     parts = distributed.encode_to_parts(encode_to, corpus, parts_dir)
 
     def build() -> None:
-        index = FaissIndex.build_from_npy(parts, [d.id for d in corpus], ctx.cfg.index)
+        with _every_core():
+            index = FaissIndex.build_from_npy(parts, [d.id for d in corpus], ctx.cfg.index)
         index.save(path, {"encoder": retriever.describe()})
         shutil.rmtree(parts_dir)
 
     distributed.on_main(build)
     return FaissIndex.load(path, mmap=True)
+
+
+@contextmanager
+def _every_core() -> Iterator[None]:
+    """FAISS on every core this process may use while the other ranks wait for it (torchrun
+    gives each process one OpenMP thread on CPU); unchanged on one process."""
+    faiss = require("faiss")
+    before = faiss.omp_get_max_threads()
+    if distributed.world().size > 1:
+        faiss.omp_set_num_threads(len(os.sched_getaffinity(0)))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def dev_rerank(ctx: RunContext, r: int, ranker: CrossEncoder) -> None:
