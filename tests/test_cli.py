@@ -121,6 +121,41 @@ def test_dense_index_holds_the_encoders_vectors(toy_beir: Path, tiny_bert: Path,
     assert index.ids == [d.id for d in docs]
 
 
+def test_a_compressed_dense_index_refines_from_its_vectors(
+    toy_beir: Path, tiny_bert: Path, tmp_path: Path
+) -> None:
+    """SQ8 codes re-scored with the exact vectors (kept in the folder) rank as a flat index
+    does; ``--refine 0`` keeps no vectors."""
+    from ar2.index import FaissIndex
+
+    common = [str(toy_beir), "--kind", "dense", "--model", str(tiny_bert), "--precision", "fp32"]
+    for name, extra in (("flat", []), ("sq8", ["--factory", "SQ8"]),
+                        ("sq8-raw", ["--factory", "SQ8", "--refine", "0"])):  # fmt: skip
+        built = _ar2("index", *common, *extra, "--out", str(tmp_path / name))
+        assert built.returncode == 0, built.stderr
+    flat, sq8, raw = (FaissIndex.load(tmp_path / n) for n in ("flat", "sq8", "sq8-raw"))
+    assert (tmp_path / "sq8" / "vectors.npy").is_file() and sq8.refines
+    assert not (tmp_path / "sq8-raw" / "vectors.npy").exists() and not raw.refines
+    queries = flat.index.reconstruct_n(0, 8) + 0.1  # (8, dim)
+    want, got = flat.search(queries, 5), sq8.search(queries, 5)
+    assert [[h.doc_id for h in row] for row in got] == [[h.doc_id for h in row] for row in want]
+    for a, b in zip(got, want):
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-5)
+
+
+def test_a_bad_corpus_line_fails_before_any_encoding(
+    toy_beir: Path, tiny_bert: Path, tmp_path: Path
+) -> None:
+    with open(toy_beir / "corpus.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"_id": "d99", "text": \n')
+    out = tmp_path / "dense"
+    result = _ar2("index", str(toy_beir), "--kind", "dense", "--model", str(tiny_bert),
+                  "--out", str(out))  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "corpus.jsonl:9: malformed JSON" in result.stderr and "Fix:" in result.stderr
+    assert "encoding" not in result.stderr and not out.exists()
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

@@ -40,7 +40,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         ids = [d.id for d in iter_corpus(file)]
         encoder = BiEncoder.load(args.model, precision=args.precision)
         log.info("encoding %d documents with %s", len(ids), encoder.source)
-        config = IndexConfig(args.preset, args.factory, ram_budget_gb=args.ram_budget_gb)
+        config = IndexConfig(
+            args.preset, args.factory, ram_budget_gb=args.ram_budget_gb, refine=args.refine
+        )
         index_corpus(
             encoder, lambda: iter_corpus(file), ids, args.out, config, extra, store_docs=True
         )
@@ -187,6 +189,13 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--factory", help="a FAISS factory string, overriding --preset")
     p.add_argument(
         "--ram-budget-gb", type=float, help="memory for the index (auto; default: RAM/2)"
+    )
+    p.add_argument(
+        "--refine",
+        type=int,
+        default=10,
+        help="compressed indexes (ivfpq): re-score the top k x N hits with the exact vectors "
+        "kept on disk; 0: off (default 10)",
     )
     _add_precision(p)
     p.set_defaults(func=cmd_index)
