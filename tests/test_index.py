@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ar2.config import BM25Config, IndexConfig
+from ar2.config import INDEX_PRESETS, BM25Config, IndexConfig
 from ar2.errors import Ar2Error
 from ar2.index import PRESETS, BM25Index, FaissIndex, factory_for, load_index, read_manifest
 from ar2.index.base import iter_docs
@@ -165,10 +165,12 @@ def test_raw_factory_overrides_preset(data) -> None:
 
 def test_unknown_preset_and_metric_are_refused(data) -> None:
     docs, _, ids = data
-    with pytest.raises(ValueError, match=r"'nope'.*\['flat', 'hnsw', 'ivf', 'ivfpq', 'auto'\]"):
-        factory_for(IndexConfig(preset="nope"), N, DIM)
-    with pytest.raises(ValueError, match="choose one of"):
-        FaissIndex.build(docs, ids, IndexConfig(preset="nope"))
+    with pytest.raises(ValueError, match=r"'nope'.*\['flat', 'ivf', 'hnsw', 'ivfpq', 'auto'\]"):
+        IndexConfig(preset="nope")  # refused where it is written, not at the first build
+    assert set(INDEX_PRESETS) == set(PRESETS) | {"auto"}
+    for bad in ({"refine": -1}, {"nprobe": 0}, {"ef_search": 0}):
+        with pytest.raises(ValueError, match="must be"):
+            IndexConfig(**bad)
     with pytest.raises(ValueError, match=r"'cosine'.*'ip', 'l2'"):
         FaissIndex.build(docs, ids, metric="cosine")
     with pytest.raises(ValueError, match="vectors but"):
@@ -460,14 +462,21 @@ def test_a_memory_mapped_array_builds_the_same_index(data, tmp_path: Path) -> No
 
 
 def test_several_npy_parts_build_the_index_of_their_concatenation(data, tmp_path: Path) -> None:
+    """As the ranks of a refresh write them: uneven, one of them empty (fewer documents than
+    processes); a refined index copies their vectors into one file when saved."""
     docs, queries, ids = data
     np.save(tmp_path / "a.npy", docs[:700])
+    np.save(tmp_path / "empty.npy", docs[:0])
     np.save(tmp_path / "b.npy", docs[700:])
-    parts = [tmp_path / "a.npy", tmp_path / "b.npy"]
+    parts = [tmp_path / "a.npy", tmp_path / "empty.npy", tmp_path / "b.npy"]
     for preset in ("flat", "ivfpq"):
         whole = FaissIndex.build(docs, ids, IndexConfig(preset=preset))
         from_parts = FaissIndex.build_from_npy(parts, ids, IndexConfig(preset=preset))
         assert from_parts.search(queries, 5) == whole.search(queries, 5), preset
+        from_parts.save(tmp_path / preset)
+        loaded = FaissIndex.load(tmp_path / preset, mmap=True)
+        _assert_same_hits(loaded.search(queries, 5), whole.search(queries, 5))
+    np.testing.assert_array_equal(np.load(tmp_path / "ivfpq" / "vectors.npy"), docs)
 
 
 # ---------------------------------------------------------------- exact refining of PQ codes
@@ -496,6 +505,29 @@ def test_refining_every_candidate_of_every_list_is_exact_search(data, metric: st
     everything = IndexConfig(preset="ivfpq", nprobe=51, refine=N // K)  # all lists, all rows
     refined = FaissIndex.build(docs, ids, everything, metric=metric)
     _assert_same_hits(refined.search(queries, K), exact_index.search(queries, K))
+
+
+def test_refining_when_no_candidate_was_found(built, data) -> None:
+    _, queries, _ = data
+    none = np.full((3, 20), -1)  # (b, c): an IVF probe that found nothing
+    scores, rows = built["ivfpq"]._rescore(queries[:3], none, K)
+    assert scores.shape == rows.shape == (3, K) and (rows == -1).all()
+    some = none.copy()
+    some[1, 4] = 7
+    scores, rows = built["ivfpq"]._rescore(queries[:3], some, K)
+    assert rows[1, 0] == 7 and (rows[1, 1:] == -1).all() and (rows[[0, 2]] == -1).all()
+
+
+def test_an_old_compressed_index_without_vectors_warns_and_searches_its_codes(
+    built, data, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, queries, _ = data
+    built["ivfpq"].save(tmp_path / "old")
+    (tmp_path / "old" / "vectors.npy").unlink()  # as ar2 saved IVF-PQ before it kept them
+    with caplog.at_level("WARNING"):
+        old = FaissIndex.load(tmp_path / "old")
+    assert not old.refines and "without exact re-scoring" in caplog.text
+    assert len(old.search(queries, K)[0]) == K
 
 
 def test_refined_index_keeps_its_vectors_and_loads_memory_mapped(built, data, tmp_path) -> None:

@@ -287,3 +287,65 @@ def test_the_index_table_sets_every_refresh_index(
         assert read_manifest(out / name)["factory"] == "HNSW32", name
     assert read_manifest(reference / "indexes" / "round-1")["factory"] == "Flat"
     assert not list((out / "indexes").glob(".*"))  # the encoded parts were removed
+
+
+def test_a_refresh_killed_after_its_index_was_saved_keeps_it_and_clears_leftovers(
+    toy_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """The state a kill leaves between saving round 2's index and writing its negatives, with
+    the debris of an earlier kill (encoded parts, a half-saved index): ``--resume`` keeps the
+    saved index, removes the debris and mines the same negatives."""
+    import shutil
+
+    from ar2.data.training import read_groups
+
+    data, model, reference = toy_run
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    for rel in ("mined/round-2", "index", "retriever", "ranker"):
+        shutil.rmtree(out / rel)
+    (out / "report.json").unlink()
+    debris = [out / "indexes" / ".round-2.parts", out / "indexes" / ".round-2.x1y2.tmp"]
+    for folder in debris:
+        folder.mkdir()
+        np.save(folder / "part-00003.npy", np.ones((2, 4), dtype=np.float32))
+    kept = out / "indexes" / "round-2" / "index.faiss"
+    before = kept.stat().st_mtime_ns
+    resumed = subprocess.run(_train_cmd(data, model, out, "--resume"), capture_output=True,
+                             text=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert kept.stat().st_mtime_ns == before  # not rebuilt
+    assert not any(folder.exists() for folder in debris)
+    got, want = (
+        [(g.query.id, g.negatives) for g in read_groups(run / "mined" / "round-2")]
+        for run in (out, reference)
+    )
+    assert got == want
+    got_report, want_report = (
+        json.loads((p / "report.json").read_text()) for p in (out, reference)
+    )
+    assert got_report.keys() == want_report.keys()
+    for system, measures in want_report.items():
+        assert got_report[system] == pytest.approx(measures, abs=1e-6), system
+
+
+def test_a_run_from_before_a_config_field_existed_still_resumes(
+    toy_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """``config.json`` written before ``[index]`` existed: the field's default fills in."""
+    import shutil
+
+    data, model, reference = toy_run
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    saved = json.loads((out / "config.json").read_text())
+    del saved["index"]
+    (out / "config.json").write_text(json.dumps(saved))
+    resumed = subprocess.run(_train_cmd(data, model, out, "--resume"), capture_output=True,
+                             text=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    config = _toy_toml(tmp_path, "rounds = 2", "rounds = 2")
+    config.write_text(config.read_text() + '\n[index]\npreset = "hnsw"\n')
+    changed = subprocess.run(_train_cmd(data, model, out, "--resume", "--config", str(config)),
+                             capture_output=True, text=True)  # fmt: skip
+    assert changed.returncode == 2 and "different config" in changed.stderr

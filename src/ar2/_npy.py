@@ -1,8 +1,10 @@
 """Float32 ``.npy`` files read and written a chunk at a time through short-lived maps.
 
-A memory map's pages stay in the process's resident memory for as long as the map is open, so
-a long-lived map over a large file costs as much memory as reading it. Every function here maps
-the file, touches only the rows asked for, and unmaps it again.
+The pages a memory map has touched count in the process's resident memory for as long as the
+map is open: a map held while a whole file is read or written shows as much memory as reading
+it into an array (measured: ``docs/benchmarks.md``). Writing and bulk reading here map the file,
+touch only the rows asked for, and unmap it again. Repeated small reads (a search's candidate
+vectors) may keep their maps open: ``NpyParts.read(rows, keep_mapped=True)``.
 
 Example:
     >>> import tempfile, pathlib
@@ -51,7 +53,10 @@ class NpyParts:
         shapes = [np.load(p, mmap_mode="r").shape for p in self.paths]
         for path, shape in zip(self.paths, shapes):
             if len(shape) != 2 or shape[1:] != shapes[0][1:]:
-                raise ValueError(f"{path}: expected 2-d vectors like {shapes[0]}, got {shape}")
+                raise ValueError(
+                    f"{path}: expected 2-d vectors like {shapes[0]}, got shape {shape}. "
+                    "Fix: pass the .npy files of one encoder's vectors"
+                )
         self.starts = np.cumsum([0] + [s[0] for s in shapes])
         self.shape = (int(self.starts[-1]), shapes[0][1] if shapes else 0)
         self._maps: list[np.ndarray] | None = None
@@ -83,7 +88,7 @@ class NpyParts:
 
 
 def _read(path: Path, rows: np.ndarray, mapped: np.ndarray | None = None) -> Any:
-    """Rows of one file, through ``mapped`` or a map of its own, closed after."""
+    """Rows of one file, through ``mapped`` (left open) or a map of its own (closed after)."""
     array = np.load(path, mmap_mode="r") if mapped is None else mapped
     try:
         if len(rows) and rows[-1] - rows[0] == len(rows) - 1:  # a run: one slice

@@ -9,11 +9,17 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ar2 import __version__
+from ar2.config import INDEX_PRESETS
 from ar2.errors import Ar2Error
+
+if TYPE_CHECKING:
+    from ar2.types import Doc
 
 log = logging.getLogger("ar2")
 
@@ -43,12 +49,20 @@ def cmd_index(args: argparse.Namespace) -> int:
         config = IndexConfig(
             args.preset, args.factory, ram_budget_gb=args.ram_budget_gb, refine=args.refine
         )
-        index_corpus(
-            encoder, lambda: iter_corpus(file), ids, args.out, config, extra, store_docs=True
-        )
+        index_corpus(encoder, lambda: _quietly(iter_corpus(file)), ids, args.out, config, extra,
+                     store_docs=True)  # fmt: skip
         count = len(ids)
     print(f"wrote {args.kind} index of {count} documents to {args.out}")
     return 0
+
+
+def _quietly(docs: Iterator[Doc]) -> Iterator[Doc]:
+    """``docs`` without the data warnings a first pass over the same file already gave."""
+    from ar2.errors import DataWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        yield from docs
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -183,7 +197,7 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--preset",
         default="flat",
-        choices=["flat", "ivf", "hnsw", "ivfpq", "auto"],
+        choices=INDEX_PRESETS,
         help="auto: chosen from the corpus size and --ram-budget-gb (default flat)",
     )
     p.add_argument("--factory", help="a FAISS factory string, overriding --preset")

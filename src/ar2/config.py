@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,10 @@ class RankerConfig:
             raise Ar2Error(f"fusion_weight = {self.fusion_weight}. Fix: use a value in [0, 1]")
 
 
+INDEX_PRESETS = ("flat", "ivf", "hnsw", "ivfpq", "auto")
+"""The names :class:`IndexConfig` accepts (``ar2.index.dense.PRESETS`` plus ``auto``)."""
+
+
 @dataclass(frozen=True)
 class IndexConfig:
     """Which FAISS index to build: a preset name or a raw factory string, and search settings.
@@ -108,6 +113,15 @@ class IndexConfig:
     ram_budget_gb: float | None = None
     ef_construction: int = 128
     refine: int = 10
+
+    def __post_init__(self) -> None:
+        if self.factory is None:
+            _check_choice("index preset", self.preset, INDEX_PRESETS)
+        for name in ("nprobe", "ef_search", "ef_construction"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} = {getattr(self, name)} must be at least 1")
+        if self.refine < 0:
+            raise ValueError(f"refine = {self.refine} must be 0 (off) or more")
 
 
 @dataclass(frozen=True)
@@ -265,6 +279,22 @@ class AR2Config:
                 f"train_doc_max_length = {cut} must be in 1..doc_max_length "
                 f"({self.doc_max_length}); leave it out to train at doc_max_length"
             )
+
+
+def config_json(cfg: AR2Config) -> dict[str, Any]:
+    """``cfg`` as the plain JSON a run stores in ``config.json``.
+
+    Example:
+        >>> config_json(AR2Config())["index"]["preset"]
+        'flat'
+    """
+    return json.loads(json.dumps(cfg.__dict__, default=lambda o: o.__dict__))  # type: ignore[no-any-return]
+
+
+def read_run_config(path: Path) -> dict[str, Any]:
+    """A run's stored ``config.json``, with the defaults of the fields added since it was
+    written (a run from an older ar2 still resumes and warm-starts)."""
+    return config_json(AR2Config()) | json.loads(path.read_text(encoding="utf-8"))
 
 
 def load_ar2_config(data: dict[str, Any], source: str = "config") -> AR2Config:

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import gc
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -60,16 +61,18 @@ def world() -> World:
 
 TIMEOUT_ENV = "AR2_DIST_TIMEOUT_MIN"
 DEFAULT_TIMEOUT_MIN = 360.0
-"""How long a rank waits for the others at a collective. Ranks wait while rank 0 alone builds
-a refresh's index or the final report, which takes hours on a large corpus (torch's default,
-10 to 30 minutes, would end the run). A rank that dies does not leave the others waiting:
-torchrun stops the whole group."""
+"""How long the other ranks wait while rank 0 alone works (:func:`on_main`: a refresh's index
+build, the final report), which takes hours on a large corpus; torch's default timeout (10 to
+30 minutes) would end the run. Every other collective keeps torch's default, so a lost rank
+still stops the others soon."""
+
+_waiting_group: Any = None  # a gloo group with the long timeout, for on_main's barriers
 
 
 def init_from_env() -> World:
     """Join the process group torchrun describes (``WORLD_SIZE``, ``RANK``, ``MASTER_ADDR``,
-    ``MASTER_PORT``, ``LOCAL_RANK``): nccl when CUDA is available, gloo otherwise; collectives
-    time out after ``AR2_DIST_TIMEOUT_MIN`` minutes (default 360)."""
+    ``MASTER_PORT``, ``LOCAL_RANK``): nccl when CUDA is available, gloo otherwise."""
+    global _waiting_group
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return World()
     torch = require("torch")
@@ -77,7 +80,8 @@ def init_from_env() -> World:
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        torch.distributed.init_process_group(backend="nccl" if cuda else "gloo", timeout=_timeout())
+        torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+        _waiting_group = torch.distributed.new_group(backend="gloo", timeout=_timeout())
     return world()
 
 
@@ -86,8 +90,8 @@ def _timeout() -> timedelta:
     try:
         minutes = float(value)
     except ValueError:
-        minutes = -1.0
-    if minutes <= 0:
+        minutes = math.nan
+    if not (math.isfinite(minutes) and 0 < minutes < 1e7):
         raise Ar2Error(f"{TIMEOUT_ENV}={value!r}: expected minutes > 0, e.g. {TIMEOUT_ENV}=720")
     return timedelta(minutes=minutes)
 
@@ -95,6 +99,8 @@ def _timeout() -> timedelta:
 def finish(clean: bool = True) -> None:
     """Leave the process group: all ranks together when ``clean``; at once after an error
     (the other ranks then fail at their next collective instead of waiting forever)."""
+    global _waiting_group
+    _waiting_group = None
     if _initialized():
         gc.collect()  # drop DDP reducers and autograd graphs before the group goes
         dist = require("torch").distributed
@@ -103,10 +109,12 @@ def finish(clean: bool = True) -> None:
         dist.destroy_process_group()
 
 
-def barrier() -> None:
-    """Wait for every rank (no-op on one process)."""
+def barrier(patient: bool = False) -> None:
+    """Wait for every rank (no-op on one process); ``patient``: for as long as
+    ``AR2_DIST_TIMEOUT_MIN`` allows (rank 0 working alone)."""
     if world().size > 1:
-        require("torch").distributed.barrier()
+        group = _waiting_group if patient else None
+        require("torch").distributed.barrier(group=group)
 
 
 def on_main(func: Callable[..., T], *args: Any) -> T | None:
@@ -115,7 +123,7 @@ def on_main(func: Callable[..., T], *args: Any) -> T | None:
     before rank 0 writes, and what it wrote is there for all of them afterwards."""
     barrier()
     result = func(*args) if world().main else None
-    barrier()
+    barrier(patient=True)
     return result
 
 
@@ -126,10 +134,11 @@ def encode_to_parts(
     ``r``'s rows follow rank ``r - 1``'s), writing ``folder/part-r.npy``; returns every rank's
     path in order, once all are written. ``folder`` must be shared by the ranks (as ``--out``).
     """
-    w = world()
-    per = -(-len(items) // w.size)
+    w, n = world(), len(items)
     path = folder / f"part-{w.rank:05d}.npy"
-    encode_to(path, items[w.rank * per : (w.rank + 1) * per])
+    encode_to(
+        path, items[w.rank * n // w.size : (w.rank + 1) * n // w.size]
+    )  # shares differ by 1 at most
     barrier()
     return [folder / f"part-{rank:05d}.npy" for rank in range(w.size)]
 

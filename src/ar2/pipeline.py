@@ -91,13 +91,13 @@ def index_corpus(
     config: IndexConfig | None = None,
     extra: dict[str, Any] | None = None,
     store_docs: bool = False,
-) -> FaissIndex:
+) -> None:
     """Encode the documents ``docs()`` yields (``ids`` are theirs, in order) into a dense index
     saved at ``path`` (with the documents when ``store_docs``: ``docs()`` is read again).
 
     Memory holds neither all the texts nor all the vectors: they are encoded to a temporary
-    ``.npy`` file a chunk at a time and indexed from it a chunk at a time. Returns the saved
-    index, loaded.
+    ``.npy`` file a chunk at a time and indexed from it a chunk at a time. Load the result
+    with :meth:`FaissIndex.load <ar2.index.FaissIndex.load>`.
     """
     import tempfile
 
@@ -111,7 +111,6 @@ def index_corpus(
         index = FaissIndex.build_from_npy(vectors, ids, config)
         extra = (extra or {}) | {"encoder": encoder.describe()}
         index.save(path, extra, docs=docs() if store_docs else ())  # before the vectors go
-    return FaissIndex.load(path)
 
 
 class HybridRetriever:

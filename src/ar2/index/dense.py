@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -17,11 +18,13 @@ from ar2.config import IndexConfig
 from ar2.index.base import base_manifest, read_ids, read_manifest, write_docs, write_ids
 from ar2.types import Doc, Hit
 
+log = logging.getLogger(__name__)
+
 INDEX_FILE = "index.faiss"
 VECTORS_FILE = "vectors.npy"  # float32 vectors beside a compressed index, for exact refining
 ADD_CHUNK = 65_536  # vectors added at a time
 TRAIN_SAMPLE = 256 * 1024  # vectors an IVF / PQ index is trained on, at most
-REFINE_BATCH = 64  # queries whose candidates' vectors are read together when refining
+REFINE_FLOATS = 8 * 1024 * 1024  # candidate vector floats read at a time when refining
 METRICS = ("ip", "l2")
 
 
@@ -111,10 +114,7 @@ def _choose(config: IndexConfig, n: int, d: int) -> tuple[str, dict[str, Any] | 
         budget = ram_budget(config)
         preset, reason = auto_preset(n, d, budget)
         auto = {"preset": preset, "reason": reason, "ram_budget_bytes": budget}
-    if preset not in PRESETS:
-        choices = sorted(PRESETS) + ["auto"]
-        raise ValueError(f"unknown index preset {config.preset!r}; choose one of {choices}")
-    return PRESETS[preset](n, d), auto
+    return PRESETS[preset](n, d), auto  # IndexConfig checked the name
 
 
 class FaissIndex:
@@ -242,23 +242,37 @@ class FaissIndex:
 
     def _refine(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The top ``k x refine`` candidates from the codes, re-scored with exact vectors."""
-        _, candidates = self.index.search(queries, min(k * self.config.refine, len(self.ids)))
-        scores = [np.zeros((0, k), dtype=np.float32)]
-        rows = [np.zeros((0, k), dtype=np.int64)]
-        for start in range(0, len(queries), REFINE_BATCH):
-            found = candidates[start : start + REFINE_BATCH]  # (b, c), -1 where none
-            unique = np.unique(found[found >= 0])  # increasing: one read, in file order
-            vectors = self._read_vectors(unique)[np.searchsorted(unique, found)]  # (b, c, dim)
-            block = queries[start : start + REFINE_BATCH, None, :]  # (b, 1, dim)
-            if self.metric == "ip":
-                exact = (vectors * block).sum(axis=2)  # (b, c)
-            else:
-                exact = -((vectors - block) ** 2).sum(axis=2)  # (b, c): -squared L2, as FAISS
-            exact[found < 0] = -np.inf
-            top = np.argsort(-exact, axis=1, kind="stable")[:, :k]  # (b, k)
-            scores.append(np.take_along_axis(exact, top, axis=1))
-            rows.append(np.where(np.isfinite(scores[-1]), np.take_along_axis(found, top, 1), -1))
+        depth = min(k * self.config.refine, len(self.ids))
+        _, candidates = self.index.search(queries, depth)  # (q, c), -1 where none
+        block = max(1, min(256, REFINE_FLOATS // max(1, depth * queries.shape[1])))
+        scores, rows = [], []
+        for start in range(0, len(queries), block):
+            s, r = self._rescore(
+                queries[start : start + block], candidates[start : start + block], k
+            )
+            scores.append(s)
+            rows.append(r)
+        if not scores:
+            return np.zeros((0, k), dtype=np.float32), np.zeros((0, k), dtype=np.int64)
         return np.concatenate(scores), np.concatenate(rows)
+
+    def _rescore(
+        self, queries: np.ndarray, found: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scores of each query's candidates ``found`` (b, c), best ``k`` first."""
+        unique = np.unique(found[found >= 0])  # (u,) increasing: one read, in file order
+        if not unique.size:
+            return np.full((len(found), k), -np.inf, np.float32), np.full((len(found), k), -1)
+        vectors = self._read_vectors(unique)  # (u, dim)
+        sims = vectors @ queries.T  # (u, b): one product for the whole block
+        if self.metric == "l2":  # -||v - q||^2 = 2 v.q - ||v||^2 - ||q||^2, as FAISS (squared)
+            sims = 2 * sims - (vectors**2).sum(1)[:, None] - (queries**2).sum(1)[None, :]
+        at = np.minimum(np.searchsorted(unique, found), len(unique) - 1)  # (b, c)
+        exact = sims[at, np.arange(len(found))[:, None]]  # (b, c)
+        exact[found < 0] = -np.inf
+        top = np.argsort(-exact, axis=1, kind="stable")[:, :k]  # (b, k)
+        best = np.take_along_axis(exact, top, axis=1)  # (b, k)
+        return best, np.where(np.isfinite(best), np.take_along_axis(found, top, axis=1), -1)
 
     def _read_vectors(self, rows: np.ndarray) -> np.ndarray:
         if isinstance(self.vectors, _npy.NpyParts):
@@ -297,12 +311,18 @@ class FaissIndex:
         faiss = require("faiss")
         path = Path(path)
         manifest = read_manifest(path, kind="dense")
-        flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0
+        flags = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) if mmap else 0  # older FAISS: read
         index = faiss.read_index(os.fspath(path / INDEX_FILE), flags)
         config = IndexConfig(**manifest["index_config"])
         loaded = cls(index, read_ids(path), manifest["metric"], manifest["factory"], config)
         if (path / VECTORS_FILE).is_file():
             loaded.vectors = _npy.NpyParts(path / VECTORS_FILE)
+        elif compresses(loaded.factory) and config.refine:
+            log.warning(
+                "%s: no %s (built before ar2 kept them), so its %s codes are searched without "
+                "exact re-scoring. Fix: rebuild it for the better recall",
+                path, VECTORS_FILE, loaded.factory,
+            )  # fmt: skip
         return loaded
 
     def _save_vectors(self, path: Path) -> None:

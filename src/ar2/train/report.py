@@ -32,7 +32,7 @@ def final_report(
     ranker.config = dataclasses.replace(ranker.config, fusion_weight=fusion_weight(out, cfg.rounds))
     ranker.save(out / "ranker")
     final = BiEncoder.load(out / "retriever")
-    last = FaissIndex.load(out / "indexes" / f"round-{cfg.rounds}")
+    last = FaissIndex.load(out / "indexes" / f"round-{cfg.rounds}", mmap=True)
     last.save(out / "index", {"encoder": final.describe()}, docs=data.corpus)
     plot_training(out)
     if not data.test:
@@ -59,9 +59,10 @@ def _test_runs(
         "bm25": BM25Retriever(BM25Index.build(data.corpus)),
         "start": DenseRetriever(start, start_index),
         "g0": DenseRetriever(
-            BiEncoder.load(out / "g0" / "retriever"), FaissIndex.load(out / "indexes" / "round-0")
+            BiEncoder.load(out / "g0" / "retriever"),
+            FaissIndex.load(out / "indexes" / "round-0", mmap=True),
         ),  # fmt: skip
-        "ar2-g": DenseRetriever(final, FaissIndex.load(out / "index")),
+        "ar2-g": DenseRetriever(final, FaissIndex.load(out / "index", mmap=True)),
     }
     runs = {name: r.retrieve(data.test, 100) for name, r in retrievers.items()}
     ranker = CrossEncoderRanker(CrossEncoder.load(out / "ranker"), data.docs)
@@ -84,10 +85,10 @@ def _start_index(folder: Path, start: BiEncoder, data: TrainData, cfg: AR2Config
     from ar2.index import FaissIndex
     from ar2.pipeline import index_corpus
 
-    if folder.is_dir():
-        return FaissIndex.load(folder)
-    ids = [d.id for d in data.corpus]
-    return index_corpus(start, lambda: data.corpus, ids, folder, cfg.index)
+    if not folder.is_dir():
+        ids = [d.id for d in data.corpus]
+        index_corpus(start, lambda: data.corpus, ids, folder, cfg.index)
+    return FaissIndex.load(folder, mmap=True)
 
 
 def plot_training(out: Path) -> None:

@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ar2 import distributed
 from ar2._io import atomic_write_json
@@ -25,6 +25,9 @@ from ar2.train import steps
 from ar2.train.loop import Stepper, load_checkpoint, run_steps, save_checkpoint, seed_step
 from ar2.train.stage import TOWERS, RunContext, model_of, tail_mean
 from ar2.types import Doc, Hit, Query, Run
+
+if TYPE_CHECKING:
+    from ar2.index import FaissIndex
 
 PHASES = ("ranker", "retriever")
 T = TypeVar("T")
@@ -61,10 +64,11 @@ def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncod
     distributed.on_main(write_groups, folder, groups, provenance)  # marks the round as mined
 
 
-def refresh_index(ctx: RunContext, r: int, retriever: BiEncoder) -> Any:
+def refresh_index(ctx: RunContext, r: int, retriever: BiEncoder) -> FaissIndex:
     """Round ``r``'s index (spec §4.1 steps 1-2): each rank encodes its share of the corpus to
     a ``.npy`` file, rank 0 builds the index from the files and saves it, and every rank maps
-    the saved index (one copy in memory per machine, however many ranks it runs).
+    the saved index (one copy in memory per machine, however many ranks it runs). An index
+    already saved (a run killed before its mining ended) is the same retriever's: kept.
 
     As the original code, one index on rank 0; unlike it, no pickles, and the vectors go
     through disk rather than memory (they are read a chunk at a time).
@@ -72,23 +76,32 @@ def refresh_index(ctx: RunContext, r: int, retriever: BiEncoder) -> Any:
     from ar2.index import FaissIndex
 
     corpus, main = ctx.data.corpus, distributed.world().main
-    path = ctx.out / "indexes" / f"round-{r}"
-    parts_dir = ctx.out / "indexes" / f".round-{r}.parts"
-    parts_dir.mkdir(parents=True, exist_ok=True)
+    folder = ctx.out / "indexes"
+    path, parts_dir = folder / f"round-{r}", folder / f".round-{r}.parts"
+    saved = path.is_dir()  # written atomically: every rank sees it whole or not at all
+    distributed.on_main(_remove_leftovers, folder, f".round-{r}.")
+    if not saved:
+        parts_dir.mkdir(parents=True, exist_ok=True)
 
-    def encode_to(file: Path, docs: Sequence[Doc]) -> None:
-        retriever.encode_docs_to(file, docs, len(docs), progress=main)
+        def encode_to(file: Path, docs: Sequence[Doc]) -> None:
+            retriever.encode_docs_to(file, docs, len(docs), progress=main)
 
-    parts = distributed.encode_to_parts(encode_to, corpus, parts_dir)
+        parts = distributed.encode_to_parts(encode_to, corpus, parts_dir)
 
-    def build() -> None:
-        with _every_core():
-            index = FaissIndex.build_from_npy(parts, [d.id for d in corpus], ctx.cfg.index)
-        index.save(path, {"encoder": retriever.describe()})
-        shutil.rmtree(parts_dir)
+        def build() -> None:
+            with _every_core():
+                index = FaissIndex.build_from_npy(parts, [d.id for d in corpus], ctx.cfg.index)
+            index.save(path, {"encoder": retriever.describe()})
+            shutil.rmtree(parts_dir)
 
-    distributed.on_main(build)
+        distributed.on_main(build)
     return FaissIndex.load(path, mmap=True)
+
+
+def _remove_leftovers(folder: Path, prefix: str) -> None:
+    """What a killed refresh left in ``folder``: its parts, a half-saved index (``prefix*``)."""
+    for leftover in folder.glob(f"{prefix}*"):
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
 
 
 @contextmanager

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from ar2._io import atomic_write_json, atomic_write_text
+from ar2.config import read_run_config
 from ar2.errors import Ar2Error
 
 log = logging.getLogger(__name__)
 
 G0_FIELDS = (
     "seed", "retriever_model", "query_max_length", "doc_max_length", "train_doc_max_length",
-    "scale", "g0", "mine_k", "dev_queries", "eval_measure",
+    "scale", "g0", "mine_k", "dev_queries", "eval_measure", "index",
 )  # fmt: skip
 D0_FIELDS = (
     "ranker_model", "ranker_from_g0", "ranker_max_length", "d0", "skip_d0", "rerank_k",
@@ -52,7 +53,7 @@ def warm_start(out: Path, base: Path, wanted: dict[str, Any]) -> list[str]:
             f"--warm-start {base}: not a run whose G0 and mining finished. "
             "Fix: point it at a run folder of `ar2 train` that got past round-0 mining"
         )
-    have = json.loads(config.read_text())
+    have = read_run_config(config)
     differ = [k for k in G0_FIELDS if have.get(k) != wanted.get(k)]
     if differ:
         raise Ar2Error(
