@@ -264,11 +264,11 @@ class FaissIndex:
         if not unique.size:
             return np.full((len(found), k), -np.inf, np.float32), np.full((len(found), k), -1)
         vectors = self._read_vectors(unique)  # (u, dim)
-        sims = vectors @ queries.T  # (u, b): one product for the whole block
-        if self.metric == "l2":  # -||v - q||^2 = 2 v.q - ||v||^2 - ||q||^2, as FAISS (squared)
-            sims = 2 * sims - (vectors**2).sum(1)[:, None] - (queries**2).sum(1)[None, :]
         at = np.minimum(np.searchsorted(unique, found), len(unique) - 1)  # (b, c)
-        exact = sims[at, np.arange(len(found))[:, None]]  # (b, c)
+        exact = np.einsum("bcd,bd->bc", vectors[at], queries)  # (b, c): each query's own
+        if self.metric == "l2":  # -||v - q||^2 = 2 v.q - ||v||^2 - ||q||^2, as FAISS (squared)
+            norms = np.einsum("ud,ud->u", vectors, vectors)  # (u,)
+            exact = 2 * exact - norms[at] - np.einsum("bd,bd->b", queries, queries)[:, None]
         exact[found < 0] = -np.inf
         top = np.argsort(-exact, axis=1, kind="stable")[:, :k]  # (b, k)
         best = np.take_along_axis(exact, top, axis=1)  # (b, k)
