@@ -196,12 +196,13 @@ def test_a_two_process_ar2_run_mines_and_scores_like_one_process(
         assert report[1][system] == pytest.approx(report[0][system], abs=1e-6), system
 
 
+@pytest.mark.parametrize("resume_nproc", [2, 1])
 def test_a_killed_two_process_run_resumes_to_the_same_result(
-    toy_runs: dict[str, Path], tmp_path: Path
+    toy_runs: dict[str, Path], tmp_path: Path, resume_nproc: int
 ) -> None:
     """Both processes (and torchrun) killed at once when round 1's first checkpoint appears,
-    then ``--resume`` under 2 processes: the same negatives, models and report as the
-    uninterrupted 2-process run."""
+    then ``--resume`` under 2 processes, or 1 (batches, checkpoints and negatives are global):
+    the same negatives, models and report as the uninterrupted 2-process run."""
     from safetensors.numpy import load_file
 
     out = tmp_path / "killed"
@@ -222,7 +223,7 @@ def test_a_killed_two_process_run_resumes_to_the_same_result(
         os.killpg(proc.pid, signal.SIGKILL)  # every process of the job, as a lost node would
         proc.wait()
     assert not (out / "report.json").exists()
-    resumed = _train(toy_runs["data"], toy_runs["bert"], out, 2, "--resume")
+    resumed = _train(toy_runs["data"], toy_runs["bert"], out, resume_nproc, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     two = toy_runs["two"]
     for name in ("round-0", "round-1", "round-2"):
