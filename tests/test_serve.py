@@ -132,6 +132,33 @@ def test_an_index_folder_serves_with_an_added_ranker(tiny_run: Path) -> None:
     assert service.info()["source"]["kind"] == "index"
 
 
+def test_a_compressed_index_with_its_vectors_serves_the_flat_answers(
+    toy_beir: Path, tiny_run: Path, tmp_path: Path
+) -> None:
+    """An ``ar2 index --factory SQ8`` folder (codes + ``vectors.npy``) served: its hits re-scored
+    exactly, the same as the flat index of the same encoder (8 documents, all re-scored)."""
+    from ar2.cli import main
+
+    common = [
+        "-q",
+        "index",
+        str(toy_beir),
+        "--kind",
+        "dense",
+        "--model",
+        str(tiny_run / "retriever"),
+    ]
+    assert main([*common, "--out", str(tmp_path / "flat")]) == 0
+    assert main([*common, "--factory", "SQ8", "--out", str(tmp_path / "sq8")]) == 0
+    flat, sq8 = (SearchService.load(tmp_path / name) for name in ("flat", "sq8"))
+    assert sq8.info()["manifests"]["index"]["refine"] == 10
+    queries = [Query("q1", "what do cats eat"), Query("q2", "dogs chase balls")]
+    want, got = flat.search(queries, 5, "dense"), sq8.search(queries, 5, "dense")
+    for qid in want:
+        assert [h.doc_id for h in got[qid]] == [h.doc_id for h in want[qid]]
+        assert [h.score for h in got[qid]] == pytest.approx([h.score for h in want[qid]], abs=1e-5)
+
+
 def test_a_bm25_index_serves_bm25_only(toy_beir: Path, tmp_path: Path) -> None:
     from ar2.cli import main
 
