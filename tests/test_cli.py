@@ -163,6 +163,7 @@ def test_a_bad_corpus_line_fails_before_any_encoding(
         (["eval", "{toy}", "--systems", "bm25,colbert", "--out", "{out}"], "unknown system"),
         (["eval", "{toy}", "--split", "dev", "--out", "{out}"], "dev"),
         (["search", "{toy}", "cats"], "not an ar2 index"),
+        (["index", "{toy}", "--kind", "dense", "--refine", "-1", "--out", "{out}"], "refine"),
         (["eval", "{toy}", "--measures", "nDCG@ten", "--out", "{out}"], "unknown measure"),
         (["eval", "{toy}", "--systems", "dense:{toy}", "--out", "{out}"], "not a model folder"),
     ],

@@ -332,14 +332,15 @@ def test_a_refresh_killed_after_its_index_was_saved_keeps_it_and_clears_leftover
 def test_a_run_from_before_a_config_field_existed_still_resumes(
     toy_run: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
-    """``config.json`` written before ``[index]`` existed: the field's default fills in."""
+    """``config.json`` written before ``[index]`` (a table) and ``g0.head_lr`` (a field of a
+    table) existed: their defaults fill in; a real change is refused, naming the key."""
     import shutil
 
     data, model, reference = toy_run
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     saved = json.loads((out / "config.json").read_text())
-    del saved["index"]
+    del saved["index"], saved["g0"]["head_lr"]
     (out / "config.json").write_text(json.dumps(saved))
     resumed = subprocess.run(_train_cmd(data, model, out, "--resume"), capture_output=True,
                              text=True)  # fmt: skip
@@ -348,4 +349,4 @@ def test_a_run_from_before_a_config_field_existed_still_resumes(
     config.write_text(config.read_text() + '\n[index]\npreset = "hnsw"\n')
     changed = subprocess.run(_train_cmd(data, model, out, "--resume", "--config", str(config)),
                              capture_output=True, text=True)  # fmt: skip
-    assert changed.returncode == 2 and "different config" in changed.stderr
+    assert changed.returncode == 2 and "different config (index.preset)" in changed.stderr

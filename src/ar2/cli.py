@@ -9,17 +9,12 @@ import argparse
 import logging
 import os
 import sys
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ar2 import __version__
 from ar2.config import INDEX_PRESETS
 from ar2.errors import Ar2Error
-
-if TYPE_CHECKING:
-    from ar2.types import Doc
 
 log = logging.getLogger("ar2")
 
@@ -41,28 +36,22 @@ def cmd_index(args: argparse.Namespace) -> int:
         from ar2.encoders import BiEncoder
         from ar2.pipeline import index_corpus
 
+        try:  # options first, before any reading
+            config = IndexConfig(
+                args.preset, args.factory, ram_budget_gb=args.ram_budget_gb, refine=args.refine
+            )
+        except ValueError as err:
+            raise Ar2Error(f"ar2 index: {err}. Fix: see `ar2 index --help`") from err
         # the texts are streamed twice (encoding, then stored in the index), never held: a
         # first pass checks the whole file and keeps only the ids, before hours of encoding
         ids = [d.id for d in iter_corpus(file)]
         encoder = BiEncoder.load(args.model, precision=args.precision)
         log.info("encoding %d documents with %s", len(ids), encoder.source)
-        config = IndexConfig(
-            args.preset, args.factory, ram_budget_gb=args.ram_budget_gb, refine=args.refine
-        )
-        index_corpus(encoder, lambda: _quietly(iter_corpus(file)), ids, args.out, config, extra,
-                     store_docs=True)  # fmt: skip
+        index_corpus(encoder, lambda: iter_corpus(file, warn=False), ids, args.out, config,
+                     extra, store_docs=True)  # fmt: skip
         count = len(ids)
     print(f"wrote {args.kind} index of {count} documents to {args.out}")
     return 0
-
-
-def _quietly(docs: Iterator[Doc]) -> Iterator[Doc]:
-    """``docs`` without the data warnings a first pass over the same file already gave."""
-    from ar2.errors import DataWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DataWarning)
-        yield from docs
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -293,8 +293,42 @@ def config_json(cfg: AR2Config) -> dict[str, Any]:
 
 def read_run_config(path: Path) -> dict[str, Any]:
     """A run's stored ``config.json``, with the defaults of the fields added since it was
-    written (a run from an older ar2 still resumes and warm-starts)."""
-    return config_json(AR2Config()) | json.loads(path.read_text(encoding="utf-8"))
+    written, in tables too (a run from an older ar2 still resumes and warm-starts). The rule
+    that makes this right: a new field's default is the behaviour from before it existed.
+
+    Example:
+        >>> _with_defaults({"g0": {"steps": 5}}, {"g0": {"steps": 1, "lr": 0.1}, "seed": 42})
+        {'g0': {'steps': 5, 'lr': 0.1}, 'seed': 42}
+    """
+    return _with_defaults(json.loads(path.read_text(encoding="utf-8")), config_json(AR2Config()))
+
+
+def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    merged = {
+        k: _with_defaults(saved[k], v) if isinstance(v, dict) and isinstance(saved.get(k), dict)
+        else saved.get(k, v)
+        for k, v in defaults.items()
+    }  # fmt: skip
+    return merged | {k: v for k, v in saved.items() if k not in defaults}
+
+
+def config_differences(
+    saved: dict[str, Any], wanted: dict[str, Any], prefix: str = ""
+) -> list[str]:
+    """The keys (``table.key``) whose values differ between two stored configs.
+
+    Example:
+        >>> config_differences({"g0": {"lr": 1}, "seed": 1}, {"g0": {"lr": 2}, "seed": 1})
+        ['g0.lr']
+    """
+    out = []
+    for key in sorted(set(saved) | set(wanted)):
+        a, b = saved.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
 
 
 def load_ar2_config(data: dict[str, Any], source: str = "config") -> AR2Config:

@@ -75,13 +75,15 @@ def init_from_env() -> World:
     global _waiting_group
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return World()
+    timeout = _timeout()  # a bad setting fails before any group exists
     torch = require("torch")
     if not torch.distributed.is_initialized():
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
-        _waiting_group = torch.distributed.new_group(backend="gloo", timeout=_timeout())
+    if _waiting_group is None:
+        _waiting_group = torch.distributed.new_group(backend="gloo", timeout=timeout)
     return world()
 
 
@@ -136,10 +138,9 @@ def encode_to_parts(
     """
     w, n = world(), len(items)
     path = folder / f"part-{w.rank:05d}.npy"
-    encode_to(
-        path, items[w.rank * n // w.size : (w.rank + 1) * n // w.size]
-    )  # shares differ by 1 at most
-    barrier()
+    share = items[w.rank * n // w.size : (w.rank + 1) * n // w.size]  # sizes differ by <= 1
+    encode_to(path, share)
+    barrier(patient=True)  # shares of long texts may take hours longer than others
     return [folder / f"part-{rank:05d}.npy" for rank in range(w.size)]
 
 

@@ -157,10 +157,13 @@ class Tally:
         warn_data(self.path, self.lines[0], f"{self.count} {self.problem} ({where})", self.fix)
 
 
-def stream_docs(path: Path, parse: Callable[[Path], Iterator[tuple[int, Doc]]]) -> Iterator[Doc]:
+def stream_docs(
+    path: Path, parse: Callable[[Path], Iterator[tuple[int, Doc]]], warn: bool = True
+) -> Iterator[Doc]:
     """Yield the documents ``parse(path)`` reads, rejecting duplicate ids.
 
-    Empty documents (no title, no text) are kept and reported by one warning at the end.
+    Empty documents (no title, no text) are kept and reported by one warning at the end
+    (unless ``warn`` is false: a later pass over a file already read).
     """
     empty = Tally(
         path,
@@ -171,7 +174,8 @@ def stream_docs(path: Path, parse: Callable[[Path], Iterator[tuple[int, Doc]]]) 
         if not doc.title.strip() and not doc.text.strip():
             empty.add(no)
         yield doc
-    empty.warn()
+    if warn:
+        empty.warn()
 
 
 def as_id_set(ids: Collection[str] | None) -> Collection[str] | None:

@@ -58,7 +58,7 @@ _QUERY_EXAMPLE = '{"_id": "q1", "text": "what do cats eat"}'
 _JSON_KINDS = {list: "a JSON array", str: "a string", bool: "true/false", type(None): "null"}
 
 
-def iter_corpus(path: PathLike) -> Iterator[Doc]:
+def iter_corpus(path: PathLike, warn: bool = True) -> Iterator[Doc]:
     """Stream the documents of a BEIR ``corpus.jsonl``, one line at a time.
 
     Only the ids seen so far are kept (to catch duplicates), never the texts. A missing file
@@ -67,6 +67,7 @@ def iter_corpus(path: PathLike) -> Iterator[Doc]:
 
     Args:
         path: The ``corpus.jsonl`` file: one ``{"_id", "title", "text"}`` object per line.
+        warn: Report empty documents (off for a second pass over a file already read).
 
     Yields:
         One :class:`~ar2.types.Doc` per non-blank line, in file order.
@@ -82,7 +83,7 @@ def iter_corpus(path: PathLike) -> Iterator[Doc]:
         Doc(id='7', text='Cats eat fish.', title='Cats')
     """
     p = require_file(path, "corpus", _BEIR_FIX)
-    return stream_docs(p, _parse_corpus)
+    return stream_docs(p, _parse_corpus, warn)
 
 
 def _parse_corpus(path: Path) -> Iterator[tuple[int, Doc]]:

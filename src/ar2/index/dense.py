@@ -265,10 +265,12 @@ class FaissIndex:
             return np.full((len(found), k), -np.inf, np.float32), np.full((len(found), k), -1)
         vectors = self._read_vectors(unique)  # (u, dim)
         at = np.minimum(np.searchsorted(unique, found), len(unique) - 1)  # (b, c)
-        exact = np.einsum("bcd,bd->bc", vectors[at], queries)  # (b, c): each query's own
-        if self.metric == "l2":  # -||v - q||^2 = 2 v.q - ||v||^2 - ||q||^2, as FAISS (squared)
-            norms = np.einsum("ud,ud->u", vectors, vectors)  # (u,)
-            exact = 2 * exact - norms[at] - np.einsum("bd,bd->b", queries, queries)[:, None]
+        candidates = vectors[at]  # (b, c, dim): each query's own
+        if self.metric == "ip":
+            exact = np.einsum("bcd,bd->bc", candidates, queries)  # (b, c)
+        else:  # -||v - q||^2, squared as FAISS's, from the difference (no cancellation)
+            candidates -= queries[:, None, :]
+            exact = -np.einsum("bcd,bcd->bc", candidates, candidates)  # (b, c)
         exact[found < 0] = -np.inf
         top = np.argsort(-exact, axis=1, kind="stable")[:, :k]  # (b, k)
         best = np.take_along_axis(exact, top, axis=1)  # (b, k)

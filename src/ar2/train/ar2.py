@@ -23,7 +23,7 @@ from typing import Any
 from ar2 import distributed
 from ar2._io import atomic_write_json
 from ar2._optional import require
-from ar2.config import AR2Config, config_json, read_run_config
+from ar2.config import AR2Config, config_differences, config_json, read_run_config
 from ar2.data.training import TrainingGroup, read_groups, write_groups
 from ar2.encoders import BiEncoder, CrossEncoder
 from ar2.errors import Ar2Error
@@ -69,8 +69,12 @@ def _prepare_out(out: Path, cfg: AR2Config, resume: bool) -> dict[str, Any]:
     if saved.is_file():
         if not resume:
             raise Ar2Error(f"{out} holds a run. Fix: pass --resume to continue it, or a new --out")
-        if read_run_config(saved) != wanted:
-            raise Ar2Error(f"{out}: --resume with a different config. Fix: use the run's config")
+        differ = config_differences(read_run_config(saved), wanted)
+        if differ:
+            raise Ar2Error(
+                f"{out}: --resume with a different config ({', '.join(differ)}). "
+                "Fix: use the run's config"
+            )
     distributed.barrier()  # every rank has checked before rank 0 writes
 
     def write() -> None:
