@@ -521,13 +521,14 @@ def test_refining_when_no_candidate_was_found(built, data) -> None:
 def test_an_old_compressed_index_without_vectors_warns_and_searches_its_codes(
     built, data, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _, queries, _ = data
+    docs, queries, ids = data
     built["ivfpq"].save(tmp_path / "old")
     (tmp_path / "old" / "vectors.npy").unlink()  # as ar2 saved IVF-PQ before it kept them
     with caplog.at_level("WARNING"):
         old = FaissIndex.load(tmp_path / "old")
     assert not old.refines and "without exact re-scoring" in caplog.text
-    assert len(old.search(queries, K)[0]) == K
+    codes_only = FaissIndex.build(docs, ids, IndexConfig(preset="ivfpq", refine=0))
+    _assert_same_hits(old.search(queries, K), codes_only.search(queries, K))
 
 
 def test_refined_index_keeps_its_vectors_and_loads_memory_mapped(built, data, tmp_path) -> None:

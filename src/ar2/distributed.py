@@ -137,11 +137,11 @@ def encode_to_parts(
     path in order, once all are written. ``folder`` must be shared by the ranks (as ``--out``).
     """
     w, n = world(), len(items)
-    path = folder / f"part-{w.rank:05d}.npy"
+    paths = [folder / f"part-{rank:05d}.npy" for rank in range(w.size)]
     share = items[w.rank * n // w.size : (w.rank + 1) * n // w.size]  # sizes differ by <= 1
-    encode_to(path, share)
+    encode_to(paths[w.rank], share)
     barrier(patient=True)  # shares of long texts may take hours longer than others
-    return [folder / f"part-{rank:05d}.npy" for rank in range(w.size)]
+    return paths
 
 
 def map_sharded(func: Callable[[Sequence[T]], list[Any]], items: Sequence[T]) -> list[Any]:

@@ -33,6 +33,18 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@contextlib.contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """``model`` in eval mode while the block runs (inference never uses dropout, even in the
+    middle of training); its mode is restored afterwards, whatever happens."""
+    training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(training)
+
+
 def use_bf16(precision: str, device: str) -> bool:
     """Resolve a precision setting (``auto`` / ``bf16`` / ``fp32``) for ``device``.
 

@@ -15,7 +15,14 @@ from ar2._io import atomic_dir, atomic_write_json
 from ar2._optional import require
 from ar2.config import EncoderConfig
 from ar2.encoders import _hf
-from ar2.encoders._runtime import autocast, length_sorted_batches, pad_batch, pick_device, use_bf16
+from ar2.encoders._runtime import (
+    autocast,
+    eval_mode,
+    length_sorted_batches,
+    pad_batch,
+    pick_device,
+    use_bf16,
+)
 from ar2.encoders.pooling import get_pooler
 from ar2.types import Doc, Query
 
@@ -141,11 +148,9 @@ class BiEncoder:
         tmp = path.with_name(path.name + ".tmp.npy")
         _npy.create(tmp, (count, self.dim))
         row, model = 0, self.doc_model
-        training = model.training
-        model.eval()
         bar = require("tqdm").tqdm(desc="encoding", unit="text", total=count, disable=not progress)
         try:
-            with bar:
+            with eval_mode(model), bar:
                 for chunk in _chunks((self.doc_text(d) for d in docs), _CHUNK):
                     if row + len(chunk) > count:
                         raise ValueError(f"more than count={count} documents")
@@ -157,8 +162,6 @@ class BiEncoder:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        finally:
-            model.train(training)
         tmp.replace(path)
         return np.load(path, mmap_mode="r")
 
@@ -199,13 +202,8 @@ class BiEncoder:
         return vectors  # (n, dim)
 
     def _encode(self, model: Any, texts: Iterable[str], max_len: int, bar: Any) -> np.ndarray:
-        parts: list[np.ndarray] = []
-        training = model.training
-        model.eval()  # inference never uses dropout, even in the middle of training
-        with bar:
-            for chunk in _chunks(texts, _CHUNK):
-                parts.append(self._encode_chunk(model, chunk, max_len, bar))
-        model.train(training)
+        with eval_mode(model), bar:
+            parts = [self._encode_chunk(model, c, max_len, bar) for c in _chunks(texts, _CHUNK)]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
 
     def _encode_chunk(self, model: Any, texts: list[str], max_len: int, bar: Any) -> np.ndarray:

@@ -15,7 +15,14 @@ from ar2._io import atomic_dir, atomic_write_json
 from ar2._optional import require
 from ar2.config import RankerConfig
 from ar2.encoders import _hf
-from ar2.encoders._runtime import autocast, length_sorted_batches, pad_batch, pick_device, use_bf16
+from ar2.encoders._runtime import (
+    autocast,
+    eval_mode,
+    length_sorted_batches,
+    pad_batch,
+    pick_device,
+    use_bf16,
+)
 from ar2.types import Doc
 
 if TYPE_CHECKING:
@@ -87,17 +94,15 @@ class CrossEncoder:
         ids, types = enc["input_ids"], enc.get("token_type_ids")
         out = np.empty(len(pairs), dtype=np.float32)
         bf16 = use_bf16(self.config.precision, self.device)
-        training = self.model.training
-        self.model.eval()  # inference never uses dropout
-        for rows in length_sorted_batches([len(x) for x in ids], self.config.batch_size):
-            batch_types = [types[i] for i in rows] if types is not None else None
-            batch = pad_batch(
-                [ids[i] for i in rows], self.tokenizer.pad_token_id, self.device, batch_types
-            )
-            with torch.inference_mode(), autocast(self.device, bf16):
-                logits = self.model(**batch).logits  # (batch, 1)
-            out[rows] = logits[:, 0].float().cpu().numpy()
-        self.model.train(training)
+        with eval_mode(self.model):
+            for rows in length_sorted_batches([len(x) for x in ids], self.config.batch_size):
+                batch_types = [types[i] for i in rows] if types is not None else None
+                batch = pad_batch(
+                    [ids[i] for i in rows], self.tokenizer.pad_token_id, self.device, batch_types
+                )
+                with torch.inference_mode(), autocast(self.device, bf16):
+                    logits = self.model(**batch).logits  # (batch, 1)
+                out[rows] = logits[:, 0].float().cpu().numpy()
         return out
 
     def logits(

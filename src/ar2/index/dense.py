@@ -159,10 +159,7 @@ class FaissIndex:
         """Build (training first if the index type needs it) and fill with ``vectors``."""
         if vectors.ndim != 2:
             raise ValueError(f"expected a 2-d array of vectors, got shape {vectors.shape}")
-        built = cls._build(lambda rows: vectors[rows], vectors.shape, ids, config, metric)
-        if compresses(built.factory):
-            built.vectors = vectors  # a reference, for refining; not a copy
-        return built
+        return cls._build(vectors, ids, config, metric)
 
     @classmethod
     def build_from_npy(
@@ -176,27 +173,23 @@ class FaissIndex:
         several files are read as one, their rows in order), a chunk at a time: each chunk is
         mapped, copied and unmapped, so memory holds the index and one chunk, not the files'
         pages too."""
-        parts = _npy.NpyParts(paths)
-        built = cls._build(parts.read, parts.shape, ids, config, metric)
-        if compresses(built.factory):
-            built.vectors = parts
-        return built
+        return cls._build(_npy.NpyParts(paths), ids, config, metric)
 
     @classmethod
     def _build(
         cls,
-        read: Callable[[Any], np.ndarray],
-        shape: tuple[int, ...],
+        source: np.ndarray | _npy.NpyParts,
         ids: Sequence[str],
         config: IndexConfig | None,
         metric: str,
     ) -> FaissIndex:
-        """Train on a sample of rows, then add ``ADD_CHUNK`` rows at a time (``read(rows)``)."""
+        """Train on a sample of ``source``'s rows, then add ``ADD_CHUNK`` rows at a time; a
+        compressed index keeps ``source`` (a reference, not a copy) to refine with."""
         faiss = require("faiss")
         config = config or IndexConfig()
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; choose one of {list(METRICS)}")
-        n, d = shape
+        n, d = source.shape
         if n != len(ids):
             raise ValueError(f"{n} vectors but {len(ids)} ids")
         factory, auto = _choose(config, n, d)
@@ -210,10 +203,13 @@ class FaissIndex:
             index.hnsw.efConstruction = config.ef_construction
         built = cls(index, [], metric, factory, config)
         built.auto = auto
+        if compresses(factory):
+            built.vectors = source
         if not index.is_trained:
-            index.train(_as_float32(read(_training_rows(n))))
+            index.train(_as_float32(_rows(source, _training_rows(n))))
         for start in range(0, n, ADD_CHUNK):
-            built.add(read(slice(start, start + ADD_CHUNK)), ids[start : start + ADD_CHUNK])
+            rows = _rows(source, slice(start, start + ADD_CHUNK))
+            built.add(rows, ids[start : start + ADD_CHUNK])
         return built
 
     def add(self, vectors: np.ndarray, ids: Sequence[str]) -> None:
@@ -263,7 +259,7 @@ class FaissIndex:
         unique = np.unique(found[found >= 0])  # (u,) increasing: one read, in file order
         if not unique.size:
             return np.full((len(found), k), -np.inf, np.float32), np.full((len(found), k), -1)
-        vectors = self._read_vectors(unique)  # (u, dim)
+        vectors = _rows(self.vectors, unique, keep_mapped=True)  # (u, dim)
         at = np.minimum(np.searchsorted(unique, found), len(unique) - 1)  # (b, c)
         candidates = vectors[at]  # (b, c, dim): each query's own
         if self.metric == "ip":
@@ -275,11 +271,6 @@ class FaissIndex:
         top = np.argsort(-exact, axis=1, kind="stable")[:, :k]  # (b, k)
         best = np.take_along_axis(exact, top, axis=1)  # (b, k)
         return best, np.where(np.isfinite(best), np.take_along_axis(found, top, axis=1), -1)
-
-    def _read_vectors(self, rows: np.ndarray) -> np.ndarray:
-        if isinstance(self.vectors, _npy.NpyParts):
-            return self.vectors.read(rows, keep_mapped=True)
-        return np.asarray(self.vectors[rows], dtype=np.float32)  # type: ignore[index]
 
     def save(
         self, path: str | Path, extra: dict[str, Any] | None = None, docs: Iterable[Doc] = ()
@@ -340,6 +331,13 @@ class FaissIndex:
             ivf.nprobe = self.config.nprobe
         if hasattr(self.index, "hnsw"):
             self.index.hnsw.efSearch = self.config.ef_search
+
+
+def _rows(source: Any, rows: slice | np.ndarray, keep_mapped: bool = False) -> np.ndarray:
+    """Rows of an array or of ``.npy`` parts (``keep_mapped``: see :meth:`NpyParts.read`)."""
+    if isinstance(source, _npy.NpyParts):
+        return source.read(rows, keep_mapped)
+    return np.asarray(source[rows], dtype=np.float32)
 
 
 def _training_rows(n: int) -> Any:

@@ -75,9 +75,8 @@ def _prepare_out(out: Path, cfg: AR2Config, resume: bool) -> dict[str, Any]:
                 f"{out}: --resume with a different config ({', '.join(differ)}). "
                 "Fix: use the run's config"
             )
-    distributed.barrier()  # every rank has checked before rank 0 writes
 
-    def write() -> None:
+    def write() -> None:  # on_main: every rank has checked before rank 0 writes
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(saved, wanted)
 

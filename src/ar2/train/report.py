@@ -6,12 +6,15 @@ import dataclasses
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ar2._io import atomic_write_bytes
 from ar2.config import AR2Config
 from ar2.encoders import BiEncoder, CrossEncoder
 from ar2.train.data import TrainData
+
+if TYPE_CHECKING:
+    from ar2.index import FaissIndex
 
 SYSTEMS = ("bm25", "start", "g0", "ar2-g", "ar2-g+d")
 
@@ -80,7 +83,7 @@ def _test_runs(
     return runs, info
 
 
-def _start_index(folder: Path, start: BiEncoder, data: TrainData, cfg: AR2Config) -> Any:
+def _start_index(folder: Path, start: BiEncoder, data: TrainData, cfg: AR2Config) -> FaissIndex:
     """The untrained model's index, built once per run (and shared by ``--warm-start``)."""
     from ar2.index import FaissIndex
     from ar2.pipeline import index_corpus

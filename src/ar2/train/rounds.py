@@ -45,13 +45,11 @@ def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncod
         return
     index = refresh_index(ctx, r, retriever)
     dense = DenseRetriever(retriever, index)
-    order = {q.id: i for i, q in enumerate(data.train)}
 
-    def mine_share(queries: Sequence[Query]) -> list[TrainingGroup]:  # a rank's queries
-        return mine(dense, queries, data.train_qrels, cfg.mine_k)
+    def mine_share(queries: Sequence[Query]) -> dict[str, TrainingGroup]:  # a rank's queries
+        return {g.query.id: g for g in mine(dense, queries, data.train_qrels, cfg.mine_k)}
 
-    groups = distributed.map_sharded(mine_share, data.train)
-    groups.sort(key=lambda g: order[g.query.id])  # the single-process order
+    groups = list(_split(mine_share, data.train).values())  # in the single-process order
     dev_run = _split(lambda queries: dense.retrieve(queries, 100), data.dev)
     distributed.on_main(write_run, dev_run, out / "dev_runs" / f"round-{r}.trec")
     dev = {"G": evaluate(dev_run, data.dev_qrels, [cfg.eval_measure])[cfg.eval_measure]}
