@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from ar2.data import available_splits, iter_corpus, load_beir, load_corpus, load_qrels, load_queries
+from ar2.data import (
+    MAX_GRADE,
+    MIN_GRADE,
+    available_splits,
+    iter_corpus,
+    load_beir,
+    load_corpus,
+    load_qrels,
+    load_queries,
+)
 from ar2.errors import DataError, DataWarning
 from ar2.types import Doc, Query
 from conftest import check_error
@@ -334,3 +343,162 @@ def test_missing_file(beir: Path, name: str) -> None:
 
 def test_folder_without_qrels_has_no_splits(tmp_path: Path) -> None:
     assert available_splits(tmp_path) == []
+
+
+# --- ids a line-based file cannot carry, texts UTF-8 cannot carry ------------------------------
+
+# every character str.splitlines() splits on, tab and space, other whitespace, control
+# characters (Cc) and a lone surrogate; each is refused inside an id where the id is read
+LINE_BREAKS = ["\n", "\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+BAD_ID_CHARS = [
+    *LINE_BREAKS,
+    *["\t", " ", "\xa0", "\u3000", "\x1f"],  # whitespace
+    *["\x00", "\x07", "\x1b", "\x7f", "\x9f"],  # control characters
+    "\ud800",  # a lone surrogate (a JSON "\ud800" escape)
+]
+BAD_ID_IDS = [f"U+{ord(c):04X}" for c in BAD_ID_CHARS]
+
+
+@pytest.mark.parametrize("char", BAD_ID_CHARS, ids=BAD_ID_IDS)
+@pytest.mark.parametrize("name", ["corpus.jsonl", "queries.jsonl"])
+def test_jsonl_id_with_a_bad_character_is_refused_where_read(
+    tmp_path: Path, name: str, char: str
+) -> None:
+    p = tmp_path / name
+    p.write_text(jsonl({"_id": "x1", "text": "a"}, {"_id": f"x{char}2", "text": "b"}))
+    load = load_corpus if name == "corpus.jsonl" else load_queries
+    with pytest.raises(DataError) as err:
+        load(p)
+    msg = check_error(err, name, 2)
+    assert "id 'x" in msg and " at character 2" in msg and "whitespace, line breaks" in msg
+    assert "\n" not in msg and msg.isprintable()  # one line, whatever the id holds
+
+
+@pytest.mark.parametrize(
+    "char", [c for c in BAD_ID_CHARS if c not in "\n\t\ud800"], ids=lambda c: f"U+{ord(c):04X}"
+)
+@pytest.mark.parametrize("column", [0, 1])
+def test_qrels_id_with_a_bad_character_is_refused_where_read(
+    tmp_path: Path, char: str, column: int
+) -> None:
+    p = tmp_path / "test.tsv"
+    cells = ["q1", "d1", "1"]
+    cells[column] = f"{cells[column][0]}{char}1"
+    p.write_bytes((HEADER + "q1\td1\t1\n" + "\t".join(cells) + "\n").encode())
+    with pytest.raises(DataError) as err:
+        load_qrels(p)
+    msg = check_error(err, "test.tsv", 3)
+    assert f"{'query' if column == 0 else 'document'} id" in msg and "at character 2" in msg
+
+
+def test_surrounding_whitespace_of_an_id_is_still_stripped(tmp_path: Path) -> None:
+    p = tmp_path / "corpus.jsonl"
+    p.write_text(jsonl({"_id": " d1\t", "text": "a"}, {"_id": "\u3000d2\u2028", "text": "b"}))
+    assert [d.id for d in load_corpus(p)] == ["d1", "d2"]
+    q = tmp_path / "test.tsv"
+    q.write_text(HEADER + " q1 \t d1 \t1\n")
+    assert load_qrels(q) == {"q1": {"d1": 1}}
+
+
+@pytest.mark.parametrize(
+    ("name", "line2", "field"),
+    [
+        ("corpus.jsonl", '{"_id": "d2", "text": "a \\ud800 b"}', '"text" holds a lone surrogate'),
+        ("corpus.jsonl", '{"_id": "d2", "title": "\\udfff", "text": "b"}', '"title" holds'),
+        ("queries.jsonl", '{"_id": "q2", "text": "why \\udc00"}', '"text" holds a lone surrogate'),
+        ("queries.jsonl", '{"_id": "q2", "text": "b", "answers": ["\\ud83d"]}', '"answers" holds'),
+    ],
+    ids=["text", "title", "query", "answers"],
+)
+def test_text_with_a_lone_surrogate_is_refused(
+    tmp_path: Path, name: str, line2: str, field: str
+) -> None:
+    p = tmp_path / name
+    p.write_text('{"_id": "x1", "text": "a \\ud83d\\ude00 pair is fine"}\n' + line2 + "\n")
+    load = load_corpus if name == "corpus.jsonl" else load_queries
+    with pytest.raises(DataError) as err:
+        load(p)
+    assert field in check_error(err, name, 2)
+
+
+# --- JSON that json.loads cannot read ----------------------------------------------------------
+
+DIGITS = "1" * 5000  # past Python's int_max_str_digits (4300)
+
+
+@pytest.mark.parametrize(
+    ("line2", "fragment"),
+    [
+        ("[" * 100_000, "nested too deeply"),
+        ('{"_id": "d2", "text": "b", "meta": ' + "[" * 100_000 + "]" * 100_000 + "}", "deeply"),
+        ('{"_id": ' + DIGITS + ', "text": "b"}', "5000 digits"),
+        ('{"_id": "d2", "text": ' + DIGITS + "}", "5000 digits"),
+        ('{"_id": "d2", "text": "b", "n": -' + DIGITS + "}", "5000 digits"),
+    ],
+    ids=["deep-array", "deep-field", "huge-id", "huge-text", "huge-field"],
+)
+@pytest.mark.parametrize("name", ["corpus.jsonl", "queries.jsonl"])
+def test_json_beyond_pythons_limits_is_a_data_error(
+    tmp_path: Path, name: str, line2: str, fragment: str
+) -> None:
+    p = tmp_path / name
+    p.write_text('{"_id": "x1", "text": "a"}\n' + line2 + "\n")
+    load = load_corpus if name == "corpus.jsonl" else load_queries
+    with pytest.raises(DataError) as err:
+        load(p)
+    msg = check_error(err, name, 2)
+    assert fragment in msg and len(msg) < 400
+
+
+# --- relevance grades --------------------------------------------------------------------------
+
+
+def test_grade_range_is_exported_and_its_ends_are_accepted(tmp_path: Path) -> None:
+    assert (MIN_GRADE, MAX_GRADE) == (-1000, 1000)
+    p = tmp_path / "test.tsv"
+    p.write_text(HEADER + f"q1\td1\t{MAX_GRADE}\nq1\td2\t{MIN_GRADE}\nq2\td1\t+4\nq2\td2\t-2\n")
+    assert load_qrels(p) == {"q1": {"d1": 1000, "d2": -1000}, "q2": {"d1": 4, "d2": -2}}
+
+
+@pytest.mark.parametrize("grade", ["4294967297", "1001", "-1001", "2147483648", DIGITS])
+def test_grade_outside_the_range_is_refused(tmp_path: Path, grade: str) -> None:
+    p = tmp_path / "test.tsv"
+    p.write_text(HEADER + "q1\td1\t1\n" + f"q1\td2\t{grade}\n")
+    with pytest.raises(DataError) as err:
+        load_qrels(p)
+    msg = check_error(err, "test.tsv", 3)
+    assert "relevance grade" in msg and "from -1000 to 1000" in msg and len(msg) < 400
+
+
+@pytest.mark.parametrize("rows", ["q1\td1\t0\n", "q1\td1\t0\nq2\td2\t-1\nq2\td1\t0\n"])
+def test_qrels_without_a_relevant_judgement_are_refused(tmp_path: Path, rows: str) -> None:
+    p = tmp_path / "test.tsv"
+    p.write_text(HEADER + rows)
+    with pytest.raises(DataError) as err:
+        load_qrels(p)
+    msg = check_error(err, "test.tsv", None)
+    assert "no relevant judgement" in msg and "grade of 1 or more" in msg
+
+
+# --- a corpus without text ---------------------------------------------------------------------
+
+
+def test_corpus_whose_every_document_is_empty_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "corpus.jsonl"
+    p.write_text(jsonl(*({"_id": f"d{i}", "contents": f"text {i}"} for i in range(3))))
+    docs = iter_corpus(p)
+    assert [next(docs).id for _ in range(3)] == ["d0", "d1", "d2"]  # still streamed
+    with pytest.raises(DataError) as err:
+        next(docs)  # the end of the file
+    msg = check_error(err, "corpus.jsonl", None)
+    assert "all 3 document(s) are empty" in msg
+    assert "line 1 has the keys '_id', 'contents'" in msg and '"title" and "text"' in msg
+    with pytest.raises(DataError, match="all 3 document"):
+        load_corpus(p)
+
+
+def test_corpus_with_some_text_still_only_warns(tmp_path: Path) -> None:
+    p = tmp_path / "corpus.jsonl"
+    p.write_text(jsonl({"_id": "d1", "title": "", "text": ""}, {"_id": "d2", "title": "T"}))
+    with pytest.warns(DataWarning, match="1 empty"):
+        assert len(load_corpus(p)) == 2

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ar2.data import (
+    MAX_GRADE,
+    MIN_GRADE,
     iter_collection_tsv,
     load_collection_tsv,
     load_msmarco,
@@ -18,6 +22,7 @@ from ar2.data import (
     read_run,
     write_run,
 )
+from ar2.data._lines import id_problem
 from ar2.errors import DataError, DataWarning
 from ar2.types import Doc, Hit, Query
 from conftest import check_error
@@ -269,3 +274,91 @@ def test_load_msmarco_missing_file(msmarco: Files) -> None:
     with pytest.raises(DataError) as err:
         load_msmarco(collection, queries.with_name("nope.tsv"), qrels)
     assert "queries file not found" in check_error(err, "nope.tsv", None)
+
+
+# --- ids a line-based file or a TREC run cannot carry ------------------------------------------
+
+
+def test_id_validator_refuses_exactly_whitespace_controls_and_surrogates() -> None:
+    """Every code point: refused iff str.isspace, Unicode category Cc or a lone surrogate."""
+    refused = [c for c in map(chr, range(sys.maxunicode + 1)) if id_problem(f"a{c}b")]
+    expected = [
+        c
+        for c in map(chr, range(sys.maxunicode + 1))
+        if c.isspace() or unicodedata.category(c) in ("Cc", "Cs")
+    ]
+    assert refused == expected
+    splitters = {c for c in refused if len(f"a{c}b".splitlines()) > 1}
+    assert splitters == set("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")  # all refused
+    assert id_problem("") == "is empty" and id_problem("d\u200b1") is None  # U+200B is Cf
+
+
+TSV_BAD_CHARS = [" ", "\xa0", "\u3000", "\v", "\f", "\x1c", "\x85", "\u2028", "\x00", "\x7f"]
+
+
+@pytest.mark.parametrize("char", TSV_BAD_CHARS, ids=lambda c: f"U+{ord(c):04X}")
+def test_tsv_id_with_whitespace_or_a_control_is_refused_where_read(
+    tmp_path: Path, char: str
+) -> None:
+    # today an id with a space passes here and fails only when a run file is written
+    for name, load in (("collection.tsv", load_collection_tsv), ("queries.tsv", load_queries_tsv)):
+        p = write(tmp_path / name, f"1\ta\nx{char}2\tb\n")
+        with pytest.raises(DataError) as err:
+            load(p)
+        msg = check_error(err, name, 2)
+        assert "id 'x" in msg and "at character 2" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x07", "\x1b", "\x7f", "\x9f"], ids=repr)
+def test_trec_qrels_and_run_ids_with_a_control_are_refused(tmp_path: Path, char: str) -> None:
+    qrels = write(tmp_path / "qrels.txt", f"q1 0 d1 1\nq1 0 d{char}2 1\n")
+    with pytest.raises(DataError) as err:
+        load_trec_qrels(qrels)
+    assert "document id 'd" in check_error(err, "qrels.txt", 2)
+    run = write(tmp_path / "run.txt", f"q1 Q0 d1 1 0.5 t\nq{char}1 Q0 d2 2 0.4 t\n")
+    with pytest.raises(DataError) as err:
+        read_run(run)
+    assert "query id 'q" in check_error(err, "run.txt", 2)
+
+
+@pytest.mark.parametrize("qid", ["q\x001", "q\u20281", "q\ud8001", "q\x851"], ids=repr)
+def test_write_run_refuses_controls_and_line_breaks(tmp_path: Path, qid: str) -> None:
+    with pytest.raises(DataError) as err:
+        write_run({qid: [Hit("d1", 1.0)]}, tmp_path / "run.txt")
+    assert "cannot be written to a TREC run" in check_error(err, "run.txt", None)
+    assert not list(tmp_path.iterdir())
+
+
+def test_huge_rank_is_a_data_error(tmp_path: Path) -> None:
+    p = write(tmp_path / "run.txt", f"q1 Q0 d1 {'9' * 5000} 0.5 t\n")
+    with pytest.raises(DataError) as err:
+        read_run(p)
+    msg = check_error(err, "run.txt", 1)
+    assert "too many digits" in msg and len(msg) < 300
+
+
+# --- relevance grades --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("grade", ["4294967297", "1001", "-1001", "9" * 5000])
+def test_trec_qrels_grade_outside_the_range_is_refused(tmp_path: Path, grade: str) -> None:
+    p = write(tmp_path / "qrels.txt", f"q1 0 d1 1\nq1 0 d2 {grade}\n")
+    with pytest.raises(DataError) as err:
+        load_trec_qrels(p)
+    msg = check_error(err, "qrels.txt", 2)
+    assert f"from {MIN_GRADE} to {MAX_GRADE}" in msg and len(msg) < 400
+
+
+def test_trec_qrels_without_a_relevant_judgement_are_refused(tmp_path: Path) -> None:
+    p = write(tmp_path / "qrels.txt", "q1 0 d1 0\nq2 0 d1 -1\n")
+    with pytest.raises(DataError) as err:
+        load_trec_qrels(p)
+    assert "no relevant judgement: all 2 grade(s)" in check_error(err, "qrels.txt", None)
+
+
+def test_collection_whose_every_passage_is_empty_is_refused(tmp_path: Path) -> None:
+    p = write(tmp_path / "collection.tsv", "1\t \n2\t\t\n")
+    with pytest.raises(DataError) as err:
+        load_collection_tsv(p)
+    msg = check_error(err, "collection.tsv", None)
+    assert "all 2 document(s) are empty" in msg and "second column" in msg

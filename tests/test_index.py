@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from ar2.config import INDEX_PRESETS, BM25Config, IndexConfig
-from ar2.errors import Ar2Error
+from ar2.data import load_corpus
+from ar2.errors import Ar2Error, DataError
 from ar2.index import PRESETS, BM25Index, FaissIndex, factory_for, load_index, read_manifest
 from ar2.index.base import iter_docs
 from ar2.types import Doc, Hit
@@ -382,7 +383,7 @@ def test_bm25_settings_survive_reload(tmp_path: Path) -> None:
 
 
 def test_ids_round_trip_and_line_breaks_refused(tmp_path: Path) -> None:
-    odd = ["tab\tid", "spaces in id", "ünïcödé", "42", "comma,id", 'quote"id']
+    odd = ["ünïcödé", "42", "comma,id", 'quote"id', "zero\u200bwidth", "emoji\U0001f600"]
     docs = [Doc(i, f"word{n} shared") for n, i in enumerate(odd)]
     index = BM25Index.build(docs)
     index.save(tmp_path / "ok")
@@ -397,6 +398,143 @@ def test_ids_round_trip_and_line_breaks_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "bad").exists()  # nothing half-written
     with pytest.raises(Ar2Error, match="line break"):
         FaissIndex.build(np.eye(2, dtype=np.float32), ["a\rb", "c"]).save(tmp_path / "bad2")
+
+
+# whitespace (all that str.splitlines splits on among it), control characters, a lone surrogate
+BAD_ID_CHARS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029\t \xa0\u3000\x1f\x00\x07\x7f\x9f\ud800"
+
+
+@pytest.mark.parametrize("char", BAD_ID_CHARS, ids=lambda c: f"U+{ord(c):04X}")
+def test_write_ids_refuses_what_a_line_based_file_cannot_carry(tmp_path: Path, char: str) -> None:
+    ids = ["d1", f"d{char}2", "d3"]
+    with pytest.raises(Ar2Error) as err:
+        BM25Index.build([Doc(i, f"cats w{n}") for n, i in enumerate(ids)]).save(tmp_path / "b")
+    msg = str(err.value)
+    assert "at character 2" in msg and "ids.txt" in msg and "Fix:" in msg and "\n" not in msg
+    with pytest.raises(Ar2Error, match="at character 2"):
+        FaissIndex.build(np.eye(3, dtype=np.float32), ids).save(tmp_path / "f")
+    assert not (tmp_path / "b").exists() and not (tmp_path / "f").exists()
+
+
+def test_corpus_with_line_separator_ids_is_refused_before_any_index(tmp_path: Path) -> None:
+    """Ids holding U+2028, U+0085, \\f or \\v were split by ``splitlines`` when ids.txt was
+    read, shifting every later id: searches answered with the wrong documents."""
+    for char in ("\u2028", "\x85", "\f", "\v", "\u2029", "\x1c"):
+        corpus = tmp_path / "corpus.jsonl"
+        rows = [{"_id": "d1", "text": "cats"}, {"_id": f"d{char}2", "text": "dogs"}]
+        corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        with pytest.raises(DataError) as err:
+            load_corpus(corpus)
+        assert "corpus.jsonl:2: document id 'd" in str(err.value)
+
+
+def test_ids_txt_is_split_on_newlines_only(tmp_path: Path) -> None:
+    """An index saved before ids were checked may hold such ids: they read back whole."""
+    odd = ["a\u2028b", "c\x85d", "e\ff", "g\vh", "plain", "tab\tid"]
+    docs = [Doc(f"d{n}", f"word{n}") for n in range(len(odd))]
+    BM25Index.build(docs).save(tmp_path / "old")
+    (tmp_path / "old" / "ids.txt").write_text("".join(f"{i}\n" for i in odd), encoding="utf-8")
+    loaded = BM25Index.load(tmp_path / "old")
+    assert loaded.ids == odd
+    assert [h.doc_id for h in loaded.search(["word4", "word5"], 3)[0]] == ["plain"]
+    assert [h.doc_id for h in loaded.search(["word5"], 3)[0]] == ["tab\tid"]
+
+
+@pytest.mark.parametrize("kind", ["bm25", "dense"])
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda t: t.split("\n", 1)[1],  # the first line removed
+        lambda t: t.rsplit("\n", 2)[0] + "\n",  # the last line removed
+        lambda t: t + "extra\n",
+        lambda t: t[:-1],  # the last line break cut off
+        lambda t: "",
+    ],
+    ids=["first-line-removed", "last-line-removed", "line-added", "cut-off", "emptied"],
+)
+def test_tampered_ids_txt_is_refused_at_load(tmp_path: Path, kind: str, tamper) -> None:
+    ids = ["d1", "d2", "d3"]
+    if kind == "bm25":
+        BM25Index.build([Doc(i, f"cats {i}") for i in ids]).save(tmp_path / "i")
+    else:
+        FaissIndex.build(np.eye(3, dtype=np.float32), ids).save(tmp_path / "i")
+    file = tmp_path / "i" / "ids.txt"
+    file.write_text(tamper(file.read_text()))
+    for load in (load_index, BM25Index.load if kind == "bm25" else FaissIndex.load):
+        with pytest.raises(Ar2Error) as err:
+            load(tmp_path / "i")
+        msg = str(err.value)
+        assert str(file) in msg and "Fix: rebuild the index with `ar2 index`" in msg
+        assert "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"kind": "bm25", "count"', "", "[1, 2]", "null", "\xff\xfe", "[" * 100_000],
+    ids=["truncated", "empty", "array", "null", "not-utf8", "deep"],
+)
+def test_corrupt_manifest_is_refused(tmp_path: Path, text: str) -> None:
+    BM25Index.build([Doc("d1", "cats"), Doc("d2", "dogs")]).save(tmp_path / "bm25")
+    (tmp_path / "bm25" / "manifest.json").write_bytes(text.encode("latin-1"))
+    for load in (read_manifest, load_index, BM25Index.load, FaissIndex.load):
+        with pytest.raises(Ar2Error) as err:
+            load(tmp_path / "bm25")
+        msg = str(err.value)
+        assert msg.startswith(f"{tmp_path / 'bm25' / 'manifest.json'}: not valid JSON (")
+        assert msg.endswith("Fix: rebuild the index with `ar2 index`") and "\n" not in msg
+
+
+BM25_ARRAYS = ["data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy",
+               "params.index.json", "vocab.index.json"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", BM25_ARRAYS)
+@pytest.mark.parametrize("damage", ["deleted", "emptied", "truncated", "swapped"])
+def test_bm25_missing_or_corrupt_arrays_are_refused(tmp_path: Path, name: str, damage: str) -> None:
+    docs = [Doc(f"d{i}", f"cats dogs word{i}") for i in range(20)]
+    BM25Index.build(docs).save(tmp_path / "i")
+    BM25Index.build(docs[:7]).save(tmp_path / "other")  # same files, another corpus
+    file = tmp_path / "i" / "bm25s" / name
+    if damage == "deleted":
+        file.unlink()
+    elif damage == "emptied":
+        file.write_bytes(b"")
+    elif damage == "truncated":
+        file.write_bytes(file.read_bytes()[: len(file.read_bytes()) // 2])
+    else:
+        file.write_bytes((tmp_path / "other" / "bm25s" / name).read_bytes())
+    with pytest.raises(Ar2Error) as err:
+        BM25Index.load(tmp_path / "i")
+    msg = str(err.value)
+    assert msg.startswith(f"{tmp_path / 'i' / 'bm25s'}: missing or corrupt BM25 arrays (")
+    assert msg.endswith("Fix: rebuild the index with `ar2 index`") and "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "texts", [["the of and", "a an the", ""], [], ["", "  "]], ids=["stopwords", "none", "empty"]
+)
+def test_bm25_corpus_without_a_word_to_index_is_refused(texts: list[str]) -> None:
+    docs = [Doc(f"d{i}", text) for i, text in enumerate(texts)]
+    with pytest.raises(Ar2Error) as err:
+        BM25Index.build(docs)
+    msg = str(err.value)
+    assert ("no word to index" in msg or "no documents" in msg) and "Fix:" in msg
+    assert "\n" not in msg
+
+
+def test_bm25_search_with_stopword_only_documents_or_nothing_indexed(tmp_path: Path) -> None:
+    index = BM25Index.build([Doc("a", "the of and"), Doc("b", "cats"), Doc("c", "")])
+    assert index.search(["the cats", "the", ""], 5) == [
+        [Hit("b", pytest.approx(index.search(["cats"], 1)[0][0].score))],
+        [],
+        [],
+    ]
+    index.save(tmp_path / "i")
+    assert BM25Index.load(tmp_path / "i").search(["of", "cats"], 5)[0] == []
+    import bm25s
+
+    nothing = BM25Index(bm25s.BM25(), ["a"], BM25Config())  # never indexed: no vocabulary
+    assert nothing.search(["cats", ""], 5) == [[], []]
 
 
 def test_docs_round_trip_through_dense_save(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ in-process pipeline, every bad input gets a clean 4xx, nothing leaks internals."
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from ar2.serve.app import create_app  # noqa: E402
+from ar2.serve.security import BAD_HOST, DOCS_CSP, PAGE_CSP, parse_allowed_hosts  # noqa: E402
+
+LOCAL = "http://localhost"  # TestClient's default Host, "testserver", is not a loopback name
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +30,9 @@ def service(tiny_run: Path) -> SearchService:
 
 @pytest.fixture(scope="module")
 def client(service: SearchService) -> TestClient:
-    with TestClient(create_app(service)) as c:  # runs the lifespan, as a server would
+    with TestClient(
+        create_app(service), base_url=LOCAL
+    ) as c:  # runs the lifespan, as a server would
         yield c
 
 
@@ -168,7 +174,7 @@ def test_a_bm25_index_serves_bm25_only(toy_beir: Path, tmp_path: Path) -> None:
     assert service.search([Query("q", "what do cats eat")], 1)["q"][0].doc_id == "d1"
     with pytest.raises(Ar2Error, match="mode 'dense' is not served here"):
         service.search([Query("q", "cats")], 1, "dense")
-    with TestClient(create_app(service)) as c:
+    with TestClient(create_app(service), base_url=LOCAL) as c:
         reply = c.post("/search", json={"query": "cats", "mode": "dense"})
         assert reply.status_code == 422 and "'bm25'" in reply.json()["detail"][0]["msg"]
 
@@ -262,7 +268,8 @@ def test_health_info_schema_and_page(client: TestClient) -> None:
     assert request["k"]["maximum"] == 100 and request["query"]["maxLength"] == 1000
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert 'id="q"' in page.text and "fetch(" in page.text
+    assert 'id="q"' in page.text and '<script src="page.js">' in page.text
+    assert "fetch(" in client.get("/page.js").text
 
 
 OVERSIZED = "cats " * 300  # 1,500 characters
@@ -326,11 +333,17 @@ def test_malformed_bodies_get_a_4xx(
     _assert_clean(reply.text)
 
 
-def test_oversized_bodies_get_a_413(client: TestClient) -> None:
-    body = json.dumps({"query": "cats", "pad": "x" * (300 * 1024)})
-    reply = client.post("/search", content=body, headers={"content-type": "application/json"})
+@pytest.mark.parametrize("chunked", [False, True])
+def test_oversized_bodies_get_a_json_413(client: TestClient, chunked: bool) -> None:
+    """Too large by its Content-Length (answered before reading) or, sent in chunks, by the
+    bytes received: both answers are JSON (Starlette's own 413 was text/plain)."""
+    body = json.dumps({"query": "cats", "pad": "x" * (300 * 1024)}).encode()
+    content: Any = iter([body[i : i + 65536] for i in range(0, len(body), 65536)])
+    content = content if chunked else body
+    reply = client.post("/search", content=content, headers={"content-type": "application/json"})
     assert reply.status_code == 413
-    assert "x" * 100 not in reply.text
+    assert reply.headers["content-type"] == "application/json"
+    assert reply.json() == {"detail": "Content Too Large"}
     _assert_clean(reply.text)
 
 
@@ -348,7 +361,7 @@ def test_unknown_paths_and_methods(client: TestClient) -> None:
 
 def test_no_ranker_means_rerank_k_is_zero(tiny_run: Path) -> None:
     service = SearchService.load(tiny_run / "index", retriever=tiny_run / "retriever")
-    with TestClient(create_app(service)) as c:
+    with TestClient(create_app(service), base_url=LOCAL) as c:
         assert c.post("/search", json={"query": "cats"}).json()["rerank_k"] == 0
         reply = c.post("/search", json={"query": "cats", "rerank_k": 5})
         assert reply.status_code == 422
@@ -358,7 +371,7 @@ def test_no_ranker_means_rerank_k_is_zero(tiny_run: Path) -> None:
 
 def test_limits_are_configurable(service: SearchService) -> None:
     limits = Limits(max_k=3, max_batch=2, max_query_chars=10)
-    with TestClient(create_app(service, limits)) as c:
+    with TestClient(create_app(service, limits), base_url=LOCAL) as c:
         assert c.post("/search", json={"query": "cats", "k": 3}).status_code == 200
         assert c.post("/search", json={"query": "cats", "k": 4}).status_code == 422
         assert c.post("/search", json={"query": "cats" * 3}).status_code == 422
@@ -371,11 +384,170 @@ def test_internal_errors_are_a_plain_500(service: SearchService, monkeypatch) ->
 
     app = create_app(service)
     monkeypatch.setattr(service, "submit", broken)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, base_url=LOCAL, raise_server_exceptions=False) as c:
         reply = c.post("/search", json={"query": "cats"})
     assert reply.status_code == 500
     assert reply.json() == {"detail": "internal server error"}
     assert "secret" not in reply.text
+    assert reply.headers["x-content-type-options"] == "nosniff"  # answered outside middleware
+    assert reply.headers["content-security-policy"] == PAGE_CSP
+
+
+# ---------------------------------------------------------------- guards
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost", "localhost:8000", "LocalHost", "127.0.0.1", "127.0.0.1:9", "[::1]:80"]
+)
+def test_loopback_host_names_are_answered(client: TestClient, host: str) -> None:
+    assert client.get("/health", headers={"host": host}).status_code == 200
+    assert client.post("/search", json={"query": "cats"}, headers={"host": host}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example",  # DNS rebinding: a foreign name that resolves to 127.0.0.1
+        "evil.example:8000",
+        "localhost.evil.example",
+        "127.0.0.1.nip.io",
+        "testserver",
+        "[::2]:80",
+        "localhost:http",
+        "",
+    ],
+)
+def test_other_host_names_get_a_json_400(client: TestClient, host: str) -> None:
+    for reply in (
+        client.get("/health", headers={"host": host}),
+        client.get("/", headers={"host": host}),
+        client.post("/search", json={"query": "cats"}, headers={"host": host}),
+    ):
+        assert reply.status_code == 400
+        assert reply.headers["content-type"] == "application/json"
+        assert reply.json() == {"detail": BAD_HOST} and "--allowed-hosts" in BAD_HOST
+        assert reply.headers["x-frame-options"] == "DENY"
+
+
+def test_allowed_hosts_are_a_parameter(service: SearchService) -> None:
+    app = create_app(service, allowed_hosts=parse_allowed_hosts("Search.example,*.corp.example"))
+    c = TestClient(app, base_url="http://search.example")
+    assert c.get("/health").status_code == 200
+    assert c.get("/health", headers={"host": "a.b.corp.example:8443"}).status_code == 200
+    assert c.get("/health", headers={"host": "corp.example"}).status_code == 400
+    assert c.get("/health", headers={"host": "localhost"}).status_code == 400
+    anyone = TestClient(create_app(service, allowed_hosts=["*"]))  # Host: testserver
+    assert anyone.get("/health", headers={"host": "anything.example"}).status_code == 200
+
+
+def test_every_error_answer_is_json(client: TestClient) -> None:
+    """404, 405, the Host check's 400, 413 and 422: ``{"detail": ...}``, as 503 and 500."""
+    errors = {
+        404: client.get("/nope"),
+        405: client.delete("/health"),
+        400: client.get("/health", headers={"host": "evil.example"}),
+        413: client.post("/search", content=b"x" * 300_000, headers={"content-length": "300000"}),
+        422: client.post("/search", json={}),
+    }
+    for status, reply in errors.items():
+        assert reply.status_code == status, reply.text
+        assert reply.headers["content-type"] == "application/json", status
+        assert set(reply.json()) == {"detail"}
+
+
+def test_every_answer_carries_the_security_headers(client: TestClient) -> None:
+    replies = [
+        client.get("/"),
+        client.get("/page.js"),
+        client.get("/page.css"),
+        client.get("/health"),
+        client.get("/openapi.json"),
+        client.post("/search", json={"query": "cats"}),
+        client.post("/search", json={}),
+        client.get("/nope"),
+        client.get("/health", headers={"host": "evil.example"}),
+        client.post("/search", content=b"x" * 300_000),
+    ]
+    for reply in replies:
+        assert reply.headers["x-content-type-options"] == "nosniff"
+        assert reply.headers["x-frame-options"] == "DENY"
+        assert reply.headers["referrer-policy"] == "no-referrer"
+        csp = reply.headers["content-security-policy"]
+        assert csp == PAGE_CSP and "frame-ancestors 'none'" in csp
+        assert "script-src 'self';" in csp and "http" not in csp and "unsafe" not in csp
+
+
+def test_the_page_needs_nothing_inline_or_remote(client: TestClient) -> None:
+    """What the page's CSP (``'self'`` only) allows is all it uses: its script and style are
+    files of the service, it fetches only relative paths, and builds nodes, never HTML."""
+    html = client.get("/").text
+    scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", html, re.S)
+    assert scripts == [(' src="page.js"', "")]
+    assert "<style" not in html and " style=" not in html and not re.search(r"\son\w+=", html)
+    assert re.findall(r'(?:src|href)="([^"]+)"', html) == ["page.css", "page.js"]
+    js = client.get("/page.js")
+    assert js.headers["content-type"] == "text/javascript; charset=utf-8"
+    assert client.get("/page.css").headers["content-type"] == "text/css; charset=utf-8"
+    assert re.findall(r"fetch\(([^,)]+)", js.text) == ['"search"', '"info"']
+    for unsafe in ("eval(", "new Function", "innerHTML", "setAttribute", "http:", "https:"):
+        assert unsafe not in js.text
+
+
+def test_docs_are_off_by_default_and_opt_in(client: TestClient, service: SearchService) -> None:
+    """``/docs`` and ``/redoc`` load their scripts from a CDN: only with ``docs=True``, and only
+    they get a CSP that allows it."""
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert client.get(path).json() == {"detail": "Not Found"}
+    assert client.get("/openapi.json").status_code == 200
+    c = TestClient(create_app(service, docs=True), base_url=LOCAL)
+    for path in ("/docs", "/redoc"):
+        page = c.get(path)
+        assert page.status_code == 200
+        csp = page.headers["content-security-policy"]
+        assert csp == DOCS_CSP
+        for origin in re.findall(r'(?:src|href)="(https://[^/"]+)', page.text):
+            assert origin in csp, origin
+    assert c.get("/").headers["content-security-policy"] == PAGE_CSP
+
+
+@pytest.mark.parametrize("port", ["70000", "65536", "-1"])
+def test_ar2_serve_refuses_a_port_out_of_range(
+    port: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused by argparse, before anything loads (70000 used to listen on 70000 - 65536)."""
+    from ar2.cli import build_parser, main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["-q", "serve", str(tmp_path), "--port", port])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        error
+        == f"ar2 serve: error: argument --port: must be 0 to 65535 (0: any free port), got {port}"
+    )
+    for edge in ("0", "65535"):
+        assert build_parser().parse_args(["serve", "x", "--port", edge]).port == int(edge)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("", "no host name given"),
+        (" , ", "no host name given"),
+        ("http://search.example", "'http://search.example' is not a host name"),
+        ("localhost:8000", "'localhost:8000' is not a host name"),
+        ("search.example,a b", "'a b' is not a host name"),
+    ],
+)
+def test_ar2_serve_refuses_bad_allowed_hosts(
+    value: str, problem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One line, before the port is taken or anything loads (the folder does not exist)."""
+    from ar2.cli import main
+
+    assert main(["-q", "serve", str(tmp_path / "nope"), "--allowed-hosts", value]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"ar2: error: --allowed-hosts: {problem}. Fix: ")
 
 
 def _assert_clean(text: str) -> None:

@@ -3,15 +3,18 @@ graceful SIGTERM, a bounded load test and property-based fuzzing of the OpenAPI 
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,7 @@ def test_a_real_client_over_loopback(url: str, service: SearchService) -> None:
     from fastapi.testclient import TestClient
 
     assert url.startswith("http://127.0.0.1:")
-    in_process = TestClient(create_app(service))
+    in_process = TestClient(create_app(service), base_url="http://localhost")
     with httpx.Client(base_url=url, timeout=30) as client:
         assert client.get("/health").json()["status"] == "ok"
         assert client.get("/info").json()["modes"] == ["dense", "bm25", "hybrid"]
@@ -61,7 +64,6 @@ def test_a_real_client_over_loopback(url: str, service: SearchService) -> None:
 def test_keep_alive_replies_do_not_wait_for_delayed_acks(url: str) -> None:
     """A listening socket without IPPROTO_TCP gets no TCP_NODELAY from asyncio: every reply
     on a kept-alive connection then waited ~40 ms (Nagle against delayed ACK)."""
-    import http.client
     import statistics
 
     host, port = url.removeprefix("http://").split(":")
@@ -198,37 +200,124 @@ def test_load_8_clients_200_requests_each_without_errors(url: str) -> None:
     print(f"1600 requests in {time.perf_counter() - start:.1f} s")
 
 
-def test_ar2_serve_command_starts_answers_and_stops_on_sigterm(tiny_run: Path) -> None:
+@contextmanager
+def _ar2_serve(tiny_run: Path, *flags: str) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
+    """``ar2 serve tiny_run --port 0 *flags`` as a process: yields it, its base URL once
+    ``/health`` answers (with ``Host: localhost``) and the line it printed; killed if left."""
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "ar2.cli", "serve", str(tiny_run), "--port", "0"]
+    cmd = [sys.executable, "-m", "ar2.cli", "serve", str(tiny_run), "--port", "0", *flags]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # printed once loaded, before serving
         match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
         assert match, line + (proc.stderr.read() if proc.poll() is not None else "")
-        assert "8 documents; dense, bm25, hybrid; rerank top 5" in line
         base = f"http://127.0.0.1:{match.group(1)}"
         deadline = time.monotonic() + 60
         while True:
             try:
-                assert httpx.get(base + "/health", timeout=5).json()["status"] == "ok"
+                health = httpx.get(base + "/health", headers={"host": "localhost"}, timeout=5)
                 break
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "the server did not come up"
                 time.sleep(0.1)
+        assert health.json()["status"] == "ok"
+        yield proc, base, line
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_ar2_serve_command_starts_answers_and_stops_on_sigterm(tiny_run: Path) -> None:
+    with _ar2_serve(tiny_run) as (proc, base, line):
+        assert "8 documents; dense, bm25, hybrid; rerank top 5" in line
+        assert httpx.get(base + "/health", timeout=5).json()["status"] == "ok"
         reply = httpx.post(base + "/search", json={"query": "cats"}, timeout=30)
         assert reply.status_code == 200 and reply.json()["hits"]
+        rebound = httpx.get(base + "/health", headers={"host": "evil.example"}, timeout=5)
+        assert rebound.status_code == 400 and "--allowed-hosts" in rebound.json()["detail"]
+        assert httpx.get(base + "/docs", timeout=5).json() == {"detail": "Not Found"}
         proc.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal for the process manager
         assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
         stderr = proc.stderr.read() if proc.stderr else ""
         assert "Shutting down" in stderr and "Application shutdown complete" in stderr
         assert "Traceback" not in stderr
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+
+def test_ar2_serve_allowed_hosts_and_docs_flags(tiny_run: Path) -> None:
+    flags = ("--allowed-hosts", "search.example,localhost", "--docs")
+    with _ar2_serve(tiny_run, *flags) as (proc, base, line):
+        named = {"host": "search.example:8000"}
+        assert httpx.get(base + "/health", headers=named, timeout=5).status_code == 200
+        assert httpx.get(base + "/health", timeout=5).status_code == 400  # Host: 127.0.0.1
+        docs = httpx.get(base + "/docs", headers=named, timeout=5)
+        assert docs.status_code == 200 and "cdn.jsdelivr.net" in docs.text
+        assert "cdn.jsdelivr.net" in docs.headers["content-security-policy"]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        assert proc.stderr is not None
+        assert (
+            "/docs and /redoc load Swagger UI and ReDoc from cdn.jsdelivr.net" in proc.stderr.read()
+        )
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a timeout fails)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_half_sent_request_heads_are_closed_after_the_header_timeout(
+    service: SearchService,
+) -> None:
+    """Slowloris: 200 connections that send part of a request line and headers, nothing, or a
+    second request cut short on a kept-alive connection are closed once the header timeout is
+    over (uvicorn waited for ever); the server keeps answering meanwhile."""
+    partial = b"GET /health HTTP/1.1\r\nHost: localhost\r\n"  # no blank line: headers unfinished
+    with in_background(create_app(service), header_timeout=1) as base:
+        host, port = base.removeprefix("http://").split(":")
+        started = time.monotonic()
+        conns: list[tuple[str, socket.socket]] = []
+        for i in range(200):
+            kind = ("partial", "silent", "kept-alive", "partial")[i % 4]
+            if kind == "kept-alive":
+                conn = http.client.HTTPConnection(host, int(port), timeout=10)
+                conn.request("GET", "/health", headers={"Host": "localhost"})
+                assert conn.getresponse().read()
+                assert conn.sock is not None
+                sock = conn.sock
+            else:
+                sock = socket.create_connection((host, int(port)), timeout=10)
+            if kind != "silent":
+                sock.sendall(partial)
+            conns.append((kind, sock))
+        assert httpx.get(base + "/health", timeout=5).status_code == 200
+        for kind, sock in conns:
+            with sock:
+                data = _read_until_closed(sock)
+            if kind == "silent":
+                assert data == b""
+            else:
+                assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+                assert b"content-type: application/json\r\n" in data
+                assert data.endswith(b'\r\n\r\n{"detail":"request headers not received in time"}')
+        assert time.monotonic() - started < 6
+        assert httpx.get(base + "/health", timeout=5).status_code == 200
+
+
+def test_a_request_that_is_not_http_gets_a_json_400(url: str) -> None:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        data = _read_until_closed(sock)
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"content-type: application/json" in head and b"x-frame-options: DENY" in head
+    assert body == b'{"detail":"Invalid HTTP request received."}'
 
 
 def test_ar2_serve_refuses_a_busy_port_and_a_missing_folder(url: str, tmp_path: Path) -> None:
@@ -251,7 +340,8 @@ def test_fuzz_the_openapi_schema(service: SearchService) -> None:
     from hypothesis import HealthCheck, given, settings
 
     examples = int(os.environ.get("AR2_FUZZ_EXAMPLES", "60"))
-    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(service))
+    app = create_app(service, allowed_hosts=["testserver"])  # schemathesis's Host
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     ran: Counter[str] = Counter()
     for result in schema.get_all_operations():
         operation = result.ok()

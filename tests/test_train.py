@@ -350,3 +350,131 @@ def test_a_run_from_before_a_config_field_existed_still_resumes(
     changed = subprocess.run(_train_cmd(data, model, out, "--resume", "--config", str(config)),
                              capture_output=True, text=True)  # fmt: skip
     assert changed.returncode == 2 and "different config (index.preset)" in changed.stderr
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*")}  # fmt: skip
+
+
+def test_a_run_records_its_data_and_resumes_only_on_it(
+    toy_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """`ar2 train B --out R --resume` on a run of A rewrote R/index with A's ids and B's texts
+    and failed with a KeyError: now it is refused before anything is written."""
+    import shutil
+
+    data, model, run = toy_run
+    record = json.loads((run / "config.json").read_text())["data"]
+    assert record["path"] == str(data.resolve())
+    assert set(record["files"]) == {"corpus.jsonl", "queries.jsonl", "qrels/test.tsv",
+                                    "qrels/train.tsv"}  # fmt: skip
+    out, other = tmp_path / "run", tmp_path / "other"
+    shutil.copytree(run, out)
+    shutil.copytree(data, other)
+    corpus = other / "corpus.jsonl"
+    corpus.write_text(corpus.read_text().replace("study", "survey", 1))
+    before = _tree(out)
+    result = subprocess.run(_train_cmd(other, model, out, "--resume"), capture_output=True,
+                            text=True)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "other data" in result.stderr and "corpus.jsonl" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert _tree(out) == before
+    shutil.copytree(data, tmp_path / "moved")  # the same data elsewhere: the same run
+    same = subprocess.run(_train_cmd(tmp_path / "moved", model, out, "--resume"),
+                          capture_output=True, text=True)  # fmt: skip
+    assert same.returncode == 0, same.stderr
+
+
+class _Stop(Exception):
+    """Raised in place of loading the data: the run stops once its config.json is written."""
+
+
+@pytest.fixture
+def stop_after_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ar2.train import ar2 as train_ar2
+
+    def stop(*args: Any) -> None:
+        raise _Stop
+
+    monkeypatch.setattr(train_ar2, "load_train_data", stop)
+
+
+def test_resume_into_what_is_not_a_run_is_refused(
+    toy_run: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    stop_after_config: None,
+) -> None:  # fmt: skip
+    """A folder of other files is refused; a new one starts a run (`scripts/demo.sh` passes
+    --resume always, on a fresh machine too)."""
+    data, model, _ = toy_run
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.md").write_text("mine")
+    argv = ["-q", "train", str(data), "--preset", "toy", "--model", str(model), "--resume"]
+    assert main([*argv, "--out", str(folder)]) == 2
+    assert "is not an ar2 training run" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.md"]
+
+    with pytest.raises(_Stop):
+        main([*argv, "--out", str(tmp_path / "new")])
+    assert (tmp_path / "new" / "config.json").is_file()
+
+
+def test_overwrite_starts_again_in_a_folder_of_other_files(
+    toy_run: tuple[Path, Path, Path], tmp_path: Path, stop_after_config: None
+) -> None:
+    data, model, _ = toy_run
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.md").write_text("mine")
+    argv = ["-q", "train", str(data), "--preset", "toy", "--model", str(model), "--out", str(out)]
+    assert main(argv) == 2 and (out / "notes.md").is_file()  # refused without --overwrite
+
+    with pytest.raises(_Stop):
+        main([*argv, "--overwrite"])
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+    assert main([*argv, "--overwrite", "--resume"]) == 2  # one or the other
+
+
+def test_warm_start_from_a_run_on_other_data_is_refused(
+    toy_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from ar2.errors import Ar2Error
+    from ar2.train.ar2 import run_ar2
+
+    data, model, base = toy_run
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    (other / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nt0q0\tt0d0\t2\n")
+    with pytest.raises(Ar2Error, match="other data"):
+        run_ar2(other, tmp_path / "warm", _toy_config(model), warm_start_from=base)
+    assert not (tmp_path / "warm" / "g0").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("rounds = 2", 'rounds = "two"'), "rounds = 'two' is a string, not an integer"),
+        (("[g0]", "g0 = 5\n[g1]"), "g0 = 5 is an integer, not a table"),
+        (("doc_max_length = 32", "doc_max_length = 256"), "at most 128 tokens"),
+        (("ranker_max_length = 40", "ranker_max_length = 400"), "ranker_max_length = 400"),
+        (("rounds = 2", 'rounds = 2\neval_measure = "nDCG@ten"'), "eval_measure"),
+        (("[retriever]", '[index]\nfactory = "IVF100,Flat"\n[retriever]'), "needs at least 100"),
+    ],
+)
+def test_bad_settings_fail_before_any_training(
+    change: tuple[str, str], expected: str, toy_run: tuple[Path, Path, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    data, model, _ = toy_run
+    config = _toy_toml(tmp_path, *change)
+    out = tmp_path / "run"
+    argv = ["-q", "train", str(data), "--config", str(config), "--model", str(model),
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and err.startswith("ar2: error:") and len(err.splitlines()) == 1
+    assert not (out / "g0").exists() and not (out / "checkpoints").exists()

@@ -1,15 +1,30 @@
-"""Atomic writes: a file or folder appears whole or not at all (temp + rename)."""
+"""Atomic writes: a file or folder appears whole or not at all (temp + rename).
+
+Temporary files and folders are named ``.<name>.<8 random characters>.tmp`` beside their
+target (:data:`TEMP_NAME`), so that what a killed writer left can be recognised and removed
+(:func:`ar2._outdir.remove_leftovers`). What is written follows the umask, as files written
+with ``open`` do.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from ar2.errors import Ar2Error
+
+TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
+"""The name of a temporary file or folder (``tempfile``'s 8 random characters)."""
+AR2_MARKERS = ("manifest.json", "state.json")
+"""Files that mark a folder as written by ar2 (artifacts, checkpoints): :func:`atomic_dir`
+replaces a folder that holds one of them, or an empty one, and nothing else."""
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -57,12 +72,18 @@ def atomic_write_chunks(path: str | Path, chunks: Iterable[bytes]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.filename is None:  # a full disk names no file: name the one being written
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -74,23 +95,91 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 @contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temp folder beside ``path``; on success it replaces ``path`` in one rename.
 
     An existing ``path`` is moved aside first and removed after the swap, so a crash leaves
-    either the old folder or the new one, never a half-written one.
+    either the old folder or the new one, never a half-written one. Only an empty folder or
+    one that ar2 wrote (it holds one of :data:`AR2_MARKERS`) is replaced, unless
+    ``overwrite``: anything else raises :class:`~ar2.errors.Ar2Error` before any writing.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "out"
+        >>> p.mkdir(); _ = (p / "thesis.tex").write_text("precious")
+        >>> with atomic_dir(p) as tmp:
+        ...     pass
+        Traceback (most recent call last):
+        ar2.errors.Ar2Error: ...out: holds files that ar2 did not write (thesis.tex). Fix: ...
     """
     path = Path(path)
+    if not overwrite:
+        check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = make_temp_dir(path)
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = path.with_name(f".{path.name}.old")
-    if path.exists():
-        shutil.rmtree(old, ignore_errors=True)
+    if path.exists() or path.is_symlink():
+        remove_path(old)
         os.replace(path, old)
     os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    remove_path(old)
+
+
+def make_temp_dir(path: Path) -> Path:
+    """A new temporary folder beside ``path`` (named by :data:`TEMP_NAME`), umask applied."""
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700
+    return tmp
+
+
+def check_replaceable(path: Path) -> None:
+    """Raise unless ``path`` is missing, an empty folder, or a folder ar2 wrote."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_dir() and not path.is_symlink():
+        entries = sorted(p.name for p in path.iterdir())
+        if not entries or any((path / m).is_file() for m in AR2_MARKERS):
+            return
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if entries[3:] else "")
+        problem = f"holds files that ar2 did not write ({shown})"
+    else:
+        problem = "is a file, not a folder" if path.is_file() else "is not a folder"
+    raise Ar2Error(
+        f"{path}: {problem}. Fix: choose a new or empty folder, or pass --overwrite to replace it"
+    )
+
+
+def replace_with_empty(path: Path) -> None:
+    """Replace ``path`` (a file or folder) by an empty folder: moved aside, then removed."""
+    old = path.with_name(f".{path.name}.old")
+    remove_path(old)
+    os.replace(path, old)
+    path.mkdir()
+    remove_path(old)
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, a link or a folder with its contents; nothing if it is missing."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def umask() -> int:
+    """The process's umask, read without changing it (``/proc``), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

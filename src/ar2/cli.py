@@ -6,14 +6,19 @@ Heavy libraries are imported inside the subcommand functions, so ``ar2 --help`` 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ar2 import __version__
 from ar2.config import INDEX_PRESETS
+
+if TYPE_CHECKING:
+    from ar2.config import IndexConfig
 from ar2.errors import Ar2Error
 
 log = logging.getLogger("ar2")
@@ -21,37 +26,46 @@ log = logging.getLogger("ar2")
 
 def cmd_index(args: argparse.Namespace) -> int:
     """Build a BM25 or dense index of a BEIR corpus into ``--out``."""
-    from ar2.config import IndexConfig
+    from ar2._outdir import claim
     from ar2.data.beir import iter_corpus, load_corpus
 
     file = Path(args.data_dir) / "corpus.jsonl"
     extra = {"data": str(Path(args.data_dir).resolve())}
-    if args.kind == "bm25":
-        from ar2.index import BM25Index
+    config = _index_config(args) if args.kind == "dense" else None  # options before reading
+    with claim(args.out, "index", [args.data_dir, args.model], args.overwrite) as out:
+        if config is None:
+            from ar2.index import BM25Index
 
-        corpus = load_corpus(file)
-        BM25Index.build(corpus).save(args.out, extra, docs=corpus)
-        count = len(corpus)
-    else:
-        from ar2.encoders import BiEncoder
-        from ar2.pipeline import index_corpus
+            corpus = load_corpus(file)
+            BM25Index.build(corpus).save(out, extra, docs=corpus, overwrite=args.overwrite)
+            count = len(corpus)
+        else:
+            from ar2.encoders import BiEncoder
+            from ar2.index.dense import check_factory
+            from ar2.pipeline import index_corpus
 
-        try:  # options first, before any reading
-            config = IndexConfig(
-                args.preset, args.factory, ram_budget_gb=args.ram_budget_gb, refine=args.refine
-            )
-        except ValueError as err:
-            raise Ar2Error(f"ar2 index: {err}. Fix: see `ar2 index --help`") from err
-        # the texts are streamed twice (encoding, then stored in the index), never held: a
-        # first pass checks the whole file and keeps only the ids, before hours of encoding
-        ids = [d.id for d in iter_corpus(file)]
-        encoder = BiEncoder.load(args.model, precision=args.precision)
-        log.info("encoding %d documents with %s", len(ids), encoder.source)
-        index_corpus(encoder, lambda: iter_corpus(file, warn=False), ids, args.out, config,
-                     extra, store_docs=True)  # fmt: skip
-        count = len(ids)
+            # the texts are streamed twice (encoding, then stored in the index), never held: a
+            # first pass checks the whole file and keeps only the ids, before hours of encoding
+            ids = [d.id for d in iter_corpus(file)]
+            encoder = BiEncoder.load(args.model, precision=args.precision)
+            check_factory(config, len(ids), encoder.dim)
+            log.info("encoding %d documents with %s", len(ids), encoder.source)
+            index_corpus(encoder, lambda: iter_corpus(file, warn=False), ids, out, config,
+                         extra, store_docs=True, overwrite=args.overwrite)  # fmt: skip
+            count = len(ids)
     print(f"wrote {args.kind} index of {count} documents to {args.out}")
     return 0
+
+
+def _index_config(args: argparse.Namespace) -> IndexConfig:
+    from ar2.config import IndexConfig
+
+    try:
+        return IndexConfig(
+            args.preset, args.factory, ram_budget_gb=args.ram_budget_gb, refine=args.refine
+        )
+    except ValueError as err:
+        raise Ar2Error(f"ar2 index: {err}. Fix: see `ar2 index --help`") from err
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -96,6 +110,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         rerank_k=args.rerank_k,
         precision=args.precision,
         index=IndexConfig(preset=args.preset),
+        overwrite=args.overwrite,
     )
     results = run_eval(job)
     print(format_table(results))
@@ -118,7 +133,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     warm = Path(args.warm_start) if args.warm_start else None
     w = distributed.init_from_env()  # under torchrun: one process of several
     try:
-        results = run_ar2(Path(args.data_dir), Path(args.out), cfg, args.resume, warm)
+        results = run_ar2(
+            Path(args.data_dir), Path(args.out), cfg, args.resume, warm, args.overwrite
+        )
     except BaseException:
         distributed.finish(clean=False)
         raise
@@ -136,8 +153,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     require("fastapi", "serve")
     from ar2.serve import SearchService, create_app
-    from ar2.serve.server import is_loopback, listen, server, url_of
+    from ar2.serve.security import parse_allowed_hosts
+    from ar2.serve.server import default_allowed_hosts, is_loopback, listen, server, url_of
 
+    hosts = None if args.allowed_hosts is None else parse_allowed_hosts(args.allowed_hosts)
     sock = listen(args.host, args.port)  # fail fast, before minutes of loading
     log.info("loading %s", args.path)
     service = SearchService.load(args.path, args.reranker, args.retriever, args.rerank_k)
@@ -150,17 +169,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     rerank = f"; rerank top {service.default_rerank_k}" if service.has_ranker else ""
     modes = ", ".join(service.modes)
     print(f"ar2 serve: {url_of(sock)}/ ({len(service.docs)} documents; {modes}{rerank})")
+    if args.docs:
+        log.info("/docs and /redoc load Swagger UI and ReDoc from cdn.jsdelivr.net")
     sys.stdout.flush()
-    server(create_app(service), quiet=args.quiet).run(sockets=[sock])
+    app = create_app(service, allowed_hosts=hosts or default_allowed_hosts(sock), docs=args.docs)
+    server(app, quiet=args.quiet).run(sockets=[sock])
     return 0
 
 
 def _preset_path(name: str) -> Path:
-    path = Path(__file__).parent / "presets" / f"{name}.toml"
-    if not path.is_file():
-        names = sorted(p.stem for p in path.parent.glob("*.toml"))
-        raise Ar2Error(f"unknown preset {name!r}. Fix: choose one of {names} or pass --config")
-    return path
+    folder = Path(__file__).parent / "presets"
+    names = sorted(p.stem for p in folder.glob("*.toml"))
+    if name not in names:
+        raise Ar2Error(
+            f"unknown preset {name!r}. Fix: choose one of {', '.join(names)}, or pass --config"
+        )
+    return folder / f"{name}.toml"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,6 +206,7 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data_dir", help="BEIR folder with corpus.jsonl")
     p.add_argument("--kind", choices=["bm25", "dense"], default="bm25")
     p.add_argument("--out", required=True, help="index folder to write")
+    _add_overwrite(p, "replace an --out that is not an ar2 index (its files are lost)")
     p.add_argument("--model", help="encoder folder for --kind dense (default: all-MiniLM-L6-v2)")
     p.add_argument(
         "--preset",
@@ -221,6 +246,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="qrels split (default test)")
     p.add_argument("--systems", default="bm25,dense,hybrid", help=from_)
     p.add_argument("--out", required=True, help="folder for report.md, report.json, report.png")
+    _add_overwrite(p, "write into an --out that is not an ar2 eval folder (same names replaced)")
     p.add_argument("--measures", default="nDCG@10,RR@10,R@10,R@100", help="ir_measures names")
     p.add_argument("--depth", type=_positive, default=100, help="hits retrieved per query")
     p.add_argument("--reranker", help="cross-encoder folder: adds a <system>+rerank row each")
@@ -238,6 +264,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="a TOML file of AR2Config fields, instead of --preset")
     p.add_argument("--model", help="start both models from this folder (default: MiniLM)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    _add_overwrite(p, "start again in an --out that holds a run or other files (all lost)")
     p.add_argument(
         "--warm-start",
         metavar="RUN",
@@ -249,8 +276,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a run or an index over HTTP (search API + web page)")
     p.add_argument("path", help="a run folder (`ar2 train --out`) or an index folder (`ar2 index`)")
+
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument(
+        "--allowed-hosts",
+        metavar="NAMES",
+        help="Host header names answered, comma-separated (any port; *.example.com: its "
+        "subdomains; *: any). Default: on loopback localhost,127.0.0.1,[::1], else any",
+    )
+    p.add_argument(
+        "--docs",
+        action="store_true",
+        help="serve /docs and /redoc (Swagger UI, ReDoc: scripts loaded from a CDN)",
+    )
     p.add_argument("--reranker", help="cross-encoder folder (a run's own ranker by default)")
     p.add_argument(
         "--rerank-k",
@@ -259,6 +298,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--retriever", help="encoder folder for an index whose encoder was moved")
     p.set_defaults(func=cmd_serve)
+
+
+def _add_overwrite(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--overwrite", action="store_true", help=f"{what}; without it such an --out is refused"
+    )
 
 
 def _add_precision(p: argparse.ArgumentParser) -> None:
@@ -274,6 +319,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 to 65535 (0: any free port), got {text}")
     return value
 
 
@@ -300,6 +352,29 @@ def _configure_logging(quiet: bool) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+_OS_FIXES = {
+    errno.ENOSPC: "free disk space, or write to another disk",
+    errno.EDQUOT: "free disk space, or write to another disk",
+    errno.EACCES: "check the permissions of that file or folder",
+    errno.EPERM: "check the permissions of that file or folder",
+    errno.EROFS: "write to a writable file system",
+}
+
+
+def _os_error(err: OSError) -> str:
+    """``<file>: <problem>. Fix: <fix>.`` for an error of the operating system."""
+    where = err.filename if err.filename is not None else "ar2"
+    fix = _OS_FIXES.get(err.errno or 0, "check the path, the permissions and the free space")
+    return f"{where}: {err.strerror or err}. Fix: {fix}"
+
+
+def _fail(message: str) -> int:
+    """Print ``ar2: error: <message>.`` on one line; the exit status of a user error."""
+    line = " ".join(message.split())
+    print(f"ar2: error: {line if line.endswith('.') else line + '.'}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse ``argv``, run the subcommand, turn user errors into one clear line."""
     args = build_parser().parse_args(argv)
@@ -308,8 +383,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except Ar2Error as err:
-        print(f"ar2: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(str(err))
+    except OSError as err:  # unreadable input, unwritable output, full disk
+        return _fail(_os_error(err))
     except KeyboardInterrupt:
         print("ar2: interrupted", file=sys.stderr)
         return 130

@@ -15,9 +15,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union
 
 from ar2.errors import Ar2Error
 
@@ -140,31 +142,103 @@ T = TypeVar("T")
 
 
 def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
-    """Build dataclass ``cls`` from ``data``, rejecting unknown keys with the valid ones listed.
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys (the valid ones listed)
+    and values of the wrong type (``rounds = "two"``), before any work starts.
 
     Example:
         >>> from_dict(EncoderConfig, {"pooling": "cls"}).pooling
         'cls'
+        >>> from_dict(EncoderConfig, {"batch_size": "16"}, "my.toml")
+        Traceback (most recent call last):
+        ar2.errors.Ar2Error: my.toml: batch_size = '16' is a string, not an integer. Fix: ...
     """
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
         raise Ar2Error(
-            f"{source}: unknown key(s) {unknown} for {cls.__name__}; valid keys: {sorted(names)}"
+            f"{source}: unknown key(s) {unknown} for {cls.__name__}. "
+            f"Fix: correct or remove them; the valid keys are {sorted(names)}"
         )
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        _check_type(source, key, value, hints[key])
     try:
         return cls(**data)
     except (TypeError, ValueError) as err:
-        raise Ar2Error(f"{source}: {err}") from err
+        fix = "" if "Fix:" in str(err) else ". Fix: change that value"
+        raise Ar2Error(f"{source}: {err}{fix}") from err
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _check_type(source: str, key: str, value: Any, hint: Any) -> None:
+    """Raise an :class:`Ar2Error` naming the key unless ``value`` is of type ``hint``."""
+    allowed = (
+        typing.get_args(hint) if typing.get_origin(hint) in (types.UnionType, Union) else (hint,)
+    )
+    if any(_is_a(value, t) for t in allowed):
+        return
+    names = [_TYPE_NAMES.get(t, "a table") for t in allowed if t is not type(None)]
+    wanted = " or ".join(names)
+    example = {"a string": '"text"', "an integer": "2", "a number": "0.5", "true or false": "true"}
+    fix = f"write it as {wanted}, like {key} = {example.get(names[0], '...')}"
+    if type(None) in allowed:
+        fix += ", or leave it out"
+    raise Ar2Error(f"{source}: {key} = {value!r} is {_kind(value)}, not {wanted}. Fix: {fix}")
+
+
+def _is_a(value: Any, t: Any) -> bool:
+    if t is type(None):
+        return value is None
+    if t is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, t)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file, turning syntax errors into an :class:`Ar2Error` naming the file."""
+    """Read a TOML file, turning every problem (missing, a folder, not UTF-8, bad syntax) into
+    an :class:`Ar2Error` naming the file."""
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as err:
         raise Ar2Error(f"{path}: invalid TOML ({err}). Fix the syntax at that position.") from err
+    except UnicodeDecodeError as err:
+        raise Ar2Error(
+            f"{path}: not UTF-8 ({err.reason} at byte {err.start}). Fix: save it as UTF-8"
+        ) from None
+    except OSError as err:
+        raise Ar2Error(
+            f"{path}: cannot read the config ({err.strerror or err}). Fix: give the path of a "
+            "TOML file (see src/ar2/presets/ for examples)"
+        ) from None
+
+
+def _check_ranges(
+    obj: Any,
+    at_least: dict[str, float],
+    above: dict[str, float] | None = None,
+    at_most: dict[str, float] | None = None,
+) -> None:
+    """Raise ``ValueError`` naming the first field outside its range (``None`` is let pass)."""
+    rules = [(at_least, ">=", lambda v, b: v >= b), (above, ">", lambda v, b: v > b),
+             (at_most, "<=", lambda v, b: v <= b)]  # fmt: skip
+    for bounds, sign, ok in rules:
+        for name, bound in (bounds or {}).items():
+            value = getattr(obj, name)
+            if isinstance(value, (int, float)) and not ok(value, bound):
+                raise ValueError(f"{name} = {value} must be {sign} {bound}")
 
 
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
@@ -196,6 +270,12 @@ class StageConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 2.0
     head_lr: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_ranges(self, at_least={"steps": 0, "batch_size": 1, "n_neg": 0,
+                                      "weight_decay": 0.0, "warmup_ratio": 0.0},
+                      above={"lr": 0.0, "max_grad_norm": 0.0, "head_lr": 0.0},
+                      at_most={"warmup_ratio": 1.0})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -271,6 +351,14 @@ class AR2Config:
     index: IndexConfig = IndexConfig()
 
     def __post_init__(self) -> None:
+        _check_ranges(
+            self,
+            at_least={"rounds": 0, "mine_k": 1, "query_max_length": 1, "doc_max_length": 1,
+                      "ranker_max_length": 1, "dev_queries": 1, "rerank_k": 1,
+                      "checkpoint_every": 1, "adv_lambda": 0.0},
+            above={"scale": 0.0, "kd_temperature": 0.0},
+            at_most={"adv_lambda": 1.0},
+        )  # fmt: skip
         _check_choice("retriever_loss", self.retriever_loss, RETRIEVER_LOSSES)
         _check_choice("adv_reduction", self.adv_reduction, ("sum", "mean_per_query"))
         cut = self.train_doc_max_length
@@ -300,7 +388,19 @@ def read_run_config(path: Path) -> dict[str, Any]:
         >>> _with_defaults({"g0": {"steps": 5}}, {"g0": {"steps": 1, "lr": 0.1}, "seed": 42})
         {'g0': {'steps': 5, 'lr': 0.1}, 'seed': 42}
     """
-    return _with_defaults(json.loads(path.read_text(encoding="utf-8")), config_json(AR2Config()))
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as err:
+        raise Ar2Error(
+            f"{path}: not valid JSON ({err}), so the run cannot be checked or resumed. "
+            "Fix: restore it from a copy, or start the run again with --overwrite"
+        ) from None
+    if not isinstance(saved, dict):
+        raise Ar2Error(
+            f"{path}: not a run's config (a JSON {type(saved).__name__}). "
+            "Fix: restore it from a copy, or start the run again with --overwrite"
+        )
+    return _with_defaults(saved, config_json(AR2Config()))
 
 
 def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -341,6 +441,12 @@ def load_ar2_config(data: dict[str, Any], source: str = "config") -> AR2Config:
     """
     tables = {"StageConfig": StageConfig, "IndexConfig": IndexConfig}
     kinds = {f.name: tables[f.type] for f in dataclasses.fields(AR2Config) if f.type in tables}
+    for key in kinds.keys() & data.keys():
+        if not isinstance(data[key], dict):
+            raise Ar2Error(
+                f"{source}: {key} = {data[key]!r} is {_kind(data[key])}, not a table. "
+                f"Fix: write its settings under a [{key}] header, like [{key}] steps = 100"
+            )
     fields = {
         k: from_dict(kinds[k], v, f"{source} [{k}]") if k in kinds else v for k, v in data.items()
     }

@@ -7,6 +7,7 @@ bundled all-MiniLM-L6-v2. With a reranker, every system also gets a ``<name>+rer
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,11 @@ class EvalJob:
     rerank_k: int = 100
     precision: str = "auto"
     index: IndexConfig = IndexConfig()
+    overwrite: bool = False
+
+    def inputs(self) -> list[str | Path | None]:
+        """The folders this job reads: the data, the model folders and the reranker."""
+        return [self.data_dir, *(parse_system(s)[1] for s in self.systems), self.reranker]
 
 
 def parse_system(spec: str) -> tuple[str, str | None]:
@@ -127,19 +133,57 @@ class _Systems:
 
 
 def run_eval(job: EvalJob) -> dict[str, dict[str, float]]:
-    """Run every system of ``job``, write the report into ``job.out`` and return the results."""
+    """Run every system of ``job``, write the report into ``job.out`` and return the results.
+
+    ``job.out`` must be new, empty or an earlier eval's folder (else ``job.overwrite``): the
+    files of an earlier eval that this one does not write again (the runs of systems no
+    longer asked for) are removed; nothing else there is touched.
+    """
+    from ar2._outdir import claim
     from ar2.data.beir import load_beir
     from ar2.data.trec import write_run
 
     _check_job(job)
-    corpus, queries, qrels = load_beir(job.data_dir, job.split)
-    systems = _Systems(corpus, job)
-    runs: dict[str, Run] = {}
-    for spec in job.systems:
-        runs.update(_run_system(spec, systems, corpus, queries, job))
-    for name, run in runs.items():
-        write_run(run, job.out / "runs" / f"{_file_name(name)}.trec", tag=_file_name(name))
-    return score_and_report(job, runs, (queries, qrels), corpus, systems.descriptions)
+    with claim(job.out, "eval", job.inputs(), job.overwrite):
+        corpus, queries, qrels = load_beir(job.data_dir, job.split)
+        systems = _Systems(corpus, job)
+        runs: dict[str, Run] = {}
+        for spec in job.systems:
+            runs.update(_run_system(spec, systems, corpus, queries, job))
+        written = [f"runs/{_file_name(name)}.trec" for name in runs]
+        for name, file in zip(runs, written):
+            write_run(runs[name], job.out / file, tag=_file_name(name))
+        results = score_and_report(job, runs, (queries, qrels), corpus, systems.descriptions)
+        _write_manifest(job, written + list(REPORT_FILES))
+    return results
+
+
+REPORT_FILES = ("report.md", "report.json", "report.png", "per_query.tsv", "protocol.json")
+"""What :func:`ar2.report.write_report` writes."""
+
+
+def _write_manifest(job: EvalJob, files: list[str]) -> None:
+    """Record what this eval wrote; remove what the previous eval there wrote and this one did
+    not (an old folder without a manifest: its ``runs/*.trec``)."""
+    from ar2._io import atomic_write_json
+
+    manifest = job.out / "manifest.json"
+    before: list[str] = []
+    if manifest.is_file():
+        try:
+            before = list(json.loads(manifest.read_text(encoding="utf-8")).get("files", []))
+        except (ValueError, AttributeError):
+            before = []
+    elif (job.out / "runs").is_dir():
+        before = [f"runs/{p.name}" for p in (job.out / "runs").glob("*.trec")]
+    settings = {k: str(v.resolve()) if isinstance(v, Path) else v for k, v in vars(job).items()}
+    settings["index"] = vars(job.index)
+    record = {"kind": "eval", "ar2_version": __version__, "job": settings, "files": files}
+    atomic_write_json(manifest, record)
+    for stale in set(before) - set(files):
+        path = (job.out / stale).resolve()
+        if job.out.resolve() in path.parents and path.is_file():  # only inside, only files
+            path.unlink()
 
 
 def _run_system(

@@ -91,26 +91,34 @@ def index_corpus(
     config: IndexConfig | None = None,
     extra: dict[str, Any] | None = None,
     store_docs: bool = False,
+    overwrite: bool = False,
 ) -> None:
     """Encode the documents ``docs()`` yields (``ids`` are theirs, in order) into a dense index
-    saved at ``path`` (with the documents when ``store_docs``: ``docs()`` is read again).
+    saved at ``path`` (with the documents when ``store_docs``: ``docs()`` is read again; a
+    folder ar2 did not write is replaced only with ``overwrite``).
 
     Memory holds neither all the texts nor all the vectors: they are encoded to a temporary
     ``.npy`` file a chunk at a time and indexed from it a chunk at a time. Load the result
     with :meth:`FaissIndex.load <ar2.index.FaissIndex.load>`.
     """
-    import tempfile
+    import shutil
 
+    from ar2._io import check_replaceable, make_temp_dir
     from ar2.index import FaissIndex
 
     path = Path(path).resolve()
+    if not overwrite:
+        check_replaceable(path)  # before the encoding, not after
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".ar2-vectors-") as work:
-        vectors = Path(work) / "vectors.npy"
+    work = make_temp_dir(path)  # a killed run's is removed by the next (ar2._outdir)
+    try:
+        vectors = work / "vectors.npy"
         encoder.encode_docs_to(vectors, docs(), len(ids), progress=True)
         index = FaissIndex.build_from_npy(vectors, ids, config)
         extra = (extra or {}) | {"encoder": encoder.describe()}
-        index.save(path, extra, docs=docs() if store_docs else ())  # before the vectors go
+        index.save(path, extra, docs() if store_docs else (), overwrite)  # before vectors go
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 class HybridRetriever:

@@ -3,7 +3,9 @@
 Every loader returns the shared types of :mod:`ar2.types` (ids are always ``str``) and reports
 each defect of an input file as ``file:line: problem. Fix: ...`` through
 :class:`ar2.errors.DataError`, or through one :class:`ar2.errors.DataWarning` per file when it is
-harmless.
+harmless. Ids are stripped of surrounding whitespace and may not hold whitespace, line breaks,
+control characters or lone surrogates (TREC runs and index ``ids.txt`` files cannot carry them);
+relevance grades are whole numbers from :data:`MIN_GRADE` to :data:`MAX_GRADE`.
 
 Example:
     >>> import pathlib, tempfile
@@ -15,6 +17,7 @@ Example:
     {'q1': [Hit(doc_id='d1', score=1.0)]}
 """
 
+from ar2.data._lines import MAX_GRADE, MIN_GRADE
 from ar2.data.beir import (
     QRELS_HEADER,
     available_splits,
@@ -35,6 +38,8 @@ from ar2.data.trec import (
 )
 
 __all__ = [
+    "MAX_GRADE",
+    "MIN_GRADE",
     "QRELS_HEADER",
     "available_splits",
     "iter_collection_tsv",

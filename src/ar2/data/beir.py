@@ -1,9 +1,12 @@
 """BEIR folders: ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv``.
 
 Ids are always ``str`` (an integer ``"_id"`` becomes its decimal string; surrounding
-whitespace is dropped). Every defect raises :class:`ar2.errors.DataError` naming the file, the
-line and the fix; an empty document is allowed but reported by one
-:class:`ar2.errors.DataWarning` per file.
+whitespace is dropped). An id holding whitespace, a line break, a control character or a lone
+surrogate is refused, since TREC runs and index ``ids.txt`` files could not carry it; so is a
+text holding a lone surrogate (a JSON ``"\\ud800"`` escape without its pair). Every defect
+raises :class:`ar2.errors.DataError` naming the file, the line and the fix; an empty document is
+allowed but reported by one :class:`ar2.errors.DataWarning` per file, and a corpus whose
+documents are *all* empty is a DataError.
 
 Example:
     >>> import pathlib, tempfile
@@ -31,6 +34,8 @@ from ar2.data._lines import (
     iter_lines,
     looks_int,
     require_file,
+    require_id,
+    require_text,
     split_columns,
     stream_docs,
     unique_ids,
@@ -63,7 +68,9 @@ def iter_corpus(path: PathLike, warn: bool = True) -> Iterator[Doc]:
 
     Only the ids seen so far are kept (to catch duplicates), never the texts. A missing file
     raises at once; defects in a line raise when that line is reached. Empty documents are
-    counted and reported by one warning once the whole file has been read.
+    counted and reported by one warning once the whole file has been read; if every document is
+    empty (say, the text is under ``"contents"``: ar2 reads ``"title"`` and ``"text"``), the end
+    of the file raises instead.
 
     Args:
         path: The ``corpus.jsonl`` file: one ``{"_id", "title", "text"}`` object per line.
@@ -73,7 +80,8 @@ def iter_corpus(path: PathLike, warn: bool = True) -> Iterator[Doc]:
         One :class:`~ar2.types.Doc` per non-blank line, in file order.
 
     Raises:
-        DataError: Missing file, bad UTF-8 or JSON, missing ``"_id"``, duplicate id, bad field.
+        DataError: Missing file, bad UTF-8 or JSON, missing ``"_id"``, duplicate id, an id
+            holding whitespace or a control character, bad field, every document empty.
 
     Example:
         >>> import pathlib, tempfile
@@ -83,17 +91,27 @@ def iter_corpus(path: PathLike, warn: bool = True) -> Iterator[Doc]:
         Doc(id='7', text='Cats eat fish.', title='Cats')
     """
     p = require_file(path, "corpus", _BEIR_FIX)
-    return stream_docs(p, _parse_corpus, warn)
+    return stream_docs(p, _parse_corpus, warn, lambda: _no_text_fix(p))
 
 
 def _parse_corpus(path: Path) -> Iterator[tuple[int, Doc]]:
     for no, line in iter_lines(path):
         obj = _json_object(path, no, line, _DOC_EXAMPLE)
-        doc_id = _id_field(path, no, obj, _DOC_EXAMPLE)
+        doc_id = _id_field(path, no, obj, "document", _DOC_EXAMPLE)
         yield (
             no,
             Doc(doc_id, _text_field(path, no, obj, "text"), _text_field(path, no, obj, "title")),
         )
+
+
+def _no_text_fix(path: Path) -> str:
+    """The fix for a corpus without any text: name the keys its first line has."""
+    no, line = next(iter_lines(path))
+    keys = ", ".join(map(repr, _json_object(path, no, line, _DOC_EXAMPLE))) or "none"
+    return (
+        f'ar2 reads a document\'s text from "title" and "text" (line {no} has the keys {keys}); '
+        f"put the text there, like {_DOC_EXAMPLE}"
+    )
 
 
 def load_corpus(path: PathLike) -> list[Doc]:
@@ -122,8 +140,9 @@ def load_queries(path: PathLike) -> list[Query]:
         The queries in file order.
 
     Raises:
-        DataError: Missing file, bad UTF-8 or JSON, missing ``"_id"``, duplicate id, empty text,
-            ``"answers"`` that is not a list of strings.
+        DataError: Missing file, bad UTF-8 or JSON, missing ``"_id"``, duplicate id, an id
+            holding whitespace or a control character, empty text, ``"answers"`` that is not a
+            list of strings, a text holding a lone surrogate.
 
     Example:
         >>> import pathlib, tempfile
@@ -140,7 +159,7 @@ def load_queries(path: PathLike) -> list[Query]:
 def _parse_queries(path: Path) -> Iterator[tuple[int, Query]]:
     for no, line in iter_lines(path):
         obj = _json_object(path, no, line, _QUERY_EXAMPLE)
-        qid = _id_field(path, no, obj, _QUERY_EXAMPLE)
+        qid = _id_field(path, no, obj, "query", _QUERY_EXAMPLE)
         text = _text_field(path, no, obj, "text")
         if not text.strip():
             fix = 'give every query a non-empty "text", or delete the line'
@@ -155,8 +174,10 @@ def load_qrels(
 ) -> Qrels:
     """Read a BEIR ``qrels/<split>.tsv``: a ``query-id<TAB>corpus-id<TAB>score`` header, then rows.
 
-    Grades are kept as given; a query keeps all its judged documents. A file whose first row is
-    already data (its third column is a whole number) is read with a warning.
+    Grades are kept as given and must be whole numbers from :data:`~ar2.data.MIN_GRADE` (-1000)
+    to :data:`~ar2.data.MAX_GRADE` (1000); grades > 0 count as relevant, and a file without any
+    is refused. A query keeps all its judged documents. A file whose first row is already data
+    (its third column is a whole number) is read with a warning.
 
     Args:
         path: The qrels file.
@@ -167,8 +188,10 @@ def load_qrels(
         ``query_id -> {doc_id: grade}`` in file order.
 
     Raises:
-        DataError: Missing file, wrong header, wrong column count, non-integer grade, duplicate
-            (query, document) row, unknown query or document id, no judgements at all.
+        DataError: Missing file, wrong header, wrong column count, a grade that is not a whole
+            number from -1000 to 1000, an id holding whitespace or a control character,
+            duplicate (query, document) row, unknown query or document id, no judgements at all,
+            no judgement with a grade > 0.
 
     Example:
         >>> import pathlib, tempfile
@@ -284,20 +307,23 @@ def _require_dir(data_dir: PathLike) -> Path:
 
 
 def _json_object(path: Path, no: int, line: str, example: str) -> dict[str, Any]:
+    fix = f"write one JSON object per line, like {example}"
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
-        problem = f"malformed JSON ({e.msg} at column {e.colno})"
-        raise DataError(
-            path, no, problem, f"write one JSON object per line, like {example}"
-        ) from None
+        raise DataError(path, no, f"malformed JSON ({e.msg} at column {e.colno})", fix) from None
+    except RecursionError:
+        raise DataError(path, no, "JSON nested too deeply to be read", fix) from None
+    except ValueError as e:  # an integer of more than sys.get_int_max_str_digits() digits
+        problem = f"unreadable JSON ({str(e).split(';')[0]})"
+        fix = 'write long numbers as strings, like "_id": "123"'
+        raise DataError(path, no, problem, fix) from None
     if not isinstance(obj, dict):
-        problem = f"expected a JSON object, got {_kind(obj)}"
-        raise DataError(path, no, problem, f"write one JSON object per line, like {example}")
+        raise DataError(path, no, f"expected a JSON object, got {_kind(obj)}", fix)
     return obj
 
 
-def _id_field(path: Path, no: int, obj: dict[str, Any], example: str) -> str:
+def _id_field(path: Path, no: int, obj: dict[str, Any], what: str, example: str) -> str:
     value = obj.get("_id")
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
@@ -308,7 +334,7 @@ def _id_field(path: Path, no: int, obj: dict[str, Any], example: str) -> str:
     if not isinstance(value, str):
         problem = f'"_id" must be a string or a whole number, got {_kind(value)}'
         raise DataError(path, no, problem, 'write the id as a string, like "_id": "d1"')
-    return value.strip()
+    return require_id(path, no, value, what)
 
 
 def _text_field(path: Path, no: int, obj: dict[str, Any], key: str) -> str:
@@ -317,7 +343,7 @@ def _text_field(path: Path, no: int, obj: dict[str, Any], key: str) -> str:
     if text is None:
         problem = f'"{key}" must be a string, got {_kind(value)}'
         raise DataError(path, no, problem, f'write "{key}" as a JSON string')
-    return text
+    return require_text(path, no, text, f'"{key}"')
 
 
 def _answers(path: Path, no: int, obj: dict[str, Any]) -> tuple[str, ...]:
@@ -328,10 +354,12 @@ def _answers(path: Path, no: int, obj: dict[str, Any]) -> tuple[str, ...]:
     if value is None:
         return ()
     texts = [_as_text(item) for item in value] if isinstance(value, list) else [None]
-    if any(text is None for text in texts):
-        problem = f'"answers" must be a list of strings, got {json.dumps(value)[:80]}'
+    if None in texts:
+        is_list = isinstance(value, list)
+        got = f"a list holding {_kind(value[texts.index(None)])}" if is_list else _kind(value)
+        problem = f'"answers" must be a list of strings, got {got}'
         raise DataError(path, no, problem, 'write the answers as a JSON list: "answers": ["Paris"]')
-    return tuple(text for text in texts if text is not None)
+    return tuple(require_text(path, no, text, '"answers"') for text in texts if text is not None)
 
 
 def _as_text(value: object) -> str | None:

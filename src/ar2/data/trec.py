@@ -6,8 +6,9 @@
 * TREC qrels: ``qid 0 docid rel`` (whitespace-separated; the second column is ignored);
 * TREC run: ``qid Q0 docid rank score tag``.
 
-Ids are always ``str``. Every defect raises :class:`ar2.errors.DataError` naming the file,
-the line and the fix.
+Ids are always ``str``, stripped of surrounding whitespace; an id holding whitespace, a line
+break, a control character or a lone surrogate is refused where it is read. Every defect raises
+:class:`ar2.errors.DataError` naming the file, the line and the fix.
 
 Example:
     >>> import pathlib, tempfile
@@ -29,8 +30,10 @@ from pathlib import Path
 
 from ar2._io import atomic_write_text
 from ar2.data._lines import (
+    ID_RULE,
     PathLike,
     QrelsBuilder,
+    id_problem,
     iter_lines,
     parse_float,
     parse_int,
@@ -56,13 +59,15 @@ __all__ = [
 _DOC_HEADER = ({"id", "pid", "docid", "doc_id", "_id"}, {"text", "passage", "contents", "body"})
 _QUERY_HEADER = ({"id", "qid", "query_id", "query-id", "_id"}, {"text", "query", "question"})
 _RUN_LAYOUT = "'qid Q0 docid rank score tag'"
+_NO_TEXT_FIX = "put each passage's text in the second column: pid<TAB>text[<TAB>title]"
 
 
 def iter_collection_tsv(path: PathLike) -> Iterator[Doc]:
     """Stream the passages of an MS MARCO-style ``collection.tsv``.
 
     Only the ids seen so far are kept (to catch duplicates), never the texts. Empty passages
-    are kept and reported by one warning once the whole file has been read.
+    are kept and reported by one warning once the whole file has been read; if every passage is
+    empty, the end of the file raises instead.
 
     Args:
         path: A ``pid<TAB>text`` or ``pid<TAB>text<TAB>title`` file.
@@ -71,7 +76,8 @@ def iter_collection_tsv(path: PathLike) -> Iterator[Doc]:
         One :class:`~ar2.types.Doc` per non-blank line, in file order.
 
     Raises:
-        DataError: Missing file, bad UTF-8, wrong column count, empty or duplicate id.
+        DataError: Missing file, bad UTF-8, wrong column count, empty or duplicate id, an id
+            holding whitespace or a control character, every passage empty.
 
     Example:
         >>> import pathlib, tempfile
@@ -81,7 +87,7 @@ def iter_collection_tsv(path: PathLike) -> Iterator[Doc]:
         Doc(id='7', text='Cats eat fish.', title='Cats')
     """
     p = require_file(path, "collection", "check the path to the pid<TAB>text collection file")
-    return stream_docs(p, _parse_collection)
+    return stream_docs(p, _parse_collection, no_text_fix=lambda: _NO_TEXT_FIX)
 
 
 def _parse_collection(path: Path) -> Iterator[tuple[int, Doc]]:
@@ -110,7 +116,8 @@ def load_queries_tsv(path: PathLike) -> list[Query]:
     """Read an MS MARCO-style ``queries.tsv`` (``qid<TAB>text``).
 
     Raises:
-        DataError: Missing file, bad UTF-8, wrong column count, empty or duplicate id, empty text.
+        DataError: Missing file, bad UTF-8, wrong column count, empty or duplicate id, an id
+            holding whitespace or a control character, empty text.
 
     Example:
         >>> import pathlib, tempfile
@@ -153,11 +160,14 @@ def load_trec_qrels(
         doc_ids: When given, every document id must be one of these.
 
     Returns:
-        ``query_id -> {doc_id: grade}`` in file order, grades as given.
+        ``query_id -> {doc_id: grade}`` in file order, grades as given: whole numbers from
+        :data:`~ar2.data.MIN_GRADE` (-1000) to :data:`~ar2.data.MAX_GRADE` (1000), where
+        grades > 0 count as relevant.
 
     Raises:
-        DataError: Missing file, wrong column count, non-integer grade, duplicate
-            (query, document) row, unknown query or document id, no judgements at all.
+        DataError: Missing file, wrong column count, a grade that is not a whole number from
+            -1000 to 1000, an id holding a control character, duplicate (query, document) row,
+            unknown query or document id, no judgements at all, no judgement with a grade > 0.
 
     Example:
         >>> import pathlib, tempfile
@@ -188,8 +198,9 @@ def read_run(path: PathLike) -> Run:
         Queries keep the order of their first line.
 
     Raises:
-        DataError: Missing file, bad UTF-8, wrong column count, non-integer rank, score that
-            is not a number, a document listed twice for one query.
+        DataError: Missing file, bad UTF-8, wrong column count, an id holding a control
+            character, non-integer rank, score that is not a number, a document listed twice
+            for one query.
 
     Example:
         >>> import pathlib, tempfile
@@ -202,6 +213,7 @@ def read_run(path: PathLike) -> Run:
     rows: dict[str, dict[str, tuple[float, int, int]]] = {}
     for no, line in iter_lines(p):
         qid, _, doc_id, rank, score, _tag = split_columns(p, no, line, (6,), _RUN_LAYOUT, None)
+        qid, doc_id = require_id(p, no, qid, "query"), require_id(p, no, doc_id, "document")
         fix = "write the rank as a whole number (1 for the best hit)"
         entry = (-parse_float(p, no, score, "score"), parse_int(p, no, rank, "rank", fix), no)
         first = rows.setdefault(qid, {}).setdefault(doc_id, entry)[2]
@@ -233,8 +245,8 @@ def write_run(run: Run, path: PathLike, tag: str = "ar2") -> None:
 
     Raises:
         ValueError: A bad ``tag``.
-        DataError: An id that is empty or holds whitespace, a score that is NaN or infinite,
-            a document listed twice for one query.
+        DataError: An id that is empty or holds whitespace, a control character or a lone
+            surrogate, a score that is NaN or infinite, a document listed twice for one query.
 
     Example:
         >>> import pathlib, tempfile
@@ -262,9 +274,10 @@ def write_run(run: Run, path: PathLike, tag: str = "ar2") -> None:
 
 
 def _check_run_id(path: Path, value: object, what: str) -> None:
-    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
-        problem = f"{what} id {value!r} cannot be written to a TREC run"
-        raise DataError(path, None, problem, "use non-empty string ids without whitespace")
+    why = id_problem(value) if isinstance(value, str) else "is not a string"
+    if why is not None:
+        problem = f"{what} id {value!r} cannot be written to a TREC run: it {why}"
+        raise DataError(path, None, problem, f"use non-empty string ids: {ID_RULE}")
 
 
 def _check_hit(path: Path, qid: str, hit: Hit, seen: set[str]) -> None:

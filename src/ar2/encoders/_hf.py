@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ar2._io import atomic_write_json
 from ar2._optional import require
@@ -12,6 +13,7 @@ from ar2.config import EncoderConfig
 from ar2.errors import Ar2Error
 
 MANIFEST = "manifest.json"
+T = TypeVar("T")
 
 
 def check_model_dir(path: str | Path) -> Path:
@@ -25,12 +27,52 @@ def check_model_dir(path: str | Path) -> Path:
     return path
 
 
+def max_positions(path: str | Path) -> int | None:
+    """The longest input (in tokens) the model in ``path`` takes: its position embeddings,
+    and its tokenizer's ``model_max_length`` when that is smaller; ``None`` if unknown.
+
+    Example:
+        >>> import pathlib, tempfile, json
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / "config.json").write_text(json.dumps({"max_position_embeddings": 128}))
+        >>> max_positions(d)
+        128
+    """
+    path = Path(path)
+    limits = [
+        read_json(path / "config.json").get("max_position_embeddings"),
+        read_json(path / "tokenizer_config.json").get("model_max_length"),
+    ]
+    found = [int(x) for x in limits if isinstance(x, (int, float)) and 0 < x < 1e6]
+    return min(found) if found else None
+
+
+def fit_lengths(path: Path, config: T, fields: tuple[str, ...], asked: dict[str, Any]) -> T:
+    """``config`` with its token cut-offs ``fields`` within the model's :func:`max_positions`:
+    a default that is too long is lowered; one the caller ``asked`` for is an error."""
+    limit = max_positions(path)
+    too_long = {f: getattr(config, f) for f in fields if limit and getattr(config, f) > limit}
+    for field, value in too_long.items():
+        if field in asked:
+            raise Ar2Error(
+                f"{path}: the model takes at most {limit} tokens, but {field} = {value}. "
+                f"Fix: set {field} to {limit} or less"
+            )
+    return dataclasses.replace(config, **dict.fromkeys(too_long, limit))  # type: ignore[type-var]
+
+
 def read_json(path: Path) -> dict[str, Any]:
-    """Read a JSON file, or ``{}`` when it does not exist."""
+    """Read a JSON file, or ``{}`` when it does not exist; a damaged one is an Ar2Error."""
     if not path.is_file():
         return {}
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError
+        raise Ar2Error(
+            f"{path}: not valid JSON ({err}). Fix: restore the model folder from a copy, or "
+            "save or train the model again"
+        ) from None
     return data if isinstance(data, dict) else {"modules": data}
 
 

@@ -96,6 +96,7 @@ class BiEncoder:
         manifest = _hf.read_json(path / _hf.MANIFEST)
         found = manifest.get("config") or _hf.config_from_st_folder(path)
         config = dataclasses.replace(EncoderConfig(**found), **overrides)
+        config = _hf.fit_lengths(path, config, ("query_max_length", "doc_max_length"), overrides)
         tokenizer, doc_model = _hf.load_tokenizer_and_model(path)
         query_model = None
         if (path / QUERY_TOWER / "config.json").is_file():

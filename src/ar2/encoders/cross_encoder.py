@@ -63,6 +63,7 @@ class CrossEncoder:
         manifest = _hf.read_json(path / _hf.MANIFEST)
         saved = manifest.get("config", {}) if manifest.get("kind") == "cross_encoder" else {}
         config = dataclasses.replace(RankerConfig(**saved), **overrides)  # a bi-encoder's: unused
+        config = _hf.fit_lengths(path, config, ("max_length",), overrides)
         if not _is_one_label_classifier(path):
             warnings.warn(
                 f"{path} has no one-label classification head: a new head is initialised. "

@@ -10,8 +10,20 @@ from typing import Any
 from ar2._io import atomic_dir, atomic_write_json
 from ar2._optional import require
 from ar2.config import BM25Config
-from ar2.index.base import base_manifest, read_ids, read_manifest, write_docs, write_ids
+from ar2.errors import Ar2Error
+from ar2.index.base import (
+    MANIFEST,
+    REBUILD_FIX,
+    base_manifest,
+    read_ids,
+    read_manifest,
+    write_docs,
+    write_ids,
+)
 from ar2.types import Doc, Hit
+
+ARRAYS_DIR = "bm25s"
+"""The folder of the bm25s arrays (npy + json) inside an index folder."""
 
 
 class BM25Index:
@@ -31,7 +43,17 @@ class BM25Index:
 
     @classmethod
     def build(cls, docs: Iterable[Doc], config: BM25Config | None = None) -> BM25Index:
-        """Tokenise and index ``docs`` (an iterable: the texts are not kept)."""
+        """Tokenise and index ``docs`` (an iterable: the texts are not kept).
+
+        Raises:
+            Ar2Error: No documents, or not one word left to index in any of them (all empty,
+                or only stopwords and one-letter words).
+
+        Example:
+            >>> BM25Index.build([Doc("d1", "the of and"), Doc("d2", "a b c")])
+            Traceback (most recent call last):
+            ar2.errors.Ar2Error: no word to index in any of the 2 documents (...). Fix: check ...
+        """
         bm25s = require("bm25s")
         config = config or BM25Config()
         ids: list[str] = []
@@ -44,6 +66,8 @@ class BM25Index:
         tokens = bm25s.tokenize(
             texts(), stopwords=config.stopwords, stemmer=_stemmer(config), show_progress=False
         )
+        if not tokens.vocab:  # bm25s itself fails on it with "max() arg is an empty sequence"
+            raise Ar2Error(_nothing_to_index(len(ids)))
         retriever = bm25s.BM25(k1=config.k1, b=config.b, method=config.method)
         retriever.index(tokens, show_progress=False)
         return cls(retriever, ids, config)
@@ -60,7 +84,8 @@ class BM25Index:
         )
         k = min(k, len(self.ids))
         results: list[list[Hit]] = [[] for _ in tokens]
-        known = [i for i, t in enumerate(tokens) if any(w in self.retriever.vocab_dict for w in t)]
+        vocab = getattr(self.retriever, "vocab_dict", None) or {}  # none: nothing indexed
+        known = [i for i, t in enumerate(tokens) if any(w in vocab for w in t)]
         if not known or k == 0:
             return results
         rows, scores = self.retriever.retrieve(
@@ -71,12 +96,17 @@ class BM25Index:
         return results
 
     def save(
-        self, path: str | Path, extra: dict[str, Any] | None = None, docs: Iterable[Doc] = ()
+        self,
+        path: str | Path,
+        extra: dict[str, Any] | None = None,
+        docs: Iterable[Doc] = (),
+        overwrite: bool = False,
     ) -> None:
-        """Save the bm25s arrays (npy + json, no pickles), ids and ``manifest.json`` atomically."""
+        """Save the bm25s arrays (npy + json, no pickles), ids and ``manifest.json`` atomically;
+        a folder ar2 did not write is replaced only with ``overwrite``."""
         bm25s = require("bm25s")
-        with atomic_dir(path) as tmp:
-            self.retriever.save(str(tmp / "bm25s"), show_progress=False)
+        with atomic_dir(path, overwrite) as tmp:
+            self.retriever.save(str(tmp / ARRAYS_DIR), show_progress=False)
             write_ids(tmp, self.ids)
             write_docs(tmp, docs)
             manifest = base_manifest("bm25", len(self.ids)) | {
@@ -93,12 +123,58 @@ class BM25Index:
 
     @classmethod
     def load(cls, path: str | Path) -> BM25Index:
-        """Load a folder written by :meth:`save`."""
-        bm25s = require("bm25s")
+        """Load a folder written by :meth:`save`.
+
+        Raises:
+            Ar2Error: A missing or corrupt manifest, ``ids.txt`` or ``bm25s/`` array, or ones
+                that disagree on the number of documents.
+        """
         path = Path(path)
         manifest = read_manifest(path, kind="bm25")
-        retriever = bm25s.BM25.load(str(path / "bm25s"), allow_pickle=False)
-        return cls(retriever, read_ids(path), BM25Config(**manifest["bm25"]))
+        ids = read_ids(path)
+        try:
+            config = BM25Config(**manifest["bm25"])
+        except (KeyError, TypeError) as e:
+            problem = f'no valid "bm25" settings ({type(e).__name__}: {e})'
+            raise Ar2Error(f"{path / MANIFEST}: {problem}. {REBUILD_FIX}") from None
+        return cls(_load_retriever(path / ARRAYS_DIR, len(ids)), ids, config)
+
+
+def _load_retriever(folder: Path, count: int) -> Any:
+    """The bm25s arrays in ``folder``, checked to hold ``count`` documents."""
+    bm25s = require("bm25s")
+    try:
+        retriever = bm25s.BM25.load(str(folder), allow_pickle=False)
+        problem = _arrays_problem(retriever.scores, retriever.vocab_dict, count)
+    except (OSError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        lines = str(e).strip().splitlines() or [""]
+        problem = f"{type(e).__name__}: {lines[0][:200]}"
+    if problem:
+        raise Ar2Error(f"{folder}: missing or corrupt BM25 arrays ({problem}). {REBUILD_FIX}")
+    return retriever
+
+
+def _arrays_problem(scores: dict[str, Any], vocab: dict[str, int], count: int) -> str:
+    """What is wrong with loaded bm25s arrays (sizes only: no pass over the data), or ``""``."""
+    data, indices, indptr = scores["data"], scores["indices"], scores["indptr"]
+    if scores["num_docs"] != count:
+        return f"{scores['num_docs']} documents, but ids.txt has {count}"
+    # one pointer per term plus one, the "" term bm25s adds after indexing aside
+    if any(a.ndim != 1 for a in (data, indices, indptr)) or len(indptr) - len(vocab) not in (0, 1):
+        return f"{len(vocab)} terms, but index pointers of shape {indptr.shape}"
+    if not len(data) == len(indices) == int(indptr[-1]):
+        return f"{len(data)} scores, {len(indices)} rows and {int(indptr[-1])} entries"
+    return ""
+
+
+def _nothing_to_index(count: int) -> str:
+    if not count:
+        return "no documents to index. Fix: give a corpus with at least one document"
+    return (
+        f"no word to index in any of the {count} documents (each is empty or holds only "
+        "stopwords and one-letter words). Fix: check the corpus holds its text under "
+        '"title" and "text", or index the stopwords too (BM25Config(stopwords=None))'
+    )
 
 
 def _stemmer(config: BM25Config) -> Any:

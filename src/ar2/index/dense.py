@@ -15,6 +15,7 @@ from ar2 import _npy
 from ar2._io import atomic_dir, atomic_write_json
 from ar2._optional import require
 from ar2.config import IndexConfig
+from ar2.errors import Ar2Error
 from ar2.index.base import base_manifest, read_ids, read_manifest, write_docs, write_ids
 from ar2.types import Doc, Hit
 
@@ -105,6 +106,60 @@ def factory_for(config: IndexConfig, n: int, d: int) -> str:
     return _choose(config, n, d)[0]
 
 
+def check_factory(config: IndexConfig, n: int, d: int, metric: str = "ip") -> str:
+    """The factory string for ``config`` on ``n`` vectors of dimension ``d``, checked before
+    any encoding: FAISS must parse it, and ``n`` must be enough to train it (an IVF index
+    needs a vector per list, 8-bit PQ codes 256 per codebook).
+
+    Raises:
+        Ar2Error: A string FAISS cannot parse, or too few vectors to train the index.
+
+    Example:
+        >>> check_factory(IndexConfig(preset="ivfpq"), 100, 384)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ar2.errors.Ar2Error: index IVF2,PQ96x8 (preset 'ivfpq') needs at least 256 documents...
+    """
+    faiss = require("faiss")
+    factory = factory_for(config, n, d)
+    what = f"--factory {factory!r}" if config.factory else f"{factory} (preset {config.preset!r})"
+    try:
+        index = faiss.index_factory(d, factory, _faiss_metric(metric))
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[-1].split(": ", 1)[-1][:120]
+        raise Ar2Error(
+            f"index {what}: FAISS cannot build it for {d}-d vectors ({reason}). Fix: give a "
+            "valid index_factory string (such as Flat, HNSW32, IVF256,Flat, IVF256,PQ48x8) or "
+            "a --preset"
+        ) from None
+    need = _training_minimum(index)
+    if n < need:
+        raise Ar2Error(
+            f"index {what} needs at least {need} documents to train; the corpus has {n}. "
+            "Fix: use preset flat or hnsw, or a factory with fewer lists and smaller codebooks"
+        )
+    return factory
+
+
+def _training_minimum(index: Any) -> int:
+    """Vectors FAISS needs to train ``index``: one per IVF list, ``2^nbits`` per PQ codebook."""
+    faiss = require("faiss")
+    if index.is_trained:
+        return 0
+    parts = [faiss.downcast_index(index)]
+    parts += [faiss.downcast_index(getattr(parts[0], a)) for a in ("index", "storage")
+              if getattr(parts[0], a, None) is not None]  # fmt: skip
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        parts.append(ivf)
+    need = [ivf.nlist if ivf is not None else 1]
+    return max(need + [2 ** int(p.pq.nbits) for p in parts if hasattr(p, "pq")])
+
+
+def _faiss_metric(metric: str) -> int:
+    faiss = require("faiss")
+    return faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2  # type: ignore[no-any-return]
+
+
 def _choose(config: IndexConfig, n: int, d: int) -> tuple[str, dict[str, Any] | None]:
     """The factory string, and for ``auto`` what it chose and why (for the manifest)."""
     if config.factory:
@@ -193,8 +248,7 @@ class FaissIndex:
         if n != len(ids):
             raise ValueError(f"{n} vectors but {len(ids)} ids")
         factory, auto = _choose(config, n, d)
-        faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
-        index = faiss.index_factory(d, factory, faiss_metric)
+        index = faiss.index_factory(d, factory, _faiss_metric(metric))
         if getattr(index, "do_polysemous_training", False):
             # on by default for PQ8 codes, only for polysemous (Hamming) search, which ar2
             # never uses; it costs 10-15 s per build and leaves the search results unchanged
@@ -273,11 +327,16 @@ class FaissIndex:
         return best, np.where(np.isfinite(best), np.take_along_axis(found, top, axis=1), -1)
 
     def save(
-        self, path: str | Path, extra: dict[str, Any] | None = None, docs: Iterable[Doc] = ()
+        self,
+        path: str | Path,
+        extra: dict[str, Any] | None = None,
+        docs: Iterable[Doc] = (),
+        overwrite: bool = False,
     ) -> None:
-        """Save ``index.faiss``, ``ids.txt`` and ``manifest.json`` (plus ``extra``) atomically."""
+        """Save ``index.faiss``, ``ids.txt`` and ``manifest.json`` (plus ``extra``) atomically;
+        a folder ar2 did not write is replaced only with ``overwrite``."""
         faiss = require("faiss")
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, overwrite) as tmp:
             faiss.write_index(self.index, os.fspath(tmp / INDEX_FILE))
             write_ids(tmp, self.ids)
             write_docs(tmp, docs)
@@ -305,7 +364,14 @@ class FaissIndex:
         path = Path(path)
         manifest = read_manifest(path, kind="dense")
         flags = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) if mmap else 0  # older FAISS: read
-        index = faiss.read_index(os.fspath(path / INDEX_FILE), flags)
+        try:
+            index = faiss.read_index(os.fspath(path / INDEX_FILE), flags)
+        except RuntimeError as err:
+            reason = str(err).strip().splitlines()[-1].split("failed: ")[-1][:160]
+            raise Ar2Error(
+                f"{path / INDEX_FILE}: cannot read the FAISS index ({reason}). "
+                "Fix: rebuild the index with `ar2 index`"
+            ) from None
         config = IndexConfig(**manifest["index_config"])
         loaded = cls(index, read_ids(path), manifest["metric"], manifest["factory"], config)
         if (path / VECTORS_FILE).is_file():

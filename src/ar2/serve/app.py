@@ -1,10 +1,12 @@
 """``create_app``: the HTTP face of a :class:`~ar2.serve.SearchService` (FastAPI).
 
 Endpoints: ``POST /search``, ``POST /search/batch``, ``GET /health``, ``GET /info``, the page at
-``/`` and the OpenAPI schema at ``/openapi.json`` (browsable at ``/docs``). Request models are
-built from the service and its :class:`~ar2.serve.Limits`, so the schema states exactly what is
-accepted: the modes this service has, the largest ``k``, ``rerank_k`` and batch. Anything else
-gets a 4xx answer whose body names the field and the rule, never a traceback.
+``/`` and the OpenAPI schema at ``/openapi.json`` (browsable at ``/docs`` and ``/redoc`` only
+with ``docs=True``: they load Swagger UI and ReDoc from a CDN). Request models are built from
+the service and its :class:`~ar2.serve.Limits`, so the schema states exactly what is accepted:
+the modes this service has, the largest ``k``, ``rerank_k`` and batch. Anything else gets a 4xx
+answer whose body names the field and the rule, never a traceback. Every answer is guarded by
+:mod:`ar2.serve.security`: the ``Host`` check, the body limit, the security headers.
 
 Example:
     >>> from fastapi.testclient import TestClient
@@ -14,7 +16,8 @@ Example:
     >>> from ar2.types import Doc
     >>> docs = [Doc("d1", "cats eat fish", "Cats"), Doc("d2", "dogs chase balls", "Dogs")]
     >>> app = create_app(SearchService(docs, {"bm25": BM25Retriever(BM25Index.build(docs))}))
-    >>> reply = TestClient(app).post("/search", json={"query": "what do cats eat", "k": 1})
+    >>> client = TestClient(app, base_url="http://localhost")  # a Host the app answers
+    >>> reply = client.post("/search", json={"query": "what do cats eat", "k": 1})
     >>> reply.status_code, reply.json()["hits"][0]["title"]
     (200, 'Cats')
 """
@@ -25,14 +28,14 @@ Example:
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any, Literal, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -45,6 +48,13 @@ from starlette.exceptions import HTTPException
 
 from ar2 import __version__
 from ar2.errors import Ar2Error
+from ar2.serve.security import (
+    LOOPBACK_HOSTS,
+    BodyLimit,
+    HostCheck,
+    SecurityHeaders,
+    security_headers,
+)
 from ar2.serve.service import Limits, SearchService
 from ar2.serve.snippet import snippet
 from ar2.types import Hit, Query
@@ -108,9 +118,18 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 LOC_CHARS = 64  # a field name echoed in an error is cut to this length
 
 
-def create_app(service: SearchService, limits: Limits | None = None) -> FastAPI:
+def create_app(
+    service: SearchService,
+    limits: Limits | None = None,
+    allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
+    docs: bool = False,
+) -> FastAPI:
     """A FastAPI app answering searches with ``service`` (already loaded: nothing is loaded
-    per request). Run it with uvicorn, or call it in-process with FastAPI's ``TestClient``."""
+    per request). Run it with uvicorn, or call it in-process with FastAPI's ``TestClient``.
+
+    ``allowed_hosts``: the ``Host`` names answered (any port; ``"*"``: any, ``"*.example.com"``:
+    its subdomains); others get 400. ``docs``: serve ``/docs`` and ``/redoc``, which load their
+    scripts from a CDN."""
     limits = limits or Limits()
     search_request, batch_request = _request_models(service, limits)
 
@@ -126,9 +145,11 @@ def create_app(service: SearchService, limits: Limits | None = None) -> FastAPI:
         version=__version__,
         description="Retrieve (dense, BM25 or hybrid), then rerank. Built by `ar2`.",
         lifespan=lifespan,
-        max_body_size=limits.max_body_bytes,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
     )
     _add_error_handlers(app)
+    _add_guards(app, limits, allowed_hosts, docs)
 
     # The endpoints are ``async``: they await the service's own worker thread (one hop), which
     # also builds titles and snippets, so the event loop stays free for other requests.
@@ -166,13 +187,41 @@ def create_app(service: SearchService, limits: Limits | None = None) -> FastAPI:
         """What is served and how it was built: modes, defaults, limits, manifests, versions."""
         return service.info() | {"limits": limits.__dict__}
 
-    page_html = resources.files("ar2.serve").joinpath("static/index.html").read_text("utf-8")
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page() -> str:
-        return page_html
-
+    _add_page(app)
     return app
+
+
+def _add_guards(app: FastAPI, limits: Limits, allowed_hosts: Sequence[str], docs: bool) -> None:
+    """Security headers on every answer, then the Host check, then the body limit."""
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)  # the last added runs first
+    app.add_middleware(HostCheck, allowed_hosts=allowed_hosts)
+    app.add_middleware(SecurityHeaders, docs=docs)
+
+
+PAGE_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/page.js": ("page.js", "text/javascript; charset=utf-8"),
+    "/page.css": ("page.css", "text/css; charset=utf-8"),
+}
+"""The search page: no inline script or style, so its Content-Security-Policy allows only
+this service's own files."""
+
+
+def _add_page(app: FastAPI) -> None:
+    """``GET`` routes for :data:`PAGE_FILES`, read once from the package."""
+    static = resources.files("ar2.serve").joinpath("static")
+    for path, (name, media_type) in PAGE_FILES.items():
+        endpoint = _file(static.joinpath(name).read_text("utf-8"), media_type)
+        app.add_api_route(path, endpoint, methods=["GET"], include_in_schema=False)
+
+
+def _file(content: str, media_type: str) -> Callable[[], Awaitable[Response]]:
+    """An endpoint answering ``content`` (it takes no parameters: nothing of the request)."""
+
+    async def endpoint() -> Response:
+        return Response(content, media_type=media_type)
+
+    return endpoint
 
 
 def _request_models(service: SearchService, limits: Limits) -> tuple[Any, Any]:
@@ -273,4 +322,6 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal server error"}, status_code=500)
+        # answered outside the middleware that adds the security headers: add them here
+        headers = security_headers()
+        return JSONResponse({"detail": "internal server error"}, 500, headers=headers)

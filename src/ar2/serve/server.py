@@ -29,6 +29,11 @@ from ar2.errors import Ar2Error
 GRACE_SECONDS = 10
 """On Ctrl-C or SIGTERM, requests already running get this long to finish."""
 
+HEADER_TIMEOUT_SECONDS = 10.0
+"""A request's line and headers must arrive within this long of the connection opening (or of
+the request's first byte on a kept-alive connection); else the connection is closed (see
+:mod:`ar2.serve.protocol`)."""
+
 
 def listen(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port`` (port 0: any free port), or a clear error.
@@ -74,11 +79,33 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
-def server(app: Any, quiet: bool = False) -> Any:
-    """A ``uvicorn.Server`` for ``app`` that shuts down gracefully."""
+def default_allowed_hosts(sock: socket.socket) -> tuple[str, ...]:
+    """The ``Host`` names answered without ``--allowed-hosts``: on loopback, the loopback names
+    and the address listened on; elsewhere any.
+
+    Example:
+        >>> with socket.create_server(("127.0.0.2", 0)) as s:
+        ...     default_allowed_hosts(s)
+        ('localhost', '127.0.0.1', '[::1]', '127.0.0.2')
+    """
+    from ar2.serve.security import ANY_HOST, LOOPBACK_HOSTS
+
+    if not is_loopback(sock):
+        return ANY_HOST
+    address = url_of(sock).removeprefix("http://").rsplit(":", 1)[0]
+    return LOOPBACK_HOSTS + (() if address in LOOPBACK_HOSTS else (address,))
+
+
+def server(app: Any, quiet: bool = False, header_timeout: float = HEADER_TIMEOUT_SECONDS) -> Any:
+    """A ``uvicorn.Server`` for ``app`` that shuts down gracefully and closes connections whose
+    request headers take longer than ``header_timeout`` seconds."""
     uvicorn = require("uvicorn", "serve")
+    require("httptools", "serve")
+    from ar2.serve.protocol import with_header_timeout
+
     config = uvicorn.Config(
         app,
+        http=with_header_timeout(header_timeout),
         log_level="warning" if quiet else "info",
         access_log=not quiet,
         timeout_graceful_shutdown=GRACE_SECONDS,
@@ -87,11 +114,16 @@ def server(app: Any, quiet: bool = False) -> Any:
 
 
 @contextmanager
-def in_background(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+def in_background(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    header_timeout: float = HEADER_TIMEOUT_SECONDS,
+) -> Iterator[str]:
     """Serve ``app`` from a thread while the block runs; yields the base URL. On exit the server
     finishes the requests in flight and stops."""
     sock = listen(host, port)
-    srv = server(app, quiet=True)
+    srv = server(app, quiet=True, header_timeout=header_timeout)
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

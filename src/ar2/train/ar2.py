@@ -21,14 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from ar2 import distributed
-from ar2._io import atomic_write_json
+from ar2._io import atomic_write_json, replace_with_empty
 from ar2._optional import require
+from ar2._outdir import is_kind
 from ar2.config import AR2Config, config_differences, config_json, read_run_config
 from ar2.data.training import TrainingGroup, read_groups, write_groups
 from ar2.encoders import BiEncoder, CrossEncoder
 from ar2.errors import Ar2Error
 from ar2.train import steps
-from ar2.train.data import TrainData, load_train_data
+from ar2.train.checks import check_index, check_settings, ranker_length
+from ar2.train.data import TrainData, data_differences, data_record, load_train_data
 from ar2.train.rounds import adversarial_rounds, dev_rerank, mine_round
 from ar2.train.stage import TOWERS, MetricsLog, RunContext, model_of, tail_mean, train_stage
 from ar2.train.warm_start import warm_start
@@ -42,46 +44,93 @@ def run_ar2(
     cfg: AR2Config,
     resume: bool = False,
     warm_start_from: Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train a retriever and a ranker with AR2 on a BEIR folder; returns the test results.
 
     ``warm_start_from``: a finished run whose G0 (and D0) settings match; its warm-ups are
-    copied instead of retrained (:mod:`ar2.train.warm_start`).
+    copied instead of retrained (:mod:`ar2.train.warm_start`). ``resume`` continues the run in
+    ``out`` (refused when ``out`` holds something else, or the run's data or config differ;
+    a new or empty ``out`` starts a run); ``overwrite``
+    starts again in an ``out`` that holds something else (a run included).
     """
+    from ar2._outdir import claim
     from ar2.train.report import final_report
 
-    wanted = _prepare_out(out, cfg, resume)
-    if warm_start_from is not None:
-        distributed.on_main(warm_start, out, warm_start_from, wanted)
-    data = load_train_data(data_dir, cfg.dev_queries, cfg.seed, out)
-    ctx = RunContext(out, data, cfg, MetricsLog(out / "metrics.jsonl"))
-    retriever = _warmup_retriever(ctx)
-    mine_round(ctx, 0, retriever, None)
-    ranker = _warmup_ranker(ctx)
-    retriever, ranker = adversarial_rounds(ctx, retriever, ranker)
-    report = distributed.on_main(final_report, data_dir, out, data, retriever, ranker, cfg)
+    check_settings(cfg)
+    inputs = (data_dir, cfg.retriever_model, cfg.ranker_model, warm_start_from)
+    main = distributed.world().main  # one process locks and cleans: the others only check
+    with claim(out, "run", inputs, overwrite, exclusive=main):
+        wanted = _prepare_out(out, cfg, data_record(data_dir), resume, overwrite)
+        if warm_start_from is not None:
+            distributed.on_main(warm_start, out, warm_start_from, wanted)
+        data = load_train_data(data_dir, cfg.dev_queries, cfg.seed, out)
+        check_index(cfg, len(data.corpus))
+        ctx = RunContext(out, data, cfg, MetricsLog(out / "metrics.jsonl"))
+        retriever = _warmup_retriever(ctx)
+        mine_round(ctx, 0, retriever, None)
+        ranker = _warmup_ranker(ctx)
+        retriever, ranker = adversarial_rounds(ctx, retriever, ranker)
+        report = distributed.on_main(final_report, data_dir, out, data, retriever, ranker, cfg)
     return report or {}
 
 
-def _prepare_out(out: Path, cfg: AR2Config, resume: bool) -> dict[str, Any]:
+def _prepare_out(
+    out: Path, cfg: AR2Config, data: dict[str, Any], resume: bool, overwrite: bool
+) -> dict[str, Any]:
+    """Check ``out`` against the wish to resume, then (rank 0) write ``config.json``: the
+    config and the data it trains on. Returns what was written."""
     saved = out / "config.json"
     wanted = config_json(cfg)
-    if saved.is_file():
-        if not resume:
-            raise Ar2Error(f"{out} holds a run. Fix: pass --resume to continue it, or a new --out")
-        differ = config_differences(read_run_config(saved), wanted)
-        if differ:
-            raise Ar2Error(
-                f"{out}: --resume with a different config ({', '.join(differ)}). "
-                "Fix: use the run's config"
-            )
+    if resume and overwrite:
+        raise Ar2Error("--resume and --overwrite together. Fix: pass one of them")
+    if resume:
+        _check_resume(out, wanted, data)
+    elif is_kind(out, "run") and not overwrite:
+        raise Ar2Error(
+            f"{out} holds a run. Fix: pass --resume to continue it, --overwrite to start it "
+            "again, or a new --out"
+        )
+    record = wanted | {"data": data}
 
     def write() -> None:  # on_main: every rank has checked before rank 0 writes
+        if overwrite and (out.exists() or out.is_symlink()):
+            replace_with_empty(out)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(saved, wanted)
+        atomic_write_json(saved, record)
 
     distributed.on_main(write)
-    return wanted
+    return record
+
+
+def _check_resume(out: Path, wanted: dict[str, Any], data: dict[str, Any]) -> None:
+    """Refuse to resume a run of other settings or other data; with nothing to resume (a new
+    or empty ``out``: ``--resume`` is safe to pass always) start a new run."""
+    saved = out / "config.json"
+    if not saved.is_file():  # a folder that holds something else was refused by claim()
+        log.info("nothing to resume in %s: starting a new run", out)
+        return
+    have = read_run_config(saved)
+    differ = config_differences(_settings(have), _settings(wanted))
+    if differ:
+        raise Ar2Error(
+            f"{out}: --resume with a different config ({', '.join(differ)}). "
+            "Fix: use the run's config"
+        )
+    if "data" not in have:
+        log.warning("%s was made before ar2 recorded a run's data: its data is not checked", out)
+        return
+    changed = data_differences(have["data"], data)
+    if changed:
+        raise Ar2Error(
+            f"{out}: --resume on other data than the run's ({', '.join(changed)} differ from "
+            f"{have['data'].get('path')}). Fix: resume with the data folder the run was "
+            "started on, or start a new run with another --out"
+        )
+
+
+def _settings(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k != "data"}
 
 
 def _warmup_retriever(ctx: RunContext) -> BiEncoder:
@@ -131,9 +180,8 @@ def _warmup_ranker(ctx: RunContext) -> CrossEncoder:
     if final.is_dir():
         return CrossEncoder.load(final)
     require("torch").manual_seed(cfg.seed)  # the new head's initialisation is part of the run
-    length = cfg.ranker_max_length or cfg.query_max_length + cfg.doc_max_length
     start = out / "g0" / "retriever" if cfg.ranker_from_g0 else cfg.ranker_model
-    ranker = CrossEncoder.load(start, max_length=length)
+    ranker = CrossEncoder.load(start, max_length=ranker_length(cfg, start))
     if not cfg.skip_d0:
         groups = read_groups(out / "mined" / "round-0")
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ar2 import distributed
 from ar2._io import atomic_write_json
@@ -53,6 +55,42 @@ def load_train_data(data_dir: Path, dev_queries: int, seed: int, out: Path) -> T
     distributed.on_main(atomic_write_json, out / "dev_split.json", record)
     docs = {d.id: d for d in corpus}
     return TrainData(corpus, docs, train, train_qrels, dev, dev_qrels, test, test_qrels)
+
+
+def data_record(data_dir: Path) -> dict[str, Any]:
+    """Where a run's data is and what it holds: the size and SHA-256 of ``corpus.jsonl``,
+    ``queries.jsonl`` and every ``qrels/*.tsv`` (stored in the run's ``config.json``).
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / "corpus.jsonl").write_text("{}")
+        >>> data_record(d)["files"]["corpus.jsonl"]["size"]
+        2
+    """
+    names = ["corpus.jsonl", "queries.jsonl"]
+    if (data_dir / "qrels").is_dir():
+        names += sorted(f"qrels/{p.name}" for p in (data_dir / "qrels").glob("*.tsv"))
+    files = {}
+    for name in names:
+        path = data_dir / name
+        if path.is_file():
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            files[name] = {"size": path.stat().st_size, "sha256": digest}
+    return {"path": str(data_dir.resolve()), "files": files}
+
+
+def data_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The files whose presence, size or hash differ between two :func:`data_record`s.
+
+    Example:
+        >>> a = {"files": {"corpus.jsonl": {"size": 1, "sha256": "x"}}}
+        >>> data_differences(a, {"files": {}})
+        ['corpus.jsonl']
+    """
+    before, after = saved.get("files", {}), now.get("files", {})
+    return sorted(name for name in set(before) | set(after) if before.get(name) != after.get(name))
 
 
 def _split(

@@ -19,6 +19,7 @@ from ar2 import distributed
 from ar2._io import atomic_dir, atomic_write_json
 from ar2._optional import require
 from ar2.config import StageConfig
+from ar2.errors import Ar2Error
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,16 @@ def save_checkpoint(
 def load_checkpoint(path: Path, models: dict[str, Any], steppers: dict[str, Stepper]) -> dict:
     """Load a checkpoint into ``models`` and ``steppers``; returns its metadata."""
     safetensors = require("safetensors.torch", extra="train")
-    tensors = safetensors.load_file(str(path / STATE_FILE))
-    meta = json.loads((path / META_FILE).read_text())
+    try:
+        tensors = safetensors.load_file(str(path / STATE_FILE))
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or "optim" not in meta:
+            raise ValueError(f"{META_FILE} holds no optimiser state")
+    except Exception as err:  # safetensors' own error type, JSON, UTF-8, a missing file
+        raise Ar2Error(
+            f"{path}: damaged checkpoint ({type(err).__name__}: {str(err)[:120]}). Fix: delete "
+            "that folder; --resume then restarts its stage from the beginning"
+        ) from None
     for name, model in models.items():
         prefix = f"model/{name}/"
         model.load_state_dict(

@@ -23,6 +23,7 @@ from typing import Any
 from ar2._io import atomic_write_json, atomic_write_text
 from ar2.config import read_run_config
 from ar2.errors import Ar2Error
+from ar2.train.data import data_differences
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,11 @@ def warm_start(out: Path, base: Path, wanted: dict[str, Any]) -> list[str]:
             "Fix: point it at a run folder of `ar2 train` that got past round-0 mining"
         )
     have = read_run_config(config)
+    if "data" in have and "data" in wanted and data_differences(have["data"], wanted["data"]):
+        raise Ar2Error(
+            f"--warm-start {base}: it was trained on other data ({have['data'].get('path')}). "
+            "Fix: warm-start from a run on the same data, or train without --warm-start"
+        )
     differ = [k for k in G0_FIELDS if have.get(k) != wanted.get(k)]
     if differ:
         raise Ar2Error(

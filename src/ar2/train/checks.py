@@ -1,0 +1,71 @@
+"""What a training run checks before its first expensive step: settings that would otherwise
+fail minutes or hours in (token cut-offs longer than a model takes, the dev measure, an index
+that FAISS cannot build or train on the corpus).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ar2.config import AR2Config
+from ar2.encoders import _hf
+from ar2.errors import Ar2Error
+
+
+def check_settings(cfg: AR2Config) -> None:
+    """Raise :class:`Ar2Error` if a model cannot take the run's cut-offs or the dev measure is
+    unknown; reads only the models' ``config.json`` (no weights)."""
+    from ar2.encoders.bi_encoder import default_model_path
+    from ar2.evaluate import parse_measures
+
+    retriever = _hf.check_model_dir(cfg.retriever_model or default_model_path())
+    _fits(retriever, "retriever_model", query_max_length=cfg.query_max_length,
+          doc_max_length=cfg.doc_max_length)  # fmt: skip
+    if cfg.ranker_from_g0:
+        ranker = retriever
+    else:
+        ranker = _hf.check_model_dir(cfg.ranker_model or default_model_path())
+    if cfg.ranker_max_length is not None:  # unset: query + doc, lowered to what the model takes
+        _fits(ranker, "ranker_model", ranker_max_length=cfg.ranker_max_length)
+    if cfg.train_doc_max_length is not None:
+        pair = cfg.query_max_length + cfg.train_doc_max_length
+        _fits(ranker, "ranker_model", **{"query_max_length + train_doc_max_length": pair})
+    try:
+        parse_measures([cfg.eval_measure])
+    except ValueError as err:
+        raise Ar2Error(
+            f"eval_measure: {err}. Fix: use an ir_measures name such as nDCG@10"
+        ) from None
+
+
+def _fits(model: Path, role: str, **lengths: int) -> None:
+    limit = _hf.max_positions(model)
+    for name, value in lengths.items():
+        if limit is not None and value > limit:
+            raise Ar2Error(
+                f"{role} {model} takes at most {limit} tokens, but {name} = {value}. "
+                f"Fix: set {name} to {limit} or less in the config"
+            )
+
+
+def ranker_length(cfg: AR2Config, start: str | Path | None) -> int:
+    """The ranker's pair cut-off: ``ranker_max_length``, else query + document cut-offs
+    lowered to what the model ``start`` takes."""
+    from ar2.encoders.bi_encoder import default_model_path
+
+    if cfg.ranker_max_length is not None:
+        return cfg.ranker_max_length
+    pair = cfg.query_max_length + cfg.doc_max_length
+    return min(pair, _hf.max_positions(start or default_model_path()) or pair)
+
+
+def check_index(cfg: AR2Config, n: int) -> None:
+    """Raise :class:`Ar2Error` if the ``[index]`` settings cannot index ``n`` documents with
+    the retriever's vectors (see :func:`ar2.index.dense.check_factory`)."""
+    from ar2.encoders.bi_encoder import default_model_path
+    from ar2.index.dense import check_factory
+
+    model = Path(cfg.retriever_model or default_model_path())
+    dim = _hf.read_json(model / "config.json").get("hidden_size")
+    if isinstance(dim, int):
+        check_factory(cfg.index, n, dim)
