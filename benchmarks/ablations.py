@@ -67,6 +67,7 @@ def main() -> None:
     p.add_argument("--arms", default=",".join(ARMS))
     args = p.parse_args()
     base_cfg = json.loads((args.base / "config.json").read_text())
+    base_cfg.pop("data", None)  # the run's data record, not a setting
     arms = args.arms.split(",")
     timings = {}
     for arm in arms:

@@ -39,9 +39,12 @@ def _append_corpus(line: str) -> Callable[[Path], None]:
     return lambda data: _set_corpus(data, [*_corpus_lines(data), line])
 
 
-def _retext(make: Callable[[int], dict]) -> Callable[[Path], None]:
+def _retext(make: Callable[[str], dict]) -> Callable[[Path], None]:
+    """Every document rewritten by ``make(its id)``."""
+
     def apply(data: Path) -> None:
-        _set_corpus(data, [json.dumps(make(i)) for i, _ in enumerate(_corpus_lines(data))])
+        ids = [json.loads(line)["_id"] for line in _corpus_lines(data)]
+        _set_corpus(data, [json.dumps({"_id": i} | make(i)) for i in ids])
 
     return apply
 
@@ -71,7 +74,7 @@ def _id_with(char: str) -> Callable[[Path], None]:
     )
 
 
-DATA_DEFECTS: dict[str, Callable[[Path], None]] = {
+DATA_DEFECTS: dict[str, Callable[[Path], None]] = {  # each defect's error is in EXPECTED
     "deep-json-array": _append_corpus(DEEP),
     "5000-digit-number": _append_corpus('{"_id": "x", "text": "a", "n": ' + DIGITS + "}"),
     "5000-digit-id": _append_corpus('{"_id": ' + DIGITS + ', "text": "a"}'),
@@ -83,9 +86,9 @@ DATA_DEFECTS: dict[str, Callable[[Path], None]] = {
     "id-vtab": _id_with("\v"),
     "id-space": _id_with(" "),
     "id-tab": _id_with("\t"),
-    "all-empty-corpus": _retext(lambda i: {"_id": f"e{i}", "title": "", "text": ""}),
-    "contents-not-text": _retext(lambda i: {"_id": f"c{i}", "contents": "cats eat fish"}),
-    "stopwords-only": _retext(lambda i: {"_id": f"s{i}", "text": "the of and a in"}),
+    "all-empty-corpus": _retext(lambda i: {"title": "", "text": ""}),
+    "contents-not-text": _retext(lambda i: {"contents": "cats eat fish"}),
+    "stopwords-only": _retext(lambda i: {"text": "the of and a in"}),
     "grade-2^32+1": _train_qrels(_first_grade("4294967297")),
     "grades-all-zero": _train_qrels(lambda t: t.replace("\t1\n", "\t0\n")),
     "not-utf8-corpus": lambda data: (data / "corpus.jsonl").write_bytes(b'{"_id": "\xff"}\n'),
@@ -94,6 +97,28 @@ DATA_DEFECTS: dict[str, Callable[[Path], None]] = {
 }
 
 
+EXPECTED = {
+    "deep-json-array": "corpus.jsonl:41: JSON nested too deeply",
+    "5000-digit-number": "corpus.jsonl:41: unreadable JSON (Exceeds the limit (4300 digits)",
+    "5000-digit-id": "corpus.jsonl:41: unreadable JSON (Exceeds the limit (4300 digits)",
+    "lone-surrogate-id": "corpus.jsonl:41: document id 'x\\ud800' holds a lone surrogate",
+    "lone-surrogate-text": 'corpus.jsonl:41: "text" holds a lone surrogate (U+DC00)',
+    "id-u2028": "corpus.jsonl:1: document id 't0\\u2028d0' holds a line break (U+2028)",
+    "id-u0085": "corpus.jsonl:1: document id 't0\\x85d0' holds a line break (U+0085)",
+    "id-formfeed": "corpus.jsonl:1: document id 't0\\x0cd0' holds a line break (U+000C)",
+    "id-vtab": "corpus.jsonl:1: document id 't0\\x0bd0' holds a line break (U+000B)",
+    "id-space": "corpus.jsonl:1: document id 't0 d0' holds a space",
+    "id-tab": "corpus.jsonl:1: document id 't0\\td0' holds a tab",
+    "all-empty-corpus": "corpus.jsonl: all 40 document(s) are empty",
+    "contents-not-text": "corpus.jsonl: all 40 document(s) are empty",
+    "stopwords-only": ": no word to index in any of the 40 documents",
+    "grade-2^32+1": ".tsv:2: relevance grade 4294967297 is outside -1000..1000",
+    "grades-all-zero": ".tsv: no relevant judgement",
+    "not-utf8-corpus": "corpus.jsonl:1: invalid UTF-8 byte 0xff",
+    "qrels-unknown-doc": "document id 'nope' is not in the corpus",
+    "no-corpus": "corpus.jsonl: corpus file not found",
+}
+"""A fragment of each defect's error: where it is and what it is."""
 QRELS = ("grade", "grades", "qrels")
 """Defects of the qrels, which ``ar2 index`` does not read."""
 HARMLESS = {("stopwords-only", "index-dense")}
@@ -162,7 +187,7 @@ def test_every_command_on_defective_data_fails_in_one_line(
             capsys.readouterr()
             continue
         line = _clean_error(capsys, code)
-        assert str(data) in line or "index" in line or "corpus" in line, (name, line)
+        assert EXPECTED[defect] in line, (name, line)
 
 
 def _index(base: dict[str, Path], tmp_path: Path, kind: str) -> Path:
@@ -366,7 +391,7 @@ def _(base: dict[str, Path], tmp: Path) -> list[str]:
     return ["eval", str(base["data"]), "--systems", "bm25", "--out", str(tmp / "report.txt")]
 
 
-@finding("eval --out not writable (checked before retrieval)", "cannot write in")
+@finding("eval --out not writable (checked before retrieval)", "cannot write there")
 def _(base: dict[str, Path], tmp: Path) -> list[str]:
     (tmp / "file").write_text("x")
     return ["eval", str(base["data"]), "--systems", "bm25", "--out", str(tmp / "file" / "e")]
@@ -417,7 +442,7 @@ def test_a_full_disk_is_one_line(
     base: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    """ENOSPC from the first write of the report; the folder keeps no half-written file."""
+    """ENOSPC from the first write (the eval's manifest); no half-written file is left."""
     import ar2._io
 
     real_fdopen = ar2._io.os.fdopen
@@ -439,5 +464,20 @@ def test_a_full_disk_is_one_line(
     out = tmp_path / "e"
     code = main(["-q", "eval", str(base["data"]), "--systems", "bm25", "--out", str(out)])
     line = _clean_error(capsys, code)
-    assert f"{out / 'runs' / 'bm25.trec'}: No space left on device. Fix: free disk space" in line
+    assert f"{out / 'manifest.json'}: No space left on device. Fix: free disk space" in line
     assert not [p for p in out.rglob("*") if p.is_file()]  # no temp file left behind
+
+
+@pytest.mark.parametrize("flags", [["--factory", "garbage"], ["--preset", "ivfpq"]])
+def test_an_index_that_cannot_be_built_is_refused_before_any_encoding(
+    flags: list[str], base: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from ar2.encoders import BiEncoder
+
+    def no_encoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the corpus was encoded before the factory was checked")
+
+    monkeypatch.setattr(BiEncoder, "encode_docs_to", no_encoding)
+    _clean_error(capsys, main(["-q", *_dense_index(base, tmp_path, *flags)]))
+    assert not (tmp_path / "i").exists()

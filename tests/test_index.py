@@ -572,7 +572,7 @@ def test_folders_without_or_with_wrong_manifest(toy_beir: Path, tmp_path: Path) 
 
 
 def test_auto_preset_follows_size_and_budget_and_is_recorded(data, tmp_path: Path) -> None:
-    from ar2.index.dense import auto_preset
+    from ar2.index.factory import auto_preset
 
     assert auto_preset(1_000, 384, 1e9)[0] == "flat"
     assert auto_preset(400_000, 384, 1e9)[0] == "hnsw"  # past exact search's size

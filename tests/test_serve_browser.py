@@ -91,7 +91,9 @@ def test_switch_mode_and_rerank_off(page: Any) -> None:
     page.uncheck("#rerank")
     page.fill("#q", "dogs chase balls")
     page.press("#q", "Enter")
-    page.wait_for_function("document.querySelector('#status').textContent.includes('bm25')")
+    # a locator, not wait_for_function: Playwright evaluates string predicates with eval, which
+    # the page's CSP (script-src 'self') refuses, as it should (microsoft/playwright#7395)
+    page.locator("#status", has_text="bm25").wait_for()
     assert page.locator("li.hit .title").all_inner_texts()[0] == "Dogs"
     assert "reranked" not in page.locator("#status").inner_text()
     snippet = page.locator("li.hit .snippet").first.inner_text()

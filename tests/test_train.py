@@ -451,7 +451,7 @@ def test_warm_start_from_a_run_on_other_data_is_refused(
     (other / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nt0q0\tt0d0\t2\n")
     with pytest.raises(Ar2Error, match="other data"):
         run_ar2(other, tmp_path / "warm", _toy_config(model), warm_start_from=base)
-    assert not (tmp_path / "warm" / "g0").exists()
+    assert not (tmp_path / "warm" / "config.json").exists()  # refused before anything is written
 
 
 @pytest.mark.parametrize(
@@ -477,4 +477,4 @@ def test_bad_settings_fail_before_any_training(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert expected in err and err.startswith("ar2: error:") and len(err.splitlines()) == 1
-    assert not (out / "g0").exists() and not (out / "checkpoints").exists()
+    assert not (out / "config.json").exists()  # refused before anything is written

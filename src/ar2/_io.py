@@ -1,9 +1,10 @@
 """Atomic writes: a file or folder appears whole or not at all (temp + rename).
 
-Temporary files and folders are named ``.<name>.<8 random characters>.tmp`` beside their
-target (:data:`TEMP_NAME`), so that what a killed writer left can be recognised and removed
-(:func:`ar2._outdir.remove_leftovers`). What is written follows the umask, as files written
-with ``open`` do.
+Temporary files and folders are named ``.<name>.ar2-<8 random characters>.tmp`` beside their
+target (:data:`TEMP_NAME`), and a folder being replaced is moved aside to ``.<name>.ar2-old``
+(:data:`OLD_NAME`), so that what a killed writer left can be recognised as ar2's, and only
+ar2's, and removed (:func:`ar2._outdir.remove_leftovers`). What is written follows the umask,
+as files written with ``open`` do.
 """
 
 from __future__ import annotations
@@ -18,13 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ar2.errors import Ar2Error
-
-TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
+TEMP_NAME = re.compile(r"\.(?P<name>.+)\.ar2-[a-z0-9_]{8}\.tmp")
 """The name of a temporary file or folder (``tempfile``'s 8 random characters)."""
-AR2_MARKERS = ("manifest.json", "state.json")
-"""Files that mark a folder as written by ar2 (artifacts, checkpoints): :func:`atomic_dir`
-replaces a folder that holds one of them, or an empty one, and nothing else."""
+OLD_NAME = re.compile(r"\.(?P<name>.+)\.ar2-old")
+"""The name of a folder moved aside while :func:`atomic_dir` replaces it."""
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -70,7 +68,7 @@ def atomic_write_chunks(path: str | Path, chunks: Iterable[bytes]) -> None:
     """Write ``chunks`` to ``path`` through a temp file in the same folder, fsync, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.ar2-", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600
         with os.fdopen(fd, "wb") as f:
@@ -100,7 +98,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
 
     An existing ``path`` is moved aside first and removed after the swap, so a crash leaves
     either the old folder or the new one, never a half-written one. Only an empty folder or
-    one that ar2 wrote (it holds one of :data:`AR2_MARKERS`) is replaced, unless
+    one that ar2 wrote (:func:`ar2._outdir.check_replaceable`) is replaced, unless
     ``overwrite``: anything else raises :class:`~ar2.errors.Ar2Error` before any writing.
 
     Example:
@@ -112,6 +110,8 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         Traceback (most recent call last):
         ar2.errors.Ar2Error: ...out: holds files that ar2 did not write (thesis.tex). Fix: ...
     """
+    from ar2._outdir import check_replaceable
+
     path = Path(path)
     if not overwrite:
         check_replaceable(path)
@@ -122,7 +122,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = path.with_name(f".{path.name}.old")
+    old = path.with_name(f".{path.name}.ar2-old")
     if path.exists() or path.is_symlink():
         remove_path(old)
         os.replace(path, old)
@@ -132,35 +132,9 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
 
 def make_temp_dir(path: Path) -> Path:
     """A new temporary folder beside ``path`` (named by :data:`TEMP_NAME`), umask applied."""
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.ar2-", suffix=".tmp"))
     tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700
     return tmp
-
-
-def check_replaceable(path: Path) -> None:
-    """Raise unless ``path`` is missing, an empty folder, or a folder ar2 wrote."""
-    if not (path.exists() or path.is_symlink()):
-        return
-    if path.is_dir() and not path.is_symlink():
-        entries = sorted(p.name for p in path.iterdir())
-        if not entries or any((path / m).is_file() for m in AR2_MARKERS):
-            return
-        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if entries[3:] else "")
-        problem = f"holds files that ar2 did not write ({shown})"
-    else:
-        problem = "is a file, not a folder" if path.is_file() else "is not a folder"
-    raise Ar2Error(
-        f"{path}: {problem}. Fix: choose a new or empty folder, or pass --overwrite to replace it"
-    )
-
-
-def replace_with_empty(path: Path) -> None:
-    """Replace ``path`` (a file or folder) by an empty folder: moved aside, then removed."""
-    old = path.with_name(f".{path.name}.old")
-    remove_path(old)
-    os.replace(path, old)
-    path.mkdir()
-    remove_path(old)
 
 
 def remove_path(path: Path) -> None:

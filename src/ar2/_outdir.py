@@ -3,12 +3,14 @@
 Every command that writes a folder goes through :func:`claim`, before any expensive work:
 
 - ``--out`` may not be, hold or lie inside one of the command's inputs;
+- a lock beside it (``.<name>.lock``) keeps a second writer out while the first runs
+  (inside it, ``.ar2.lock``, for an eval folder or a run under a read-only parent); creating
+  it is also the check that the place is writable;
+- temporaries that a killed writer left (:data:`ar2._io.TEMP_NAME`, :data:`ar2._io.OLD_NAME`:
+  names that only ar2 makes) are removed under the lock, beside ``--out`` always and inside it
+  when it is ar2's, except where another process holds a lock;
 - a folder that exists must be empty or an ar2 output of the same kind (:data:`KINDS`),
-  unless the user passes ``--overwrite``;
-- its parent must be writable (checked by writing, not guessed from permission bits);
-- a lock beside it (``.<name>.lock``) keeps a second writer out while the first runs;
-- temporary files and folders that a killed writer left (:data:`ar2._io.TEMP_NAME`) are
-  removed, under the lock, so they are never another writer's.
+  unless the user passes ``--overwrite``.
 
 Example:
     >>> import tempfile, pathlib
@@ -26,16 +28,29 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
+import logging
 import os
-import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from ar2._io import TEMP_NAME, remove_path
+from ar2._io import OLD_NAME, TEMP_NAME, remove_path
 from ar2.errors import Ar2Error
 
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".ar2.lock"
+"""The lock inside a folder that ar2 writes into (an eval folder, a run)."""
+LOCK_WAIT_SECONDS = 5.0
+"""How long a held lock is waited for before refusing (a killed writer's process may take a
+moment to end and let it go)."""
+INDEX_FILES = frozenset(
+    {"manifest.json", "ids.txt", "corpus.jsonl", "bm25s", "index.faiss", "vectors.npy"}
+)
+"""What an index folder holds: one that holds anything else is not replaced whole."""
 EVAL_FILES = frozenset(
     {"report.md", "report.json", "report.png", "per_query.tsv", "protocol.json", "runs"}
 )
@@ -43,30 +58,42 @@ EVAL_FILES = frozenset(
 an eval folder too)."""
 
 
-def _manifest_kind(path: Path) -> str | None:
+def _ours(name: str) -> bool:
+    """A temporary, a folder moved aside or a lock: ar2's own, whatever folder it is in."""
+    return _leftover(name) or name == LOCK_NAME
+
+
+def _entries(path: Path) -> set[str]:
+    """The names in folder ``path`` other than ar2's temporaries and locks."""
+    return {p.name for p in path.iterdir() if not _ours(p.name)}
+
+
+def _read_json(file: Path) -> object:
+    """The JSON in ``file``, or ``None`` when it cannot be read."""
     try:
-        kind = json.loads((path / "manifest.json").read_text(encoding="utf-8")).get("kind")
-    except (OSError, ValueError, AttributeError):
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
-    return kind if isinstance(kind, str) else None
 
 
-INDEX_FILES = frozenset(
-    {"manifest.json", "ids.txt", "corpus.jsonl", "bm25s", "index.faiss", "vectors.npy"}
-)
-"""What an index folder holds: one that holds anything else is not replaced whole."""
+def _manifest_kind(path: Path) -> str | None:
+    """The ``kind`` of an ar2 ``manifest.json`` in ``path`` (it carries ``ar2_version``)."""
+    manifest = _read_json(path / "manifest.json")
+    if isinstance(manifest, dict) and "ar2_version" in manifest:
+        kind = manifest.get("kind")
+        return kind if isinstance(kind, str) else None
+    return None
 
 
 def _is_index(path: Path) -> bool:
-    names = {p.name for p in path.iterdir() if not TEMP_NAME.fullmatch(p.name)}
-    return _manifest_kind(path) in ("bm25", "dense") and names <= INDEX_FILES
+    """An index's manifest, and nothing but an index's files (it is replaced whole)."""
+    return _manifest_kind(path) in ("bm25", "dense") and _entries(path) <= INDEX_FILES
 
 
 def _is_eval(path: Path) -> bool:
-    if _manifest_kind(path) == "eval":
-        return True
-    names = {p.name for p in path.iterdir()}
-    return "report.json" in names and names <= EVAL_FILES
+    """An eval's manifest, or (written before eval kept one) nothing but eval's files."""
+    names = _entries(path)
+    return _manifest_kind(path) == "eval" or ("report.json" in names and names <= EVAL_FILES)
 
 
 def _is_run(path: Path) -> bool:
@@ -75,11 +102,8 @@ def _is_run(path: Path) -> bool:
     file = path / "config.json"
     if not file.is_file():
         return False
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return True
-    return isinstance(config, dict) and {"g0", "rounds", "seed"} <= set(config)
+    config = _read_json(file)
+    return config is None or isinstance(config, dict) and {"g0", "rounds", "seed"} <= set(config)
 
 
 KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
@@ -95,31 +119,65 @@ def is_kind(path: Path, kind: str) -> bool:
     return path.is_dir() and KINDS[kind][1](path)
 
 
-def check(
-    out: Path, kind: str, inputs: Iterable[str | Path | None] = (), overwrite: bool = False
-) -> None:
-    """Raise :class:`Ar2Error` unless ``kind`` output may be written to ``out`` (see module)."""
-    _check_inputs(out, inputs)
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        if not overwrite:
-            what = "a file" if out.is_file() else "not a folder"
-            raise Ar2Error(
-                f"{out}: --out is {what}. Fix: choose a folder, or pass --overwrite to replace it"
-            )
-    elif out.is_dir() and any(out.iterdir()) and not is_kind(out, kind) and not overwrite:
+def is_empty(path: Path) -> bool:
+    """Whether folder ``path`` holds nothing but ar2's temporaries and locks."""
+    return not _entries(path)
+
+
+def written_by_ar2(path: Path) -> bool:
+    """Whether folder ``path`` is an artifact ar2 wrote: an ar2 ``manifest.json`` (models,
+    indexes, mined groups, reports) or a checkpoint's ``state.json``."""
+    if _manifest_kind(path) is not None:
+        return True
+    state = _read_json(path / "state.json")
+    return isinstance(state, dict) and "optim" in state
+
+
+def check_replaceable(path: Path) -> None:
+    """Raise :class:`Ar2Error` unless ``path`` is missing, an empty folder, or a folder ar2
+    wrote (:func:`written_by_ar2`): what :func:`ar2._io.atomic_dir` may replace."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_dir() and not path.is_symlink():
+        if is_empty(path) or written_by_ar2(path):
+            return
+        problem = f"holds files that ar2 did not write ({_shown(_entries(path))})"
+    else:
+        problem = "is a file, not a folder" if path.is_file() else "is not a folder"
+    raise Ar2Error(
+        f"{path}: {problem}. Fix: choose a new or empty folder, or pass --overwrite to replace it"
+    )
+
+
+def _shown(names: Iterable[str], most: int = 3) -> str:
+    names = sorted(names)
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
+
+
+def resolve(out: str | Path, replaced: bool = False) -> Path:
+    """``out`` as an absolute path without ``.``, ``..`` or links. The file system root is
+    refused, and so are the home and working folders (and those above them) when ``out`` is
+    ``replaced`` (an index, or ``--overwrite``): that would take everything below them."""
+    path = Path(out).expanduser().resolve()
+    if path.parent == path:
+        raise Ar2Error(f"{out}: --out is the root of the file system. Fix: choose a folder")
+    home, cwd = Path.home().resolve(), Path.cwd().resolve()
+    if replaced and (path in (home, *home.parents) or path in (cwd, *cwd.parents)):
         raise Ar2Error(
-            f"{out}: --out holds files and is not {KINDS[kind][0]}. "
-            "Fix: choose a new or empty folder, or pass --overwrite to replace it"
+            f"{out}: --out would replace {path}, which holds your home or working folder. "
+            "Fix: name a new folder, such as --out runs/index"
         )
-    _check_writable(out)
+    return path
 
 
-def _check_inputs(out: Path, inputs: Iterable[str | Path | None]) -> None:
+def check_inputs(out: Path, inputs: Iterable[str | Path | None]) -> None:
+    """Raise :class:`Ar2Error` if ``out`` is, holds or lies inside one of ``inputs``."""
     target = out.resolve()
     for given in inputs:
         if given is None:
             continue
-        source = Path(given).resolve()
+        source = Path(given).expanduser().resolve()
         if target == source:
             relation = "is"
         elif source in target.parents:
@@ -135,18 +193,20 @@ def _check_inputs(out: Path, inputs: Iterable[str | Path | None]) -> None:
         )
 
 
-def _check_writable(out: Path) -> None:
-    """Create the parent and write a probe file there: fail now, not after hours of work."""
-    parent = out.resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as err:
+def check(out: Path, kind: str, overwrite: bool = False) -> None:
+    """Raise :class:`Ar2Error` unless ``out`` may take a ``kind`` output (see the module)."""
+    if out.exists() and not out.is_dir():
+        if overwrite and kind == "index":
+            return  # replaced whole by the index folder
+        fix = "choose a folder" + (", or pass --overwrite to replace it" if kind == "index" else "")
+        raise Ar2Error(f"{out}: --out is a file, not a folder. Fix: {fix}")
+    if out.is_dir() and not is_empty(out) and not is_kind(out, kind) and not overwrite:
+        unexpected = _entries(out) - INDEX_FILES if kind == "index" else set()
+        also = f" (it holds {_shown(unexpected)})" if unexpected else ""
         raise Ar2Error(
-            f"{out}: cannot write in {parent} ({err.strerror or err}). "
-            "Fix: choose an --out in a writable folder with free space"
-        ) from None
+            f"{out}: --out holds files and is not {KINDS[kind][0]}{also}. "
+            "Fix: choose a new or empty folder, or pass --overwrite"
+        )
 
 
 @contextlib.contextmanager
@@ -155,49 +215,91 @@ def claim(
     kind: str,
     inputs: Iterable[str | Path | None] = (),
     overwrite: bool = False,
-    exclusive: bool = True,
 ) -> Iterator[Path]:
-    """:func:`check` ``out``, then hold its lock and clear leftovers while the block runs
-    (not ``exclusive``: only check, as the other processes of a distributed job do).
+    """Check ``out`` for a ``kind`` output and hold its lock while the block runs; yields
+    ``out`` resolved (see the module).
 
     Raises:
-        Ar2Error: ``out`` is refused (see :func:`check`), or another process holds the lock.
+        Ar2Error: ``out`` is refused, cannot be written, or another process holds its lock.
     """
-    out = Path(out)
-    check(out, kind, inputs, overwrite)
-    if not exclusive:
-        yield out
-        return
-    with lock(out):
-        remove_leftovers(out)
-        yield out
+    path = resolve(out, replaced=overwrite or kind == "index")
+    check_inputs(path, inputs)
+    with lock(path, inside=kind != "index"):
+        remove_leftovers(path, inside=False)
+        check(path, kind, overwrite)  # once what a killed writer left is gone
+        if is_kind(path, kind) or (path.is_dir() and is_empty(path)):
+            remove_leftovers(path, inside=True)
+        yield path
+
+
+def clear_folder(path: Path) -> None:
+    """Remove everything in folder ``path`` but its lock (``--overwrite`` of a run)."""
+    for entry in path.iterdir():
+        if entry.name != LOCK_NAME:
+            remove_path(entry)
+
+
+def _unwritable(path: Path, err: OSError) -> Ar2Error:
+    """The error for a place where nothing can be written."""
+    return Ar2Error(
+        f"{path}: cannot write there ({err.strerror or err}). "
+        "Fix: choose an --out in a writable folder with free space"
+    )
 
 
 @contextlib.contextmanager
-def lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``.<name>.lock`` beside ``out`` (released by the kernel if the
-    process dies, so a killed writer never leaves a stale lock)."""
-    path = out.resolve().parent / f".{out.name}.lock"
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+def lock(out: Path, inside: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on ``out``: ``.<name>.lock`` beside it, or, for a folder that is
+    written into (``inside``) under a parent where nothing can be written, ``.ar2.lock`` in it.
+    The kernel releases it when the process dies, so a killed writer leaves no stale lock; on
+    a file system without locks (some NFS and Lustre mounts) a warning says that writers are
+    not kept apart."""
+    path = out.parent / f".{out.name}.lock"
+    try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            holder = _holder(path)
-            raise Ar2Error(
-                f"{out}: another ar2 process{holder} is writing to this --out. "
-                "Fix: wait for it to finish, or choose another --out"
-            ) from None
-        if _same_file(fd, path):  # not a lock file that its last holder has just removed
-            break
-        os.close(fd)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fd = _locked(path, out)
+        except PermissionError:
+            if not inside:
+                raise
+            path = out / LOCK_NAME
+            fd = _locked(path, out)
+    except OSError as err:
+        if err.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            raise _unwritable(path.parent, err) from None
+        log.warning("%s: the file system has no locks (%s): writers are not kept apart", out, err)
+        yield
+        return
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
         path.unlink(missing_ok=True)  # under the lock: the next writer makes a new one
+        os.close(fd)
+
+
+def _locked(path: Path, out: Path) -> int:
+    """A descriptor of ``path`` holding its lock, waiting :data:`LOCK_WAIT_SECONDS` at most."""
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() > deadline:
+                raise Ar2Error(
+                    f"{out}: another ar2 process{_holder(path)} is writing to this --out. "
+                    "Fix: wait for it to finish, or choose another --out"
+                ) from None
+            time.sleep(0.1)
+            continue
+        except OSError:
+            os.close(fd)
+            raise
+        if _same_file(fd, path):  # not a lock file that its last holder has just removed
+            return fd
         os.close(fd)
 
 
@@ -216,23 +318,49 @@ def _holder(path: Path) -> str:
     return f" (pid {pid})" if pid.isdigit() else ""
 
 
-def remove_leftovers(out: Path) -> list[Path]:
-    """Remove what killed writers of ``out`` left: ``.<name>.*.tmp`` and ``.<name>.old`` beside
-    it, and temporary files and folders inside it (at any depth). Returns what was removed.
-
-    Call it only while holding :func:`lock`: the temporaries of a live writer look the same.
-    """
-    found = [p for p in out.parent.glob(f".{out.name}.*") if _is_leftover(p, out.name)]
-    if out.is_dir() and not out.is_symlink():
+def remove_leftovers(out: Path, inside: bool) -> list[Path]:
+    """Remove what killed writers of ``out`` left (temporaries, folders moved aside): beside
+    it, or (``inside``) at any depth in it, except for what a live process holds a lock on (a
+    folder with a held ``.ar2.lock``, or ``x`` beside a held ``.x.lock``). Returns what was
+    removed. Call it only while holding :func:`lock`."""
+    if not inside:
+        found = [p for p in out.parent.iterdir() if _leftover(p.name, target=out.name)]
+    elif out.is_dir():
+        found = []
         for folder, dirs, files in os.walk(out):
-            here = [Path(folder, name) for name in (*dirs, *files)]
-            found += [p for p in here if TEMP_NAME.fullmatch(p.name)]
-            dirs[:] = [d for d in dirs if not TEMP_NAME.fullmatch(d)]
+            held = {n[1:-5] for n in files if n.endswith(".lock") and _held(Path(folder, n))}
+            here = [n for n in (*dirs, *files) if _leftover(n) and _target(n) not in held]
+            found += [Path(folder, n) for n in here]
+            dirs[:] = [d for d in dirs if d not in held and d not in here
+                       and not _held(Path(folder, d, LOCK_NAME))]  # fmt: skip
+    else:
+        found = []
     for path in found:
         remove_path(path)
     return found
 
 
-def _is_leftover(path: Path, name: str) -> bool:
-    match = TEMP_NAME.fullmatch(path.name)
-    return (match is not None and match["name"] == name) or path.name == f".{name}.old"
+def _leftover(name: str, target: str | None = None) -> bool:
+    """Whether ``name`` is an ar2 temporary or folder moved aside (of ``target``, if given)."""
+    match = TEMP_NAME.fullmatch(name) or OLD_NAME.fullmatch(name)
+    return match is not None and target in (None, match["name"])
+
+
+def _target(name: str) -> str:
+    match = TEMP_NAME.fullmatch(name) or OLD_NAME.fullmatch(name)
+    return match["name"] if match else name
+
+
+def _held(lock_file: Path) -> bool:
+    """Whether a live process holds ``lock_file`` (one a killed writer left is not held)."""
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)

@@ -12,13 +12,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ar2 import __version__
-from ar2.config import INDEX_PRESETS
-
-if TYPE_CHECKING:
-    from ar2.config import IndexConfig
+from ar2.config import INDEX_PRESETS, IndexConfig
 from ar2.errors import Ar2Error
 
 log = logging.getLogger("ar2")
@@ -37,11 +33,12 @@ def cmd_index(args: argparse.Namespace) -> int:
             from ar2.index import BM25Index
 
             corpus = load_corpus(file)
-            BM25Index.build(corpus).save(out, extra, docs=corpus, overwrite=args.overwrite)
+            index = BM25Index.build(corpus, source=str(file))
+            index.save(out, extra, docs=corpus, overwrite=args.overwrite)
             count = len(corpus)
         else:
             from ar2.encoders import BiEncoder
-            from ar2.index.dense import check_factory
+            from ar2.index.factory import check_factory
             from ar2.pipeline import index_corpus
 
             # the texts are streamed twice (encoding, then stored in the index), never held: a
@@ -58,8 +55,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def _index_config(args: argparse.Namespace) -> IndexConfig:
-    from ar2.config import IndexConfig
-
+    """The dense index settings of ``ar2 index``, checked before anything is read."""
     try:
         return IndexConfig(
             args.preset, args.factory, ram_budget_gb=args.ram_budget_gb, refine=args.refine
@@ -95,7 +91,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate systems on a split and write report.md, report.json and a plot."""
-    from ar2.config import IndexConfig
     from ar2.experiment import EvalJob, run_eval
     from ar2.report import format_table
 
@@ -121,6 +116,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """AR2 co-training on a BEIR folder with a train split."""
     from ar2 import distributed
+    from ar2._outdir import check_inputs, resolve
     from ar2.config import load_ar2_config, load_toml
     from ar2.report import format_table
     from ar2.train.ar2 import run_ar2
@@ -131,6 +127,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         data = data | {"retriever_model": args.model, "ranker_model": args.model}
     cfg = load_ar2_config(data, source)
     warm = Path(args.warm_start) if args.warm_start else None
+    check_inputs(resolve(args.out), [args.config])  # the run's own inputs: run_ar2 checks them
     w = distributed.init_from_env()  # under torchrun: one process of several
     try:
         results = run_ar2(

@@ -15,12 +15,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any
 
+from ar2._typed import check_choice, check_ranges, from_dict, kind_of
 from ar2.errors import Ar2Error
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -56,8 +55,8 @@ class EncoderConfig:
     batch_size: int = 16
 
     def __post_init__(self) -> None:
-        _check_choice("pooling", self.pooling, POOLINGS)
-        _check_choice("precision", self.precision, PRECISIONS)
+        check_choice("pooling", self.pooling, POOLINGS)
+        check_choice("precision", self.precision, PRECISIONS)
 
 
 @dataclass(frozen=True)
@@ -78,13 +77,13 @@ class RankerConfig:
     fusion_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        _check_choice("precision", self.precision, PRECISIONS)
+        check_choice("precision", self.precision, PRECISIONS)
         if not 0.0 <= self.fusion_weight <= 1.0:
             raise Ar2Error(f"fusion_weight = {self.fusion_weight}. Fix: use a value in [0, 1]")
 
 
 INDEX_PRESETS = ("flat", "ivf", "hnsw", "ivfpq", "auto")
-"""The names :class:`IndexConfig` accepts (``ar2.index.dense.PRESETS`` plus ``auto``)."""
+"""The names :class:`IndexConfig` accepts (``ar2.index.factory.PRESETS`` plus ``auto``)."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ class IndexConfig:
 
     Attributes:
         preset: ``flat``, ``ivf``, ``hnsw`` or ``ivfpq``, or ``auto`` (chosen from the corpus
-            size and ``ram_budget_gb``: :func:`ar2.index.dense.auto_preset`); ignored when
+            size and ``ram_budget_gb``: :func:`ar2.index.factory.auto_preset`); ignored when
             ``factory`` is set.
         factory: A FAISS ``index_factory`` string (e.g. ``"IVF256,Flat"``), overriding ``preset``.
         nprobe: IVF lists visited per query.
@@ -118,7 +117,7 @@ class IndexConfig:
 
     def __post_init__(self) -> None:
         if self.factory is None:
-            _check_choice("index preset", self.preset, INDEX_PRESETS)
+            check_choice("index preset", self.preset, INDEX_PRESETS)
         for name in ("nprobe", "ef_search", "ef_construction"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} = {getattr(self, name)} must be at least 1")
@@ -138,74 +137,6 @@ class BM25Config:
     title_sep: str = " "
 
 
-T = TypeVar("T")
-
-
-def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
-    """Build dataclass ``cls`` from ``data``, rejecting unknown keys (the valid ones listed)
-    and values of the wrong type (``rounds = "two"``), before any work starts.
-
-    Example:
-        >>> from_dict(EncoderConfig, {"pooling": "cls"}).pooling
-        'cls'
-        >>> from_dict(EncoderConfig, {"batch_size": "16"}, "my.toml")
-        Traceback (most recent call last):
-        ar2.errors.Ar2Error: my.toml: batch_size = '16' is a string, not an integer. Fix: ...
-    """
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise Ar2Error(
-            f"{source}: unknown key(s) {unknown} for {cls.__name__}. "
-            f"Fix: correct or remove them; the valid keys are {sorted(names)}"
-        )
-    hints = typing.get_type_hints(cls)
-    for key, value in data.items():
-        _check_type(source, key, value, hints[key])
-    try:
-        return cls(**data)
-    except (TypeError, ValueError) as err:
-        fix = "" if "Fix:" in str(err) else ". Fix: change that value"
-        raise Ar2Error(f"{source}: {err}{fix}") from err
-
-
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-
-
-def _check_type(source: str, key: str, value: Any, hint: Any) -> None:
-    """Raise an :class:`Ar2Error` naming the key unless ``value`` is of type ``hint``."""
-    allowed = (
-        typing.get_args(hint) if typing.get_origin(hint) in (types.UnionType, Union) else (hint,)
-    )
-    if any(_is_a(value, t) for t in allowed):
-        return
-    names = [_TYPE_NAMES.get(t, "a table") for t in allowed if t is not type(None)]
-    wanted = " or ".join(names)
-    example = {"a string": '"text"', "an integer": "2", "a number": "0.5", "true or false": "true"}
-    fix = f"write it as {wanted}, like {key} = {example.get(names[0], '...')}"
-    if type(None) in allowed:
-        fix += ", or leave it out"
-    raise Ar2Error(f"{source}: {key} = {value!r} is {_kind(value)}, not {wanted}. Fix: {fix}")
-
-
-def _is_a(value: Any, t: Any) -> bool:
-    if t is type(None):
-        return value is None
-    if t is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if t is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, t)
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "a list"
-    return _TYPE_NAMES.get(type(value), type(value).__name__)
-
-
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML file, turning every problem (missing, a folder, not UTF-8, bad syntax) into
     an :class:`Ar2Error` naming the file."""
@@ -223,27 +154,6 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             f"{path}: cannot read the config ({err.strerror or err}). Fix: give the path of a "
             "TOML file (see src/ar2/presets/ for examples)"
         ) from None
-
-
-def _check_ranges(
-    obj: Any,
-    at_least: dict[str, float],
-    above: dict[str, float] | None = None,
-    at_most: dict[str, float] | None = None,
-) -> None:
-    """Raise ``ValueError`` naming the first field outside its range (``None`` is let pass)."""
-    rules = [(at_least, ">=", lambda v, b: v >= b), (above, ">", lambda v, b: v > b),
-             (at_most, "<=", lambda v, b: v <= b)]  # fmt: skip
-    for bounds, sign, ok in rules:
-        for name, bound in (bounds or {}).items():
-            value = getattr(obj, name)
-            if isinstance(value, (int, float)) and not ok(value, bound):
-                raise ValueError(f"{name} = {value} must be {sign} {bound}")
-
-
-def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {list(valid)}")
 
 
 @dataclass(frozen=True)
@@ -272,7 +182,7 @@ class StageConfig:
     head_lr: float | None = None
 
     def __post_init__(self) -> None:
-        _check_ranges(self, at_least={"steps": 0, "batch_size": 1, "n_neg": 0,
+        check_ranges(self, at_least={"steps": 0, "batch_size": 1, "n_neg": 0,
                                       "weight_decay": 0.0, "warmup_ratio": 0.0},
                       above={"lr": 0.0, "max_grad_norm": 0.0, "head_lr": 0.0},
                       at_most={"warmup_ratio": 1.0})  # fmt: skip
@@ -351,7 +261,7 @@ class AR2Config:
     index: IndexConfig = IndexConfig()
 
     def __post_init__(self) -> None:
-        _check_ranges(
+        check_ranges(
             self,
             at_least={"rounds": 0, "mine_k": 1, "query_max_length": 1, "doc_max_length": 1,
                       "ranker_max_length": 1, "dev_queries": 1, "rerank_k": 1,
@@ -359,8 +269,8 @@ class AR2Config:
             above={"scale": 0.0, "kd_temperature": 0.0},
             at_most={"adv_lambda": 1.0},
         )  # fmt: skip
-        _check_choice("retriever_loss", self.retriever_loss, RETRIEVER_LOSSES)
-        _check_choice("adv_reduction", self.adv_reduction, ("sum", "mean_per_query"))
+        check_choice("retriever_loss", self.retriever_loss, RETRIEVER_LOSSES)
+        check_choice("adv_reduction", self.adv_reduction, ("sum", "mean_per_query"))
         cut = self.train_doc_max_length
         if cut is not None and not 0 < cut <= self.doc_max_length:
             raise ValueError(
@@ -444,7 +354,7 @@ def load_ar2_config(data: dict[str, Any], source: str = "config") -> AR2Config:
     for key in kinds.keys() & data.keys():
         if not isinstance(data[key], dict):
             raise Ar2Error(
-                f"{source}: {key} = {data[key]!r} is {_kind(data[key])}, not a table. "
+                f"{source}: {key} = {data[key]!r} is {kind_of(data[key])}, not a table. "
                 f"Fix: write its settings under a [{key}] header, like [{key}] steps = 100"
             )
     fields = {

@@ -129,6 +129,23 @@ def on_main(func: Callable[..., T], *args: Any) -> T | None:
     return result
 
 
+def decide_on_main(func: Callable[..., T], *args: Any) -> T:
+    """Run ``func(*args)`` on rank 0 only (checks, reads of shared files) and give every rank
+    its result, or raise its :class:`Ar2Error` on every rank: one decision and one message,
+    and no rank left waiting at a barrier for one that stopped."""
+    outcome: list[Any] = [None, None]
+    if world().main:
+        try:
+            outcome = [func(*args), None]
+        except Ar2Error as err:
+            outcome = [None, str(err)]
+    if world().size > 1:  # patient: rank 0 may be hashing a large corpus
+        require("torch").distributed.broadcast_object_list(outcome, src=0, group=_waiting_group)
+    if outcome[1] is not None:
+        raise Ar2Error(outcome[1])
+    return outcome[0]  # type: ignore[no-any-return]
+
+
 def encode_to_parts(
     encode_to: Callable[[Path, Sequence[T]], Any], items: Sequence[T], folder: Path
 ) -> list[Path]:

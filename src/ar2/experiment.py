@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +109,8 @@ class _Systems:
 
         if self._bm25 is None:
             log.info("bm25: indexing %d documents", len(self.corpus))
-            self._bm25 = BM25Retriever(BM25Index.build(self.corpus, BM25Config()))
+            source = str(self.job.data_dir / "corpus.jsonl")
+            self._bm25 = BM25Retriever(BM25Index.build(self.corpus, BM25Config(), source))
             self.descriptions["bm25"] = {"bm25s": BM25Config().__dict__}
         return self._bm25
 
@@ -135,54 +137,69 @@ class _Systems:
 def run_eval(job: EvalJob) -> dict[str, dict[str, float]]:
     """Run every system of ``job``, write the report into ``job.out`` and return the results.
 
-    ``job.out`` must be new, empty or an earlier eval's folder (else ``job.overwrite``): the
-    files of an earlier eval that this one does not write again (the runs of systems no
-    longer asked for) are removed; nothing else there is touched.
+    ``job.out`` must be new, empty or an earlier eval's folder (else ``job.overwrite``). Its
+    ``manifest.json`` lists what the eval writes, from the start (a killed eval's folder is
+    still an eval folder); the files the previous eval listed and this one does not write
+    again (the runs of systems no longer asked for) are removed, and nothing else.
     """
     from ar2._outdir import claim
     from ar2.data.beir import load_beir
     from ar2.data.trec import write_run
 
     _check_job(job)
-    with claim(job.out, "eval", job.inputs(), job.overwrite):
+    with claim(job.out, "eval", job.inputs(), job.overwrite) as out:
+        previous = _listed_files(out)
+        names = [n for s in job.systems for n in (s, f"{s}+rerank")[: 2 if job.reranker else 1]]
+        files = list(dict.fromkeys(f"runs/{_file_name(n)}.trec" for n in names)) + [*REPORT_FILES]
+        _write_manifest(out, job, sorted(set(previous) | set(files)), done=False)
         corpus, queries, qrels = load_beir(job.data_dir, job.split)
         systems = _Systems(corpus, job)
         runs: dict[str, Run] = {}
         for spec in job.systems:
             runs.update(_run_system(spec, systems, corpus, queries, job))
-        written = [f"runs/{_file_name(name)}.trec" for name in runs]
-        for name, file in zip(runs, written):
-            write_run(runs[name], job.out / file, tag=_file_name(name))
+        for name, run in runs.items():
+            write_run(run, out / "runs" / f"{_file_name(name)}.trec", tag=_file_name(name))
         results = score_and_report(job, runs, (queries, qrels), corpus, systems.descriptions)
-        _write_manifest(job, written + list(REPORT_FILES))
+        _write_manifest(out, job, files, done=True)
+        _remove_stale(out, set(previous) - set(files))
     return results
 
 
 REPORT_FILES = ("report.md", "report.json", "report.png", "per_query.tsv", "protocol.json")
 """What :func:`ar2.report.write_report` writes."""
+_RUN_FILE = re.compile(r"runs/[A-Za-z0-9+._-]+\.trec")
 
 
-def _write_manifest(job: EvalJob, files: list[str]) -> None:
-    """Record what this eval wrote; remove what the previous eval there wrote and this one did
-    not (an old folder without a manifest: its ``runs/*.trec``)."""
+def _listed_files(out: Path) -> list[str]:
+    """The files an earlier eval's manifest lists, those of names eval writes only."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return []
+    if not isinstance(manifest, dict) or manifest.get("kind") != "eval":
+        return []
+    listed = manifest.get("files")
+    return [
+        f
+        for f in (listed if isinstance(listed, list) else [])
+        if isinstance(f, str) and (f in REPORT_FILES or _RUN_FILE.fullmatch(f))
+    ]
+
+
+def _write_manifest(out: Path, job: EvalJob, files: list[str], done: bool) -> None:
     from ar2._io import atomic_write_json
 
-    manifest = job.out / "manifest.json"
-    before: list[str] = []
-    if manifest.is_file():
-        try:
-            before = list(json.loads(manifest.read_text(encoding="utf-8")).get("files", []))
-        except (ValueError, AttributeError):
-            before = []
-    elif (job.out / "runs").is_dir():
-        before = [f"runs/{p.name}" for p in (job.out / "runs").glob("*.trec")]
     settings = {k: str(v.resolve()) if isinstance(v, Path) else v for k, v in vars(job).items()}
     settings["index"] = vars(job.index)
-    record = {"kind": "eval", "ar2_version": __version__, "job": settings, "files": files}
-    atomic_write_json(manifest, record)
-    for stale in set(before) - set(files):
-        path = (job.out / stale).resolve()
-        if job.out.resolve() in path.parents and path.is_file():  # only inside, only files
+    record = {"kind": "eval", "ar2_version": __version__, "complete": done, "job": settings}
+    atomic_write_json(out / "manifest.json", record | {"files": files})
+
+
+def _remove_stale(out: Path, stale: set[str]) -> None:
+    """Remove the regular files ``stale`` of ``out`` (a link is left alone, and its target)."""
+    for name in sorted(stale):
+        path = out / name
+        if path.is_file() and not path.is_symlink():
             path.unlink()
 
 

@@ -103,7 +103,8 @@ def index_corpus(
     """
     import shutil
 
-    from ar2._io import check_replaceable, make_temp_dir
+    from ar2._io import make_temp_dir
+    from ar2._outdir import check_replaceable
     from ar2.index import FaissIndex
 
     path = Path(path).resolve()

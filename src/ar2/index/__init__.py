@@ -2,7 +2,8 @@
 
 from ar2.index.base import Index, load_index, read_manifest
 from ar2.index.bm25 import BM25Index
-from ar2.index.dense import PRESETS, FaissIndex, factory_for
+from ar2.index.dense import FaissIndex
+from ar2.index.factory import PRESETS, factory_for
 
 __all__ = [
     "PRESETS",

@@ -42,8 +42,11 @@ class BM25Index:
         self.retriever, self.ids, self.config = retriever, ids, config
 
     @classmethod
-    def build(cls, docs: Iterable[Doc], config: BM25Config | None = None) -> BM25Index:
-        """Tokenise and index ``docs`` (an iterable: the texts are not kept).
+    def build(
+        cls, docs: Iterable[Doc], config: BM25Config | None = None, source: str = "the corpus"
+    ) -> BM25Index:
+        """Tokenise and index ``docs`` (an iterable: the texts are not kept); ``source`` names
+        where they come from in errors.
 
         Raises:
             Ar2Error: No documents, or not one word left to index in any of them (all empty,
@@ -52,7 +55,7 @@ class BM25Index:
         Example:
             >>> BM25Index.build([Doc("d1", "the of and"), Doc("d2", "a b c")])
             Traceback (most recent call last):
-            ar2.errors.Ar2Error: no word to index in any of the 2 documents (...). Fix: check ...
+            ar2.errors.Ar2Error: the corpus: no word to index in any of the 2 documents (...)
         """
         bm25s = require("bm25s")
         config = config or BM25Config()
@@ -67,7 +70,7 @@ class BM25Index:
             texts(), stopwords=config.stopwords, stemmer=_stemmer(config), show_progress=False
         )
         if not tokens.vocab:  # bm25s itself fails on it with "max() arg is an empty sequence"
-            raise Ar2Error(_nothing_to_index(len(ids)))
+            raise Ar2Error(f"{source}: {_nothing_to_index(len(ids))}")
         retriever = bm25s.BM25(k1=config.k1, b=config.b, method=config.method)
         retriever.index(tokens, show_progress=False)
         return cls(retriever, ids, config)

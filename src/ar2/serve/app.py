@@ -132,22 +132,7 @@ def create_app(
     scripts from a CDN."""
     limits = limits or Limits()
     search_request, batch_request = _request_models(service, limits)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        log.info("serving %d documents, modes %s", len(service.docs), list(service.modes))
-        yield
-        service.close()  # the searches in flight finish first
-        log.info("shut down")
-
-    app = FastAPI(
-        title="ar2 search",
-        version=__version__,
-        description="Retrieve (dense, BM25 or hybrid), then rerank. Built by `ar2`.",
-        lifespan=lifespan,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
-    )
+    app = _new_app(service, docs)
     _add_error_handlers(app)
     _add_guards(app, limits, allowed_hosts, docs)
 
@@ -177,6 +162,34 @@ def create_app(
         results = await run([Query(str(i), t) for i, t in enumerate(req.queries)], req)
         return _reply(service, req, start, results=[{"hits": h} for h in results])
 
+    _add_status(app, service, limits)
+    _add_page(app)
+    return app
+
+
+def _new_app(service: SearchService, docs: bool) -> FastAPI:
+    """The FastAPI app, which closes ``service`` when it shuts down."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info("serving %d documents, modes %s", len(service.docs), list(service.modes))
+        yield
+        service.close()  # the searches in flight finish first
+        log.info("shut down")
+
+    return FastAPI(
+        title="ar2 search",
+        version=__version__,
+        description="Retrieve (dense, BM25 or hybrid), then rerank. Built by `ar2`.",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+    )
+
+
+def _add_status(app: FastAPI, service: SearchService, limits: Limits) -> None:
+    """``GET /health`` and ``GET /info``."""
+
     @app.get("/health", response_model=Health)
     async def health() -> dict[str, Any]:
         """Liveness: the service is loaded and answering."""
@@ -186,9 +199,6 @@ def create_app(
     async def info() -> dict[str, Any]:
         """What is served and how it was built: modes, defaults, limits, manifests, versions."""
         return service.info() | {"limits": limits.__dict__}
-
-    _add_page(app)
-    return app
 
 
 def _add_guards(app: FastAPI, limits: Limits, allowed_hosts: Sequence[str], docs: bool) -> None:

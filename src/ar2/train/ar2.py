@@ -16,14 +16,16 @@ Run folder::
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ar2 import distributed
-from ar2._io import atomic_write_json, replace_with_empty
+from ar2._io import atomic_write_json
 from ar2._optional import require
-from ar2._outdir import is_kind
+from ar2._outdir import clear_folder, is_kind
 from ar2.config import AR2Config, config_differences, config_json, read_run_config
 from ar2.data.training import TrainingGroup, read_groups, write_groups
 from ar2.encoders import BiEncoder, CrossEncoder
@@ -33,7 +35,7 @@ from ar2.train.checks import check_index, check_settings, ranker_length
 from ar2.train.data import TrainData, data_differences, data_record, load_train_data
 from ar2.train.rounds import adversarial_rounds, dev_rerank, mine_round
 from ar2.train.stage import TOWERS, MetricsLog, RunContext, model_of, tail_mean, train_stage
-from ar2.train.warm_start import warm_start
+from ar2.train.warm_start import check_warm_start, warm_start
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +52,27 @@ def run_ar2(
 
     ``warm_start_from``: a finished run whose G0 (and D0) settings match; its warm-ups are
     copied instead of retrained (:mod:`ar2.train.warm_start`). ``resume`` continues the run in
-    ``out`` (refused when ``out`` holds something else, or the run's data or config differ;
-    a new or empty ``out`` starts a run); ``overwrite``
-    starts again in an ``out`` that holds something else (a run included).
+    ``out`` (refused when ``out`` holds something else, or the run's data or config differ; a
+    new or empty ``out`` starts a run); ``overwrite`` starts again in an ``out`` that holds
+    something else (a run included). Everything is checked before ``config.json`` is written.
     """
-    from ar2._outdir import claim
     from ar2.train.report import final_report
 
+    if resume and overwrite:
+        raise Ar2Error("--resume and --overwrite together. Fix: pass one of them")
     check_settings(cfg)
-    inputs = (data_dir, cfg.retriever_model, cfg.ranker_model, warm_start_from)
-    main = distributed.world().main  # one process locks and cleans: the others only check
-    with claim(out, "run", inputs, overwrite, exclusive=main):
-        wanted = _prepare_out(out, cfg, data_record(data_dir), resume, overwrite)
+    with contextlib.ExitStack() as held:  # rank 0 holds the lock of --out
+        claim_ = _claim(held, out, (data_dir, cfg.retriever_model, cfg.ranker_model,
+                                    warm_start_from), overwrite)  # fmt: skip
+        out = distributed.decide_on_main(claim_)
+        record = distributed.decide_on_main(_planned, out, cfg, data_dir, resume, overwrite)
         if warm_start_from is not None:
-            distributed.on_main(warm_start, out, warm_start_from, wanted)
+            distributed.decide_on_main(check_warm_start, warm_start_from, record)
+        check_index(cfg, data_dir)
+        distributed.on_main(_write_config, out, record, overwrite)
+        if warm_start_from is not None:
+            distributed.on_main(warm_start, out, warm_start_from, record)
         data = load_train_data(data_dir, cfg.dev_queries, cfg.seed, out)
-        check_index(cfg, len(data.corpus))
         ctx = RunContext(out, data, cfg, MetricsLog(out / "metrics.jsonl"))
         retriever = _warmup_retriever(ctx)
         mine_round(ctx, 0, retriever, None)
@@ -75,15 +82,22 @@ def run_ar2(
     return report or {}
 
 
-def _prepare_out(
-    out: Path, cfg: AR2Config, data: dict[str, Any], resume: bool, overwrite: bool
+def _claim(
+    held: contextlib.ExitStack, out: Path, inputs: tuple[Any, ...], overwrite: bool
+) -> Callable[[], Path]:
+    """What rank 0 runs to claim ``out`` (:func:`ar2._outdir.claim`), held by ``held``."""
+    from ar2._outdir import claim
+
+    return lambda: held.enter_context(claim(out, "run", inputs, overwrite))
+
+
+def _planned(
+    out: Path, cfg: AR2Config, data_dir: Path, resume: bool, overwrite: bool
 ) -> dict[str, Any]:
-    """Check ``out`` against the wish to resume, then (rank 0) write ``config.json``: the
-    config and the data it trains on. Returns what was written."""
-    saved = out / "config.json"
+    """The ``config.json`` this run will write (its config and data), once ``out`` is checked
+    against the wish to resume (on rank 0: it reads the data folder and the run's files)."""
     wanted = config_json(cfg)
-    if resume and overwrite:
-        raise Ar2Error("--resume and --overwrite together. Fix: pass one of them")
+    data = data_record(data_dir)
     if resume:
         _check_resume(out, wanted, data)
     elif is_kind(out, "run") and not overwrite:
@@ -91,16 +105,14 @@ def _prepare_out(
             f"{out} holds a run. Fix: pass --resume to continue it, --overwrite to start it "
             "again, or a new --out"
         )
-    record = wanted | {"data": data}
+    return wanted | {"data": data}
 
-    def write() -> None:  # on_main: every rank has checked before rank 0 writes
-        if overwrite and (out.exists() or out.is_symlink()):
-            replace_with_empty(out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(saved, record)
 
-    distributed.on_main(write)
-    return record
+def _write_config(out: Path, record: dict[str, Any], overwrite: bool) -> None:
+    """Write ``config.json`` (rank 0); with ``overwrite``, empty ``out`` first (its lock kept)."""
+    if overwrite:
+        clear_folder(out)
+    atomic_write_json(out / "config.json", record)
 
 
 def _check_resume(out: Path, wanted: dict[str, Any], data: dict[str, Any]) -> None:
@@ -130,6 +142,7 @@ def _check_resume(out: Path, wanted: dict[str, Any], data: dict[str, Any]) -> No
 
 
 def _settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config without its data record: the settings compared on ``--resume``."""
     return {k: v for k, v in config.items() if k != "data"}
 
 

@@ -39,6 +39,7 @@ def check_settings(cfg: AR2Config) -> None:
 
 
 def _fits(model: Path, role: str, **lengths: int) -> None:
+    """Raise unless every token cut-off ``lengths`` fits what ``model`` takes."""
     limit = _hf.max_positions(model)
     for name, value in lengths.items():
         if limit is not None and value > limit:
@@ -59,13 +60,17 @@ def ranker_length(cfg: AR2Config, start: str | Path | None) -> int:
     return min(pair, _hf.max_positions(start or default_model_path()) or pair)
 
 
-def check_index(cfg: AR2Config, n: int) -> None:
-    """Raise :class:`Ar2Error` if the ``[index]`` settings cannot index ``n`` documents with
-    the retriever's vectors (see :func:`ar2.index.dense.check_factory`)."""
+def check_index(cfg: AR2Config, data_dir: Path) -> None:
+    """Raise :class:`Ar2Error` if the ``[index]`` settings cannot index the corpus of
+    ``data_dir`` (its non-blank lines) with the retriever's vectors
+    (:func:`ar2.index.factory.check_factory`)."""
     from ar2.encoders.bi_encoder import default_model_path
-    from ar2.index.dense import check_factory
+    from ar2.index.factory import check_factory
 
     model = Path(cfg.retriever_model or default_model_path())
     dim = _hf.read_json(model / "config.json").get("hidden_size")
-    if isinstance(dim, int):
+    corpus = data_dir / "corpus.jsonl"
+    if isinstance(dim, int) and corpus.is_file():
+        with open(corpus, "rb") as f:
+            n = sum(1 for line in f if line.strip())
         check_factory(cfg.index, n, dim)

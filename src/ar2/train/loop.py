@@ -105,6 +105,11 @@ def save_checkpoint(
         atomic_write_json(tmp / META_FILE, meta | {"optim": optim_meta})
 
 
+def safetensors_error() -> type[Exception]:
+    """The error safetensors raises on a damaged file."""
+    return require("safetensors", extra="train").SafetensorError  # type: ignore[no-any-return]
+
+
 def load_checkpoint(path: Path, models: dict[str, Any], steppers: dict[str, Stepper]) -> dict:
     """Load a checkpoint into ``models`` and ``steppers``; returns its metadata."""
     safetensors = require("safetensors.torch", extra="train")
@@ -113,7 +118,7 @@ def load_checkpoint(path: Path, models: dict[str, Any], steppers: dict[str, Step
         meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
         if not isinstance(meta, dict) or "optim" not in meta:
             raise ValueError(f"{META_FILE} holds no optimiser state")
-    except Exception as err:  # safetensors' own error type, JSON, UTF-8, a missing file
+    except (FileNotFoundError, ValueError, safetensors_error()) as err:  # incl. JSON, UTF-8
         raise Ar2Error(
             f"{path}: damaged checkpoint ({type(err).__name__}: {str(err)[:120]}). Fix: delete "
             "that folder; --resume then restarts its stage from the beginning"

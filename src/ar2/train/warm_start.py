@@ -42,11 +42,11 @@ G0_PATHS = (
 D0_PATHS = ("d0", "dev_runs/round-0.fusion.json")
 
 
-def warm_start(out: Path, base: Path, wanted: dict[str, Any]) -> list[str]:
-    """Copy ``base``'s matching warm-up stages into the new run ``out``; returns what was copied.
+def check_warm_start(base: Path, wanted: dict[str, Any]) -> list[str]:
+    """What :func:`warm_start` would copy from ``base`` into a run of config ``wanted``.
 
-    Raises :class:`Ar2Error` when ``base`` is not a run whose G0 finished, or its G0 settings
-    differ (naming the fields).
+    Raises :class:`Ar2Error` when ``base`` is not a run whose G0 finished, was trained on
+    other data, or its G0 settings differ (naming the fields).
     """
     config = base / "config.json"
     if not config.is_file() or not (base / "mined" / "round-0").is_dir():
@@ -70,7 +70,13 @@ def warm_start(out: Path, base: Path, wanted: dict[str, Any]) -> list[str]:
     d0_same = all(have.get(k) == wanted.get(k) for k in D0_FIELDS)
     if d0_same and (base / "d0" / "ranker").is_dir():
         paths += D0_PATHS
-    paths = [rel for rel in paths if (base / rel).exists()]
+    return [rel for rel in paths if (base / rel).exists()]
+
+
+def warm_start(out: Path, base: Path, wanted: dict[str, Any]) -> list[str]:
+    """Copy ``base``'s matching warm-up stages into the new run ``out``; returns what was copied
+    (see :func:`check_warm_start`)."""
+    paths = check_warm_start(base, wanted)
     for rel in paths:
         _copy(base / rel, out / rel)
     stages = {"g0-train", "dev-g-0"} | ({"d0-train", "dev-gd-0"} if "d0" in paths else set())

@@ -1,0 +1,116 @@
+"""Dataclasses built from TOML data, checked where the data is read: unknown keys, values of
+the wrong type (``rounds = "two"``) and values out of range are errors that name the key,
+raised before any work starts.
+
+Example:
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Stage:
+    ...     steps: int = 1
+    >>> from_dict(Stage, {"steps": "ten"}, "my.toml")
+    Traceback (most recent call last):
+    ar2.errors.Ar2Error: my.toml: steps = 'ten' is a string, not an integer. Fix: write it ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from typing import Any, TypeVar, Union
+
+from ar2.errors import Ar2Error
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys (the valid ones listed)
+    and values of the wrong type (``rounds = "two"``), before any work starts.
+
+    Example:
+        >>> from ar2.config import EncoderConfig
+        >>> from_dict(EncoderConfig, {"pooling": "cls"}).pooling
+        'cls'
+        >>> from_dict(EncoderConfig, {"batch_size": "16"}, "my.toml")
+        Traceback (most recent call last):
+        ar2.errors.Ar2Error: my.toml: batch_size = '16' is a string, not an integer. Fix: ...
+    """
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise Ar2Error(
+            f"{source}: unknown key(s) {unknown} for {cls.__name__}. "
+            f"Fix: correct or remove them; the valid keys are {sorted(names)}"
+        )
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        _check_type(source, key, value, hints[key])
+    try:
+        return cls(**data)
+    except (TypeError, ValueError) as err:
+        fix = "" if "Fix:" in str(err) else ". Fix: change that value"
+        raise Ar2Error(f"{source}: {err}{fix}") from err
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _check_type(source: str, key: str, value: Any, hint: Any) -> None:
+    """Raise an :class:`Ar2Error` naming the key unless ``value`` is of type ``hint``."""
+    allowed = (
+        typing.get_args(hint) if typing.get_origin(hint) in (types.UnionType, Union) else (hint,)
+    )
+    if any(_is_a(value, t) for t in allowed):
+        return
+    names = [_TYPE_NAMES.get(t, f"a [{key}] table") for t in allowed if t is not type(None)]
+    wanted = " or ".join(names)
+    example = {"a string": '"text"', "an integer": "2", "a number": "0.5", "true or false": "true"}
+    fix = f"write it as {wanted}, like {key} = {example.get(names[0], '...')}"
+    if type(None) in allowed:
+        fix += ", or leave it out"
+    raise Ar2Error(f"{source}: {key} = {value!r} is {kind_of(value)}, not {wanted}. Fix: {fix}")
+
+
+def _is_a(value: Any, t: Any) -> bool:
+    if t is type(None):
+        return value is None
+    if t is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, t)
+
+
+def kind_of(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def check_ranges(
+    obj: Any,
+    at_least: dict[str, float],
+    above: dict[str, float] | None = None,
+    at_most: dict[str, float] | None = None,
+) -> None:
+    """Raise ``ValueError`` naming the first field outside its range (``None`` is let pass)."""
+    rules = [(at_least, ">=", lambda v, b: v >= b), (above, ">", lambda v, b: v > b),
+             (at_most, "<=", lambda v, b: v <= b)]  # fmt: skip
+    for bounds, sign, ok in rules:
+        for name, bound in (bounds or {}).items():
+            value = getattr(obj, name)
+            if not isinstance(value, (int, float)):
+                continue
+            if not math.isfinite(value):
+                raise ValueError(f"{name} = {value} must be a finite number")
+            if not ok(value, bound):
+                raise ValueError(f"{name} = {value} must be {sign} {bound}")
+
+
+def check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {list(valid)}")
