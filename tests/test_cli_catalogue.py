@@ -237,8 +237,9 @@ def _toml(tmp_path: Path, text: str) -> Path:
 
 def _run_folder(base: dict[str, Path], tmp_path: Path, data: Path | None = None) -> Path:
     """A run folder as `ar2 train` starts it (config.json with its data), no training."""
-    from ar2.config import config_json, load_ar2_config, load_toml
+    from ar2.config import load_ar2_config, load_toml
     from ar2.train.data import data_record
+    from ar2.train.run_config import config_json
 
     preset = Path(__file__).parents[1] / "src" / "ar2" / "presets" / "toy.toml"
     model = str(base["bert"])

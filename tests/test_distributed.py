@@ -97,6 +97,7 @@ def test_the_patient_timeout_is_long_by_default_and_checked(
             distributed._timeout()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("launch", ["one node", "two nodes"])
 def test_one_step_of_every_loss_equals_the_single_process_step(
     models: tuple[str, str], tmp_path: Path, launch: str
@@ -165,6 +166,7 @@ def _groups(run: Path, name: str) -> list[tuple[str, tuple[str, ...], tuple[str,
     return [(g.query.id, g.positives, g.negatives) for g in read_groups(run / "mined" / name)]
 
 
+@pytest.mark.integration
 def test_a_two_process_ar2_run_mines_and_scores_like_one_process(
     toy_runs: dict[str, Path],
 ) -> None:
@@ -196,6 +198,7 @@ def test_a_two_process_ar2_run_mines_and_scores_like_one_process(
         assert report[1][system] == pytest.approx(report[0][system], abs=1e-6), system
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("resume_nproc", [2, 1])
 def test_a_killed_two_process_run_resumes_to_the_same_result(
     toy_runs: dict[str, Path], tmp_path: Path, resume_nproc: int

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from ar2.config import AR2Config
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -21,6 +23,7 @@ from ar2.losses import (  # noqa: E402
     in_batch_contrastive,
     listwise_ce,
 )
+from ar2.train.steps import ar2_shard_loss  # noqa: E402
 
 S = [[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]]  # retriever scores (B = 2, M = 3)
 R = [[2.0, 1.5, -1.0], [0.0, 1.0, -2.0]]  # ranker scores; query 2's negative 1 beats the positive
@@ -151,8 +154,8 @@ def test_adversarial_step_raises_confusable_negative_most() -> None:
     [
         ar2_distillation,
         ar2_adversarial,
-        lambda s, r: ar2_retriever_loss(s, r, adv_lambda=0.3),
-        lambda s, r: ar2_retriever_loss(s, r, in_batch_scores=torch.cat([s, s], dim=1)),
+        lambda s, r: ar2_retriever_loss(retriever_scores=s, ranker_scores=r, adv_lambda=0.3),
+        lambda s, r: ar2_shard_loss(s, r, AR2Config(), in_batch_scores=torch.cat([s, s], dim=1)),
     ],
 )
 def test_no_gradient_flows_into_ranker(loss: Callable[..., Tensor]) -> None:
@@ -164,10 +167,11 @@ def test_no_gradient_flows_into_ranker(loss: Callable[..., Tensor]) -> None:
 
 def test_lambda_extremes_are_exactly_kd_and_adv() -> None:
     s, r = _t(S), _t(R)
-    assert torch.equal(ar2_retriever_loss(s, r, adv_lambda=0.0), ar2_distillation(s, r))
-    assert torch.equal(ar2_retriever_loss(s, r, adv_lambda=1.0), ar2_adversarial(s, r))
+    pair = {"retriever_scores": s, "ranker_scores": r}
+    assert torch.equal(ar2_retriever_loss(**pair, adv_lambda=0.0), ar2_distillation(s, r))
+    assert torch.equal(ar2_retriever_loss(**pair, adv_lambda=1.0), ar2_adversarial(s, r))
     assert torch.equal(
-        ar2_retriever_loss(s, r, adv_lambda=1.0, reduction="mean_per_query"),
+        ar2_retriever_loss(**pair, adv_lambda=1.0, reduction="mean_per_query"),
         ar2_adversarial(s, r, reduction="mean_per_query"),
     )
 
@@ -175,9 +179,10 @@ def test_lambda_extremes_are_exactly_kd_and_adv() -> None:
 def test_retriever_loss_matches_hand_computation() -> None:
     lam = 0.5
     expected = lam * _hand_adv_sum(S, R) + (1 - lam) * _hand_kd(S, R)
-    assert ar2_retriever_loss(_t(S), _t(R)).item() == pytest.approx(expected, rel=1e-12)
+    pair = {"retriever_scores": _t(S), "ranker_scores": _t(R)}
+    assert ar2_retriever_loss(**pair).item() == pytest.approx(expected, rel=1e-12)
     expected_mean = lam * _hand_adv_sum(S, R) / 2 + (1 - lam) * _hand_kd(S, R, t=2.0)
-    got = ar2_retriever_loss(_t(S), _t(R), reduction="mean_per_query", temperature=2.0)
+    got = ar2_retriever_loss(**pair, reduction="mean_per_query", temperature=2.0)
     assert got.item() == pytest.approx(expected_mean, rel=1e-12)
 
 
@@ -186,7 +191,7 @@ def test_retriever_loss_in_batch_term() -> None:
     in_batch = [S[0] + [0.3, -0.2, 0.1], [0.4, 0.0, 1.0] + S[1]]
     extra = -(_log_softmax(in_batch[0])[0] + _log_softmax(in_batch[1])[3]) / 2
     expected = 0.5 * _hand_adv_sum(S, R) + 0.5 * _hand_kd(S, R) + extra
-    got = ar2_retriever_loss(_t(S), _t(R), in_batch_scores=_t(in_batch))
+    got = ar2_shard_loss(_t(S), _t(R), AR2Config(), in_batch_scores=_t(in_batch))
     assert got.item() == pytest.approx(expected, rel=1e-12)
 
 
@@ -200,9 +205,11 @@ def test_retriever_loss_in_batch_term() -> None:
         lambda: ar2_distillation(torch.zeros(2, 3), torch.zeros(2, 3), temperature=0.0),
         lambda: ar2_adversarial(torch.zeros(2, 3), torch.zeros(3, 3)),
         lambda: ar2_adversarial(torch.zeros(2, 1), torch.zeros(2, 1)),
-        lambda: ar2_retriever_loss(torch.zeros(2, 3), torch.zeros(2, 3), adv_lambda=1.5),
         lambda: ar2_retriever_loss(
-            torch.zeros(2, 3), torch.zeros(2, 3), in_batch_scores=torch.zeros(2, 5)
+            retriever_scores=torch.zeros(2, 3), ranker_scores=torch.zeros(2, 3), adv_lambda=1.5
+        ),
+        lambda: ar2_shard_loss(
+            torch.zeros(2, 3), torch.zeros(2, 3), AR2Config(), in_batch_scores=torch.zeros(2, 5)
         ),
         lambda: in_batch_contrastive(torch.zeros(2, 4), torch.zeros(3, 4)),  # 3 rows, 2 queries
         lambda: in_batch_contrastive(torch.zeros(2, 4), torch.zeros(4, 3)),  # dims differ
@@ -219,4 +226,6 @@ def test_unknown_reduction_lists_valid_names() -> None:
     with pytest.raises(ValueError, match="mean_per_query.*sum|sum.*mean_per_query"):
         ar2_adversarial(torch.zeros(2, 3), torch.zeros(2, 3), reduction="mean")
     with pytest.raises(ValueError, match="choose one of"):
-        ar2_retriever_loss(torch.zeros(2, 3), torch.zeros(2, 3), reduction="avg")
+        ar2_retriever_loss(
+            retriever_scores=torch.zeros(2, 3), ranker_scores=torch.zeros(2, 3), reduction="avg"
+        )

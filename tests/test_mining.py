@@ -12,9 +12,16 @@ import pytest
 from ar2.data.beir import load_beir
 from ar2.data.training import TrainingGroup, read_groups, write_groups
 from ar2.index import BM25Index
-from ar2.mining import build_groups, drop_positives, mine, sample_negatives
+from ar2.mining import (
+    answer_check,
+    build_groups,
+    drop_positives,
+    mine,
+    sample_negatives,
+    write_mined,
+)
 from ar2.pipeline import BM25Retriever
-from ar2.types import Hit, Query
+from ar2.types import Doc, Hit, Query
 
 
 def test_drop_positives_removes_graded_positives_and_keeps_judged_non_relevant() -> None:
@@ -29,6 +36,47 @@ def test_drop_positives_with_answers() -> None:
     query = Query("q", "capital of France", ("Paris",))
     pools = drop_positives(run, {}, lambda q, d: q.answers[0] in texts[d], {"q": query})
     assert pools == {"q": (["b"], ["a"])}
+
+
+def test_mine_with_answers_drops_answer_bearing_candidates(toy_beir: Path) -> None:
+    corpus, queries, qrels = load_beir(toy_beir, "test")
+    docs = {d.id: d for d in corpus}
+    qa = [q._replace(answers=("Study",)) if q.id == "q3" else q for q in queries]
+    retriever = BM25Retriever(BM25Index.build(corpus))
+    assert answer_check(queries, docs) is None  # no query carries answers: nothing to check
+    check = answer_check(qa, docs)
+    assert check is not None
+    plain = mine(retriever, qa, qrels, k=8)
+    assert set(plain[0].negatives) == {"d5", "d6"}  # d5: "... heart blood study in mice"
+    (group,) = mine(retriever, qa, qrels, k=8, is_answer=check)
+    assert group.query.id == "q3" and group.negatives == ("d6",)
+    assert group.positives == ("q3",) and set(group.excluded) == {"q3", "d5"}
+
+
+def test_write_mined_records_the_answer_drops(tmp_path: Path) -> None:
+    query = Query("q1", "capital of France?", ("Paris",))
+    groups = [
+        TrainingGroup(query, ("d1",), ("d4",), ("d1", "d2", "d3")),
+        TrainingGroup(Query("q2", "?", ("Rome",)), ("d5",), ("d6",), ("d5",)),
+    ]
+    write_mined(tmp_path / "qa", groups, {"round": 1}, dropped=True)
+    manifest = json.loads((tmp_path / "qa" / "manifest.json").read_text())
+    assert manifest["round"] == 1 and manifest["groups"] == 2
+    answers = manifest["answers"]
+    assert answers["dropped"] is True and "has_answer" in answers["match"]
+    assert (answers["negatives_dropped"], answers["groups_with_drops"]) == (2, 1)
+    write_mined(tmp_path / "plain", groups[1:], {"round": 1}, dropped=False)
+    manifest = json.loads((tmp_path / "plain" / "manifest.json").read_text())
+    assert manifest["answers"]["dropped"] is False
+    assert read_groups(tmp_path / "qa") == [g._replace(query=g.query._replace(answers=()))
+                                            for g in groups]  # fmt: skip
+
+
+def test_answer_check_reads_title_and_text() -> None:
+    docs = {"d1": Doc("d1", "a city on the Seine", title="Paris"), "d2": Doc("d2", "Rome")}
+    check = answer_check([Query("q", "?", ("paris",))], docs)
+    assert check is not None and check(Query("q", "?", ("paris",)), "d1")
+    assert not check(Query("q", "?", ("paris",)), "d2")
 
 
 def test_sample_without_replacement_and_uniform() -> None:

@@ -153,6 +153,7 @@ def test_a_full_queue_answers_503_with_retry_after() -> None:
         assert httpx.post(base + "/search", json={"query": "dogs"}, timeout=30).status_code == 200
 
 
+@pytest.mark.integration
 def test_load_8_clients_200_requests_each_without_errors(url: str) -> None:
     """8 concurrent keep-alive clients × 200 requests (every mode, reranked or not, batches)."""
     expected: dict[tuple[str, str, int], list[str]] = {}
@@ -271,6 +272,7 @@ def _read_until_closed(sock: socket.socket) -> bytes:
     return data
 
 
+@pytest.mark.integration
 def test_half_sent_request_heads_are_closed_after_the_header_timeout(
     service: SearchService,
 ) -> None:

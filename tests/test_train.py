@@ -139,6 +139,7 @@ def _kill_when(cmd: list[str], ready: Path, timeout: float = 120) -> None:
     proc.wait()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kill_point", ["checkpoints/g0", "checkpoints/ar2", "rounds/1/ranker"])
 def test_kill_and_resume_matches_the_uninterrupted_run(
     toy_run: tuple[Path, Path, Path], tmp_path: Path, kill_point: str
@@ -289,6 +290,7 @@ def test_the_index_table_sets_every_refresh_index(
     assert not list((out / "indexes").glob(".*"))  # the encoded parts were removed
 
 
+@pytest.mark.integration
 def test_a_refresh_killed_after_its_index_was_saved_keeps_it_and_clears_leftovers(
     toy_run: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:

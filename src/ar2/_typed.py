@@ -15,9 +15,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
+from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar, Union
 
 from ar2.errors import Ar2Error
@@ -26,8 +28,8 @@ T = TypeVar("T")
 
 
 def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
-    """Build dataclass ``cls`` from ``data``, rejecting unknown keys (the valid ones listed)
-    and values of the wrong type (``rounds = "two"``), before any work starts.
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys (the closest valid one
+    named) and values of the wrong type (``rounds = "two"``), before any work starts.
 
     Example:
         >>> from ar2.config import EncoderConfig
@@ -36,17 +38,17 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
         >>> from_dict(EncoderConfig, {"batch_size": "16"}, "my.toml")
         Traceback (most recent call last):
         ar2.errors.Ar2Error: my.toml: batch_size = '16' is a string, not an integer. Fix: ...
+        >>> from_dict(EncoderConfig, {"poling": "cls"}, "my.toml")
+        Traceback (most recent call last):
+        ar2.errors.Ar2Error: my.toml: unknown key 'poling'. Fix: did you mean 'pooling'? ...
     """
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
-        raise Ar2Error(
-            f"{source}: unknown key(s) {unknown} for {cls.__name__}. "
-            f"Fix: correct or remove them; the valid keys are {sorted(names)}"
-        )
+        raise unknown_keys(source, unknown, names)
     hints = typing.get_type_hints(cls)
     for key, value in data.items():
-        _check_type(source, key, value, hints[key])
+        check_type(source, key, value, hints[key])
     try:
         return cls(**data)
     except (TypeError, ValueError) as err:
@@ -57,8 +59,42 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
-def _check_type(source: str, key: str, value: Any, hint: Any) -> None:
-    """Raise an :class:`Ar2Error` naming the key unless ``value`` is of type ``hint``."""
+def unknown_keys(
+    source: str, keys: Sequence[str], valid: Iterable[str], where: str = "", what: str = "key"
+) -> Ar2Error:
+    """The one-line error for unknown ``keys``: each with the closest of ``valid`` (difflib),
+    then the valid ones (``table.key`` names listed as ``table.*``).
+
+    Example:
+        >>> print(unknown_keys("my.toml [g0]", ["stpes"], ["steps", "lr"]))
+        my.toml [g0]: unknown key 'stpes'. Fix: did you mean 'steps'? (valid keys: lr, steps)
+        >>> print(unknown_keys("--set x=1", ["x"], ["rounds", "g0.lr"]))
+        --set x=1: unknown key 'x'. Fix: correct or remove it (valid keys: g0.*, rounds)
+    """
+    names = sorted(valid)
+    several = len(keys) > 1
+    fixes = []
+    for key in keys:
+        close = difflib.get_close_matches(key, names, n=1)
+        of, it = (f" for {key!r}", repr(key)) if several else ("", "it")
+        fixes.append(f"did you mean {close[0]!r}{of}?" if close else f"correct or remove {it}")
+    listing = ", ".join(sorted({n.split(".")[0] + ".*" if "." in n else n for n in names}))
+    told = ", ".join(repr(k) for k in keys)
+    return Ar2Error(
+        f"{source}: unknown {what}{'s' if several else ''} {told}{where}. "
+        f"Fix: {'; '.join(fixes)} (valid {what}s: {listing})"
+    )
+
+
+def check_type(source: str, key: str, value: Any, hint: Any) -> None:
+    """Raise an :class:`Ar2Error` naming the key unless ``value`` is of type ``hint``.
+
+    Example:
+        >>> check_type("my.toml", "lr", 1, float)  # an integer is a number
+        >>> check_type("my.toml", "lr", True, float)
+        Traceback (most recent call last):
+        ar2.errors.Ar2Error: my.toml: lr = True is true or false, not a number. Fix: ...
+    """
     allowed = (
         typing.get_args(hint) if typing.get_origin(hint) in (types.UnionType, Union) else (hint,)
     )

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ar2 import __version__
-from ar2.config import INDEX_PRESETS, IndexConfig
+from ar2.config import INDEX_PRESETS, AR2Config, IndexConfig
 from ar2.errors import Ar2Error
 
 log = logging.getLogger("ar2")
@@ -23,7 +23,7 @@ log = logging.getLogger("ar2")
 def cmd_index(args: argparse.Namespace) -> int:
     """Build a BM25 or dense index of a BEIR corpus into ``--out``."""
     from ar2._outdir import claim
-    from ar2.data.beir import iter_corpus, load_corpus
+    from ar2.data.beir import load_corpus
 
     file = Path(args.data_dir) / "corpus.jsonl"
     extra = {"data": str(Path(args.data_dir).resolve())}
@@ -37,21 +37,32 @@ def cmd_index(args: argparse.Namespace) -> int:
             index.save(out, extra, docs=corpus, overwrite=args.overwrite)
             count = len(corpus)
         else:
-            from ar2.encoders import BiEncoder
-            from ar2.index.factory import check_factory
-            from ar2.pipeline import index_corpus
-
-            # the texts are streamed twice (encoding, then stored in the index), never held: a
-            # first pass checks the whole file and keeps only the ids, before hours of encoding
-            ids = [d.id for d in iter_corpus(file)]
-            encoder = BiEncoder.load(args.model, precision=args.precision)
-            check_factory(config, len(ids), encoder.dim)
-            log.info("encoding %d documents with %s", len(ids), encoder.source)
-            index_corpus(encoder, lambda: iter_corpus(file, warn=False), ids, out, config,
-                         extra, store_docs=True, overwrite=args.overwrite)  # fmt: skip
-            count = len(ids)
+            count = _index_dense(args, file, config, extra, out)
     print(f"wrote {args.kind} index of {count} documents to {args.out}")
     return 0
+
+
+def _index_dense(
+    args: argparse.Namespace, file: Path, config: IndexConfig, extra: dict[str, str], out: Path
+) -> int:
+    """Encode and index ``file``'s documents into ``out``; returns how many."""
+    from ar2.data.beir import iter_corpus
+    from ar2.encoders import BiEncoder
+    from ar2.index.factory import check_factory
+    from ar2.pipeline import index_corpus
+
+    # the texts are streamed twice (encoding, then stored in the index), never held: a first
+    # pass checks the whole file and keeps only the ids, before hours of encoding
+    ids = [d.id for d in iter_corpus(file)]
+    encoder = BiEncoder.load(args.model, precision=args.precision)
+    check_factory(config, len(ids), encoder.dim)
+    log.info("encoding %d documents with %s", len(ids), encoder.source)
+    index_corpus(encoder, lambda: iter_corpus(file, warn=False), ids, out, config, extra,
+                 store_docs=True, overwrite=args.overwrite)  # fmt: skip
+    if encoder.cuts["documents"].cut:
+        fix = "a model that takes longer inputs, if the ends of documents matter"
+        log.warning("%s (recorded in the manifest). Fix: %s", encoder.truncation(), fix)
+    return len(ids)
 
 
 def _index_config(args: argparse.Namespace) -> IndexConfig:
@@ -117,15 +128,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     """AR2 co-training on a BEIR folder with a train split."""
     from ar2 import distributed
     from ar2._outdir import check_inputs, resolve
-    from ar2.config import load_ar2_config, load_toml
     from ar2.report import format_table
     from ar2.train.ar2 import run_ar2
 
-    source = args.config or str(_preset_path(args.preset))
-    data = load_toml(source)
-    if args.model:
-        data = data | {"retriever_model": args.model, "ranker_model": args.model}
-    cfg = load_ar2_config(data, source)
+    cfg = _train_config(args)
     warm = Path(args.warm_start) if args.warm_start else None
     check_inputs(resolve(args.out), [args.config])  # the run's own inputs: run_ar2 checks them
     w = distributed.init_from_env()  # under torchrun: one process of several
@@ -142,6 +148,32 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(format_table(results))
         print(f"\nrun: {args.out} (retriever/, ranker/, index/, report.md, metrics.jsonl)")
     return 0
+
+
+def _train_config(args: argparse.Namespace) -> AR2Config:
+    """The config of ``ar2 train``: the preset or ``--config`` file, then ``--model`` (a
+    shortcut for ``retriever_model`` and ``ranker_model``), then each ``--set KEY=VALUE`` in
+    order, so ``--set`` wins over both. A key or type error names the ``--set`` at fault; a
+    value out of range names the file and the ``--set`` settings given.
+
+    Example:
+        >>> argv = ["train", "data", "--out", "o", "--preset", "toy", "--model", "m",
+        ...         "--set", "g0.steps=80", "--set", "ranker_model=r"]
+        >>> cfg = _train_config(build_parser().parse_args(argv))
+        >>> cfg.g0.steps, cfg.retriever_model, cfg.ranker_model
+        (80, 'm', 'r')
+    """
+    from ar2._overrides import apply_overrides
+    from ar2.config import load_ar2_config, load_toml
+
+    source = args.config or str(_preset_path(args.preset))
+    data = load_toml(source)
+    if args.model:
+        data = data | {"retriever_model": args.model, "ranker_model": args.model}
+    if args.set:
+        data = apply_overrides(data, args.set)
+        source = f"{source} with --set {' '.join(args.set)}"
+    return load_ar2_config(data, source)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -260,6 +292,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="quick", help="quick (CPU demo), full, or toy")
     p.add_argument("--config", help="a TOML file of AR2Config fields, instead of --preset")
     p.add_argument("--model", help="start both models from this folder (default: MiniLM)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one setting of the preset or --config (and --model), repeatable: a field "
+        "(rounds=3) or table.field (g0.steps=80); VALUE is a TOML value or plain text",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     _add_overwrite(p, "start again in an --out that holds a run or other files (all lost)")
     p.add_argument(

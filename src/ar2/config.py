@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +170,9 @@ class StageConfig:
         max_grad_norm: Gradient clipping (AR2: 2.0).
         head_lr: Learning rate of a newly initialised head (the ranker's classifier), which
             learns far too slowly at the encoder's rate; ``None`` uses ``lr``.
+        epochs: Passes over the training queries; with it, a stage takes the steps that many
+            passes need on the collection at hand, at most ``steps`` (:meth:`steps_for`), so a
+            small collection is not trained for a hundred epochs. ``None``: ``steps`` always.
     """
 
     steps: int = 100
@@ -180,12 +183,27 @@ class StageConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 2.0
     head_lr: float | None = None
+    epochs: float | None = None
 
     def __post_init__(self) -> None:
         check_ranges(self, at_least={"steps": 0, "batch_size": 1, "n_neg": 0,
                                       "weight_decay": 0.0, "warmup_ratio": 0.0},
-                      above={"lr": 0.0, "max_grad_norm": 0.0, "head_lr": 0.0},
+                      above={"lr": 0.0, "max_grad_norm": 0.0, "head_lr": 0.0, "epochs": 0.0},
                       at_most={"warmup_ratio": 1.0})  # fmt: skip
+
+    def steps_for(self, queries: int) -> int:
+        """The stage's steps on ``queries`` training queries: ``steps``, or with ``epochs``
+        the steps that many passes take, at most ``steps``.
+
+        Example:
+            >>> StageConfig(steps=150, batch_size=32, epochs=7).steps_for(709)
+            150
+            >>> StageConfig(steps=150, batch_size=32, epochs=7).steps_for(35)
+            8
+        """
+        if self.epochs is None:
+            return self.steps
+        return min(self.steps, max(1, math.ceil(self.epochs * queries / self.batch_size)))
 
 
 @dataclass(frozen=True)
@@ -221,7 +239,11 @@ class AR2Config:
             ``"contrastive"`` (the ANCE-style control: in-batch + mined negatives, no ranker).
         refresh: Re-mine negatives with the current retriever every round; ``False`` keeps
             G0's (round-0) negatives throughout (the static-negatives ablation).
-        dev_queries: Training queries held out as dev when the data has no dev split.
+        dev_queries: The most training queries held out as dev when the data has no dev
+            split (see ``dev_fraction``).
+        dev_fraction: The share of the training queries held out as dev: the dev slice is
+            ``min(dev_queries, max(5, round(dev_fraction x training queries)))``
+            (:func:`ar2.train.data.dev_size`).
         eval_measure: The dev measure logged every round.
         rerank_k: Hits the ranker reranks when G+D is evaluated (dev and test).
         tune_fusion: Rerank by ``(1 - w) z(G) + w z(D)`` with ``w`` tuned on dev each round
@@ -254,6 +276,7 @@ class AR2Config:
     retriever_loss: str = "ar2"
     refresh: bool = True
     dev_queries: int = 100
+    dev_fraction: float = 0.125
     eval_measure: str = "nDCG@10"
     rerank_k: int = 50
     tune_fusion: bool = True
@@ -266,8 +289,8 @@ class AR2Config:
             at_least={"rounds": 0, "mine_k": 1, "query_max_length": 1, "doc_max_length": 1,
                       "ranker_max_length": 1, "dev_queries": 1, "rerank_k": 1,
                       "checkpoint_every": 1, "adv_lambda": 0.0},
-            above={"scale": 0.0, "kd_temperature": 0.0},
-            at_most={"adv_lambda": 1.0},
+            above={"scale": 0.0, "kd_temperature": 0.0, "dev_fraction": 0.0},
+            at_most={"adv_lambda": 1.0, "dev_fraction": 0.9},
         )  # fmt: skip
         check_choice("retriever_loss", self.retriever_loss, RETRIEVER_LOSSES)
         check_choice("adv_reduction", self.adv_reduction, ("sum", "mean_per_query"))
@@ -279,66 +302,29 @@ class AR2Config:
             )
 
 
-def config_json(cfg: AR2Config) -> dict[str, Any]:
-    """``cfg`` as the plain JSON a run stores in ``config.json``.
+STAGES = ("g0", "d0", "ranker", "retriever")
+"""The training stages of an :class:`AR2Config` (its :class:`StageConfig` tables)."""
+
+
+def for_collection(cfg: AR2Config, queries: int) -> tuple[AR2Config, str]:
+    """``cfg`` with each stage's steps for ``queries`` training queries
+    (:meth:`StageConfig.steps_for`), and one line saying so, for the log and the report.
 
     Example:
-        >>> config_json(AR2Config())["index"]["preset"]
-        'flat'
+        >>> cfg = AR2Config(g0=StageConfig(steps=150, batch_size=32, epochs=7))
+        >>> for_collection(cfg, 35)[1]
+        '35 training queries: g0 8 steps (7 epochs, at most 150); d0 100; ranker 50; retriever 100'
     """
-    return json.loads(json.dumps(cfg.__dict__, default=lambda o: o.__dict__))  # type: ignore[no-any-return]
-
-
-def read_run_config(path: Path) -> dict[str, Any]:
-    """A run's stored ``config.json``, with the defaults of the fields added since it was
-    written, in tables too (a run from an older ar2 still resumes and warm-starts). The rule
-    that makes this right: a new field's default is the behaviour from before it existed.
-
-    Example:
-        >>> _with_defaults({"g0": {"steps": 5}}, {"g0": {"steps": 1, "lr": 0.1}, "seed": 42})
-        {'g0': {'steps': 5, 'lr': 0.1}, 'seed': 42}
-    """
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as err:
-        raise Ar2Error(
-            f"{path}: not valid JSON ({err}), so the run cannot be checked or resumed. "
-            "Fix: restore it from a copy, or start the run again with --overwrite"
-        ) from None
-    if not isinstance(saved, dict):
-        raise Ar2Error(
-            f"{path}: not a run's config (a JSON {type(saved).__name__}). "
-            "Fix: restore it from a copy, or start the run again with --overwrite"
-        )
-    return _with_defaults(saved, config_json(AR2Config()))
-
-
-def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    merged = {
-        k: _with_defaults(saved[k], v) if isinstance(v, dict) and isinstance(saved.get(k), dict)
-        else saved.get(k, v)
-        for k, v in defaults.items()
-    }  # fmt: skip
-    return merged | {k: v for k, v in saved.items() if k not in defaults}
-
-
-def config_differences(
-    saved: dict[str, Any], wanted: dict[str, Any], prefix: str = ""
-) -> list[str]:
-    """The keys (``table.key``) whose values differ between two stored configs.
-
-    Example:
-        >>> config_differences({"g0": {"lr": 1}, "seed": 1}, {"g0": {"lr": 2}, "seed": 1})
-        ['g0.lr']
-    """
-    out = []
-    for key in sorted(set(saved) | set(wanted)):
-        a, b = saved.get(key), wanted.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += config_differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}")
-    return out
+    stages = {name: getattr(cfg, name) for name in STAGES}
+    steps = {name: stage.steps_for(queries) for name, stage in stages.items()}
+    planned = {name: dataclasses.replace(stages[name], steps=steps[name], epochs=None)
+               for name in STAGES}  # fmt: skip
+    parts = [
+        f"{name} {steps[name]}" + ("" if stage.epochs is None else
+                                   f" steps ({stage.epochs:g} epochs, at most {stage.steps})")
+        for name, stage in stages.items()
+    ]  # fmt: skip
+    return dataclasses.replace(cfg, **planned), f"{queries} training queries: {'; '.join(parts)}"
 
 
 def load_ar2_config(data: dict[str, Any], source: str = "config") -> AR2Config:
@@ -349,8 +335,7 @@ def load_ar2_config(data: dict[str, Any], source: str = "config") -> AR2Config:
         >>> load_ar2_config({"rounds": 3, "g0": {"steps": 10}}).g0.steps
         10
     """
-    tables = {"StageConfig": StageConfig, "IndexConfig": IndexConfig}
-    kinds = {f.name: tables[f.type] for f in dataclasses.fields(AR2Config) if f.type in tables}
+    kinds = config_tables()
     for key in kinds.keys() & data.keys():
         if not isinstance(data[key], dict):
             raise Ar2Error(
@@ -361,3 +346,14 @@ def load_ar2_config(data: dict[str, Any], source: str = "config") -> AR2Config:
         k: from_dict(kinds[k], v, f"{source} [{k}]") if k in kinds else v for k, v in data.items()
     }
     return from_dict(AR2Config, fields, source)
+
+
+def config_tables() -> dict[str, type]:
+    """The fields of :class:`AR2Config` written as TOML tables, with their dataclasses.
+
+    Example:
+        >>> sorted(config_tables())
+        ['d0', 'g0', 'index', 'ranker', 'retriever']
+    """
+    kinds = {"StageConfig": StageConfig, "IndexConfig": IndexConfig}
+    return {f.name: kinds[f.type] for f in dataclasses.fields(AR2Config) if f.type in kinds}

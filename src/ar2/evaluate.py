@@ -9,6 +9,8 @@ Every number follows one documented protocol (:data:`PROTOCOL_NOTES`), so a repo
 * a hit whose doc id equals its query id is kept (BEIR drops those for ArguAna and Quora).
 
 Heavy libraries (ir_measures, scipy, statsmodels, regex) are imported lazily, inside functions.
+Answer matching (:func:`has_answer`, DPR string mode) lives in :mod:`ar2.answers`, shared with
+the mining of hard negatives; it is re-exported here.
 
 Example:
     >>> from ar2.types import Hit
@@ -20,13 +22,13 @@ Example:
 from __future__ import annotations
 
 import math
-import unicodedata
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 from importlib import metadata
 from typing import Any
 
 from ar2._optional import require
+from ar2.answers import AnswerTokens, answer_tokens, contains_answer, dpr_tokens
+from ar2.answers import has_answer as has_answer  # re-exported: evaluate.has_answer
 from ar2.types import Qrels, Query, Run
 
 MEASURE_EXAMPLES = ("nDCG@10", "RR@10", "R@100", "P@5", "AP@100")
@@ -286,66 +288,14 @@ def compare(
     return rows
 
 
-@lru_cache(maxsize=1)
-def _token_pattern() -> Any:
-    """DPR SimpleTokenizer's pattern: runs of letters/digits/marks, or any other visible char."""
-    regex = require("regex", "eval")
-    return regex.compile(
-        r"([\p{L}\p{N}\p{M}]+)|([^\p{Z}\p{C}])",
-        flags=regex.IGNORECASE | regex.UNICODE | regex.MULTILINE,
-    )
-
-
-def _dpr_tokens(text: str) -> tuple[str, ...]:
-    """NFD-normalise, tokenise with DPR's SimpleTokenizer and lower-case (``uncased=True``)."""
-    normalised = unicodedata.normalize("NFD", text)
-    return tuple(m.group().lower() for m in _token_pattern().finditer(normalised))
-
-
-def _contains(tokens: Sequence[str], answer_tokens: Sequence[tuple[str, ...]]) -> bool:
-    """Whether any answer occurs in ``tokens`` as a contiguous token sequence."""
-    for answer in answer_tokens:
-        n = len(answer)
-        if any(tuple(tokens[i : i + n]) == answer for i in range(len(tokens) - n + 1)):
-            return True
-    return False
-
-
-def _answer_tokens(answers: Sequence[str]) -> list[tuple[str, ...]]:
-    """Tokenised answers; answers without any token are dropped (DPR would match them)."""
-    return [tokens for tokens in map(_dpr_tokens, answers) if tokens]
-
-
-def has_answer(text: str, answers: Sequence[str]) -> bool:
-    """Whether ``text`` contains one of ``answers``, as DPR's ``has_answer`` in string mode.
-
-    Re-implements ``has_answer(..., match_type="string")`` of DPR (Karpukhin et al., 2020,
-    "Dense Passage Retrieval for Open-Domain Question Answering"; ``dpr/utils/tokenizers.py``
-    ``SimpleTokenizer`` and ``dpr/data/qa_validation.py``): both sides are NFD-normalised,
-    tokenised with ``[\\p{L}\\p{N}\\p{M}]+|[^\\p{Z}\\p{C}]`` (``regex`` package,
-    IGNORECASE | UNICODE | MULTILINE), lower-cased, and an answer matches when its tokens occur
-    contiguously in the text's tokens. One deviation: an answer with no token never matches
-    (in DPR an empty answer matches every text).
-
-    Example:
-        >>> has_answer("The Eiffel Tower is in PARIS.", ["paris"])
-        True
-        >>> has_answer("Two cats sat.", ["cat"])
-        False
-    """
-    if isinstance(answers, str):
-        raise TypeError("answers must be a sequence of strings, not a single string")
-    return _contains(_dpr_tokens(text), _answer_tokens(answers))
-
-
 def _first_answer_rank(
-    hits: Sequence[Any], answers: list[tuple[str, ...]], doc_text: Mapping[str, str], depth: int
+    hits: Sequence[Any], answers: AnswerTokens, doc_text: Mapping[str, str], depth: int
 ) -> int | None:
     """1-based rank of the first of the top-``depth`` docs containing an answer, else None."""
     for rank, doc_id in enumerate(_ranked(hits)[:depth], start=1):
         if doc_id not in doc_text:
             raise ValueError(f"run hit {doc_id!r} has no entry in doc_text; pass every doc's text")
-        if _contains(_dpr_tokens(doc_text[doc_id]), answers):
+        if contains_answer(dpr_tokens(doc_text[doc_id]), answers):
             return rank
     return None
 
@@ -360,7 +310,8 @@ def answer_accuracy(
 
     Only queries with at least one answer count; one missing from the run counts as a miss.
     Hits are ranked with the same tie rule as :func:`per_query` (score desc, doc id desc).
-    Answers are matched with :func:`has_answer` (DPR string mode, Karpukhin et al., 2020).
+    Answers are matched with :func:`ar2.answers.has_answer` (DPR string mode, Karpukhin et al.,
+    2020).
 
     Example:
         >>> from ar2.types import Hit, Query
@@ -374,7 +325,7 @@ def answer_accuracy(
         raise ValueError(f"ks must be positive integers, got {list(ks)}")
     depth, ranks = max(ks), []
     for query in queries:
-        answers = _answer_tokens(query.answers)
+        answers = answer_tokens(query.answers)
         if answers:
             ranks.append(_first_answer_rank(run.get(query.id) or [], answers, doc_text, depth))
     if not ranks:

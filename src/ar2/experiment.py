@@ -133,6 +133,16 @@ class _Systems:
             }
         return self._dense[model]
 
+    def note_truncation(self) -> None:
+        """Record (and warn of) the queries and documents each dense system's encoder cut."""
+        for model, retriever in self._dense.items():
+            encoder = retriever.encoder  # type: ignore[attr-defined]
+            note = encoder.truncation()
+            self.descriptions[f"dense:{model or 'default'}"]["truncation"] = note
+            if any(c.cut for c in encoder.cuts.values()):
+                fix = "a model that takes longer inputs, or longer cut-offs if this one allows"
+                log.warning("dense:%s: %s. Fix: %s", model or "default", note, fix)
+
 
 def run_eval(job: EvalJob) -> dict[str, dict[str, float]]:
     """Run every system of ``job``, write the report into ``job.out`` and return the results.
@@ -159,6 +169,7 @@ def run_eval(job: EvalJob) -> dict[str, dict[str, float]]:
             runs.update(_run_system(spec, systems, corpus, queries, job))
         for name, run in runs.items():
             write_run(run, out / "runs" / f"{_file_name(name)}.trec", tag=_file_name(name))
+        systems.note_truncation()
         results = score_and_report(job, runs, (queries, qrels), corpus, systems.descriptions)
         _write_manifest(out, job, files, done=True)
         _remove_stale(out, set(previous) - set(files))
@@ -281,8 +292,16 @@ def _protocol(
         "significance": f"paired two-sided t-test of each system against {baseline!r}, "
         "Holm correction over all comparisons, alpha 0.05",
         "systems": systems,
+        "truncation": _truncation(systems),
         "ar2_version": __version__,
     }
+
+
+def _truncation(systems: dict[str, Any]) -> str:
+    """One line: what each dense system's encoder cut to its token limits."""
+    notes = [f"{name}: {d['truncation']}" for name, d in systems.items()
+             if isinstance(d, dict) and "truncation" in d]  # fmt: skip
+    return " | ".join(notes) or "no dense encoder"
 
 
 def _file_name(name: str) -> str:

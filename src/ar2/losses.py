@@ -17,11 +17,16 @@ Each query ``b`` has a *group* of ``M = 1 + n`` candidates with the positive at 
 
 The losses, each a scalar to minimise:
 
-- :func:`in_batch_contrastive`: warm-up retriever G0 (DPR, ``de.py``), in-batch negatives.
+- :func:`in_batch_contrastive`: warm-up retriever G0 (DPR, ``de.py``), in-batch negatives;
+  :func:`in_batch_nll` is the same on a precomputed score matrix.
 - :func:`listwise_ce`: ranker D, ``mean_b -log softmax(r_b)[0]`` (Eq. 7).
 - :func:`ar2_distillation`: ``L_KD = mean_b -sum_j Q_bj log P_bj`` (Eqs. 11-12).
 - :func:`ar2_adversarial`: ``L_ADV = sum_b sum_j reward_bj log P_bj`` (Eqs. 8-10).
 - :func:`ar2_retriever_loss`: the G-step, ``lambda L_ADV + (1 - lambda) L_KD``.
+
+The losses see one batch. What data parallelism adds (the summed L_ADV counted once per
+process, in-batch negatives gathered from every process) and the optional in-batch term of
+the AR2 step live in the training step, :func:`ar2.train.steps.ar2_shard_loss`.
 
 Facts about L_ADV:
 
@@ -48,8 +53,9 @@ Where we differ from the original code:
    reward). Since ``|log(p + 1e-7) - log p| <= 1e-7 / p``, they differ only at extreme logits
    (``p`` below about ``1e-5``), where the original flattens out near ``log 1e-7 = -16.1``
    and we return the exact, numerically stable value.
-2. ``ar2_retriever_loss(..., in_batch_scores=...)`` can add an in-batch cross-entropy term.
-   It is off by default: the original AR2 stage has no in-batch negatives.
+2. The AR2 step can add an in-batch cross-entropy term (:func:`in_batch_nll`, added by
+   :func:`ar2.train.steps.ar2_shard_loss` with ``in_batch = true``). It is off by default:
+   the original AR2 stage has no in-batch negatives.
 3. ``ar2_adversarial(..., reduction="mean_per_query")`` is an option; the default ``"sum"``
    is the original.
 """
@@ -65,6 +71,7 @@ import torch.nn.functional as F
 def in_batch_contrastive(
     query_vecs: torch.Tensor,
     doc_vecs: torch.Tensor,
+    *,
     temperature: float = 1.0,
     group: int | None = None,
     offset: int = 0,
@@ -112,7 +119,33 @@ def in_batch_contrastive(
             f"queries (from query {offset} on); got {n_docs} rows"
         )
     scores = query_vecs @ doc_vecs.T / temperature  # (batch, all queries * group)
-    return _in_batch_nll(scores, group, offset)
+    return in_batch_nll(scores, group=group, offset=offset)  # ()
+
+
+def in_batch_nll(scores: torch.Tensor, *, group: int, offset: int = 0) -> torch.Tensor:
+    """Mean NLL of each query's positive among every passage of the batch (DPR's loss).
+
+    ``mean_b -log softmax_k(scores_bk)[(offset + b) * group]``: the passages are groups of
+    ``group`` in query order, each positive first. :func:`in_batch_contrastive` is this loss on
+    dot products; the AR2 step adds it as its optional in-batch term
+    (:func:`ar2.train.steps.ar2_shard_loss`). With a single query it is :func:`listwise_ce`.
+
+    Args:
+        scores: ``(B, N * group)`` scores of ``B`` queries against the groups of ``N >= B``
+            queries (a temperature or scale already applied).
+        group: ``1 + h``, passages per query.
+        offset: the scored queries are queries ``offset, offset + 1, ...`` of the ``N``.
+
+    Returns:
+        The scalar loss.
+
+    Example:
+        >>> scores = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+        >>> round(in_batch_nll(scores, group=2).item(), 4)  # -log(e / (e + 3))
+        0.7437
+    """
+    rows = torch.arange(scores.shape[0], device=scores.device)  # (batch,)
+    return F.cross_entropy(scores, (offset + rows) * group)  # ()
 
 
 def listwise_ce(scores: torch.Tensor) -> torch.Tensor:
@@ -138,7 +171,7 @@ def listwise_ce(scores: torch.Tensor) -> torch.Tensor:
 
 
 def ar2_distillation(
-    retriever_scores: torch.Tensor, ranker_scores: torch.Tensor, temperature: float = 1.0
+    retriever_scores: torch.Tensor, ranker_scores: torch.Tensor, *, temperature: float = 1.0
 ) -> torch.Tensor:
     """L_KD: the ranker distils into the retriever (spec §3.3 step 3, paper Eqs. 11-12).
 
@@ -204,7 +237,7 @@ ADV_REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def ar2_adversarial(
-    retriever_scores: torch.Tensor, ranker_scores: torch.Tensor, reduction: str = "sum"
+    retriever_scores: torch.Tensor, ranker_scores: torch.Tensor, *, reduction: str = "sum"
 ) -> torch.Tensor:
     """L_ADV: the adversarial (REINFORCE) retriever term (spec §3.3 step 4, paper Eqs. 8-10).
 
@@ -237,72 +270,46 @@ def ar2_adversarial(
 
 
 def ar2_retriever_loss(
+    *,
     retriever_scores: torch.Tensor,
     ranker_scores: torch.Tensor,
     adv_lambda: float = 0.5,
     reduction: str = "sum",
     temperature: float = 1.0,
-    in_batch_scores: torch.Tensor | None = None,
-    shards: int = 1,
-    offset: int = 0,
 ) -> torch.Tensor:
-    """The AR2 retriever (G-step) loss ``lambda L_ADV + (1 - lambda) L_KD`` (spec §3.3 step 5).
+    """The AR2 retriever (G-step) loss ``L_G = lambda L_ADV + (1 - lambda) L_KD``.
 
-    ``lambda = 0`` is exactly :func:`ar2_distillation`, ``lambda = 1`` exactly
-    :func:`ar2_adversarial`. The README uses ``lambda = 0.5``; the authors later suggested
-    0.2-0.3 (issue #4). The ranker is frozen: no gradient reaches ``ranker_scores``.
+    L_ADV is the REINFORCE term of paper Eqs. 8-10 (:func:`ar2_adversarial`), L_KD the
+    regulariser of Eqs. 11-12 (:func:`ar2_distillation`); the released code mixes them with
+    ``lambda = --adv_lambda`` (spec §3.3 step 5). ``lambda = 0`` is exactly L_KD, ``lambda = 1``
+    exactly L_ADV. The README uses ``lambda = 0.5``; the authors later suggested 0.2-0.3
+    (issue #4). The ranker is frozen: no gradient reaches ``ranker_scores``.
 
-    Our addition, not in the original: when ``in_batch_scores`` is given, the mean
-    cross-entropy of each query's positive over all passages of the batch (as in
-    :func:`in_batch_contrastive`) is added with weight 1. The original AR2 stage has no
-    in-batch negatives (spec §3.3 step 1).
+    This is the loss of the batch it is given. Data parallelism and the optional in-batch term
+    (our addition) are the training step's: :func:`ar2.train.steps.ar2_shard_loss`.
 
     Args:
-        retriever_scores: ``(B, M)`` retriever scores of each query's group, ``M = 1 + n``,
-            positive at column 0.
-        ranker_scores: ``(B, M)`` ranker logits for the same candidates.
+        retriever_scores: ``(B, M)`` retriever scores ``s`` of each query's group,
+            ``M = 1 + n``, positive at column 0.
+        ranker_scores: ``(B, M)`` ranker logits ``r`` for the same candidates.
         adv_lambda: ``lambda`` in ``[0, 1]``, the weight of L_ADV.
         reduction: L_ADV reduction, ``"sum"`` (original) or ``"mean_per_query"``.
         temperature: ranker temperature ``T`` of L_KD (1 in AR2).
-        in_batch_scores: optional ``(B, B * M)`` scores of every query against every passage
-            of the batch, groups in query order; query ``b``'s positive is column ``b * M``.
-        shards: data parallelism (:mod:`ar2.distributed`): this batch is one of ``shards``
-            equal shards of the global batch. The summed L_ADV is multiplied by ``shards``, so
-            that the mean of the shards' losses (what DDP's gradient averaging optimises) is
-            the loss of the global batch.
-        offset: with ``shards``, the global index of this shard's first query;
-            ``in_batch_scores`` then holds every shard's passages, ``(B, shards * B * M)``.
 
     Returns:
         The scalar loss.
 
     Example:
         >>> s = torch.tensor([[0.0, 0.0]]); r = torch.tensor([[5.0, -5.0]])
-        >>> round(ar2_retriever_loss(s, r, adv_lambda=0.0).item(), 4)
+        >>> loss = ar2_retriever_loss(retriever_scores=s, ranker_scores=r, adv_lambda=0.0)
+        >>> round(loss.item(), 4)  # L_KD alone: -log 0.5
         0.6931
     """
     if not 0.0 <= adv_lambda <= 1.0:
         raise ValueError(f"adv_lambda must be in [0, 1]; got {adv_lambda}")
-    adv = ar2_adversarial(retriever_scores, ranker_scores, reduction)  # ()
-    if reduction == "sum":
-        adv = adv * shards  # a sum over the global batch, not over this shard
-    kd = ar2_distillation(retriever_scores, ranker_scores, temperature)  # ()
-    loss = adv_lambda * adv + (1.0 - adv_lambda) * kd  # ()
-    if in_batch_scores is None:
-        return loss
-    batch, group = retriever_scores.shape
-    if in_batch_scores.shape != (batch, shards * batch * group):
-        raise ValueError(
-            f"in_batch_scores must have shape (B, shards * B * M) = "
-            f"{(batch, shards * batch * group)}; got {tuple(in_batch_scores.shape)}"
-        )
-    return loss + _in_batch_nll(in_batch_scores, group, offset)
-
-
-def _in_batch_nll(scores: torch.Tensor, group: int, offset: int = 0) -> torch.Tensor:
-    """Mean NLL of query ``b``'s positive, column ``(offset + b) * group`` of the scores."""
-    rows = torch.arange(scores.shape[0], device=scores.device)  # (batch,)
-    return F.cross_entropy(scores, (offset + rows) * group)
+    adv = ar2_adversarial(retriever_scores, ranker_scores, reduction=reduction)  # ()
+    kd = ar2_distillation(retriever_scores, ranker_scores, temperature=temperature)  # ()
+    return adv_lambda * adv + (1.0 - adv_lambda) * kd  # ()
 
 
 def _get_reduction(name: str) -> Callable[[torch.Tensor], torch.Tensor]:

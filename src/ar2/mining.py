@@ -6,6 +6,10 @@ contain an answer), keep the rest as the query's negative pool, and sample n neg
 pool uniformly without replacement every time the query is drawn (tiling when the pool is
 smaller than n). Queries with no positive or an empty pool are dropped.
 
+``ar2 train`` drops the answer-bearing candidates whenever a training query carries answers
+(:func:`answer_check`, DPR's ``has_answer`` from :mod:`ar2.answers` on a document's title and
+text) and records how many in the groups' manifest (:func:`write_mined`).
+
 Example:
     >>> from ar2.types import Hit
     >>> run = {"q1": [Hit("d1", 3.0), Hit("d2", 2.0), Hit("d3", 1.0)]}
@@ -15,12 +19,21 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
-from ar2.data.training import TrainingGroup
+from ar2.answers import answer_checker
+from ar2.data.training import TrainingGroup, write_groups
 from ar2.pipeline import Retriever
-from ar2.types import Qrels, Query, Run
+from ar2.types import Doc, Qrels, Query, Run
+
+log = logging.getLogger(__name__)
+
+ANSWER_MATCH = "DPR has_answer (string mode) on the document's title + text"
+"""How an answer-bearing candidate is recognised, as recorded in a manifest."""
 
 Pools = dict[str, tuple[list[str], list[str]]]
 """``query_id -> (negative pool in rank order, positives removed from the candidates)``."""
@@ -95,7 +108,80 @@ def mine(
     k: int,
     is_answer: Callable[[Query, str], bool] | None = None,
 ) -> list[TrainingGroup]:
-    """Retrieve the top ``k``, drop the positives, and build the training groups."""
+    """Retrieve the top ``k``, drop the positives, and build the training groups.
+
+    With ``is_answer`` (:func:`answer_check`), the candidates that contain one of their query's
+    answers are dropped from the negatives too, and listed in the group's ``excluded``.
+
+    Example:
+        >>> from ar2.types import Hit
+        >>> class Fixed:  # a retriever with a fixed ranking
+        ...     def retrieve(self, queries, k):
+        ...         return {q.id: [Hit("d1", 3.0), Hit("d2", 2.0), Hit("d3", 1.0)] for q in queries}
+        >>> docs = {d: Doc(d, t) for d, t in [("d1", "Paris"), ("d2", "in Paris"), ("d3", "Rome")]}
+        >>> queries = [Query("q1", "capital of France?", ("Paris",))]
+        >>> [group] = mine(Fixed(), queries, {"q1": {"d1": 1}}, 3, answer_check(queries, docs))
+        >>> group.positives, group.negatives, group.excluded
+        (('d1',), ('d3',), ('d1', 'd2'))
+    """
     run = retrieve_candidates(retriever, queries, k)
     by_id = {q.id: q for q in queries} if is_answer else None
     return build_groups(queries, qrels, drop_positives(run, qrels, is_answer, by_id))
+
+
+def answer_check(
+    queries: Sequence[Query], docs: Mapping[str, Doc]
+) -> Callable[[Query, str], bool] | None:
+    """The ``is_answer`` test of :func:`mine` for ``queries``: DPR's ``has_answer`` on a
+    document's ``full_text()`` when any query carries answers (QA data), else ``None``.
+
+    Example:
+        >>> docs = {"d1": Doc("d1", "Paris is in France."), "d2": Doc("d2", "Berlin.")}
+        >>> check = answer_check([Query("q1", "capital of France?", ("Paris",))], docs)
+        >>> check(Query("q1", "capital of France?", ("Paris",)), "d1")
+        True
+        >>> answer_check([Query("q1", "what do cats eat")], docs) is None
+        True
+    """
+    if not any(query.answers for query in queries):
+        return None
+    return answer_checker(lambda doc_id: docs[doc_id].full_text())
+
+
+def answer_record(groups: Sequence[TrainingGroup], dropped: bool) -> dict[str, Any]:
+    """The manifest entry ``answers``: were answer-bearing candidates dropped from the
+    negatives (``dropped``: the queries carry answers), how, and how many (the candidates
+    removed from the groups' pools that are not qrels positives, summed over the groups).
+
+    Example:
+        >>> g = TrainingGroup(Query("q1", "x", ("a",)), ("d1",), ("d3",), ("d1", "d2"))
+        >>> answer_record([g], True)["negatives_dropped"]
+        1
+        >>> answer_record([g], False)
+        {'dropped': False, 'reason': 'no training query carries answers'}
+    """
+    if not dropped:
+        return {"dropped": False, "reason": "no training query carries answers"}
+    per_group = [len(set(g.excluded) - set(g.positives)) for g in groups]
+    return {
+        "dropped": True,
+        "match": ANSWER_MATCH,
+        "negatives_dropped": sum(per_group),
+        "groups_with_drops": sum(n > 0 for n in per_group),
+    }
+
+
+def write_mined(
+    folder: Path, groups: Sequence[TrainingGroup], provenance: dict[str, Any], dropped: bool
+) -> None:
+    """:func:`~ar2.data.training.write_groups` with :func:`answer_record` in the manifest under
+    ``answers``; when answers were dropped, one log line says how many."""
+    record = answer_record(groups, dropped)
+    if dropped:
+        log.info(
+            "%s/%s: the training queries carry answers, so %d answer-bearing candidates (in %d "
+            "queries) were dropped from the negatives (%s)",
+            folder.parent.name, folder.name, record["negatives_dropped"],
+            record["groups_with_drops"], ANSWER_MATCH,
+        )  # fmt: skip
+    write_groups(folder, groups, provenance | {"answers": record})

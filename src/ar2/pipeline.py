@@ -116,7 +116,7 @@ def index_corpus(
         vectors = work / "vectors.npy"
         encoder.encode_docs_to(vectors, docs(), len(ids), progress=True)
         index = FaissIndex.build_from_npy(vectors, ids, config)
-        extra = (extra or {}) | {"encoder": encoder.describe()}
+        extra = (extra or {}) | {"encoder": encoder.describe(), "truncation": encoder.truncation()}
         index.save(path, extra, docs() if store_docs else (), overwrite)  # before vectors go
     finally:
         shutil.rmtree(work, ignore_errors=True)

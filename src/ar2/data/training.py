@@ -31,8 +31,8 @@ GROUPS_FILE = "groups.jsonl"
 class TrainingGroup(NamedTuple):
     """One training query with ``positives`` and a ``negatives`` pool (doc ids, rank order).
 
-    ``excluded`` lists the positives that were found among the retrieved candidates and removed
-    from the pool (mining provenance).
+    ``excluded`` lists the retrieved candidates removed from the pool (mining provenance): the
+    positives found among them and, for QA data, the documents containing an answer.
     """
 
     query: Query

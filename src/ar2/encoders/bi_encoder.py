@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence, Sized
 from itertools import islice
 from pathlib import Path
@@ -70,6 +71,7 @@ class BiEncoder:
         self.tokenizer = tokenizer
         self.config = config
         self.source = source
+        self.cuts = {"queries": Cuts(), "documents": Cuts()}  # what encoding has cut so far
 
     @property
     def shared(self) -> bool:
@@ -91,10 +93,18 @@ class BiEncoder:
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> BiEncoder:
-        """Load a local folder (default: bundled all-MiniLM-L6-v2); ``overrides`` set config."""
+        """Load a local folder (default: bundled all-MiniLM-L6-v2); ``overrides`` set config.
+
+        Settings come from the folder: an ar2 manifest, else a sentence-transformers config
+        (whose ``max_seq_length`` cuts queries and documents alike, as sentence-transformers
+        does), else the model's own maximum for queries. Whatever is cut is counted in
+        :attr:`cuts`."""
         path = _hf.check_model_dir(path or default_model_path())
         manifest = _hf.read_json(path / _hf.MANIFEST)
         found = manifest.get("config") or _hf.config_from_st_folder(path)
+        if "query_max_length" not in found:  # queries are cut where the model stops, not before
+            model_max = found.get("doc_max_length") or _hf.max_positions(path)
+            found = found | ({"query_max_length": model_max} if model_max else {})
         config = dataclasses.replace(EncoderConfig(**found), **overrides)
         config = _hf.fit_lengths(path, config, ("query_max_length", "doc_max_length"), overrides)
         tokenizer, doc_model = _hf.load_tokenizer_and_model(path)
@@ -128,14 +138,13 @@ class BiEncoder:
         """Encode query strings (or :class:`Query` objects) into ``(n, dim)`` float32 vectors."""
         texts = (self.query_text(q) for q in queries)
         bar = _progress(queries, progress)
-        return self._encode(self.query_model, texts, self.config.query_max_length, bar)
+        return self._encode(self.query_model, texts, self.config.query_max_length, bar, "queries")
 
     def encode_docs(self, docs: Iterable[Doc | str], progress: bool = False) -> np.ndarray:
         """Encode documents (``title + title_sep + text``) into ``(n, dim)`` float32 vectors."""
         texts = (self.doc_text(d) for d in docs)
-        return self._encode(
-            self.doc_model, texts, self.config.doc_max_length, _progress(docs, progress)
-        )
+        bar = _progress(docs, progress)
+        return self._encode(self.doc_model, texts, self.config.doc_max_length, bar, "documents")
 
     def encode_docs_to(
         self, path: str | Path, docs: Iterable[Doc | str], count: int, progress: bool = False
@@ -155,7 +164,8 @@ class BiEncoder:
                 for chunk in _chunks((self.doc_text(d) for d in docs), _CHUNK):
                     if row + len(chunk) > count:
                         raise ValueError(f"more than count={count} documents")
-                    vectors = self._encode_chunk(model, chunk, self.config.doc_max_length, bar)
+                    limit = self.config.doc_max_length
+                    vectors = self._encode_chunk(model, chunk, limit, bar, "documents")
                     _npy.write_rows(tmp, row, vectors)
                     row += len(chunk)
             if row != count:
@@ -177,6 +187,19 @@ class BiEncoder:
                     self.query_model, self.tokenizer, cfg, query_dir, cfg.query_max_length
                 )
             atomic_write_json(tmp / _hf.MANIFEST, self.describe())
+
+    def count_cuts(self, docs: Iterable[Doc | str]) -> Cuts:
+        """Count, without encoding them, the documents :meth:`encode_docs` would cut (added to
+        :attr:`cuts`: for documents encoded elsewhere, such as an index built earlier)."""
+        for chunk in _chunks((self.doc_text(d) for d in docs), _CHUNK):
+            self._token_ids(chunk, self.config.doc_max_length, "documents")
+        return self.cuts["documents"]
+
+    def truncation(self) -> str:
+        """What encoding has cut so far, for a report (see :class:`Cuts`)."""
+        cut = [c.describe(kind) for kind, c in self.cuts.items() if c.cut]
+        seen = [f"{c.seen} {kind}" for kind, c in self.cuts.items() if c.seen]
+        return "; ".join(cut) if cut else f"nothing was cut ({', '.join(seen) or 'no text'})"
 
     def describe(self) -> dict[str, Any]:
         """What an index or report needs to know about this encoder (stored in manifests)."""
@@ -202,14 +225,19 @@ class BiEncoder:
             vectors = torch.nn.functional.normalize(vectors, dim=-1)
         return vectors  # (n, dim)
 
-    def _encode(self, model: Any, texts: Iterable[str], max_len: int, bar: Any) -> np.ndarray:
+    def _encode(
+        self, model: Any, texts: Iterable[str], max_len: int, bar: Any, kind: str
+    ) -> np.ndarray:
         with eval_mode(model), bar:
-            parts = [self._encode_chunk(model, c, max_len, bar) for c in _chunks(texts, _CHUNK)]
+            chunks = _chunks(texts, _CHUNK)
+            parts = [self._encode_chunk(model, c, max_len, bar, kind) for c in chunks]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
 
-    def _encode_chunk(self, model: Any, texts: list[str], max_len: int, bar: Any) -> np.ndarray:
+    def _encode_chunk(
+        self, model: Any, texts: list[str], max_len: int, bar: Any, kind: str
+    ) -> np.ndarray:
         torch = require("torch")
-        ids = self.tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]
+        ids = self._token_ids(texts, max_len, kind)
         out = np.empty((len(texts), self.dim), dtype=np.float32)  # (n, dim)
         pool, bf16 = get_pooler(self.config.pooling), use_bf16(self.config.precision, self.device)
         for rows in length_sorted_batches([len(x) for x in ids], self.config.batch_size):
@@ -222,6 +250,49 @@ class BiEncoder:
             out[rows] = vectors.cpu().numpy()
             bar.update(len(rows))
         return out
+
+    def _token_ids(self, texts: list[str], max_len: int, kind: str) -> list[list[int]]:
+        """Token ids cut to ``max_len``; the cuts are counted in :attr:`cuts` (one pass of a
+        fast tokenizer: a text that was cut has overflow rows)."""
+        enc = self.tokenizer(texts, truncation=True, max_length=max_len, verbose=False,
+                             return_overflowing_tokens=True)  # fmt: skip
+        rows = enc.get("overflow_to_sample_mapping")
+        if rows is None:  # a slow tokenizer: no overflow rows, lengths from a second pass
+            full = self.tokenizer(texts, verbose=False)["input_ids"]
+            cut = sum(len(x) > max_len for x in full)
+            ids = self.tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]
+        else:
+            first: dict[int, int] = {}
+            for row, sample in enumerate(rows):
+                first.setdefault(sample, row)
+            ids = [enc["input_ids"][first[i]] for i in range(len(texts))]
+            cut = sum(1 for n in Counter(rows).values() if n > 1)
+        self.cuts[kind].add(len(texts), cut, max_len)
+        return ids  # type: ignore[no-any-return]
+
+
+@dataclasses.dataclass
+class Cuts:
+    """How many texts an encoder has cut to its token limit, of how many.
+
+    Example:
+        >>> c = Cuts(); c.add(300, 37, 64); c.describe("queries")
+        '37 of 300 queries (12.3%) were longer than 64 tokens and cut'
+    """
+
+    seen: int = 0
+    cut: int = 0
+    limit: int = 0
+
+    def add(self, seen: int, cut: int, limit: int) -> None:
+        """Count ``seen`` texts, ``cut`` of them cut at ``limit`` tokens."""
+        self.seen, self.cut, self.limit = self.seen + seen, self.cut + cut, limit
+
+    def describe(self, what: str) -> str:
+        """One line for a report."""
+        share = 100 * self.cut / max(1, self.seen)
+        too_long = f"were longer than {self.limit} tokens and cut"
+        return f"{self.cut} of {self.seen} {what} ({share:.1f}%) {too_long}"
 
 
 def _progress(items: Iterable[Any], show: bool) -> Any:

@@ -26,14 +26,15 @@ from ar2 import distributed
 from ar2._io import atomic_write_json
 from ar2._optional import require
 from ar2._outdir import clear_folder, is_kind
-from ar2.config import AR2Config, config_differences, config_json, read_run_config
-from ar2.data.training import TrainingGroup, read_groups, write_groups
+from ar2.config import AR2Config, for_collection
+from ar2.data.training import TrainingGroup, read_groups
 from ar2.encoders import BiEncoder, CrossEncoder
 from ar2.errors import Ar2Error
 from ar2.train import steps
 from ar2.train.checks import check_index, check_settings, ranker_length
 from ar2.train.data import TrainData, data_differences, data_record, load_train_data
 from ar2.train.rounds import adversarial_rounds, dev_rerank, mine_round
+from ar2.train.run_config import config_differences, config_json, read_run_config
 from ar2.train.stage import TOWERS, MetricsLog, RunContext, model_of, tail_mean, train_stage
 from ar2.train.warm_start import check_warm_start, warm_start
 
@@ -72,7 +73,9 @@ def run_ar2(
         distributed.on_main(_write_config, out, record, overwrite)
         if warm_start_from is not None:
             distributed.on_main(warm_start, out, warm_start_from, record)
-        data = load_train_data(data_dir, cfg.dev_queries, cfg.seed, out)
+        data = load_train_data(data_dir, cfg.dev_queries, cfg.seed, out, cfg.dev_fraction)
+        cfg, plan = for_collection(cfg, len(data.train))  # stage lengths for this collection
+        log.info("stages for %s", plan)
         ctx = RunContext(out, data, cfg, MetricsLog(out / "metrics.jsonl"))
         retriever = _warmup_retriever(ctx)
         mine_round(ctx, 0, retriever, None)
@@ -127,7 +130,7 @@ def _check_resume(out: Path, wanted: dict[str, Any], data: dict[str, Any]) -> No
     if differ:
         raise Ar2Error(
             f"{out}: --resume with a different config ({', '.join(differ)}). "
-            "Fix: use the run's config"
+            "Fix: resume with the run's config and --set values, or start a new --out"
         )
     if "data" not in have:
         log.warning("%s was made before ar2 recorded a run's data: its data is not checked", out)
@@ -173,16 +176,18 @@ def _warmup_retriever(ctx: RunContext) -> BiEncoder:
 
 
 def _bm25_groups(out: Path, data: TrainData, cfg: AR2Config) -> list[TrainingGroup]:
+    """G0's groups, mined with BM25; answer-bearing candidates are no negatives (QA data)."""
     from ar2.index import BM25Index
-    from ar2.mining import mine
+    from ar2.mining import answer_check, mine, write_mined
     from ar2.pipeline import BM25Retriever
 
     folder = out / "mined" / "bm25"
     if not folder.is_dir():
         retriever = BM25Retriever(BM25Index.build(data.corpus))
-        groups = mine(retriever, data.train, data.train_qrels, cfg.mine_k)
+        is_answer = answer_check(data.train, data.docs)
+        groups = mine(retriever, data.train, data.train_qrels, cfg.mine_k, is_answer)
         provenance = {"round": "bm25", "k": cfg.mine_k, "retriever": "bm25"}
-        distributed.on_main(write_groups, folder, groups, provenance)
+        distributed.on_main(write_mined, folder, groups, provenance, is_answer is not None)
     return read_groups(folder)
 
 

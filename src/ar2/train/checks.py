@@ -27,9 +27,9 @@ def check_settings(cfg: AR2Config) -> None:
         ranker = _hf.check_model_dir(cfg.ranker_model or default_model_path())
     if cfg.ranker_max_length is not None:  # unset: query + doc, lowered to what the model takes
         _fits(ranker, "ranker_model", ranker_max_length=cfg.ranker_max_length)
-    if cfg.train_doc_max_length is not None:
-        pair = cfg.query_max_length + cfg.train_doc_max_length
-        _fits(ranker, "ranker_model", **{"query_max_length + train_doc_max_length": pair})
+    if cfg.train_doc_max_length is not None:  # the ranker's training pairs: query + document
+        _fits(ranker, "ranker_model", train_doc_max_length=cfg.train_doc_max_length,
+              extra=cfg.query_max_length)  # fmt: skip
     try:
         parse_measures([cfg.eval_measure])
     except ValueError as err:
@@ -38,14 +38,16 @@ def check_settings(cfg: AR2Config) -> None:
         ) from None
 
 
-def _fits(model: Path, role: str, **lengths: int) -> None:
-    """Raise unless every token cut-off ``lengths`` fits what ``model`` takes."""
+def _fits(model: Path, role: str, extra: int = 0, **lengths: int) -> None:
+    """Raise unless every token cut-off ``lengths`` (plus ``extra`` tokens that come with it:
+    the query of a ranker's pair) fits what ``model`` takes."""
     limit = _hf.max_positions(model)
     for name, value in lengths.items():
-        if limit is not None and value > limit:
+        if limit is not None and value + extra > limit:
+            plus = f" (+ {extra} for the query)" if extra else ""
             raise Ar2Error(
-                f"{role} {model} takes at most {limit} tokens, but {name} = {value}. "
-                f"Fix: set {name} to {limit} or less in the config"
+                f"{role} {model} takes at most {limit} tokens, but {name} = {value}{plus}. "
+                f"Fix: --set {name}={limit - extra} or less (or in the config)"
             )
 
 

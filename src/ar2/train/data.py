@@ -29,10 +29,36 @@ class TrainData:
     test_qrels: Qrels
 
 
-def load_train_data(data_dir: Path, dev_queries: int, seed: int, out: Path) -> TrainData:
-    """Load train (and dev, test) splits; without a dev split hold out a seeded train slice.
+MIN_DEV_QUERIES = 5
+"""The smallest dev slice held out of train (unless ``dev_queries`` asks for fewer)."""
 
-    The held-out ids are written to ``out/dev_split.json`` so the split is on record.
+
+def dev_size(train: int, dev_queries: int, dev_fraction: float | None) -> tuple[int, str]:
+    """How many of ``train`` training queries to hold out as dev, and the rule, stated:
+    ``min(dev_queries, max(5, round(dev_fraction x train)))``; ``dev_fraction=None``: exactly
+    ``dev_queries``.
+
+    Example:
+        >>> dev_size(809, 100, 0.125)[0], dev_size(40, 100, 0.125)[0], dev_size(809, 100, None)[0]
+        (100, 5, 100)
+        >>> dev_size(40, 100, 0.125)[1]
+        'min(dev_queries 100, max(5, round(0.125 x 40 training queries))) = 5'
+    """
+    if dev_fraction is None:
+        return dev_queries, f"dev_queries = {dev_queries}"
+    n = min(dev_queries, max(MIN_DEV_QUERIES, round(dev_fraction * train)))
+    rule = f"round({dev_fraction:g} x {train} training queries)"
+    return n, f"min(dev_queries {dev_queries}, max({MIN_DEV_QUERIES}, {rule})) = {n}"
+
+
+def load_train_data(
+    data_dir: Path, dev_queries: int, seed: int, out: Path, dev_fraction: float | None = None
+) -> TrainData:
+    """Load train (and dev, test) splits; without a dev split hold out a seeded train slice of
+    :func:`dev_size` queries.
+
+    The held-out ids and the rule are written to ``out/dev_split.json`` so the split is on
+    record.
     """
     splits = available_splits(data_dir)
     if "train" not in splits:
@@ -46,10 +72,12 @@ def load_train_data(data_dir: Path, dev_queries: int, seed: int, out: Path) -> T
         dev, dev_qrels = _split(data_dir, "dev", splits, doc_ids)
         record = {"source": "qrels/dev.tsv", "queries": [q.id for q in dev]}
     else:
-        train, dev = _hold_out(train, dev_queries, seed)
+        n, rule = dev_size(len(train), dev_queries, dev_fraction)
+        train, dev = _hold_out(train, n, seed)
         dev_qrels = {q.id: train_qrels.pop(q.id) for q in dev}
         record = {
             "source": f"seeded hold-out of train (seed {seed})",
+            "rule": rule,
             "queries": [q.id for q in dev],
         }
     distributed.on_main(atomic_write_json, out / "dev_split.json", record)
@@ -104,8 +132,23 @@ def _split(
 
 
 def _hold_out(train: list[Query], n: int, seed: int) -> tuple[list[Query], list[Query]]:
+    """Split ``train`` into (train, dev) with ``n`` seeded dev queries; an error names the
+    flag that lowers ``n`` when ``train`` is too small.
+
+    Example:
+        >>> qs = [Query(str(i), "q") for i in range(3)]
+        >>> [len(part) for part in _hold_out(qs, 1, seed=0)]
+        [2, 1]
+        >>> _hold_out(qs, 3, seed=0)
+        Traceback (most recent call last):
+        ar2.errors.Ar2Error: dev_queries = 3 but only 3 training queries. Fix: pass --set ...
+    """
     if n >= len(train):
-        raise Ar2Error(f"dev_queries = {n} but only {len(train)} training queries. Fix: lower it")
+        raise Ar2Error(
+            f"dev_queries = {n} but only {len(train)} training queries. Fix: pass "
+            f"--set dev_queries=N with N < {len(train)} (or a config with dev_queries lower), "
+            "or add a qrels/dev.tsv"
+        )
     order = list(range(len(train)))
     random.Random(seed).shuffle(order)
     held = set(order[:n])

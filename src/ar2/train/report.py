@@ -41,6 +41,7 @@ def final_report(
     if not data.test:
         return {}
     runs, info = _test_runs(out, data, final, cfg)
+    info["training"] = _training_note(out, data, cfg)
     from ar2.experiment import EvalJob, score_and_report
 
     job = EvalJob(
@@ -72,15 +73,34 @@ def _test_runs(
     runs["ar2-g+d"] = SearchPipeline(retrievers["ar2-g"], ranker, cfg.rerank_k).run(
         data.test, 100, progress=True
     )
-    info = {
-        name: str(getattr(r, "encoder", None) and r.encoder.source)
-        for name, r in retrievers.items()
-    }
+    info: dict[str, Any] = {"bm25": "bm25s over the corpus"}
+    counted: dict[int, Any] = {}  # documents cut, by cut-off: one tokenizer pass each
+    for name in ("start", "g0", "ar2-g"):
+        encoder = retrievers[name].encoder
+        limit = encoder.config.doc_max_length
+        if not encoder.cuts["documents"].seen:  # its index was built earlier
+            if limit not in counted:
+                counted[limit] = dataclasses.replace(encoder.count_cuts(data.corpus))
+            encoder.cuts["documents"] = dataclasses.replace(counted[limit])
+        info[name] = {"encoder": encoder.source, "truncation": encoder.truncation()}
     weight = ranker.model.config.fusion_weight
     info["ar2-g+d"] = (
         f"ar2-g, top {cfg.rerank_k} reranked by (1 - w) z(G) + w z(D), w = {weight} (tuned on dev)"
     )
     return runs, info
+
+
+def _training_note(out: Path, data: TrainData, cfg: AR2Config) -> dict[str, Any]:
+    """How the run trained: its dev split (and the rule that sized it) and the stage lengths it
+    ran for this collection (:func:`ar2.config.for_collection`)."""
+    from ar2.config import STAGES
+
+    split = json.loads((out / "dev_split.json").read_text(encoding="utf-8"))
+    return {
+        "training_queries": len(data.train),
+        "dev": f"{len(data.dev)} queries: {split.get('rule', split.get('source'))}",
+        "steps": {name: getattr(cfg, name).steps for name in STAGES},
+    }
 
 
 def _start_index(folder: Path, start: BiEncoder, data: TrainData, cfg: AR2Config) -> FaissIndex:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ar2 import distributed
 from ar2._io import atomic_write_json
 from ar2._optional import require
-from ar2.data.training import TrainingGroup, read_groups, write_groups
+from ar2.data.training import TrainingGroup, read_groups
 from ar2.data.trec import read_run, write_run
 from ar2.encoders import BiEncoder, CrossEncoder
 from ar2.train import steps
@@ -34,9 +34,12 @@ T = TypeVar("T")
 
 
 def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncoder | None) -> None:
-    """Refresh the index with ``retriever``, mine round ``r``'s groups, evaluate on dev."""
+    """Refresh the index with ``retriever``, mine round ``r``'s groups, evaluate on dev.
+
+    When the training queries carry answers, answer-bearing candidates are dropped from the
+    negatives and counted in the groups' manifest (:func:`ar2.mining.write_mined`)."""
     from ar2.evaluate import evaluate
-    from ar2.mining import mine
+    from ar2.mining import answer_check, mine, write_mined
     from ar2.pipeline import DenseRetriever
 
     out, data, cfg, metrics = ctx.out, ctx.data, ctx.cfg, ctx.metrics
@@ -45,9 +48,11 @@ def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncod
         return
     index = refresh_index(ctx, r, retriever)
     dense = DenseRetriever(retriever, index)
+    is_answer = answer_check(data.train, data.docs)  # QA data: answer-bearing docs are no negatives
 
     def mine_share(queries: Sequence[Query]) -> dict[str, TrainingGroup]:  # a rank's queries
-        return {g.query.id: g for g in mine(dense, queries, data.train_qrels, cfg.mine_k)}
+        mined = mine(dense, queries, data.train_qrels, cfg.mine_k, is_answer)
+        return {g.query.id: g for g in mined}
 
     groups = list(_split(mine_share, data.train).values())  # in the single-process order
     dev_run = _split(lambda queries: dense.retrieve(queries, 100), data.dev)
@@ -59,7 +64,8 @@ def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncod
     source = "g0/retriever" if r == 0 else f"rounds/{r}/retriever"
     provenance = {"round": r, "k": cfg.mine_k, "n": cfg.retriever.n_neg, "checkpoint": source}
 
-    distributed.on_main(write_groups, folder, groups, provenance)  # marks the round as mined
+    # marks the round as mined
+    distributed.on_main(write_mined, folder, groups, provenance, is_answer is not None)
 
 
 def refresh_index(ctx: RunContext, r: int, retriever: BiEncoder) -> FaissIndex:

@@ -58,7 +58,7 @@ def draw_batch(
     if not groups:
         raise Ar2Error(
             f"{stage}: no training query has both a positive and a retrieved hard negative. "
-            "Fix: check qrels/train.tsv against the corpus, or raise mine_k"
+            "Fix: check qrels/train.tsv against the corpus, or raise mine_k (--set mine_k=200)"
         )
     orders: dict[int, list[int]] = {}  # one seeded permutation per epoch the batch touches
     picked = []
@@ -113,7 +113,9 @@ def contrastive_retriever_loss(
     """
     q = encoder.embed_queries(batch.queries)  # (B, dim)
     d = distributed.gather(encoder.embed_docs(batch.docs, doc_len))  # (W * B * M, dim)
-    return losses.in_batch_contrastive(q, d, 1.0 / scale, batch.group_size, batch.offset)
+    return losses.in_batch_contrastive(
+        q, d, temperature=1.0 / scale, group=batch.group_size, offset=batch.offset
+    )
 
 
 def ranker_loss(ranker: CrossEncoder, batch: Batch, max_length: int | None = None) -> Any:
@@ -124,7 +126,8 @@ def ranker_loss(ranker: CrossEncoder, batch: Batch, max_length: int | None = Non
 def ar2_retriever_step_loss(
     encoder: BiEncoder, ranker: CrossEncoder, batch: Batch, cfg: AR2Config
 ) -> Any:
-    """AR2 retriever step (spec §3.3): λ·L_ADV + (1−λ)·L_KD against the frozen ranker."""
+    """AR2 retriever step (spec §3.3): λ·L_ADV + (1−λ)·L_KD against the frozen ranker, as
+    this process's share of the global batch (:func:`ar2_shard_loss`)."""
     torch = require("torch")
     scores, in_batch = group_scores(
         encoder, batch, cfg.scale, cfg.train_doc_max_length, cfg.in_batch
@@ -132,16 +135,71 @@ def ar2_retriever_step_loss(
     ranker.model.eval()
     with torch.no_grad():
         teacher = ranker_scores(ranker, batch, train_pair_length(cfg))  # (B, M), constant
-    return losses.ar2_retriever_loss(
-        scores,
-        teacher,
-        cfg.adv_lambda,
-        cfg.adv_reduction,
-        cfg.kd_temperature,
-        in_batch,
-        distributed.world().size,
-        batch.offset,
+    shards = distributed.world().size
+    return ar2_shard_loss(
+        scores, teacher, cfg, in_batch_scores=in_batch, shards=shards, offset=batch.offset
     )
+
+
+def ar2_shard_loss(
+    retriever_scores: Any,
+    ranker_scores: Any,
+    cfg: AR2Config,
+    *,
+    in_batch_scores: Any = None,
+    shards: int = 1,
+    offset: int = 0,
+) -> Any:
+    """This process's share of the global batch's AR2 loss: the paper's equation on this
+    shard (:func:`ar2.losses.ar2_retriever_loss`) plus what the training step adds to it.
+
+    - **Shards** (:mod:`ar2.distributed`). DDP averages the ``W`` processes' gradients, so it
+      minimises the mean of their losses. Over equal shards L_KD (a mean over queries) and a
+      ``"mean_per_query"`` L_ADV average to the global batch's value; the original summed
+      L_ADV does not: the global sum is ``W`` times the shards' mean. Each shard therefore
+      adds ``λ·(W − 1)·L_ADV``, making its loss ``λ·W·L_ADV + (1 − λ)·L_KD``.
+    - **In-batch term** (``cfg.in_batch``; our addition, AR2 has none: spec §3.3 step 1).
+      Given ``in_batch_scores``, the mean NLL of each query's positive among every passage of
+      the global batch (:func:`ar2.losses.in_batch_nll`, as in G0's loss) is added, weight 1.
+
+    Args:
+        retriever_scores: ``(B, M)`` retriever scores of this shard's groups, positive first.
+        ranker_scores: ``(B, M)`` ranker logits for the same candidates (no gradient reaches
+            them).
+        cfg: ``adv_lambda`` (λ), ``adv_reduction`` and ``kd_temperature``.
+        in_batch_scores: ``(B, W·B·M)`` scores against every process's groups in global query
+            order, or ``None`` (no in-batch term).
+        shards: ``W``, the number of processes sharing the global batch.
+        offset: the global index of this shard's first query: query ``b``'s positive is
+            column ``(offset + b)·M`` of ``in_batch_scores``.
+
+    Example:
+        >>> import torch
+        >>> s = torch.tensor([[0.0, 0.0]]); r = torch.tensor([[0.0, 0.0]])
+        >>> adv = losses.ar2_adversarial(s, r)  # 2 (log 0.5)^2
+        >>> loss = ar2_shard_loss(s, r, AR2Config(adv_lambda=1.0), shards=2)
+        >>> torch.allclose(loss, 2 * adv)  # this shard's half of the global sum, counted twice
+        True
+    """
+    loss = losses.ar2_retriever_loss(
+        retriever_scores=retriever_scores,
+        ranker_scores=ranker_scores,
+        adv_lambda=cfg.adv_lambda,
+        reduction=cfg.adv_reduction,
+        temperature=cfg.kd_temperature,
+    )  # ()
+    if cfg.adv_reduction == "sum" and shards > 1:  # the global sum: W times the shards' mean
+        adv = losses.ar2_adversarial(retriever_scores, ranker_scores, reduction="sum")  # ()
+        loss = loss + cfg.adv_lambda * (shards - 1) * adv  # ()
+    if in_batch_scores is None:
+        return loss
+    batch, group = retriever_scores.shape
+    if in_batch_scores.shape != (batch, shards * batch * group):
+        raise ValueError(
+            f"in_batch_scores must have shape (B, W * B * M) = "
+            f"{(batch, shards * batch * group)}; got {tuple(in_batch_scores.shape)}"
+        )
+    return loss + losses.in_batch_nll(in_batch_scores, group=group, offset=offset)  # ()
 
 
 def train_pair_length(cfg: AR2Config) -> int | None:

@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from ar2._io import atomic_write_json, atomic_write_text
-from ar2.config import read_run_config
 from ar2.errors import Ar2Error
 from ar2.train.data import data_differences
+from ar2.train.run_config import read_run_config
 
 log = logging.getLogger(__name__)
 
 G0_FIELDS = (
     "seed", "retriever_model", "query_max_length", "doc_max_length", "train_doc_max_length",
-    "scale", "g0", "mine_k", "dev_queries", "eval_measure", "index",
+    "scale", "g0", "mine_k", "dev_queries", "dev_fraction", "eval_measure", "index",
 )  # fmt: skip
 D0_FIELDS = (
     "ranker_model", "ranker_from_g0", "ranker_max_length", "d0", "skip_d0", "rerank_k",
