@@ -1,9 +1,11 @@
 """Long queries: ``ar2 eval --systems dense`` against sentence-transformers, same model, same data.
 
-SciFact's claims are short, so this builds a long-query variant (no such BEIR set is offline): each
-test claim is set between ``--before`` tokens of an unrelated abstract and ``--after`` tokens of
-another, so every query runs past 300 tokens and its claim sits past token 64. The corpus and
-qrels are SciFact's. Then it scores, with the bundled all-MiniLM-L6-v2:
+SciFact's claims are short and no long-query BEIR set is offline, so this builds one from
+SciFact's abstracts: a known-item task, "which paper is this passage from". Each abstract of at
+least ``--start + --length`` tokens gives one query, its tokens ``start .. start + length``
+(past the 256 tokens an encoder reads of the document itself, so the query and what is indexed
+of its paper do not overlap); the paper is its one relevant document. Then it scores, with the
+bundled all-MiniLM-L6-v2:
 
 * ``ar2 eval --systems dense`` (``--src`` picks the source tree, to compare versions);
 * sentence-transformers' own ``encode`` (normalised, cosine), ranked exactly and scored with
@@ -20,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -28,38 +29,30 @@ import time
 from pathlib import Path
 
 
-def build(data: Path, folder: Path, before: int, after: int) -> dict[str, int]:
-    """Write the long-query folder; returns the query token lengths' min, median and max."""
+def build(data: Path, folder: Path, start: int, length: int) -> dict[str, int]:
+    """Write the long-query folder; returns the number of queries and their token lengths."""
     from transformers import AutoTokenizer
 
     from ar2.encoders.bi_encoder import default_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(str(default_model_path()))
     docs = [json.loads(x) for x in (data / "corpus.jsonl").read_text().splitlines() if x.strip()]
-    qrels = (data / "qrels" / "test.tsv").read_text()
-    judged = {line.split("\t")[0] for line in qrels.splitlines()[1:]}
-    rng = random.Random(0)
-
-    def words(n: int) -> str:  # the first n tokens of a random abstract (re-drawn if short)
-        while len(ids := tokenizer(rng.choice(docs)["text"], add_special_tokens=False)[
-            "input_ids"]) < n:  # fmt: skip
-            pass
-        return str(tokenizer.decode(ids[:n]))
-
     queries, lengths = [], []
-    for line in (data / "queries.jsonl").read_text().splitlines():
-        query = json.loads(line)
-        if query["_id"] in judged:
-            query["text"] = f"{words(before)} {query['text']} {words(after)}"
-            lengths.append(len(tokenizer(query["text"])["input_ids"]))
-            queries.append(query)
+    for doc in docs:
+        ids = tokenizer(doc["text"], add_special_tokens=False, verbose=False)["input_ids"]
+        if len(ids) >= start + length:
+            text = tokenizer.decode(ids[start : start + length])
+            queries.append({"_id": f"q{doc['_id']}", "text": text, "doc": doc["_id"]})
+            lengths.append(len(tokenizer(text, verbose=False)["input_ids"]))
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(data / "corpus.jsonl", folder / "corpus.jsonl")
-    (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    lines = [json.dumps({"_id": q["_id"], "text": q["text"]}) + "\n" for q in queries]
+    (folder / "queries.jsonl").write_text("".join(lines))
     (folder / "qrels").mkdir(exist_ok=True)
-    (folder / "qrels" / "test.tsv").write_text(qrels)
+    rows = "".join(f"{q['_id']}\t{q['doc']}\t1\n" for q in queries)
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + rows)
     lengths.sort()
-    return {"min": lengths[0], "median": lengths[len(lengths) // 2], "max": lengths[-1]}
+    return {"queries": len(queries), "min_tokens": lengths[0], "max_tokens": lengths[-1]}
 
 
 def ar2_ndcg(folder: Path, src: Path | None, out: Path) -> tuple[float, str, float]:
@@ -85,6 +78,7 @@ def st_ndcg(folder: Path) -> float:
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
+    from ar2.data.beir import load_qrels
     from ar2.encoders.bi_encoder import default_model_path
 
     model = SentenceTransformer(str(default_model_path()), device="cpu")
@@ -96,7 +90,8 @@ def st_ndcg(folder: Path) -> float:
     top = np.argsort(-scores, axis=1)[:, :100]
     run = [ir_measures.ScoredDoc(qq["_id"], docs[j]["_id"], float(scores[i, j]))
            for i, qq in enumerate(queries) for j in top[i]]  # fmt: skip
-    qrels = ir_measures.read_trec_qrels(str(folder / "qrels" / "test.tsv"))
+    judged = load_qrels(folder / "qrels" / "test.tsv")
+    qrels = [ir_measures.Qrel(q, d, g) for q, docs_ in judged.items() for d, g in docs_.items()]
     return float(
         ir_measures.calc_aggregate([ir_measures.nDCG @ 10], qrels, run)[ir_measures.nDCG @ 10]
     )
@@ -106,14 +101,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=Path("data/scifact"))
     p.add_argument("--folder", type=Path, default=Path("/tmp/scifact-long"))
-    p.add_argument("--before", type=int, default=150, help="tokens of another abstract before")
-    p.add_argument("--after", type=int, default=200, help="tokens of another abstract after")
+    p.add_argument("--start", type=int, default=280, help="first token of the passage")
+    p.add_argument("--length", type=int, default=320, help="tokens in a passage (a query)")
     p.add_argument("--src", type=Path, help="the src/ folder of the ar2 to run (default: this)")
     p.add_argument("--skip-st", action="store_true", help="skip the sentence-transformers run")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
-    result: dict[str, object] = {"query_tokens": build(args.data, args.folder, args.before,
-                                                       args.after)}  # fmt: skip
+    result: dict[str, object] = {"queries": build(args.data, args.folder, args.start, args.length)}
     ndcg, truncation, seconds = ar2_ndcg(args.folder, args.src, args.folder.with_name("long-eval"))
     result["ar2"] = {"nDCG@10": ndcg, "truncation": truncation, "seconds": round(seconds)}
     if not args.skip_st:

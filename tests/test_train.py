@@ -480,3 +480,40 @@ def test_bad_settings_fail_before_any_training(
     err = capsys.readouterr().err.strip()
     assert expected in err and err.startswith("ar2: error:") and len(err.splitlines()) == 1
     assert not (out / "config.json").exists()  # refused before anything is written
+
+
+def test_the_models_carry_cards_and_still_load_in_sentence_transformers(
+    toy_run: tuple[Path, Path, Path],
+) -> None:
+    from sentence_transformers import CrossEncoder as STCrossEncoder
+    from sentence_transformers import SentenceTransformer
+
+    from ar2.encoders import BiEncoder
+
+    data, model, out = toy_run
+    report = json.loads((out / "report.json").read_text())
+    for role in ("retriever", "ranker"):
+        card = (out / role / "README.md").read_text()
+        assert card.startswith("---\nlibrary_name: sentence-transformers\n")
+        assert f"base_model: {model}" in card or "G0 retriever" in card
+        assert f"| ar2-g | {report['ar2-g']['nDCG@10']:.4f} |" in card
+        assert f"ar2 train {data.resolve()} --config {out.resolve()}/config.json" in card
+    st = SentenceTransformer(str(out / "retriever"), device="cpu")
+    ours = BiEncoder.load(out / "retriever", precision="fp32")
+    texts = ["cats w1 study", "dogs chase balls"]
+    np.testing.assert_allclose(
+        st.encode(texts), ours.encode_docs(texts), atol=1e-5
+    )  # the card changes nothing a loader reads
+    assert STCrossEncoder(str(out / "ranker"), device="cpu").predict([("cats", "cats w1")]).shape
+
+
+def test_a_runs_config_json_trains_again_as_that_run(
+    toy_run: tuple[Path, Path, Path], tmp_path: Path, stop_after_config: None
+) -> None:
+    """The cards' reproduce command: `ar2 train DATA --config RUN/config.json`."""
+    data, _, run = toy_run
+    again = tmp_path / "again"
+    with pytest.raises(_Stop):
+        main(["-q", "train", str(data), "--config", str(run / "config.json"), "--out", str(again)])
+    before, after = (json.loads((p / "config.json").read_text()) for p in (run, again))
+    assert after == before  # the same settings, and the same data record

@@ -164,10 +164,10 @@ def _train_config(args: argparse.Namespace) -> AR2Config:
         (80, 'm', 'r')
     """
     from ar2._overrides import apply_overrides
-    from ar2.config import load_ar2_config, load_toml
+    from ar2.config import load_ar2_config, load_config_file
 
     source = args.config or str(_preset_path(args.preset))
-    data = load_toml(source)
+    data = load_config_file(source)
     if args.model:
         data = data | {"retriever_model": args.model, "ranker_model": args.model}
     if args.set:
@@ -290,7 +290,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data_dir", help="BEIR folder with qrels/train.tsv (dev and test optional)")
     p.add_argument("--out", required=True, help="run folder (models, index, report, checkpoints)")
     p.add_argument("--preset", default="quick", help="quick (CPU demo), full, or toy")
-    p.add_argument("--config", help="a TOML file of AR2Config fields, instead of --preset")
+    p.add_argument(
+        "--config", help="a TOML file of AR2Config fields (or a run's config.json), not --preset"
+    )
     p.add_argument("--model", help="start both models from this folder (default: MiniLM)")
     p.add_argument(
         "--set",

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 from dataclasses import dataclass
@@ -154,6 +155,30 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             f"{path}: cannot read the config ({err.strerror or err}). Fix: give the path of a "
             "TOML file (see src/ar2/presets/ for examples)"
         ) from None
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """A config's settings: a TOML file, or a run's ``config.json`` (train again as that run
+    did: its data record is left out).
+
+    Example:
+        >>> import json, pathlib, tempfile
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "config.json"
+        >>> _ = p.write_text(json.dumps({"rounds": 1, "data": {"path": "/d"}}))
+        >>> load_config_file(p)
+        {'rounds': 1}
+    """
+    if not str(path).endswith(".json"):
+        return load_toml(path)
+    try:
+        saved = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise Ar2Error(
+            f"{path}: cannot read the run's config ({err}). Fix: give a TOML file"
+        ) from None
+    if not isinstance(saved, dict):
+        raise Ar2Error(f"{path}: not a run's config.json. Fix: give a TOML file or a run's config")
+    return {k: v for k, v in saved.items() if k != "data"}
 
 
 @dataclass(frozen=True)

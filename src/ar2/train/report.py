@@ -47,7 +47,24 @@ def final_report(
     job = EvalJob(
         data_dir, "test", SYSTEMS, out, reranker=str(out / "ranker"), rerank_k=cfg.rerank_k
     )
-    return score_and_report(job, runs, (data.test, data.test_qrels), data.corpus, info)
+    results = score_and_report(job, runs, (data.test, data.test_qrels), data.corpus, info)
+    _cards(data_dir, out, cfg, results)
+    return results
+
+
+def _cards(data_dir: Path, out: Path, cfg: AR2Config, results: dict[str, Any]) -> None:
+    """The retriever's and the ranker's ``README.md`` (:mod:`ar2.train.card`)."""
+    from ar2.train.card import DEFAULT_BASE, CardFacts, last_dev, write_cards
+    from ar2.train.stage import MetricsLog
+
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    dev = last_dev(MetricsLog(out / "metrics.jsonl").records)
+    facts = CardFacts("retriever", "", str(out.resolve()), str(data_dir.resolve()), dev,
+                      results, {k: v for k, v in config.items() if k != "data"})  # fmt: skip
+    retriever = cfg.retriever_model or DEFAULT_BASE
+    ranker = f"this run's G0 retriever ({retriever})" if cfg.ranker_from_g0 else None
+    write_cards(out, facts, {"retriever": retriever,
+                             "ranker": ranker or cfg.ranker_model or DEFAULT_BASE})  # fmt: skip
 
 
 def _test_runs(
