@@ -31,7 +31,7 @@ def tiny_ranker(tiny_bert: Path, tmp_path: Path) -> Path:
 
 def test_help_is_fast_and_imports_nothing_heavy() -> None:
     code = (
-        "import sys, ar2.cli, ar2.experiment, ar2.pipeline, ar2.evaluate, ar2.report, ar2.data,"
+        "import sys, ar2.cli, ar2.comparison, ar2.pipeline, ar2.evaluate, ar2.report, ar2.data,"
         " ar2.serve;"
         "heavy = {'torch', 'transformers', 'faiss', 'bm25s', 'ir_measures', 'scipy', 'matplotlib',"
         " 'fastapi', 'uvicorn'};"

@@ -189,14 +189,14 @@ def test_eval_overwrite_writes_into_a_folder_and_removes_nothing_of_it(
 def test_a_killed_eval_leaves_an_eval_folder(
     toy_beir: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ar2.experiment
+    import ar2.comparison
 
     out = tmp_path / "ev"
 
     def killed(*args: object) -> None:
         raise KeyboardInterrupt  # as a kill after the runs, before the report
 
-    monkeypatch.setattr(ar2.experiment, "score_and_report", killed)
+    monkeypatch.setattr(ar2.comparison, "score_and_report", killed)
     code, _ = _run(capsys, "eval", str(toy_beir), "--systems", "bm25", "--out", str(out))
     assert code == 130 and (out / "runs" / "bm25.trec").is_file()
     assert json.loads((out / "manifest.json").read_text())["complete"] is False

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ar2.fusion import rrf
 from ar2.index import BM25Index, FaissIndex
 from ar2.pipeline import (
     BM25Retriever,
     DenseRetriever,
     HybridRetriever,
     SearchPipeline,
-    rrf,
 )
 from ar2.types import Doc, Hit, Query, Run
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ar2 import __version__
-from ar2.config import INDEX_PRESETS, AR2Config, IndexConfig
+from ar2.config import INDEX_KINDS, INDEX_PRESETS, PRECISIONS, AR2Config, IndexConfig
 from ar2.errors import Ar2Error
 
 log = logging.getLogger("ar2")
@@ -48,8 +48,8 @@ def _index_dense(
     """Encode and index ``file``'s documents into ``out``; returns how many."""
     from ar2.data.beir import iter_corpus
     from ar2.encoders import BiEncoder
+    from ar2.index.dense import index_corpus
     from ar2.index.factory import check_factory
-    from ar2.pipeline import index_corpus
 
     # the texts are streamed twice (encoding, then stored in the index), never held: a first
     # pass checks the whole file and keeps only the ids, before hours of encoding
@@ -77,16 +77,11 @@ def _index_config(args: argparse.Namespace) -> IndexConfig:
 
 def cmd_search(args: argparse.Namespace) -> int:
     """Print the top hits of one query against an index folder."""
-    from ar2.index import BM25Index, read_manifest
     from ar2.index.base import iter_docs
-    from ar2.pipeline import BM25Retriever, CrossEncoderRanker, DenseRetriever, SearchPipeline
+    from ar2.pipeline import CrossEncoderRanker, SearchPipeline
+    from ar2.retrievers import from_folder
 
-    kind = read_manifest(args.index_dir).get("kind")
-    retriever = (
-        BM25Retriever(BM25Index.load(args.index_dir))
-        if kind == "bm25"
-        else DenseRetriever.load(args.index_dir)
-    )
+    [retriever] = from_folder(args.index_dir).values()  # the index's own kind
     docs = {d.id: d for d in iter_docs(args.index_dir)}
     ranker = None
     if args.reranker:
@@ -102,7 +97,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate systems on a split and write report.md, report.json and a plot."""
-    from ar2.experiment import EvalJob, run_eval
+    from ar2.comparison import EvalJob, run_eval
     from ar2.report import format_table
 
     job = EvalJob(
@@ -233,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_index(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="build a BM25 or dense index of a BEIR folder")
     p.add_argument("data_dir", help="BEIR folder with corpus.jsonl")
-    p.add_argument("--kind", choices=["bm25", "dense"], default="bm25")
+    p.add_argument("--kind", choices=INDEX_KINDS, default="bm25")
     p.add_argument("--out", required=True, help="index folder to write")
     _add_overwrite(p, "replace an --out that is not an ar2 index (its files are lost)")
     p.add_argument("--model", help="encoder folder for --kind dense (default: all-MiniLM-L6-v2)")
@@ -269,7 +264,9 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from_ = "comma-separated: bm25, dense, hybrid; dense:PATH and hybrid:PATH name a model folder"
+    from ar2.retrievers import KINDS  # light: names only
+
+    from_ = f"comma-separated: {', '.join(KINDS)}; dense:PATH and hybrid:PATH name a model folder"
     p = sub.add_parser("eval", help="evaluate systems on a BEIR split and write a report")
     p.add_argument("data_dir", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
     p.add_argument("--split", default="test", help="qrels split (default test)")
@@ -280,7 +277,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--depth", type=_positive, default=100, help="hits retrieved per query")
     p.add_argument("--reranker", help="cross-encoder folder: adds a <system>+rerank row each")
     p.add_argument("--rerank-k", type=_positive, default=100, help="hits reranked per query")
-    p.add_argument("--preset", default="flat", choices=["flat", "ivf", "hnsw", "ivfpq"])
+    p.add_argument("--preset", default="flat", choices=INDEX_PRESETS)
     _add_precision(p)
     p.set_defaults(func=cmd_eval)
 
@@ -349,7 +346,7 @@ def _add_precision(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
         default="auto",
-        choices=["auto", "bf16", "fp32"],
+        choices=PRECISIONS,
         help="auto: bf16 where the CPU/GPU supports it (default)",
     )
 

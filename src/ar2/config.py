@@ -23,9 +23,15 @@ from typing import Any
 from ar2._typed import check_choice, check_ranges, from_dict, kind_of
 from ar2.errors import Ar2Error
 
+# The names of each family of variants, kept here (a module light enough for the CLI to read)
+# and nowhere else: the registries of their implementations are keyed by them, which
+# tests/test_names.py checks (encoders.pooling.POOLERS, losses.ADV_REDUCTIONS,
+# index.factory.PRESETS, index.KINDS).
 PRECISIONS = ("auto", "bf16", "fp32")
 POOLINGS = ("mean", "cls")
 RETRIEVER_LOSSES = ("ar2", "contrastive")
+ADV_REDUCTIONS = ("sum", "mean_per_query")
+INDEX_KINDS = ("bm25", "dense")
 
 
 @dataclass(frozen=True)
@@ -318,7 +324,7 @@ class AR2Config:
             at_most={"adv_lambda": 1.0, "dev_fraction": 0.9},
         )  # fmt: skip
         check_choice("retriever_loss", self.retriever_loss, RETRIEVER_LOSSES)
-        check_choice("adv_reduction", self.adv_reduction, ("sum", "mean_per_query"))
+        check_choice("adv_reduction", self.adv_reduction, ADV_REDUCTIONS)
         cut = self.train_doc_max_length
         if cut is not None and not 0 < cut <= self.doc_max_length:
             raise ValueError(

@@ -1,4 +1,5 @@
-"""Fusing retriever and ranker scores: per-query z-scores, interpolated, the weight tuned on dev.
+"""Fusing scores: a ranker's with a retriever's (per-query z-scores, interpolated, the weight
+tuned on dev), and several retrievers' rankings (reciprocal rank fusion, :func:`rrf`).
 
 A cross-encoder trained on a few hundred queries is a weak ranker on its own, yet its scores carry
 signal the retriever lacks. Reranking by ``(1 - w) z(g) + w z(d)`` (``g`` the retrieval scores and
@@ -92,3 +93,30 @@ def tune_weight(
     values = {w: evaluate(fused_run(scored, depth, w), qrels, [measure])[measure] for w in weights}
     best = max(weights, key=lambda w: (values[w], -w))
     return best, values
+
+
+RRF_K = 60
+"""The constant of reciprocal rank fusion (Cormack, Clarke and Buettcher, SIGIR 2009)."""
+
+
+def rrf(runs: Sequence[Run], k_rrf: int = RRF_K) -> Run:
+    """Reciprocal rank fusion: ``score(d) = sum over runs of 1 / (k_rrf + rank(d))``.
+
+    Ties are broken by doc id so the fused ranking is deterministic.
+
+    Example:
+        >>> a = {"q": [Hit("x", 9.0), Hit("y", 1.0)]}
+        >>> b = {"q": [Hit("y", 0.9), Hit("z", 0.1)]}
+        >>> [h.doc_id for h in rrf([a, b])["q"]]
+        ['y', 'x', 'z']
+    """
+    fused: dict[str, dict[str, float]] = {}
+    for run in runs:
+        for qid, hits in run.items():
+            scores = fused.setdefault(qid, {})
+            for rank, hit in enumerate(hits, start=1):
+                scores[hit.doc_id] = scores.get(hit.doc_id, 0.0) + 1.0 / (k_rrf + rank)
+    return {
+        qid: [Hit(d, s) for d, s in sorted(scores.items(), key=lambda x: (-x[1], x[0]))]
+        for qid, scores in fused.items()
+    }

@@ -10,22 +10,19 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ar2 import fusion
 from ar2._optional import require
 from ar2.errors import Ar2Error
+from ar2.fusion import RRF_K, rrf
 from ar2.types import Doc, Hit, Query, Run
 
 if TYPE_CHECKING:
-    from ar2.config import IndexConfig
     from ar2.encoders import BiEncoder, CrossEncoder
     from ar2.index import BM25Index, FaissIndex
-
-RRF_K = 60
-"""The constant of reciprocal rank fusion (Cormack, Clarke and Buettcher, SIGIR 2009)."""
 
 
 class Retriever(Protocol):
@@ -83,45 +80,6 @@ class DenseRetriever:
         return {q.id: h for q, h in zip(queries, hits)}
 
 
-def index_corpus(
-    encoder: BiEncoder,
-    docs: Callable[[], Iterable[Doc]],
-    ids: Sequence[str],
-    path: str | Path,
-    config: IndexConfig | None = None,
-    extra: dict[str, Any] | None = None,
-    store_docs: bool = False,
-    overwrite: bool = False,
-) -> None:
-    """Encode the documents ``docs()`` yields (``ids`` are theirs, in order) into a dense index
-    saved at ``path`` (with the documents when ``store_docs``: ``docs()`` is read again; a
-    folder ar2 did not write is replaced only with ``overwrite``).
-
-    Memory holds neither all the texts nor all the vectors: they are encoded to a temporary
-    ``.npy`` file a chunk at a time and indexed from it a chunk at a time. Load the result
-    with :meth:`FaissIndex.load <ar2.index.FaissIndex.load>`.
-    """
-    import shutil
-
-    from ar2._io import make_temp_dir
-    from ar2._outdir import check_replaceable
-    from ar2.index import FaissIndex
-
-    path = Path(path).resolve()
-    if not overwrite:
-        check_replaceable(path)  # before the encoding, not after
-    path.parent.mkdir(parents=True, exist_ok=True)
-    work = make_temp_dir(path)  # a killed run's is removed by the next (ar2._outdir)
-    try:
-        vectors = work / "vectors.npy"
-        encoder.encode_docs_to(vectors, docs(), len(ids), progress=True)
-        index = FaissIndex.build_from_npy(vectors, ids, config)
-        extra = (extra or {}) | {"encoder": encoder.describe(), "truncation": encoder.truncation()}
-        index.save(path, extra, docs() if store_docs else (), overwrite)  # before vectors go
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
 class HybridRetriever:
     """Reciprocal rank fusion of several retrievers, each asked for ``depth`` hits."""
 
@@ -132,29 +90,6 @@ class HybridRetriever:
         runs = [r.retrieve(queries, max(k, self.depth)) for r in self.retrievers]
         fused = rrf(runs, self.k_rrf)
         return {qid: hits[:k] for qid, hits in fused.items()}
-
-
-def rrf(runs: Sequence[Run], k_rrf: int = RRF_K) -> Run:
-    """Reciprocal rank fusion: ``score(d) = sum over runs of 1 / (k_rrf + rank(d))``.
-
-    Ties are broken by doc id so the fused ranking is deterministic.
-
-    Example:
-        >>> a = {"q": [Hit("x", 9.0), Hit("y", 1.0)]}
-        >>> b = {"q": [Hit("y", 0.9), Hit("z", 0.1)]}
-        >>> [h.doc_id for h in rrf([a, b])["q"]]
-        ['y', 'x', 'z']
-    """
-    fused: dict[str, dict[str, float]] = {}
-    for run in runs:
-        for qid, hits in run.items():
-            scores = fused.setdefault(qid, {})
-            for rank, hit in enumerate(hits, start=1):
-                scores[hit.doc_id] = scores.get(hit.doc_id, 0.0) + 1.0 / (k_rrf + rank)
-    return {
-        qid: [Hit(d, s) for d, s in sorted(scores.items(), key=lambda x: (-x[1], x[0]))]
-        for qid, scores in fused.items()
-    }
 
 
 class CrossEncoderRanker:

@@ -148,15 +148,3 @@ def iter_docs(path: str | Path) -> Iterator[Doc]:
     file = Path(path) / DOCS_FILE
     if file.is_file():
         yield from iter_corpus(file)
-
-
-def load_index(path: str | Path) -> Any:
-    """Load any ar2 index folder, choosing the class from its manifest's ``kind``."""
-    from ar2.index.bm25 import BM25Index
-    from ar2.index.dense import FaissIndex
-
-    kind = read_manifest(path).get("kind")
-    kinds: dict[str, Any] = {"bm25": BM25Index, "dense": FaissIndex}
-    if kind not in kinds:
-        raise Ar2Error(f"{path}: unknown index kind {kind!r}; expected one of {sorted(kinds)}")
-    return kinds[kind].load(path)

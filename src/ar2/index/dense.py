@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from ar2.errors import Ar2Error
 from ar2.index.base import base_manifest, read_ids, read_manifest, write_docs, write_ids
 from ar2.index.factory import choose, compresses, faiss_metric
 from ar2.types import Doc, Hit
+
+if TYPE_CHECKING:
+    from ar2.encoders import BiEncoder
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +257,44 @@ class FaissIndex:
             ivf.nprobe = self.config.nprobe
         if hasattr(self.index, "hnsw"):
             self.index.hnsw.efSearch = self.config.ef_search
+
+
+def index_corpus(
+    encoder: BiEncoder,
+    docs: Callable[[], Iterable[Doc]],
+    ids: Sequence[str],
+    path: str | Path,
+    config: IndexConfig | None = None,
+    extra: dict[str, Any] | None = None,
+    store_docs: bool = False,
+    overwrite: bool = False,
+) -> None:
+    """Encode the documents ``docs()`` yields (``ids`` are theirs, in order) into a dense index
+    saved at ``path`` (with the documents when ``store_docs``: ``docs()`` is read again; a
+    folder ar2 did not write is replaced only with ``overwrite``).
+
+    Memory holds neither all the texts nor all the vectors: they are encoded to a temporary
+    ``.npy`` file a chunk at a time and indexed from it a chunk at a time. Load the result
+    with :meth:`FaissIndex.load`.
+    """
+    import shutil
+
+    from ar2._io import make_temp_dir
+    from ar2._outdir import check_replaceable
+
+    path = Path(path).resolve()
+    if not overwrite:
+        check_replaceable(path)  # before the encoding, not after
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = make_temp_dir(path)  # a killed run's is removed by the next (ar2._outdir)
+    try:
+        vectors = work / "vectors.npy"
+        encoder.encode_docs_to(vectors, docs(), len(ids), progress=True)
+        index = FaissIndex.build_from_npy(vectors, ids, config)
+        extra = (extra or {}) | {"encoder": encoder.describe(), "truncation": encoder.truncation()}
+        index.save(path, extra, docs() if store_docs else (), overwrite)  # before vectors go
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _rows(source: Any, rows: slice | np.ndarray, keep_mapped: bool = False) -> np.ndarray:

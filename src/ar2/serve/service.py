@@ -28,19 +28,17 @@ from typing import Any
 
 from ar2 import __version__
 from ar2.errors import Ar2Error
-from ar2.pipeline import HybridRetriever, Ranker, Retriever, SearchPipeline
+from ar2.pipeline import Ranker, Retriever, SearchPipeline
+from ar2.retrievers import KINDS
 from ar2.types import Doc, Query, Run
 
 log = logging.getLogger(__name__)
 
-MODES = ("dense", "bm25", "hybrid")
-"""Search modes: the dense retriever, BM25, and their reciprocal rank fusion."""
+MODES = tuple(KINDS)
+"""Search modes: the retriever kinds (:data:`ar2.retrievers.KINDS`), the first the default."""
 
 DEFAULT_RERANK_K = 20
 """Hits reranked per query when a ranker is given without a run's ``rerank_k``."""
-
-HYBRID_DEPTH = 100
-"""Hits each retriever contributes to the hybrid fusion (as ``ar2 eval``'s default depth)."""
 
 
 @dataclass(frozen=True)
@@ -182,7 +180,7 @@ def _load_run(
     retriever: str | Path | None,
     rerank_k: int | None,
 ) -> SearchService:
-    from ar2.pipeline import DenseRetriever
+    from ar2.retrievers import from_folder
 
     if not (run / "retriever").is_dir() or not (run / "index" / "manifest.json").is_file():
         raise Ar2Error(
@@ -192,11 +190,10 @@ def _load_run(
     config = _read_json(run / "config.json")
     docs = _stored_docs(run / "index")
     encoder_dir = Path(retriever) if retriever else run / "retriever"
-    dense = DenseRetriever.load(run / "index", encoder_dir=encoder_dir)
     ranker_dir = Path(reranker) if reranker else run / "ranker"
     # a ranker asked for must load (a typo is an error); the run's own is optional
     ranker = _load_ranker(ranker_dir, docs) if reranker or ranker_dir.is_dir() else None
-    retrievers = _with_bm25({"dense": dense}, docs)
+    retrievers = from_folder(run / "index", docs, encoder_dir)
     info = {
         "source": {"kind": "run", "path": str(run.resolve())},
         "manifests": _manifests(run / "index", encoder_dir, ranker_dir if ranker else None),
@@ -212,16 +209,12 @@ def _load_index(
     retriever: str | Path | None,
     rerank_k: int | None,
 ) -> SearchService:
-    from ar2.index import BM25Index, read_manifest
-    from ar2.pipeline import BM25Retriever, DenseRetriever
+    from ar2.index import read_manifest
+    from ar2.retrievers import from_folder
 
     manifest = read_manifest(index_dir)
     docs = _stored_docs(index_dir)
-    retrievers: dict[str, Retriever]
-    if manifest.get("kind") == "bm25":
-        retrievers = {"bm25": BM25Retriever(BM25Index.load(index_dir))}
-    else:
-        retrievers = _with_bm25({"dense": DenseRetriever.load(index_dir, retriever)}, docs)
+    retrievers = from_folder(index_dir, docs, retriever)
     ranker = _load_ranker(Path(reranker), docs) if reranker else None
     encoder = retriever or manifest.get("encoder", {}).get("source")
     info = {
@@ -229,19 +222,6 @@ def _load_index(
         "manifests": _manifests(index_dir, encoder, reranker),
     }
     return SearchService(docs, retrievers, ranker, rerank_k, info)
-
-
-def _with_bm25(retrievers: dict[str, Retriever], docs: dict[str, Doc]) -> dict[str, Retriever]:
-    """Add BM25 (built now with default settings, as ``ar2 eval``'s baseline) and hybrid."""
-    if not docs:
-        log.warning("the index stores no documents: no bm25/hybrid modes, no titles or snippets")
-        return retrievers
-    from ar2.index import BM25Index
-    from ar2.pipeline import BM25Retriever
-
-    bm25 = BM25Retriever(BM25Index.build(docs.values()))
-    hybrid = HybridRetriever([bm25, retrievers["dense"]], HYBRID_DEPTH)
-    return retrievers | {"bm25": bm25, "hybrid": hybrid}
 
 
 def _load_ranker(path: Path, docs: dict[str, Doc]) -> Ranker:

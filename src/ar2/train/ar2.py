@@ -177,13 +177,12 @@ def _warmup_retriever(ctx: RunContext) -> BiEncoder:
 
 def _bm25_groups(out: Path, data: TrainData, cfg: AR2Config) -> list[TrainingGroup]:
     """G0's groups, mined with BM25; answer-bearing candidates are no negatives (QA data)."""
-    from ar2.index import BM25Index
     from ar2.mining import answer_check, mine, write_mined
-    from ar2.pipeline import BM25Retriever
+    from ar2.retrievers import bm25
 
     folder = out / "mined" / "bm25"
     if not folder.is_dir():
-        retriever = BM25Retriever(BM25Index.build(data.corpus))
+        retriever = bm25(data.corpus)
         is_answer = answer_check(data.train, data.docs)
         groups = mine(retriever, data.train, data.train_qrels, cfg.mine_k, is_answer)
         provenance = {"round": "bm25", "k": cfg.mine_k, "retriever": "bm25"}

@@ -42,7 +42,7 @@ def final_report(
         return {}
     runs, info = _test_runs(out, data, final, cfg)
     info["training"] = _training_note(out, data, cfg)
-    from ar2.experiment import EvalJob, score_and_report
+    from ar2.comparison import EvalJob, score_and_report
 
     job = EvalJob(
         data_dir, "test", SYSTEMS, out, reranker=str(out / "ranker"), rerank_k=cfg.rerank_k
@@ -70,41 +70,46 @@ def _cards(data_dir: Path, out: Path, cfg: AR2Config, results: dict[str, Any]) -
 def _test_runs(
     out: Path, data: TrainData, final: BiEncoder, cfg: AR2Config
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    from ar2.index import BM25Index, FaissIndex
-    from ar2.pipeline import BM25Retriever, CrossEncoderRanker, DenseRetriever, SearchPipeline
+    from ar2.index import FaissIndex
+    from ar2.pipeline import CrossEncoderRanker, SearchPipeline
+    from ar2.retrievers import bm25, dense
 
     start = BiEncoder.load(cfg.retriever_model, query_max_length=cfg.query_max_length,
                            doc_max_length=cfg.doc_max_length)  # fmt: skip
-    start_index = _start_index(out / "indexes" / "start", start, data, cfg)
+    g0 = BiEncoder.load(out / "g0" / "retriever")
     retrievers: dict[str, Any] = {
-        "bm25": BM25Retriever(BM25Index.build(data.corpus)),
-        "start": DenseRetriever(start, start_index),
-        "g0": DenseRetriever(
-            BiEncoder.load(out / "g0" / "retriever"),
-            FaissIndex.load(out / "indexes" / "round-0", mmap=True),
-        ),  # fmt: skip
-        "ar2-g": DenseRetriever(final, FaissIndex.load(out / "index", mmap=True)),
+        "bm25": bm25(data.corpus),
+        "start": dense(start, _start_index(out / "indexes" / "start", start, data, cfg)),
+        "g0": dense(g0, FaissIndex.load(out / "indexes" / "round-0", mmap=True)),
+        "ar2-g": dense(final, FaissIndex.load(out / "index", mmap=True)),
     }
     runs = {name: r.retrieve(data.test, 100) for name, r in retrievers.items()}
     ranker = CrossEncoderRanker(CrossEncoder.load(out / "ranker"), data.docs)
     runs["ar2-g+d"] = SearchPipeline(retrievers["ar2-g"], ranker, cfg.rerank_k).run(
         data.test, 100, progress=True
     )
-    info: dict[str, Any] = {"bm25": "bm25s over the corpus"}
-    counted: dict[int, Any] = {}  # documents cut, by cut-off: one tokenizer pass each
-    for name in ("start", "g0", "ar2-g"):
-        encoder = retrievers[name].encoder
-        limit = encoder.config.doc_max_length
-        if not encoder.cuts["documents"].seen:  # its index was built earlier
-            if limit not in counted:
-                counted[limit] = dataclasses.replace(encoder.count_cuts(data.corpus))
-            encoder.cuts["documents"] = dataclasses.replace(counted[limit])
-        info[name] = {"encoder": encoder.source, "truncation": encoder.truncation()}
+    info = {"bm25": "bm25s over the corpus"} | _dense_info(retrievers, data)
     weight = ranker.model.config.fusion_weight
     info["ar2-g+d"] = (
         f"ar2-g, top {cfg.rerank_k} reranked by (1 - w) z(G) + w z(D), w = {weight} (tuned on dev)"
     )
     return runs, info
+
+
+def _dense_info(retrievers: dict[str, Any], data: TrainData) -> dict[str, Any]:
+    """Each dense system's encoder and what it cut (documents counted once per cut-off, for
+    the indexes built earlier in the run)."""
+    info: dict[str, Any] = {}
+    counted: dict[int, Any] = {}
+    for name in ("start", "g0", "ar2-g"):
+        encoder = retrievers[name].encoder
+        limit = encoder.config.doc_max_length
+        if not encoder.cuts["documents"].seen:
+            if limit not in counted:
+                counted[limit] = dataclasses.replace(encoder.count_cuts(data.corpus))
+            encoder.cuts["documents"] = dataclasses.replace(counted[limit])
+        info[name] = {"encoder": encoder.source, "truncation": encoder.truncation()}
+    return info
 
 
 def _training_note(out: Path, data: TrainData, cfg: AR2Config) -> dict[str, Any]:
@@ -123,7 +128,7 @@ def _training_note(out: Path, data: TrainData, cfg: AR2Config) -> dict[str, Any]
 def _start_index(folder: Path, start: BiEncoder, data: TrainData, cfg: AR2Config) -> FaissIndex:
     """The untrained model's index, built once per run (and shared by ``--warm-start``)."""
     from ar2.index import FaissIndex
-    from ar2.pipeline import index_corpus
+    from ar2.index.dense import index_corpus
 
     if not folder.is_dir():
         ids = [d.id for d in data.corpus]

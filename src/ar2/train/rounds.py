@@ -40,14 +40,14 @@ def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncod
     negatives and counted in the groups' manifest (:func:`ar2.mining.write_mined`)."""
     from ar2.evaluate import evaluate
     from ar2.mining import answer_check, mine, write_mined
-    from ar2.pipeline import DenseRetriever
+    from ar2.retrievers import dense as dense_retriever
 
     out, data, cfg, metrics = ctx.out, ctx.data, ctx.cfg, ctx.metrics
     folder = out / "mined" / f"round-{r}"
     if folder.is_dir():
         return
     index = refresh_index(ctx, r, retriever)
-    dense = DenseRetriever(retriever, index)
+    dense = dense_retriever(retriever, index)
     is_answer = answer_check(data.train, data.docs)  # QA data: answer-bearing docs are no negatives
 
     def mine_share(queries: Sequence[Query]) -> dict[str, TrainingGroup]:  # a rank's queries

@@ -1,8 +1,8 @@
-"""``ar2 eval``: named systems on one split of a BEIR folder, scored and compared in a report.
+"""Comparing systems (``ar2 eval``, and the test comparison that ends ``ar2 train``): named
+systems run on one split of a BEIR folder, scored, tested against the first, and reported.
 
-A system is ``bm25``, ``dense`` or ``hybrid`` (RRF of BM25 and dense); ``dense`` and ``hybrid``
-take an optional model folder after a colon (``dense:runs/g0/retriever``), by default the
-bundled all-MiniLM-L6-v2. With a reranker, every system also gets a ``<name>+rerank`` variant.
+A system is a retriever spec (:mod:`ar2.retrievers`: ``bm25``, ``dense[:MODEL]``,
+``hybrid[:MODEL]``). With a reranker, every system also gets a ``<name>+rerank`` variant.
 """
 
 from __future__ import annotations
@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from ar2 import __version__
-from ar2.config import BM25Config, IndexConfig
+from ar2.config import IndexConfig
 from ar2.errors import Ar2Error
-from ar2.pipeline import Retriever
+from ar2.retrievers import Retrievers, parse_spec
 from ar2.types import Doc, Qrels, Query, Run
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MEASURES = ("nDCG@10", "RR@10", "R@10", "R@100")
-SYSTEM_KINDS = ("bm25", "dense", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -45,24 +44,7 @@ class EvalJob:
 
     def inputs(self) -> list[str | Path | None]:
         """The folders this job reads: the data, the model folders and the reranker."""
-        return [self.data_dir, *(parse_system(s)[1] for s in self.systems), self.reranker]
-
-
-def parse_system(spec: str) -> tuple[str, str | None]:
-    """Split ``"dense:PATH"`` into ``("dense", "PATH")``; unknown kinds list the valid ones.
-
-    Example:
-        >>> parse_system("dense:runs/model")
-        ('dense', 'runs/model')
-        >>> parse_system("bm25")
-        ('bm25', None)
-    """
-    kind, _, model = spec.partition(":")
-    if kind not in SYSTEM_KINDS:
-        raise Ar2Error(f"unknown system {spec!r}; choose from {list(SYSTEM_KINDS)} (dense:PATH)")
-    if kind == "bm25" and model:
-        raise Ar2Error(f"system {spec!r}: bm25 takes no model folder")
-    return kind, model or None
+        return [self.data_dir, *(parse_spec(s)[1] for s in self.systems), self.reranker]
 
 
 def _check_job(job: EvalJob) -> None:
@@ -79,69 +61,9 @@ def _check_job(job: EvalJob) -> None:
     if not specs:
         raise Ar2Error("no systems given. Fix: pass e.g. --systems bm25,dense,hybrid")
     for spec in specs:
-        _, model = parse_system(spec)
+        _, model = parse_spec(spec)
         if model:
             check_model_dir(model)
-
-
-class _Systems:
-    """Builds each retriever once per job: the BM25 index and one dense index per model."""
-
-    def __init__(self, corpus: list[Doc], job: EvalJob) -> None:
-        self.corpus, self.job = corpus, job
-        self._bm25: Retriever | None = None
-        self._dense: dict[str | None, Retriever] = {}
-        self.descriptions: dict[str, Any] = {}
-
-    def get(self, spec: str) -> Retriever:
-        from ar2.pipeline import HybridRetriever
-
-        kind, model = parse_system(spec)
-        if kind == "bm25":
-            return self.bm25()
-        if kind == "dense":
-            return self.dense(model)
-        return HybridRetriever([self.bm25(), self.dense(model)], depth=self.job.depth)
-
-    def bm25(self) -> Retriever:
-        from ar2.index import BM25Index
-        from ar2.pipeline import BM25Retriever
-
-        if self._bm25 is None:
-            log.info("bm25: indexing %d documents", len(self.corpus))
-            source = str(self.job.data_dir / "corpus.jsonl")
-            self._bm25 = BM25Retriever(BM25Index.build(self.corpus, BM25Config(), source))
-            self.descriptions["bm25"] = {"bm25s": BM25Config().__dict__}
-        return self._bm25
-
-    def dense(self, model: str | None) -> Retriever:
-        from ar2.encoders import BiEncoder
-        from ar2.index import FaissIndex
-        from ar2.pipeline import DenseRetriever
-
-        if model not in self._dense:
-            encoder = BiEncoder.load(model, precision=self.job.precision)
-            log.info("dense (%s): encoding %d documents", encoder.source, len(self.corpus))
-            vectors = encoder.encode_docs(self.corpus, progress=True)
-            metric_info = {"similarity": encoder.describe()["similarity"]}
-            index = FaissIndex.build(vectors, [d.id for d in self.corpus], self.job.index)
-            self._dense[model] = DenseRetriever(encoder, index, progress=True)
-            self.descriptions[f"dense:{model or 'default'}"] = {
-                "encoder": encoder.describe(),
-                "faiss": index.factory,
-                **metric_info,
-            }
-        return self._dense[model]
-
-    def note_truncation(self) -> None:
-        """Record (and warn of) the queries and documents each dense system's encoder cut."""
-        for model, retriever in self._dense.items():
-            encoder = retriever.encoder  # type: ignore[attr-defined]
-            note = encoder.truncation()
-            self.descriptions[f"dense:{model or 'default'}"]["truncation"] = note
-            if any(c.cut for c in encoder.cuts.values()):
-                fix = "a model that takes longer inputs, or longer cut-offs if this one allows"
-                log.warning("dense:%s: %s. Fix: %s", model or "default", note, fix)
 
 
 def run_eval(job: EvalJob) -> dict[str, dict[str, float]]:
@@ -163,7 +85,8 @@ def run_eval(job: EvalJob) -> dict[str, dict[str, float]]:
         files = list(dict.fromkeys(f"runs/{_file_name(n)}.trec" for n in names)) + [*REPORT_FILES]
         _write_manifest(out, job, sorted(set(previous) | set(files)), done=False)
         corpus, queries, qrels = load_beir(job.data_dir, job.split)
-        systems = _Systems(corpus, job)
+        systems = Retrievers(corpus, job.index, job.precision, job.depth,
+                             str(job.data_dir / "corpus.jsonl"))  # fmt: skip
         runs: dict[str, Run] = {}
         for spec in job.systems:
             runs.update(_run_system(spec, systems, corpus, queries, job))
@@ -215,7 +138,7 @@ def _remove_stale(out: Path, stale: set[str]) -> None:
 
 
 def _run_system(
-    spec: str, systems: _Systems, corpus: list[Doc], queries: list[Query], job: EvalJob
+    spec: str, systems: Retrievers, corpus: list[Doc], queries: list[Query], job: EvalJob
 ) -> dict[str, Run]:
     from ar2.pipeline import SearchPipeline
 

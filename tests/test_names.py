@@ -1,0 +1,75 @@
+"""One source for each name table (issue 12, item 8): the names live in `ar2.config` (light
+enough for the CLI) and `ar2.retrievers.KINDS`; the CLI's choices, the config's checks and the
+registries of implementations must agree with them."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from ar2 import config
+from ar2.cli import build_parser
+
+
+def _choices(command: str, flag: str) -> tuple[str, ...]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    action = next(a for a in sub.choices[command]._actions if flag in a.option_strings)
+    return tuple(action.choices or ())
+
+
+def test_the_registries_are_keyed_by_the_configs_names() -> None:
+    pytest.importorskip("torch")
+    from ar2 import index, losses
+    from ar2.encoders.pooling import POOLERS
+    from ar2.index.factory import PRESETS
+
+    assert tuple(POOLERS) == config.POOLINGS
+    assert tuple(losses.ADV_REDUCTIONS) == config.ADV_REDUCTIONS
+    assert (*PRESETS, "auto") == config.INDEX_PRESETS
+    assert tuple(index.KINDS) == config.INDEX_KINDS
+
+
+def test_the_cli_offers_exactly_the_configs_names() -> None:
+    assert _choices("index", "--kind") == config.INDEX_KINDS
+    assert _choices("index", "--preset") == config.INDEX_PRESETS
+    assert _choices("eval", "--preset") == config.INDEX_PRESETS
+    for command in ("index", "eval"):
+        assert _choices(command, "--precision") == config.PRECISIONS
+
+
+def test_every_name_is_accepted_where_it_is_checked_and_others_are_not() -> None:
+    from ar2.errors import Ar2Error
+
+    for name in config.POOLINGS:
+        assert config.EncoderConfig(pooling=name).pooling == name
+    for name in config.PRECISIONS:
+        assert config.RankerConfig(precision=name).precision == name
+    for name in config.ADV_REDUCTIONS:
+        assert config.AR2Config(adv_reduction=name).adv_reduction == name
+    for name in config.RETRIEVER_LOSSES:
+        assert config.AR2Config(retriever_loss=name).retriever_loss == name
+    with pytest.raises((ValueError, Ar2Error)):
+        config.EncoderConfig(pooling="max")
+
+
+def test_serve_modes_systems_and_help_are_the_retriever_kinds() -> None:
+    from ar2.retrievers import KINDS, parse_spec
+    from ar2.serve import MODES
+
+    assert MODES == tuple(KINDS)
+    assert [parse_spec(k)[0] for k in KINDS] == list(KINDS)
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    systems = next(a for a in sub.choices["eval"]._actions if "--systems" in a.option_strings)
+    assert all(kind in (systems.help or "") for kind in KINDS)
+
+
+def test_every_precision_resolves_on_this_machine() -> None:
+    pytest.importorskip("torch")
+    from ar2.encoders._runtime import use_bf16
+
+    assert {
+        name: isinstance(use_bf16(name, "cpu"), bool) for name in config.PRECISIONS
+    } == dict.fromkeys(config.PRECISIONS, True)
