@@ -94,7 +94,7 @@ def test_too_many_dev_queries_names_the_flag_that_lowers_them() -> None:
     from ar2.types import Query
 
     queries = [Query(f"q{i}", "text") for i in range(62)]
-    with pytest.raises(Ar2Error, match=r"only 62 training.*--set dev_queries=N with N < 62"):
+    with pytest.raises(Ar2Error, match=r"none of the 62 training.*--set dev_queries=N with N < 62"):
         _hold_out(queries, 100, seed=0)
 
 
@@ -134,4 +134,4 @@ def test_an_override_reaches_the_run_and_resume_checks_it(
     err = capsys.readouterr().err
     assert "--resume with a different config (g0.steps)" in err and len(err.splitlines()) == 1
     assert main([*argv, "--resume"]) == 2  # without the --set: the preset's, another config
-    assert "different config (dev_queries, g0.steps)" in capsys.readouterr().err
+    assert "different config (dev_size, g0.steps)" in capsys.readouterr().err  # as it trains

@@ -93,7 +93,9 @@ def test_dense_retriever_load_uses_the_manifest_encoder(tiny_bert: Path, tmp_pat
     index = FaissIndex.build(vectors, [d.id for d in DOCS])
     index.save(tmp_path / "idx", {"encoder": encoder.describe()}, docs=DOCS)
 
-    loaded = DenseRetriever.load(tmp_path / "idx")
+    from ar2.retrievers import dense_from_folder
+
+    loaded = dense_from_folder(tmp_path / "idx")
     assert loaded.encoder.config == encoder.config  # cls, no normalisation: not the defaults
     queries = [Query("q1", "fish eat"), Query("q2", "dogs")]
     expected = DenseRetriever(encoder, index).retrieve(queries, k=4)

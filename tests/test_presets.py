@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from ar2.cli import main
-from ar2.config import for_collection, load_ar2_config, load_toml
+from ar2.config import load_ar2_config, load_toml
 from ar2.train.data import dev_size
+from ar2.train.run_config import for_collection
 
 PRESETS = Path(__file__).parents[1] / "src" / "ar2" / "presets"
 
@@ -84,3 +85,46 @@ def test_quick_runs_on_forty_training_queries_without_a_dev_split(
     assert training["training_queries"] == 35
     assert training["steps"] == {"g0": 8, "d0": 5, "ranker": 0, "retriever": 2}
     assert (out / "report.json").is_file()
+
+
+def _train_qrels(root: Path, queries: int) -> Path:
+    (root / "qrels").mkdir(parents=True)
+    rows = "".join(f"q{i}\td{i}\t1\n" for i in range(queries))
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + rows)
+    return root
+
+
+def test_a_run_from_before_epochs_resumes_where_it_trains_alike(tmp_path: Path) -> None:
+    """A quick run written before `epochs` and `dev_fraction` (steps and dev_queries only)
+    is today's quick preset on SciFact's 809 queries, and not on 40."""
+    from ar2.config import config_tables
+    from ar2.train.run_config import config_differences, config_json, effective
+
+    today = config_json(_preset("quick"))
+    before = json.loads(json.dumps(today))
+    del before["dev_fraction"]
+    for table in config_tables():
+        before[table].pop("epochs", None)
+    scifact, small = _train_qrels(tmp_path / "a", 809), _train_qrels(tmp_path / "b", 40)
+    assert config_differences(effective(before, scifact), effective(today, scifact)) == []
+    assert {"g0.steps", "dev_size"} <= set(
+        config_differences(effective(before, small), effective(today, small))
+    )
+
+
+def test_a_dev_split_other_than_the_runs_is_refused(tmp_path: Path) -> None:
+    from ar2.errors import Ar2Error
+    from ar2.train.data import _same_split
+
+    (tmp_path / "dev_split.json").write_text(json.dumps({"queries": ["q1", "q2"]}))
+    _same_split(tmp_path / "dev_split.json", {"queries": ["q1", "q2"], "source": "s"})
+    with pytest.raises(Ar2Error, match="differs from this one's"):
+        _same_split(tmp_path / "dev_split.json", {"queries": ["q1"], "source": "s"})
+
+
+def test_set_none_unsets_epochs() -> None:
+    from ar2._overrides import apply_overrides
+
+    data = apply_overrides(load_toml(PRESETS / "quick.toml"), ["g0.epochs=none"])
+    cfg = load_ar2_config(data)
+    assert cfg.g0.epochs is None and for_collection(cfg, 35)[0].g0.steps == 150

@@ -65,13 +65,13 @@ def test_the_service_equals_the_pipelines_it_is_made_of(service: SearchService, 
     from ar2.pipeline import (
         BM25Retriever,
         CrossEncoderRanker,
-        DenseRetriever,
         HybridRetriever,
         SearchPipeline,
     )
+    from ar2.retrievers import dense_from_folder
 
     docs = list(iter_docs(tiny_run / "index"))
-    dense = DenseRetriever.load(tiny_run / "index")
+    dense = dense_from_folder(tiny_run / "index")
     bm25 = BM25Retriever(BM25Index.build(docs))
     ranker = CrossEncoderRanker(CrossEncoder.load(tiny_run / "ranker"), {d.id: d for d in docs})
     queries = [Query("a", "what do cats eat"), Query("b", "heart risk in mice")]

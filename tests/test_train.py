@@ -174,8 +174,8 @@ def test_unknown_preset_is_a_clear_error(toy_beir: Path, tmp_path: Path) -> None
 
 @pytest.mark.parametrize("name", ["quick", "full", "toy"])
 def test_presets_are_valid_configs(name: str) -> None:
-    from ar2.cli import _preset_path
     from ar2.config import AR2Config, load_ar2_config, load_toml
+    from ar2.config import preset_path as _preset_path
 
     cfg = load_ar2_config(load_toml(_preset_path(name)), name)
     assert isinstance(cfg, AR2Config) and cfg.rounds >= 1 and cfg.g0.steps > 0
@@ -495,15 +495,15 @@ def test_the_models_carry_cards_and_still_load_in_sentence_transformers(
     for role in ("retriever", "ranker"):
         card = (out / role / "README.md").read_text()
         assert card.startswith("---\nlibrary_name: sentence-transformers\n")
-        assert f"base_model: {model}" in card or "G0 retriever" in card
+        assert f"base_model: {json.dumps(str(model))}\n" in card  # quoted YAML
         assert f"| ar2-g | {report['ar2-g']['nDCG@10']:.4f} |" in card
         assert f"ar2 train {data.resolve()} --config {out.resolve()}/config.json" in card
     st = SentenceTransformer(str(out / "retriever"), device="cpu")
     ours = BiEncoder.load(out / "retriever", precision="fp32")
     texts = ["cats w1 study", "dogs chase balls"]
-    np.testing.assert_allclose(
-        st.encode(texts), ours.encode_docs(texts), atol=1e-5
-    )  # the card changes nothing a loader reads
+    np.testing.assert_allclose(st.encode(texts), ours.encode_docs(texts), atol=1e-5)
+    queries = ["cats", "what do dogs chase"]  # short: within both cut-offs
+    np.testing.assert_allclose(st.encode(queries), ours.encode_queries(queries), atol=1e-5)
     assert STCrossEncoder(str(out / "ranker"), device="cpu").predict([("cats", "cats w1")]).shape
 
 

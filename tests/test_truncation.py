@@ -46,8 +46,8 @@ def test_cuts_are_counted_and_the_vectors_are_those_of_the_cut_text(tiny_bert: P
     encoder = BiEncoder.load(tiny_bert, query_max_length=8, precision="fp32")
     long = "cats eat fish and dogs chase balls in the park"  # 12 tokens with [CLS] and [SEP]
     vectors = encoder.encode_queries([long, "cats", long])
-    assert encoder.cuts["queries"].seen == 3 and encoder.cuts["queries"].cut == 2
-    assert "2 of 3 queries (66.7%) were longer than 8 tokens and cut" in encoder.truncation()
+    assert encoder.cuts["queries"].seen == 2 and encoder.cuts["queries"].cut == 1  # distinct
+    assert "1 of 2 queries (50.0%) were longer than 8 tokens and cut" in encoder.truncation()
     cut_text = encoder.tokenizer.decode(encoder.tokenizer(long)["input_ids"][1:7])  # 6 + 2 special
     np.testing.assert_allclose(vectors[0], encoder.encode_queries([cut_text])[0], atol=1e-5)
     docs = [long] * 3 + ["cats"]
@@ -111,3 +111,57 @@ def test_long_queries_score_as_sentence_transformers_scores_them(
     assert "10 of 10 queries (100.0%) were longer than 128 tokens and cut" in protocol["truncation"]
     assert "were longer than 128 tokens and cut" in (out / "report.md").read_text()
     assert "10 of 10 queries (100.0%) were longer than 128 tokens and cut. Fix:" in warned
+
+
+@pytest.mark.parametrize("max_len", [3, 4, 8, 64])
+def test_token_ids_are_the_tokenizers_own_truncation(tiny_bert: Path, max_len: int) -> None:
+    from transformers import AutoTokenizer
+
+    from ar2.encoders import BiEncoder
+
+    encoder = BiEncoder.load(tiny_bert)
+    texts = ["cats eat fish and dogs chase balls in the park", "cats", "", "the " * 200]
+    want = encoder.tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]
+    assert encoder._token_ids(texts, max_len, "queries") == want
+    slow = AutoTokenizer.from_pretrained(str(tiny_bert), use_fast=False)
+    if getattr(slow, "is_fast", False):  # transformers 5 gives a fast one: hide its backend
+
+        class Slow:
+            is_fast = False
+
+            def __call__(self, *args: object, **kwargs: object) -> object:
+                return encoder_tokenizer(*args, **kwargs)
+
+        encoder_tokenizer, slow = slow, Slow()
+    encoder.tokenizer = slow  # the second path: a slow tokenizer, some texts cut, some not
+    encoder.cuts["queries"] = type(encoder.cuts["queries"])()
+    assert encoder._token_ids(texts, max_len, "queries") == want
+    full = [len(x) for x in slow(texts)["input_ids"]]  # type: ignore[operator,index]
+    assert encoder.cuts["queries"].cut == sum(n > max_len for n in full)
+
+
+def test_queries_searched_twice_are_counted_once(
+    tiny_bert: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`dense`, `hybrid` and their reranked variants encode the same queries again."""
+    from ar2.encoders import CrossEncoder
+
+    with pytest.warns(UserWarning, match="new head"):
+        CrossEncoder.load(tiny_bert).save(tmp_path / "ranker")
+    data = _long_query_folder(tmp_path / "long")
+    out = tmp_path / "report"
+    systems = f"dense:{tiny_bert},hybrid:{tiny_bert}"
+    code = main(["-q", "eval", str(data), "--systems", systems, "--reranker",
+                 str(tmp_path / "ranker"), "--rerank-k", "5", "--out", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    protocol = json.loads((out / "protocol.json").read_text())
+    assert "10 of 10 queries (100.0%)" in protocol["truncation"]
+
+
+def test_a_roberta_style_model_takes_two_positions_fewer(tmp_path: Path) -> None:
+    from ar2.encoders._hf import max_positions
+
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "roberta", "max_position_embeddings": 514})
+    )
+    assert max_positions(tmp_path) == 512

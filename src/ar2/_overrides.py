@@ -21,7 +21,9 @@ def apply_overrides(data: dict[str, Any], sets: Sequence[str]) -> dict[str, Any]
     """``data`` (a config's TOML) with the ``KEY=VALUE`` settings of ``ar2 train --set``
     applied in order (the last of a key wins). ``KEY`` is a field (``rounds``) or
     ``table.field`` (``g0.steps``); ``VALUE`` is a TOML value, or plain text where it is not
-    one (``eval_measure=nDCG@10``, a path). Keys and types are checked as a TOML file's are,
+    one (``eval_measure=nDCG@10``, a path); ``none`` (or nothing) unsets a field that may be
+    unset (``g0.epochs=none``: the stage runs ``steps``). Keys and types are checked as a TOML
+    file's are,
     the error naming the ``--set``; ranges are checked when the config is built.
 
     Example:
@@ -48,8 +50,8 @@ def parse_override(item: str) -> tuple[str | None, str, Any]:
     Example:
         >>> parse_override("g0.lr=1e-5")
         ('g0', 'lr', 1e-05)
-        >>> parse_override("eval_measure=R@100")
-        (None, 'eval_measure', 'R@100')
+        >>> parse_override("eval_measure=R@100"), parse_override("g0.epochs=none")
+        ((None, 'eval_measure', 'R@100'), ('g0', 'epochs', None))
         >>> parse_override("rounds=two")
         Traceback (most recent call last):
         ar2.errors.Ar2Error: --set rounds=two: rounds = 'two' is a string, not an integer. Fix: ...
@@ -62,8 +64,11 @@ def parse_override(item: str) -> tuple[str | None, str, Any]:
             f"{source}: not KEY=VALUE. Fix: write it like --set rounds=3 or --set g0.steps=80"
         )
     table, _, key = name.rpartition(".")
-    value = _toml_value(text)
-    check_type(source, key, value, _override_type(source, table, key))
+    hint = _override_type(source, table, key)
+    value = _toml_value(text.strip())
+    if value in ("none", "") and type(None) in typing.get_args(hint):
+        value = None  # what leaving the key out of a TOML file gives (``g0.epochs=none``)
+    check_type(source, key, value, hint)
     return table or None, key, value
 
 

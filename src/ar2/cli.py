@@ -6,7 +6,6 @@ Heavy libraries are imported inside the subcommand functions, so ``ar2 --help`` 
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import sys
@@ -14,8 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ar2 import __version__
-from ar2.config import INDEX_KINDS, INDEX_PRESETS, PRECISIONS, AR2Config, IndexConfig
-from ar2.errors import Ar2Error
+from ar2._typed import non_negative_int, port_number, positive_int
+from ar2.config import INDEX_KINDS, INDEX_PRESETS, PRECISIONS, AR2Config, IndexConfig, preset_path
+from ar2.errors import Ar2Error, os_error_message
 
 log = logging.getLogger("ar2")
 
@@ -128,7 +128,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _train_config(args)
     warm = Path(args.warm_start) if args.warm_start else None
-    check_inputs(resolve(args.out), [args.config])  # the run's own inputs: run_ar2 checks them
+    out = resolve(args.out)
+    if args.config and Path(args.config).resolve() != out / "config.json":  # a run's own config
+        check_inputs(out, [args.config])  # resumes it; run_ar2 checks the other inputs
     w = distributed.init_from_env()  # under torchrun: one process of several
     try:
         results = run_ar2(
@@ -159,9 +161,9 @@ def _train_config(args: argparse.Namespace) -> AR2Config:
         (80, 'm', 'r')
     """
     from ar2._overrides import apply_overrides
-    from ar2.config import load_ar2_config, load_config_file
+    from ar2.config import load_ar2_config, load_config_file, preset_path
 
-    source = args.config or str(_preset_path(args.preset))
+    source = args.config or str(preset_path(args.preset))
     data = load_config_file(source)
     if args.model:
         data = data | {"retriever_model": args.model, "ranker_model": args.model}
@@ -199,16 +201,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(service, allowed_hosts=hosts or default_allowed_hosts(sock), docs=args.docs)
     server(app, quiet=args.quiet).run(sockets=[sock])
     return 0
-
-
-def _preset_path(name: str) -> Path:
-    folder = Path(__file__).parent / "presets"
-    names = sorted(p.stem for p in folder.glob("*.toml"))
-    if name not in names:
-        raise Ar2Error(
-            f"unknown preset {name!r}. Fix: choose one of {', '.join(names)}, or pass --config"
-        )
-    return folder / f"{name}.toml"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,9 +249,9 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="print the hits of a query against an index folder")
     p.add_argument("index_dir", help="folder written by `ar2 index`")
     p.add_argument("query", help="the query text")
-    p.add_argument("-k", type=_positive, default=10, help="hits to print (default 10)")
+    p.add_argument("-k", type=positive_int, default=10, help="hits to print (default 10)")
     p.add_argument("--reranker", help="cross-encoder folder to rerank with")
-    p.add_argument("--rerank-k", type=_positive, default=50, help="hits to rerank (default 50)")
+    p.add_argument("--rerank-k", type=positive_int, default=50, help="hits to rerank (default 50)")
     p.set_defaults(func=cmd_search)
 
 
@@ -274,9 +266,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for report.md, report.json, report.png")
     _add_overwrite(p, "write into an --out that is not an ar2 eval folder (same names replaced)")
     p.add_argument("--measures", default="nDCG@10,RR@10,R@10,R@100", help="ir_measures names")
-    p.add_argument("--depth", type=_positive, default=100, help="hits retrieved per query")
+    p.add_argument("--depth", type=positive_int, default=100, help="hits retrieved per query")
     p.add_argument("--reranker", help="cross-encoder folder: adds a <system>+rerank row each")
-    p.add_argument("--rerank-k", type=_positive, default=100, help="hits reranked per query")
+    p.add_argument("--rerank-k", type=positive_int, default=100, help="hits reranked per query")
     p.add_argument("--preset", default="flat", choices=INDEX_PRESETS)
     _add_precision(p)
     p.set_defaults(func=cmd_eval)
@@ -286,7 +278,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="AR2 co-training of a retriever and a ranker")
     p.add_argument("data_dir", help="BEIR folder with qrels/train.tsv (dev and test optional)")
     p.add_argument("--out", required=True, help="run folder (models, index, report, checkpoints)")
-    p.add_argument("--preset", default="quick", help="quick (CPU demo), full, or toy")
+    names = ", ".join(sorted(f.stem for f in preset_path("quick").parent.glob("*.toml")))
+    p.add_argument("--preset", default="quick", help=f"one of {names} (default quick)")
     p.add_argument(
         "--config", help="a TOML file of AR2Config fields (or a run's config.json), not --preset"
     )
@@ -314,7 +307,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", help="a run folder (`ar2 train --out`) or an index folder (`ar2 index`)")
 
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument(
+        "--port", type=port_number, default=8000, help="port (default 8000; 0: any free port)"
+    )
     p.add_argument(
         "--allowed-hosts",
         metavar="NAMES",
@@ -329,7 +324,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reranker", help="cross-encoder folder (a run's own ranker by default)")
     p.add_argument(
         "--rerank-k",
-        type=_non_negative,
+        type=non_negative_int,
         help="hits reranked by default (a run's own setting otherwise; 0: none)",
     )
     p.add_argument("--retriever", help="encoder folder for an index whose encoder was moved")
@@ -351,27 +346,6 @@ def _add_precision(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 0 to 65535 (0: any free port), got {text}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
-    return value
-
-
 def _configure_logging(quiet: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
@@ -386,22 +360,6 @@ def _configure_logging(quiet: bool) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-
-
-_OS_FIXES = {
-    errno.ENOSPC: "free disk space, or write to another disk",
-    errno.EDQUOT: "free disk space, or write to another disk",
-    errno.EACCES: "check the permissions of that file or folder",
-    errno.EPERM: "check the permissions of that file or folder",
-    errno.EROFS: "write to a writable file system",
-}
-
-
-def _os_error(err: OSError) -> str:
-    """``<file>: <problem>. Fix: <fix>.`` for an error of the operating system."""
-    where = err.filename if err.filename is not None else "ar2"
-    fix = _OS_FIXES.get(err.errno or 0, "check the path, the permissions and the free space")
-    return f"{where}: {err.strerror or err}. Fix: {fix}"
 
 
 def _fail(message: str) -> int:
@@ -421,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Ar2Error as err:
         return _fail(str(err))
     except OSError as err:  # unreadable input, unwritable output, full disk
-        return _fail(_os_error(err))
+        return _fail(os_error_message(err))
     except KeyboardInterrupt:
         print("ar2: interrupted", file=sys.stderr)
         return 130

@@ -163,6 +163,22 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         ) from None
 
 
+def preset_path(name: str) -> Path:
+    """The TOML file of the preset ``name`` (``src/ar2/presets``); others list the presets.
+
+    Example:
+        >>> preset_path("quick").name
+        'quick.toml'
+    """
+    folder = Path(__file__).parent / "presets"
+    names = sorted(p.stem for p in folder.glob("*.toml"))
+    if name not in names:
+        raise Ar2Error(
+            f"unknown preset {name!r}. Fix: choose one of {', '.join(names)}, or pass --config"
+        )
+    return folder / f"{name}.toml"
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """A config's settings: a TOML file, or a run's ``config.json`` (train again as that run
     did: its data record is left out).
@@ -274,7 +290,8 @@ class AR2Config:
             split (see ``dev_fraction``).
         dev_fraction: The share of the training queries held out as dev: the dev slice is
             ``min(dev_queries, max(5, round(dev_fraction x training queries)))``
-            (:func:`ar2.train.data.dev_size`).
+            (:func:`ar2.train.data.dev_size`; the presets use 0.125). ``None``: exactly
+            ``dev_queries`` (the rule before the field existed).
         eval_measure: The dev measure logged every round.
         rerank_k: Hits the ranker reranks when G+D is evaluated (dev and test).
         tune_fusion: Rerank by ``(1 - w) z(G) + w z(D)`` with ``w`` tuned on dev each round
@@ -307,7 +324,7 @@ class AR2Config:
     retriever_loss: str = "ar2"
     refresh: bool = True
     dev_queries: int = 100
-    dev_fraction: float = 0.125
+    dev_fraction: float | None = None
     eval_measure: str = "nDCG@10"
     rerank_k: int = 50
     tune_fusion: bool = True
@@ -335,27 +352,6 @@ class AR2Config:
 
 STAGES = ("g0", "d0", "ranker", "retriever")
 """The training stages of an :class:`AR2Config` (its :class:`StageConfig` tables)."""
-
-
-def for_collection(cfg: AR2Config, queries: int) -> tuple[AR2Config, str]:
-    """``cfg`` with each stage's steps for ``queries`` training queries
-    (:meth:`StageConfig.steps_for`), and one line saying so, for the log and the report.
-
-    Example:
-        >>> cfg = AR2Config(g0=StageConfig(steps=150, batch_size=32, epochs=7))
-        >>> for_collection(cfg, 35)[1]
-        '35 training queries: g0 8 steps (7 epochs, at most 150); d0 100; ranker 50; retriever 100'
-    """
-    stages = {name: getattr(cfg, name) for name in STAGES}
-    steps = {name: stage.steps_for(queries) for name, stage in stages.items()}
-    planned = {name: dataclasses.replace(stages[name], steps=steps[name], epochs=None)
-               for name in STAGES}  # fmt: skip
-    parts = [
-        f"{name} {steps[name]}" + ("" if stage.epochs is None else
-                                   f" steps ({stage.epochs:g} epochs, at most {stage.steps})")
-        for name, stage in stages.items()
-    ]  # fmt: skip
-    return dataclasses.replace(cfg, **planned), f"{queries} training queries: {'; '.join(parts)}"
 
 
 def load_ar2_config(data: dict[str, Any], source: str = "config") -> AR2Config:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import warnings
 from pathlib import Path
 
@@ -37,3 +38,24 @@ def warn_data(
 
 def _where(path: str | Path, line: int | None) -> str:
     return f"{path}:{line}" if line is not None else str(path)
+
+
+_OS_FIXES = {
+    errno.ENOSPC: "free disk space, or write to another disk",
+    errno.EDQUOT: "free disk space, or write to another disk",
+    errno.EACCES: "check the permissions of that file or folder",
+    errno.EPERM: "check the permissions of that file or folder",
+    errno.EROFS: "write to a writable file system",
+}
+
+
+def os_error_message(err: OSError) -> str:
+    """``<file>: <problem>. Fix: <fix>`` for an error of the operating system.
+
+    Example:
+        >>> os_error_message(OSError(errno.ENOSPC, "No space left on device", "out/a.txt"))
+        'out/a.txt: No space left on device. Fix: free disk space, or write to another disk'
+    """
+    where = err.filename if err.filename is not None else "ar2"
+    fix = _OS_FIXES.get(err.errno or 0, "check the path, the permissions and the free space")
+    return f"{where}: {err.strerror or err}. Fix: {fix}"

@@ -11,12 +11,10 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ar2 import fusion
 from ar2._optional import require
-from ar2.errors import Ar2Error
 from ar2.fusion import RRF_K, rrf
 from ar2.types import Doc, Hit, Query, Run
 
@@ -53,26 +51,6 @@ class DenseRetriever:
 
     def __init__(self, encoder: BiEncoder, index: FaissIndex, progress: bool = False) -> None:
         self.encoder, self.index, self.progress = encoder, index, progress
-
-    @classmethod
-    def load(cls, index_dir: str | Path, encoder_dir: str | Path | None = None) -> DenseRetriever:
-        """Load an index folder and the encoder its manifest names, with the same settings.
-
-        ``encoder_dir`` replaces the manifest's encoder path (a run folder that was moved); the
-        settings still come from the manifest, so queries are encoded as the documents were.
-        """
-        from ar2.encoders import BiEncoder
-        from ar2.index import FaissIndex, read_manifest
-
-        encoder_info = read_manifest(index_dir, "dense")["encoder"]
-        source = Path(encoder_dir or encoder_info["source"])
-        if not source.exists():
-            raise Ar2Error(
-                f"{index_dir}: its encoder {source} does not exist (moved or deleted). "
-                "Fix: pass the encoder folder it was built with (--retriever PATH)"
-            )
-        encoder = BiEncoder.load(source, **encoder_info["config"])
-        return cls(encoder, FaissIndex.load(index_dir))
 
     def retrieve(self, queries: Sequence[Query], k: int) -> Run:
         vectors = self.encoder.encode_queries(queries, progress=self.progress)

@@ -24,7 +24,7 @@ from ar2.types import Doc
 
 if TYPE_CHECKING:
     from ar2.encoders import BiEncoder
-    from ar2.index import FaissIndex
+    from ar2.index import BM25Index, FaissIndex
     from ar2.pipeline import BM25Retriever, DenseRetriever, Retriever
 
 log = logging.getLogger(__name__)
@@ -58,12 +58,15 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return kind, model or None
 
 
-def bm25(docs: Iterable[Doc], source: str = "the corpus") -> BM25Retriever:
-    """BM25 over ``docs`` with the default settings (``source`` names them in errors)."""
+def bm25(docs: Iterable[Doc] | BM25Index, source: str = "the corpus") -> BM25Retriever:
+    """BM25 over ``docs`` with the default settings (``source`` names them in errors), or
+    over an index already built."""
     from ar2.index import BM25Index
     from ar2.pipeline import BM25Retriever
 
-    return BM25Retriever(BM25Index.build(docs, BM25Config(), source))
+    if not isinstance(docs, BM25Index):
+        docs = BM25Index.build(docs, BM25Config(), source)
+    return BM25Retriever(docs)
 
 
 def dense(encoder: BiEncoder, index: FaissIndex, progress: bool = False) -> DenseRetriever:
@@ -143,6 +146,23 @@ class Retrievers:
                 log.warning("dense:%s: %s. Fix: %s", model or "default", note, fix)
 
 
+def dense_from_folder(path: str | Path, encoder_dir: str | Path | None = None) -> DenseRetriever:
+    """A dense index folder and the encoder its manifest names, with the same settings
+    (queries are encoded as the documents were); ``encoder_dir`` replaces the encoder's path
+    (a run folder that was moved)."""
+    from ar2.encoders import BiEncoder
+    from ar2.index import FaissIndex, read_manifest
+
+    encoder_info = read_manifest(path, "dense")["encoder"]
+    source = Path(encoder_dir or encoder_info["source"])
+    if not source.exists():
+        raise Ar2Error(
+            f"{path}: its encoder {source} does not exist (moved or deleted). "
+            "Fix: pass the encoder folder it was built with (--retriever PATH)"
+        )
+    return dense(BiEncoder.load(source, **encoder_info["config"]), FaissIndex.load(path))
+
+
 def from_folder(
     path: str | Path,
     docs: Mapping[str, Doc] | None = None,
@@ -153,11 +173,10 @@ def from_folder(
     eval``'s baseline) and ``hybrid``. ``encoder_dir`` replaces the encoder path the manifest
     names (a run folder that was moved)."""
     from ar2.index import BM25Index, read_manifest
-    from ar2.pipeline import BM25Retriever, DenseRetriever
 
     if read_manifest(path).get("kind") == "bm25":
-        return {"bm25": BM25Retriever(BM25Index.load(path))}
-    found: dict[str, Retriever] = {"dense": DenseRetriever.load(path, encoder_dir)}
+        return {"bm25": bm25(BM25Index.load(path))}
+    found: dict[str, Retriever] = {"dense": dense_from_folder(path, encoder_dir)}
     if docs is None:
         return found
     if not docs:

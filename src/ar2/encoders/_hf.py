@@ -13,6 +13,11 @@ from ar2.config import EncoderConfig
 from ar2.errors import Ar2Error
 
 MANIFEST = "manifest.json"
+_OFFSET_POSITIONS = frozenset(
+    {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "longformer",
+     "data2vec-text", "luke"}
+)  # fmt: skip
+"""Model types whose first two positions are reserved (514 positions take 512 tokens)."""
 T = TypeVar("T")
 
 
@@ -39,10 +44,11 @@ def max_positions(path: str | Path) -> int | None:
         128
     """
     path = Path(path)
-    limits = [
-        read_json(path / "config.json").get("max_position_embeddings"),
-        read_json(path / "tokenizer_config.json").get("model_max_length"),
-    ]
+    config = read_json(path / "config.json")
+    positions = config.get("max_position_embeddings")
+    if isinstance(positions, int) and config.get("model_type") in _OFFSET_POSITIONS:
+        positions -= 2  # RoBERTa-style position ids start after the padding index
+    limits = [positions, read_json(path / "tokenizer_config.json").get("model_max_length")]
     found = [int(x) for x in limits if isinstance(x, (int, float)) and 0 < x < 1e6]
     return min(found) if found else None
 

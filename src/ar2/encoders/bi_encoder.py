@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence, Sized
 from itertools import islice
 from pathlib import Path
@@ -71,7 +70,7 @@ class BiEncoder:
         self.tokenizer = tokenizer
         self.config = config
         self.source = source
-        self.cuts = {"queries": Cuts(), "documents": Cuts()}  # what encoding has cut so far
+        self.cuts = {"queries": Cuts(), "documents": Cuts(distinct=False)}  # cut so far
 
     @property
     def shared(self) -> bool:
@@ -97,14 +96,14 @@ class BiEncoder:
 
         Settings come from the folder: an ar2 manifest, else a sentence-transformers config
         (whose ``max_seq_length`` cuts queries and documents alike, as sentence-transformers
-        does), else the model's own maximum for queries. Whatever is cut is counted in
+        does), else the model's own maximum for both. Whatever is cut is counted in
         :attr:`cuts`."""
         path = _hf.check_model_dir(path or default_model_path())
         manifest = _hf.read_json(path / _hf.MANIFEST)
         found = manifest.get("config") or _hf.config_from_st_folder(path)
-        if "query_max_length" not in found:  # queries are cut where the model stops, not before
-            model_max = found.get("doc_max_length") or _hf.max_positions(path)
-            found = found | ({"query_max_length": model_max} if model_max else {})
+        model_max = found.get("doc_max_length") or _hf.max_positions(path)
+        if model_max:  # cut where the model stops, not before (sentence-transformers' rule)
+            found = {"query_max_length": model_max, "doc_max_length": model_max} | found
         config = dataclasses.replace(EncoderConfig(**found), **overrides)
         config = _hf.fit_lengths(path, config, ("query_max_length", "doc_max_length"), overrides)
         tokenizer, doc_model = _hf.load_tokenizer_and_model(path)
@@ -252,41 +251,48 @@ class BiEncoder:
         return out
 
     def _token_ids(self, texts: list[str], max_len: int, kind: str) -> list[list[int]]:
-        """Token ids cut to ``max_len``; the cuts are counted in :attr:`cuts` (one pass of a
-        fast tokenizer: a text that was cut has overflow rows)."""
-        enc = self.tokenizer(texts, truncation=True, max_length=max_len, verbose=False,
-                             return_overflowing_tokens=True)  # fmt: skip
-        rows = enc.get("overflow_to_sample_mapping")
-        if rows is None:  # a slow tokenizer: no overflow rows, lengths from a second pass
-            full = self.tokenizer(texts, verbose=False)["input_ids"]
-            cut = sum(len(x) > max_len for x in full)
-            ids = self.tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]
-        else:
-            first: dict[int, int] = {}
-            for row, sample in enumerate(rows):
-                first.setdefault(sample, row)
-            ids = [enc["input_ids"][first[i]] for i in range(len(texts))]
-            cut = sum(1 for n in Counter(rows).values() if n > 1)
-        self.cuts[kind].add(len(texts), cut, max_len)
+        """Token ids cut to ``max_len`` as the tokenizer's own truncation cuts them; what was
+        cut is counted in :attr:`cuts`."""
+        tokenizer = self.tokenizer
+        if getattr(tokenizer, "is_fast", False):  # one pass: an encoding that was cut overflows
+            backend = tokenizer.backend_tokenizer
+            backend.enable_truncation(max_len, direction=tokenizer.truncation_side)
+            backend.no_padding()
+            encodings = backend.encode_batch(texts)
+            ids, cut = [e.ids for e in encodings], [bool(e.overflowing) for e in encodings]
+        else:  # a slow tokenizer: the full lengths from a second pass
+            ids = tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]
+            cut = [len(x) > max_len for x in tokenizer(texts, verbose=False)["input_ids"]]
+        self.cuts[kind].add(texts, cut, max_len)
         return ids  # type: ignore[no-any-return]
 
 
 @dataclasses.dataclass
 class Cuts:
-    """How many texts an encoder has cut to its token limit, of how many.
+    """How many texts an encoder has cut to its token limit, of how many: each distinct text
+    counted once (a query searched by a system and again by its reranked variant is one).
 
     Example:
-        >>> c = Cuts(); c.add(300, 37, 64); c.describe("queries")
-        '37 of 300 queries (12.3%) were longer than 64 tokens and cut'
+        >>> c = Cuts(); c.add(["a", "b", "a"], [True, False, True], 64); c.describe("queries")
+        '1 of 2 queries (50.0%) were longer than 64 tokens and cut'
     """
 
     seen: int = 0
     cut: int = 0
     limit: int = 0
+    distinct: bool = True  # documents are encoded once per index: no set of them is kept
+    _counted: set[int] = dataclasses.field(default_factory=set, repr=False)
 
-    def add(self, seen: int, cut: int, limit: int) -> None:
-        """Count ``seen`` texts, ``cut`` of them cut at ``limit`` tokens."""
-        self.seen, self.cut, self.limit = self.seen + seen, self.cut + cut, limit
+    def add(self, texts: Sequence[str], cut: Sequence[bool], limit: int) -> None:
+        """Count ``texts`` (with ``distinct``, those not counted before), the ones flagged in
+        ``cut`` cut at ``limit``."""
+        for text, was_cut in zip(texts, cut):
+            if self.distinct:
+                if hash(text) in self._counted:
+                    continue
+                self._counted.add(hash(text))
+            self.seen, self.cut = self.seen + 1, self.cut + bool(was_cut)
+        self.limit = limit
 
     def describe(self, what: str) -> str:
         """One line for a report."""

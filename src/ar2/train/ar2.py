@@ -26,7 +26,7 @@ from ar2 import distributed
 from ar2._io import atomic_write_json
 from ar2._optional import require
 from ar2._outdir import clear_folder, is_kind
-from ar2.config import AR2Config, for_collection
+from ar2.config import AR2Config
 from ar2.data.training import TrainingGroup, read_groups
 from ar2.encoders import BiEncoder, CrossEncoder
 from ar2.errors import Ar2Error
@@ -34,7 +34,13 @@ from ar2.train import steps
 from ar2.train.checks import check_index, check_settings, ranker_length
 from ar2.train.data import TrainData, data_differences, data_record, load_train_data
 from ar2.train.rounds import adversarial_rounds, dev_rerank, mine_round
-from ar2.train.run_config import config_differences, config_json, read_run_config
+from ar2.train.run_config import (
+    config_differences,
+    config_json,
+    effective,
+    for_collection,
+    read_run_config,
+)
 from ar2.train.stage import TOWERS, MetricsLog, RunContext, model_of, tail_mean, train_stage
 from ar2.train.warm_start import check_warm_start, warm_start
 
@@ -68,11 +74,11 @@ def run_ar2(
         out = distributed.decide_on_main(claim_)
         record = distributed.decide_on_main(_planned, out, cfg, data_dir, resume, overwrite)
         if warm_start_from is not None:
-            distributed.decide_on_main(check_warm_start, warm_start_from, record)
+            distributed.decide_on_main(check_warm_start, warm_start_from, record, data_dir)
         check_index(cfg, data_dir)
         distributed.on_main(_write_config, out, record, overwrite)
         if warm_start_from is not None:
-            distributed.on_main(warm_start, out, warm_start_from, record)
+            distributed.on_main(warm_start, out, warm_start_from, record, data_dir)
         data = load_train_data(data_dir, cfg.dev_queries, cfg.seed, out, cfg.dev_fraction)
         cfg, plan = for_collection(cfg, len(data.train))  # stage lengths for this collection
         log.info("stages for %s", plan)
@@ -102,7 +108,7 @@ def _planned(
     wanted = config_json(cfg)
     data = data_record(data_dir)
     if resume:
-        _check_resume(out, wanted, data)
+        _check_resume(out, wanted, data, data_dir)
     elif is_kind(out, "run") and not overwrite:
         raise Ar2Error(
             f"{out} holds a run. Fix: pass --resume to continue it, --overwrite to start it "
@@ -118,15 +124,15 @@ def _write_config(out: Path, record: dict[str, Any], overwrite: bool) -> None:
     atomic_write_json(out / "config.json", record)
 
 
-def _check_resume(out: Path, wanted: dict[str, Any], data: dict[str, Any]) -> None:
+def _check_resume(out: Path, wanted: dict[str, Any], data: dict[str, Any], data_dir: Path) -> None:
     """Refuse to resume a run of other settings or other data; with nothing to resume (a new
     or empty ``out``: ``--resume`` is safe to pass always) start a new run."""
     saved = out / "config.json"
     if not saved.is_file():  # a folder that holds something else was refused by claim()
         log.info("nothing to resume in %s: starting a new run", out)
         return
-    have = read_run_config(saved)
-    differ = config_differences(_settings(have), _settings(wanted))
+    have = read_run_config(saved)  # compared as they train: epochs and dev rule resolved
+    differ = config_differences(effective(have, data_dir), effective(wanted, data_dir))
     if differ:
         raise Ar2Error(
             f"{out}: --resume with a different config ({', '.join(differ)}). "

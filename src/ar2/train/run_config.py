@@ -4,11 +4,12 @@ back with the defaults of fields added since, and compared on ``--resume`` and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
-from ar2.config import AR2Config
+from ar2.config import STAGES, AR2Config, StageConfig
 from ar2.errors import Ar2Error
 
 
@@ -72,3 +73,57 @@ def config_differences(
         elif a != b:
             out.append(f"{prefix}{key}")
     return out
+
+
+def effective(config: dict[str, Any], data_dir: Path) -> dict[str, Any]:
+    """``config`` as it trains on ``data_dir``: each stage's ``epochs`` resolved into its steps
+    and the dev rule into the dev slice's size, its data record left out. Two configs that
+    train alike compare equal, however they are written (a run from before ``epochs`` and
+    ``dev_fraction`` against today's preset that gives the same steps and split).
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> d = pathlib.Path(tempfile.mkdtemp()); (d / "qrels").mkdir()
+        >>> rows = "".join(f"q{i}\\td1\\t1\\n" for i in range(40))
+        >>> _ = (d / "qrels" / "train.tsv").write_text("query-id\\tcorpus-id\\tscore\\n" + rows)
+        >>> cfg = {"dev_queries": 100, "dev_fraction": 0.125,
+        ...        "g0": {"steps": 150, "batch_size": 32, "epochs": 7}}
+        >>> effective(cfg, d)
+        {'g0': {'steps': 8, 'batch_size': 32}, 'dev_size': 5}
+    """
+    from ar2.train.data import dev_size, train_query_count
+
+    out = {k: v for k, v in config.items() if k not in ("data", "dev_queries", "dev_fraction")}
+    total, has_dev = train_query_count(data_dir)
+    dev = 0 if has_dev else dev_size(total, config.get("dev_queries", 100),
+                                     config.get("dev_fraction"))[0]  # fmt: skip
+    for name in STAGES:
+        stage = config.get(name)
+        if isinstance(stage, dict) and stage.get("epochs") is not None:
+            known = {k: v for k, v in stage.items() if k in StageConfig.__dataclass_fields__}
+            steps = StageConfig(**known).steps_for(total - dev)
+            out[name] = {k: v for k, v in stage.items() if k != "epochs"} | {"steps": steps}
+        elif isinstance(stage, dict):
+            out[name] = {k: v for k, v in stage.items() if k != "epochs"}
+    return out | {"dev_size": dev}
+
+
+def for_collection(cfg: AR2Config, queries: int) -> tuple[AR2Config, str]:
+    """``cfg`` with each stage's steps for ``queries`` training queries
+    (:meth:`StageConfig.steps_for`), and one line saying so, for the log and the report.
+
+    Example:
+        >>> cfg = AR2Config(g0=StageConfig(steps=150, batch_size=32, epochs=7))
+        >>> for_collection(cfg, 35)[1]
+        '35 training queries: g0 8 steps (7 epochs, at most 150); d0 100; ranker 50; retriever 100'
+    """
+    stages = {name: getattr(cfg, name) for name in STAGES}
+    steps = {name: stage.steps_for(queries) for name, stage in stages.items()}
+    planned = {name: dataclasses.replace(stages[name], steps=steps[name], epochs=None)
+               for name in STAGES}  # fmt: skip
+    parts = [
+        f"{name} {steps[name]}" + ("" if stage.epochs is None else
+                                   f" steps ({stage.epochs:g} epochs, at most {stage.steps})")
+        for name, stage in stages.items()
+    ]  # fmt: skip
+    return dataclasses.replace(cfg, **planned), f"{queries} training queries: {'; '.join(parts)}"

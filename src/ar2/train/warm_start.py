@@ -23,13 +23,13 @@ from typing import Any
 from ar2._io import atomic_write_json, atomic_write_text
 from ar2.errors import Ar2Error
 from ar2.train.data import data_differences
-from ar2.train.run_config import read_run_config
+from ar2.train.run_config import effective, read_run_config
 
 log = logging.getLogger(__name__)
 
 G0_FIELDS = (
     "seed", "retriever_model", "query_max_length", "doc_max_length", "train_doc_max_length",
-    "scale", "g0", "mine_k", "dev_queries", "dev_fraction", "eval_measure", "index",
+    "scale", "g0", "mine_k", "dev_size", "eval_measure", "index",
 )  # fmt: skip
 D0_FIELDS = (
     "ranker_model", "ranker_from_g0", "ranker_max_length", "d0", "skip_d0", "rerank_k",
@@ -42,7 +42,7 @@ G0_PATHS = (
 D0_PATHS = ("d0", "dev_runs/round-0.fusion.json")
 
 
-def check_warm_start(base: Path, wanted: dict[str, Any]) -> list[str]:
+def check_warm_start(base: Path, wanted: dict[str, Any], data_dir: Path) -> list[str]:
     """What :func:`warm_start` would copy from ``base`` into a run of config ``wanted``.
 
     Raises :class:`Ar2Error` when ``base`` is not a run whose G0 finished, was trained on
@@ -60,23 +60,24 @@ def check_warm_start(base: Path, wanted: dict[str, Any]) -> list[str]:
             f"--warm-start {base}: it was trained on other data ({have['data'].get('path')}). "
             "Fix: warm-start from a run on the same data, or train without --warm-start"
         )
-    differ = [k for k in G0_FIELDS if have.get(k) != wanted.get(k)]
+    have, now = effective(have, data_dir), effective(wanted, data_dir)  # as they train
+    differ = [k for k in G0_FIELDS if have.get(k) != now.get(k)]
     if differ:
         raise Ar2Error(
             f"--warm-start {base}: its G0 settings differ in {differ}. "
             "Fix: use the same values, or train without --warm-start"
         )
     paths = list(G0_PATHS)
-    d0_same = all(have.get(k) == wanted.get(k) for k in D0_FIELDS)
+    d0_same = all(have.get(k) == now.get(k) for k in D0_FIELDS)
     if d0_same and (base / "d0" / "ranker").is_dir():
         paths += D0_PATHS
     return [rel for rel in paths if (base / rel).exists()]
 
 
-def warm_start(out: Path, base: Path, wanted: dict[str, Any]) -> list[str]:
+def warm_start(out: Path, base: Path, wanted: dict[str, Any], data_dir: Path) -> list[str]:
     """Copy ``base``'s matching warm-up stages into the new run ``out``; returns what was copied
     (see :func:`check_warm_start`)."""
-    paths = check_warm_start(base, wanted)
+    paths = check_warm_start(base, wanted, data_dir)
     for rel in paths:
         _copy(base / rel, out / rel)
     stages = {"g0-train", "dev-g-0"} | ({"d0-train", "dev-gd-0"} if "d0" in paths else set())
