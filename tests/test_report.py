@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ar2.report import format_table, render_chart, write_report
+from ar2.report import format_table, write_report
 
 pytest.importorskip("matplotlib")
 
@@ -136,7 +136,3 @@ def test_format_table_aligned_four_decimals():
         "a-long-name   0.6123       -",
     ]
     assert len({len(line) for line in lines}) == 1
-
-
-def test_render_chart_png_magic():
-    assert render_chart(RESULTS).startswith(b"\x89PNG\r\n\x1a\n")

@@ -58,6 +58,28 @@ def toy_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
     return data, model, out
 
 
+def test_the_estimate_plans_every_stage_the_run_ran(toy_run: tuple[Path, Path, Path]) -> None:
+    from types import SimpleNamespace
+
+    from ar2.config import load_ar2_config
+    from ar2.train.estimate import Lengths, plan
+    from ar2.train.run_config import for_collection
+
+    data, _, out = toy_run
+    config = json.loads((out / "config.json").read_text())
+    config.pop("data")
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    training = json.loads((out / "protocol.json").read_text())["systems"]["training"]
+    n_train = training["training_queries"]
+    assert set(training["seconds"]) == {r["stage"] for r in records}  # every stage timed
+    cfg, _ = for_collection(load_ar2_config(config), n_train)
+    counts = SimpleNamespace(corpus=[0] * 10, train=[0] * n_train, dev=[0] * 3, test=[0] * 3)
+    work = plan(cfg, counts, Lengths(query=5, doc_train=20, doc_index=30))
+    assert list(work) == [r["stage"] for r in records] + ["final"]
+    trained = {r["stage"]: r["steps"] for r in records if "steps" in r}
+    assert all(work[stage].train > 0 for stage in trained)
+
+
 def test_run_writes_every_artifact(toy_run: tuple[Path, Path, Path]) -> None:
     from sentence_transformers import CrossEncoder as STCrossEncoder
     from sentence_transformers import SentenceTransformer
@@ -165,6 +187,20 @@ def test_kill_and_resume_matches_the_uninterrupted_run(
     assert got_report.keys() == want_report.keys()
     for system, measures in want_report.items():
         assert got_report[system] == pytest.approx(measures, abs=1e-6), system
+    # every training stage's loss curve is whole: the steps before the kill came back
+    curves = [_loss_curves(p / "metrics.jsonl") for p in (out, reference)]
+    assert curves[0].keys() == curves[1].keys() and curves[0]
+    for stage, want in curves[1].items():
+        assert curves[0][stage] == pytest.approx(want, abs=1e-5), stage
+
+
+def _loss_curves(path: Path) -> dict[str, list[float]]:
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    curves = {r["stage"]: r["losses"] for r in records if "losses" in r}
+    for r in records:
+        if "losses" in r:
+            assert r["steps"] == len(r["losses"]) and r["seconds"] > 0, r["stage"]
+    return curves
 
 
 def test_unknown_preset_is_a_clear_error(toy_beir: Path, tmp_path: Path) -> None:

@@ -297,6 +297,13 @@ class AR2Config:
         tune_fusion: Rerank by ``(1 - w) z(G) + w z(D)`` with ``w`` tuned on dev each round
             (our addition, :mod:`ar2.fusion`); ``False`` ranks by the ranker alone, as AR2 does.
         checkpoint_every: Steps between checkpoints inside a training stage.
+        attention_dropout: Dropout on the attention probabilities of both models while they
+            train; ``None`` keeps the model's own (0.1 for MiniLM). At 0 a CPU runs the fused
+            attention kernel (:mod:`ar2.encoders.dropout`; speed and dev effect in
+            ``docs/benchmarks.md``).
+        fast_dropout: The other dropout layers draw their masks from 16 random bits per
+            element, four to a 64-bit draw, instead of torch's Bernoulli sampler: the same rate
+            (within 1/65536), another random stream, a cheaper CPU step.
         index: The FAISS index built at every refresh: exact (``flat``) as in the spec; a
             corpus too large for it can take ``hnsw``, ``ivfpq`` or ``auto`` (:class:`IndexConfig`).
     """
@@ -329,6 +336,8 @@ class AR2Config:
     rerank_k: int = 50
     tune_fusion: bool = True
     checkpoint_every: int = 50
+    attention_dropout: float | None = None
+    fast_dropout: bool = False
     index: IndexConfig = IndexConfig()
 
     def __post_init__(self) -> None:
@@ -336,9 +345,9 @@ class AR2Config:
             self,
             at_least={"rounds": 0, "mine_k": 1, "query_max_length": 1, "doc_max_length": 1,
                       "ranker_max_length": 1, "dev_queries": 1, "rerank_k": 1,
-                      "checkpoint_every": 1, "adv_lambda": 0.0},
+                      "checkpoint_every": 1, "adv_lambda": 0.0, "attention_dropout": 0.0},
             above={"scale": 0.0, "kd_temperature": 0.0, "dev_fraction": 0.0},
-            at_most={"adv_lambda": 1.0, "dev_fraction": 0.9},
+            at_most={"adv_lambda": 1.0, "dev_fraction": 0.9, "attention_dropout": 0.9},
         )  # fmt: skip
         check_choice("retriever_loss", self.retriever_loss, RETRIEVER_LOSSES)
         check_choice("adv_reduction", self.adv_reduction, ADV_REDUCTIONS)

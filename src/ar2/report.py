@@ -1,4 +1,4 @@
-"""Evaluation reports: JSON, Markdown, per-query TSV, protocol and a bar chart, written atomically.
+"""Evaluation reports: JSON, Markdown, per-query TSV, protocol and a chart, written atomically.
 
 ``report.json`` is exactly ``{system: {measure: value}}`` (scripts rely on that); everything
 else (significance tests, protocol, per-query values) lives in the other files.
@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ar2._io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from ar2._optional import require
+from ar2.charts import report_chart
 
 SIGNIFICANCE_MARK = "†"
 """Marks a value significantly different from the baseline (Holm-corrected)."""
@@ -168,47 +167,6 @@ def _per_query_tsv(per_query: Mapping[str, Mapping[str, Mapping[str, float]]]) -
     return "\n".join(lines) + "\n"
 
 
-def _draw_bars(ax: Any, results: Mapping[str, Mapping[str, float]], measures: list[str]) -> None:
-    """Grouped bars: one group per measure, one bar per system, each labelled with its value."""
-    width = 0.8 / max(len(results), 1)
-    for i, (system, by_measure) in enumerate(results.items()):
-        xs = [j + (i - (len(results) - 1) / 2) * width for j in range(len(measures))]
-        values = [float(by_measure.get(m, 0.0)) for m in measures]
-        bars = ax.bar(xs, values, width=width, label=system)
-        ax.bar_label(
-            bars,
-            labels=[_fmt(by_measure.get(m)) for m in measures],
-            fontsize=7,
-            rotation=90,
-            padding=2,
-        )
-    ax.set_xticks(range(len(measures)), measures)
-    top = max((float(v) for r in results.values() for v in r.values()), default=0.0)
-    ax.set_ylim(0.0, (top if top > 0 else 1.0) * 1.25)
-    ax.set_ylabel("score")
-    ax.legend(fontsize=8, loc="upper left", ncols=min(len(results), 4))
-
-
-def render_chart(results: Mapping[str, Mapping[str, float]]) -> bytes:
-    """A PNG bar chart of ``results`` (Agg backend; pyplot's global state is not touched).
-
-    Example:
-        >>> render_chart({"bm25": {"nDCG@10": 0.5}})[:8]
-        b'\\x89PNG\\r\\n\\x1a\\n'
-    """
-    figure_mod = require("matplotlib.figure")
-    agg = require("matplotlib.backends.backend_agg")
-    measures = _measures(results)
-    fig = figure_mod.Figure(figsize=(max(4.0, 1.2 + 1.1 * len(measures) * len(results) ** 0.5), 4))
-    agg.FigureCanvasAgg(fig)
-    _draw_bars(fig.add_subplot(1, 1, 1), results, measures)
-    fig.suptitle("Retrieval effectiveness")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    return buf.getvalue()
-
-
 def write_report(
     out_dir: str | Path,
     results: dict[str, dict[str, float]],
@@ -242,6 +200,6 @@ def write_report(
     clean = {s: {m: float(v) for m, v in r.items()} for s, r in results.items()}
     atomic_write_text(out / "per_query.tsv", _per_query_tsv(per_query))
     atomic_write_json(out / "protocol.json", protocol)
-    atomic_write_bytes(out / "report.png", render_chart(clean))
+    atomic_write_bytes(out / "report.png", report_chart(clean, per_query))
     atomic_write_text(out / "report.md", _report_md(clean, protocol, comparisons))
     atomic_write_json(out / "report.json", clean)

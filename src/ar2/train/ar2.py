@@ -33,6 +33,7 @@ from ar2.errors import Ar2Error
 from ar2.train import steps
 from ar2.train.checks import check_index, check_settings, ranker_length
 from ar2.train.data import TrainData, data_differences, data_record, load_train_data
+from ar2.train.estimate import estimate
 from ar2.train.rounds import adversarial_rounds, dev_rerank, mine_round
 from ar2.train.run_config import (
     config_differences,
@@ -41,7 +42,7 @@ from ar2.train.run_config import (
     for_collection,
     read_run_config,
 )
-from ar2.train.stage import TOWERS, MetricsLog, RunContext, model_of, tail_mean, train_stage
+from ar2.train.stage import TOWERS, MetricsLog, RunContext, model_of, stage_record, train_stage
 from ar2.train.warm_start import check_warm_start, warm_start
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def run_ar2(
         cfg, plan = for_collection(cfg, len(data.train))  # stage lengths for this collection
         log.info("stages for %s", plan)
         ctx = RunContext(out, data, cfg, MetricsLog(out / "metrics.jsonl"))
+        distributed.on_main(estimate, cfg, data, ctx.metrics.seen)
         retriever = _warmup_retriever(ctx)
         mine_round(ctx, 0, retriever, None)
         ranker = _warmup_ranker(ctx)
@@ -173,11 +175,9 @@ def _warmup_retriever(ctx: RunContext) -> BiEncoder:
         return steps.contrastive_retriever_loss(encoder, batch, cfg.scale, cfg.train_doc_max_length)
 
     with distributed.data_parallel(encoder, TOWERS):
-        losses = train_stage(out, "g0", {"retriever": model_of(encoder)}, cfg.g0, loss, cfg.seed)
+        log = train_stage(out, "g0", {"retriever": model_of(encoder)}, cfg.g0, loss, cfg)
     distributed.on_main(encoder.save, final)
-    ctx.metrics.write(
-        {"stage": "g0-train", "round": 0, "model": "retriever", "loss": tail_mean(losses)}
-    )
+    ctx.metrics.write(stage_record("g0-train", 0, "retriever", log))
     return BiEncoder.load(final)
 
 
@@ -213,10 +213,8 @@ def _warmup_ranker(ctx: RunContext) -> CrossEncoder:
             return steps.ranker_loss(ranker, batch, steps.train_pair_length(cfg))
 
         with distributed.data_parallel(ranker, ("model",)):
-            losses = train_stage(out, "d0", {"ranker": ranker.model}, cfg.d0, loss, cfg.seed)
-        ctx.metrics.write(
-            {"stage": "d0-train", "round": 0, "model": "ranker", "loss": tail_mean(losses)}
-        )
+            log = train_stage(out, "d0", {"ranker": ranker.model}, cfg.d0, loss, cfg)
+        ctx.metrics.write(stage_record("d0-train", 0, "ranker", log))
     distributed.on_main(ranker.save, final)
     dev_rerank(ctx, 0, ranker)
     return CrossEncoder.load(final)

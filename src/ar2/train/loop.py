@@ -7,10 +7,12 @@ Checkpoints hold tensors in safetensors and everything else in JSON: no pickles.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -135,6 +137,32 @@ def load_checkpoint(path: Path, models: dict[str, Any], steppers: dict[str, Step
     return meta
 
 
+@dataclasses.dataclass
+class StageLog:
+    """A training stage's loss at every step and its wall-clock seconds so far.
+
+    Checkpoints carry it (:meth:`as_json`), so a resumed stage's loss curve and time are whole.
+
+    Example:
+        >>> log = StageLog([0.5], 2.0)
+        >>> StageLog.from_json(log.as_json()) == log
+        True
+    """
+
+    losses: list[float] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    @classmethod
+    def from_json(cls, data: Any) -> StageLog:
+        """What :meth:`as_json` wrote (an empty log for ``None``: a checkpoint without one)."""
+        if not isinstance(data, dict):
+            return cls()
+        return cls([float(x) for x in data.get("losses", [])], float(data.get("seconds", 0.0)))
+
+    def as_json(self) -> dict[str, Any]:
+        return {"losses": [round(x, 6) for x in self.losses], "seconds": round(self.seconds, 2)}
+
+
 def run_steps(
     stage: str,
     total: int,
@@ -142,20 +170,27 @@ def run_steps(
     checkpoint: Callable[[int], None],
     every: int,
     start: int = 0,
-) -> list[dict[str, float]]:
+    log: StageLog | None = None,
+) -> StageLog:
     """Call ``step_fn(step)`` for ``start <= step < total`` with a progress bar; checkpoint
-    every ``every`` steps and at the end. Returns the per-step logs."""
+    every ``every`` steps and at the end. Each step's ``"loss"`` and time are added to ``log``
+    (the steps before ``start`` already in it), which is returned."""
     tqdm = require("tqdm").tqdm
-    logs = []
+    log = StageLog() if log is None else log
     quiet = not distributed.world().main  # one progress bar, not one per process
     with tqdm(total=total, initial=start, desc=stage, unit="step", disable=quiet) as bar:
         for step in range(start, total):
-            logs.append(step_fn(step))
-            bar.set_postfix({k: f"{v:.4f}" for k, v in logs[-1].items()})
+            began = time.perf_counter()
+            values = step_fn(step)
+            log.losses.append(values["loss"])
+            bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()})
             bar.update(1)
             if (step + 1) % every == 0 or step + 1 == total:
+                log.seconds += time.perf_counter() - began
+                began = time.perf_counter()
                 checkpoint(step + 1)
-    return logs
+            log.seconds += time.perf_counter() - began
+    return log
 
 
 def seed_step(seed: int, stage: str, step: int) -> random.Random:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 from pathlib import Path
@@ -130,7 +129,17 @@ def _training_note(out: Path, data: TrainData, cfg: AR2Config) -> dict[str, Any]
         "dev": f"{len(data.dev)} queries: {split.get('rule', split.get('source'))}",
         "steps": {name: getattr(cfg, name).steps for name in STAGES},
         "rule": "a stage with epochs runs min(steps, ceil(epochs x training queries / batch))",
+        "seconds": stage_seconds(out),
     }
+
+
+def stage_seconds(out: Path) -> dict[str, float]:
+    """The measured wall-clock seconds of each stage of the run (``metrics.jsonl``): training
+    stages, and ``dev-g-R`` (index refresh, mining, dev retrieval), ``dev-gd-R`` (dev rerank)."""
+    from ar2.train.stage import MetricsLog
+
+    records = MetricsLog(out / "metrics.jsonl").records
+    return {r["stage"]: r["seconds"] for r in records if "seconds" in r}
 
 
 def _start_index(folder: Path, start: BiEncoder, data: TrainData, cfg: AR2Config) -> FaissIndex:
@@ -145,33 +154,9 @@ def _start_index(folder: Path, start: BiEncoder, data: TrainData, cfg: AR2Config
 
 
 def plot_training(out: Path) -> None:
-    """``training.png``: dev metric per round for G and G+D, and each model's loss per stage."""
-    import matplotlib
+    """``training.png`` from ``metrics.jsonl`` (:func:`ar2.charts.training_chart`)."""
+    from ar2.charts import training_chart
+    from ar2.train.stage import MetricsLog
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x]
-    fig, (dev_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, marker in (("G", "o"), ("G+D", "s")):
-        points = [(r["round"], r["dev"][key]) for r in records if key in r.get("dev", {})]
-        if points:
-            dev_ax.plot(*zip(*points), marker=marker, label=key)
-    dev_ax.set(xlabel="round (0 = warm-up)", ylabel="dev metric", title="dev effectiveness")
-    dev_ax.legend()
-    for model in ("retriever", "ranker"):
-        points = [(r["round"], r["loss"]) for r in records if r.get("model") == model]
-        warm = [p for p in points if p[0] == 0]  # warm-up losses are other losses: own marker
-        rounds = [p for p in points if p[0] > 0]
-        if warm:
-            loss_ax.plot(*zip(*warm), marker="x", linestyle="", label=f"{model} warm-up")
-        if rounds:
-            loss_ax.plot(*zip(*rounds), marker="o", label=f"{model} AR2")
-    loss_ax.set_yscale("log")
-    loss_ax.set(xlabel="round", ylabel="mean loss (last 20 steps)", title="training losses")
-    loss_ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(out / "training.png", buffer.getvalue())
+    records = MetricsLog(out / "metrics.jsonl").records
+    atomic_write_bytes(out / "training.png", training_chart(records))

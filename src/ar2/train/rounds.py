@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,8 +23,15 @@ from ar2.data.training import TrainingGroup, read_groups
 from ar2.data.trec import read_run, write_run
 from ar2.encoders import BiEncoder, CrossEncoder
 from ar2.train import steps
-from ar2.train.loop import Stepper, load_checkpoint, run_steps, save_checkpoint, seed_step
-from ar2.train.stage import TOWERS, RunContext, model_of, tail_mean
+from ar2.train.loop import (
+    StageLog,
+    Stepper,
+    load_checkpoint,
+    run_steps,
+    save_checkpoint,
+    seed_step,
+)
+from ar2.train.stage import TOWERS, RunContext, for_training, model_of, stage_record
 from ar2.types import Doc, Hit, Query, Run
 
 if TYPE_CHECKING:
@@ -46,6 +54,7 @@ def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncod
     folder = out / "mined" / f"round-{r}"
     if folder.is_dir():
         return
+    began = time.perf_counter()
     index = refresh_index(ctx, r, retriever)
     dense = dense_retriever(retriever, index)
     is_answer = answer_check(data.train, data.docs)  # QA data: answer-bearing docs are no negatives
@@ -58,7 +67,9 @@ def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncod
     dev_run = _split(lambda queries: dense.retrieve(queries, 100), data.dev)
     distributed.on_main(write_run, dev_run, out / "dev_runs" / f"round-{r}.trec")
     dev = {"G": evaluate(dev_run, data.dev_qrels, [cfg.eval_measure])[cfg.eval_measure]}
-    metrics.write({"stage": f"dev-g-{r}", "round": r, "dev": dev, "groups": len(groups)})
+    seconds = round(time.perf_counter() - began, 2)  # index refresh, mining and dev retrieval
+    metrics.write({"stage": f"dev-g-{r}", "round": r, "dev": dev, "groups": len(groups),
+                   "seconds": seconds})  # fmt: skip
     if ranker is not None:
         dev_rerank(ctx, r, ranker)
     source = "g0/retriever" if r == 0 else f"rounds/{r}/retriever"
@@ -130,7 +141,7 @@ def dev_rerank(ctx: RunContext, r: int, ranker: CrossEncoder) -> None:
     """
     from ar2.fusion import WEIGHTS, tune_weight
 
-    data, cfg = ctx.data, ctx.cfg
+    data, cfg, began = ctx.data, ctx.cfg, time.perf_counter()
     run = read_run(ctx.out / "dev_runs" / f"round-{r}.trec")
 
     def score(queries: Sequence[Query]) -> dict[str, tuple[list[Hit], Any]]:
@@ -142,7 +153,9 @@ def dev_rerank(ctx: RunContext, r: int, ranker: CrossEncoder) -> None:
     record = {"weight": best, cfg.eval_measure: {str(w): v for w, v in values.items()}}
     distributed.on_main(atomic_write_json, ctx.out / "dev_runs" / f"round-{r}.fusion.json", record)
     dev = {"G+D": values[best], "D": values[1.0]}
-    ctx.metrics.write({"stage": f"dev-gd-{r}", "round": r, "dev": dev, "fusion_weight": best})
+    seconds = round(time.perf_counter() - began, 2)
+    ctx.metrics.write({"stage": f"dev-gd-{r}", "round": r, "dev": dev, "fusion_weight": best,
+                       "seconds": seconds})  # fmt: skip
 
 
 def score_heads(
@@ -183,26 +196,29 @@ def adversarial_rounds(
     """Run ``cfg.rounds`` rounds; returns the final retriever and ranker."""
     cfg = ctx.cfg
     models = {"retriever": model_of(retriever), "ranker": ranker.model}
+    for module in models.values():
+        for_training(module, cfg)
     steppers = {
         "retriever": Stepper(models["retriever"], cfg.retriever, cfg.rounds * cfg.retriever.steps),
         "ranker": Stepper(models["ranker"], cfg.ranker, cfg.rounds * cfg.ranker.steps),
     }
     ckpt = ctx.out / "checkpoints" / "ar2"
-    pos = tuple(load_checkpoint(ckpt, models, steppers)["pos"]) if ckpt.is_dir() else (1, 0, 0)
+    meta = load_checkpoint(ckpt, models, steppers) if ckpt.is_dir() else {"pos": (1, 0, 0)}
+    pos = tuple(meta["pos"])
 
-    def save(position: list[int]) -> None:
-        save_checkpoint(ckpt, models, steppers, {"pos": position})
+    def save(position: list[int], log: StageLog) -> None:
+        save_checkpoint(ckpt, models, steppers, {"pos": position, "log": log.as_json()})
 
     for r in range(1, cfg.rounds + 1):
         groups = read_groups(ctx.out / "mined" / f"round-{r - 1 if cfg.refresh else 0}")
         for phase, name in enumerate(PHASES):
             if (r, phase) < pos[:2] or getattr(cfg, name).steps == 0:
                 continue
-            start = pos[2] if (r, phase) == pos[:2] else 0
+            resumed = (r, phase) == pos[:2]
+            start, log = (pos[2], StageLog.from_json(meta.get("log"))) if resumed else (0, None)
             phase_run = _Phase(ctx, (r, phase), groups, (retriever, ranker), steppers[name])
-            losses = phase_run.run(start, save)
-            record = {"round": r, "model": name, "loss": tail_mean(losses)}
-            ctx.metrics.write({"stage": f"round-{r}-{name}"} | record)
+            log = phase_run.run(start, save, log)
+            ctx.metrics.write(stage_record(f"round-{r}-{name}", r, name, log))
         _finish_round(ctx, r, retriever, ranker)
     return retriever, ranker
 
@@ -235,8 +251,10 @@ class _Phase:
         self.name = PHASES[self.phase]
         self.stage_cfg = ctx.cfg.ranker if self.name == "ranker" else ctx.cfg.retriever
 
-    def run(self, start: int, save: Any) -> list[float]:
-        """Steps ``start..steps``; ``save([round, phase, step])`` checkpoints the position."""
+    def run(self, start: int, save: Any, log: StageLog | None = None) -> StageLog:
+        """Steps ``start..steps`` (``log`` holds the steps before ``start``);
+        ``save([round, phase, step], log)`` checkpoints the position."""
+        log = StageLog() if log is None else log
         stage, cfg = f"round-{self.r}-{self.name}", self.ctx.cfg
         (self.ranker.model if self.name == "ranker" else model_of(self.retriever)).train()
 
@@ -256,13 +274,13 @@ class _Phase:
             return {"loss": self.stepper.step(loss)}
 
         def checkpoint(step: int) -> None:
-            save([self.r, self.phase, step])
+            save([self.r, self.phase, step], log)
 
         owner, attrs = (
             (self.ranker, ("model",)) if self.name == "ranker" else (self.retriever, TOWERS)
         )
         with distributed.data_parallel(owner, attrs):
             every = cfg.checkpoint_every
-            logs = run_steps(stage, self.stage_cfg.steps, one, checkpoint, every, start)
-        save([self.r, self.phase + 1, 0])
-        return [x["loss"] for x in logs]
+            run_steps(stage, self.stage_cfg.steps, one, checkpoint, every, start, log)
+        save([self.r, self.phase + 1, 0], StageLog())
+        return log

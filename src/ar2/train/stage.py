@@ -15,7 +15,14 @@ from ar2._optional import require
 from ar2.config import AR2Config, StageConfig
 from ar2.encoders import BiEncoder
 from ar2.train.data import TrainData
-from ar2.train.loop import Stepper, load_checkpoint, run_steps, save_checkpoint, seed_step
+from ar2.train.loop import (
+    StageLog,
+    Stepper,
+    load_checkpoint,
+    run_steps,
+    save_checkpoint,
+    seed_step,
+)
 
 log = logging.getLogger("ar2.train")
 
@@ -76,20 +83,33 @@ def model_of(encoder: BiEncoder) -> Any:
     )
 
 
+def for_training(module: Any, cfg: AR2Config) -> Any:
+    """``module`` with the run's dropout settings (:mod:`ar2.encoders.dropout`), in place."""
+    if cfg.attention_dropout is None and not cfg.fast_dropout:
+        return module
+    from ar2.encoders.dropout import for_training as set_dropout
+
+    return set_dropout(module, cfg.attention_dropout, cfg.fast_dropout)
+
+
 def train_stage(
     out: Path,
     name: str,
     models: dict[str, Any],
     cfg: StageConfig,
     step_loss: Any,
-    seed: int,
-    every: int = 50,
-) -> list[float]:
-    """Train ``models`` (one Stepper each) for ``cfg.steps`` with a resumable checkpoint."""
+    run: AR2Config,
+) -> StageLog:
+    """Train ``models`` (one Stepper each) for ``cfg.steps`` with a resumable checkpoint, with
+    ``run``'s seed, dropout and checkpoint interval; returns every step's loss and the stage's
+    time (a resumed stage's included)."""
     [(key, module)] = models.items()
+    for_training(module, run)
+    seed, every = run.seed, run.checkpoint_every
     stepper = Stepper(module, cfg, cfg.steps)
     ckpt = out / "checkpoints" / name
-    start = load_checkpoint(ckpt, models, {key: stepper})["step"] if ckpt.is_dir() else 0
+    meta = load_checkpoint(ckpt, models, {key: stepper}) if ckpt.is_dir() else {"step": 0}
+    log = StageLog.from_json(meta.get("log"))
     module.train()
 
     def one(step: int) -> dict[str, float]:
@@ -97,10 +117,16 @@ def train_stage(
         return {"loss": stepper.step(step_loss(step))}
 
     def save(step: int) -> None:
-        save_checkpoint(ckpt, models, {key: stepper}, {"step": step})
+        save_checkpoint(ckpt, models, {key: stepper}, {"step": step, "log": log.as_json()})
 
-    logs = run_steps(name, cfg.steps, one, save, every, start)
-    return [x["loss"] for x in logs]
+    return run_steps(name, cfg.steps, one, save, every, meta["step"], log)
+
+
+def stage_record(name: str, r: int, model: str, log: StageLog) -> dict[str, Any]:
+    """A training stage's line in ``metrics.jsonl``: its tail loss, time and loss curve."""
+    curve = log.as_json()
+    return {"stage": name, "round": r, "model": model, "loss": tail_mean(log.losses),
+            "steps": len(log.losses)} | curve  # fmt: skip
 
 
 def tail_mean(values: list[float], n: int = 20) -> float | None:

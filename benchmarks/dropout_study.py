@@ -1,0 +1,149 @@
+"""What the dropout settings cost in quality: G0's dev nDCG@10 per arm, over seeds, paired.
+
+Not a test. For each seed and arm it runs the first stage of ``ar2 train`` as the run does it
+(the preset's G0, the round-0 index refresh and the dev evaluation: ``dev-g-0`` in
+``metrics.jsonl``) with the arm's settings, in ``OUT/ARM-seedS`` (resumable: a finished pair is
+skipped, a killed one continues). G0 is most of a ``quick`` run and all of the retriever's
+training before the rounds. Arms:
+
+- ``model``: the model's own dropout (0.1 everywhere for MiniLM), torch's masks: ar2 before
+  issue 13;
+- ``fast``: attention dropout 0 and ``fast_dropout`` masks elsewhere;
+- ``none``: no dropout at all (the upper bound on speed).
+
+It prints, per arm, each seed's dev nDCG@10 and G0 time, and for each arm against ``model``:
+the mean difference, a paired t-test over the seeds, and a paired t-test over the dev queries
+of all seeds pooled. Usage:
+
+    .venv/bin/python benchmarks/dropout_study.py --out runs/dropout-study --seeds 42 43 44
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+ARMS: dict[str, dict[str, Any]] = {
+    "model": {},
+    "fast": {"attention_dropout": 0.0, "fast_dropout": True},
+    "none": {"attention_dropout": 0.0, "hidden_dropout": 0.0},
+}
+MEASURE = "nDCG@10"
+
+
+def run_g0(data: Path, out: Path, preset: str, seed: int, arm: dict[str, Any]) -> dict[str, Any]:
+    """G0 + the round-0 refresh and dev evaluation of one arm and seed, as ``ar2 train`` runs
+    them; returns the dev figure, G0's seconds and the per-query dev values."""
+    from ar2.config import load_ar2_config, load_config_file, preset_path
+    from ar2.data.trec import read_run
+    from ar2.evaluate import per_query
+    from ar2.train.ar2 import _warmup_retriever
+    from ar2.train.data import load_train_data
+    from ar2.train.rounds import mine_round
+    from ar2.train.run_config import for_collection
+    from ar2.train.stage import MetricsLog, RunContext
+
+    settings = load_config_file(preset_path(preset)) | {"seed": seed}
+    settings |= {k: v for k, v in arm.items() if k != "hidden_dropout"}
+    cfg = load_ar2_config(settings, preset)
+    out.mkdir(parents=True, exist_ok=True)  # the study's own folder
+    train = load_train_data(data, cfg.dev_queries, cfg.seed, out, cfg.dev_fraction)
+    cfg, _ = for_collection(cfg, len(train.train))
+    ctx = RunContext(out, train, cfg, MetricsLog(out / "metrics.jsonl"))
+    if "hidden_dropout" in arm:
+        _no_dropout_loads(arm["hidden_dropout"])
+    retriever = _warmup_retriever(ctx)
+    mine_round(ctx, 0, retriever, None)
+    records = {r["stage"]: r for r in ctx.metrics.records}
+    run = read_run(out / "dev_runs" / "round-0.trec")
+    values = per_query(run, train.dev_qrels, [MEASURE])[MEASURE]
+    return {
+        "dev": records["dev-g-0"]["dev"]["G"],
+        "g0_seconds": records["g0-train"].get("seconds"),
+        "per_query": values,
+    }
+
+
+def _no_dropout_loads(rate: float) -> None:
+    """Every later model load gets hidden dropout ``rate`` (the ``none`` arm)."""
+    from ar2.encoders import _hf
+
+    original = _hf.load_tokenizer_and_model
+
+    def load(path: Any, *args: Any, **kwargs: Any) -> Any:
+        tokenizer, model = original(path, *args, **kwargs)
+        for module in model.modules():
+            if type(module).__name__ == "Dropout":
+                module.p = rate
+        return tokenizer, model
+
+    _hf.load_tokenizer_and_model = load  # type: ignore[assignment]
+
+
+def summarise(results: dict[str, dict[int, dict[str, Any]]]) -> str:
+    from scipy import stats
+
+    lines = [f"| arm | seed | dev {MEASURE} (G0) | G0 minutes |", "|---|---:|---:|---:|"]
+    for arm, by_seed in results.items():
+        for seed, r in sorted(by_seed.items()):
+            minutes = (r["g0_seconds"] or 0) / 60
+            lines.append(f"| {arm} | {seed} | {r['dev']:.4f} | {minutes:.1f} |")
+    lines += ["", "| arm vs model | seeds | mean diff | p (seeds) | p (queries pooled) |",
+              "|---|---:|---:|---:|---:|"]  # fmt: skip
+    base = results.get("model", {})
+    for arm, by_seed in results.items():
+        seeds = sorted(set(by_seed) & set(base))
+        if arm == "model" or not seeds:
+            continue
+        diffs = [by_seed[s]["dev"] - base[s]["dev"] for s in seeds]
+        ours, theirs = [by_seed[s]["dev"] for s in seeds], [base[s]["dev"] for s in seeds]
+        p_seeds = stats.ttest_rel(ours, theirs).pvalue if len(seeds) > 1 else float("nan")
+        a, b = [], []
+        for s in seeds:
+            shared = sorted(base[s]["per_query"].keys() & by_seed[s]["per_query"].keys())
+            a += [by_seed[s]["per_query"][q] for q in shared]
+            b += [base[s]["per_query"][q] for q in shared]
+        p_queries = stats.ttest_rel(a, b).pvalue
+        lines.append(f"| {arm} | {len(seeds)} | {statistics.mean(diffs):+.4f} | {p_seeds:.3f} | "
+                     f"{p_queries:.3f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=Path("data/scifact"))
+    p.add_argument("--out", type=Path, default=Path("runs/dropout-study"))
+    p.add_argument("--preset", default="quick")
+    p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    p.add_argument("--arms", nargs="+", default=["model", "fast"], choices=list(ARMS))
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in args.arms}
+    for seed in args.seeds:  # seeds outermost: an interrupted study still has whole pairs
+        for arm in args.arms:
+            folder = args.out / f"{arm}-seed{seed}"
+            done = folder / "study.json"
+            if not done.is_file():
+                began = time.time()
+                found = run_g0(args.data, folder, args.preset, seed, ARMS[arm])
+                found["wall_seconds"] = round(time.time() - began, 1)
+                done.write_text(json.dumps(found), encoding="utf-8")
+            results[arm][seed] = json.loads(done.read_text(encoding="utf-8"))
+            print(f"{arm} seed {seed}: dev {results[arm][seed]['dev']:.4f}", flush=True)
+    table = summarise(results)
+    (args.out / "study.md").write_text(table + "\n", encoding="utf-8")
+    with open(args.out / "study.tsv", "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t")
+        for arm, by_seed in results.items():
+            for seed, r in by_seed.items():
+                w.writerow([arm, seed, r["dev"], r["g0_seconds"]])
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""How long a run will take, said before it starts.
+
+A run's work is counted in tokens: tokens that go through a training pass (forward and
+backward) and tokens that go through an inference pass (indexing, the ranker as a teacher,
+reranking). Both are priced on this machine by a few timed passes of the start model, so the
+estimate follows the hardware, the precision and the preset. Stages already done (a resumed
+run) are left out.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ar2.config import AR2Config
+from ar2.encoders import BiEncoder
+from ar2.train.data import TrainData
+from ar2.types import Doc
+
+log = logging.getLogger("ar2.train")
+
+SAMPLE = 256  # documents and queries whose token counts stand for the collection's
+
+
+@dataclass(frozen=True)
+class Work:
+    """Tokens through training passes and through inference passes."""
+
+    train: float = 0.0
+    infer: float = 0.0
+
+    def __add__(self, other: Work) -> Work:
+        return Work(self.train + other.train, self.infer + other.infer)
+
+    def seconds(self, prices: tuple[float, float]) -> float:
+        """The time this work takes at ``prices`` (seconds per training, inference token)."""
+        return self.train * prices[0] + self.infer * prices[1]
+
+
+@dataclass(frozen=True)
+class Lengths:
+    """Mean token counts: a query, a document cut for training and for the index, a pair."""
+
+    query: float
+    doc_train: float
+    doc_index: float
+
+    def pair(self, doc: str = "train") -> float:
+        return self.query + (self.doc_train if doc == "train" else self.doc_index)
+
+
+def plan(cfg: AR2Config, data: TrainData, lengths: Lengths) -> dict[str, Work]:
+    """Each stage's work, keyed by its name in ``metrics.jsonl`` (``final`` is the test
+    report); ``cfg`` holds the stage lengths for this collection.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> from ar2.config import StageConfig
+        >>> data = NS(corpus=[None] * 100, train=[None] * 10, dev=[None] * 5, test=[])
+        >>> cfg = AR2Config(rounds=1, ranker=StageConfig(steps=0))
+        >>> work = plan(cfg, data, Lengths(query=10, doc_train=100, doc_index=200))
+        >>> work["g0-train"].train  # 100 steps x 32 queries x (10 + 2 x 100) tokens
+        672000
+    """
+    q, ranked, index = lengths.query, cfg.rerank_k, len(data.corpus) * lengths.doc_index
+
+    def retriever_steps(stage: Any) -> float:
+        return stage.steps * stage.batch_size * (q + (1 + stage.n_neg) * lengths.doc_train)
+
+    def pairs(stage: Any) -> float:
+        return stage.steps * stage.batch_size * (1 + stage.n_neg) * lengths.pair()
+
+    def refresh() -> Work:  # index, mining queries and dev queries
+        return Work(infer=index + (len(data.train) + len(data.dev)) * q)
+
+    dev_rerank = Work(infer=len(data.dev) * ranked * lengths.pair("index"))
+    work = {"g0-train": Work(train=retriever_steps(cfg.g0)), "dev-g-0": refresh()}
+    if not cfg.skip_d0:
+        work["d0-train"] = Work(train=pairs(cfg.d0))
+    work["dev-gd-0"] = dev_rerank
+    for r in range(1, cfg.rounds + 1):
+        if cfg.ranker.steps:  # a phase of no steps is skipped
+            work[f"round-{r}-ranker"] = Work(train=pairs(cfg.ranker))
+        if cfg.retriever.steps:
+            teacher = 0.0 if cfg.retriever_loss == "contrastive" else pairs(cfg.retriever)
+            work[f"round-{r}-retriever"] = Work(retriever_steps(cfg.retriever), teacher)
+        work[f"dev-g-{r}"], work[f"dev-gd-{r}"] = refresh(), dev_rerank
+    test = len(data.test) * (q + ranked * lengths.pair("index"))
+    work["final"] = Work(infer=index + test)  # the start model's index, test queries, rerank
+    return work
+
+
+def measure_lengths(encoder: BiEncoder, data: TrainData, cfg: AR2Config, seed: int) -> Lengths:
+    """Mean token counts over a seeded sample of the corpus and the training queries."""
+    rng = random.Random(seed)
+    docs = rng.sample(data.corpus, min(SAMPLE, len(data.corpus)))
+    queries = rng.sample(data.train, min(SAMPLE, len(data.train)))
+    texts = [encoder.doc_text(d) for d in docs]
+    full = encoder.tokenizer(texts, truncation=True, max_length=cfg.doc_max_length)["input_ids"]
+    train_cut = cfg.train_doc_max_length or cfg.doc_max_length
+    query_ids = encoder.tokenizer(
+        [encoder.query_text(x) for x in queries], truncation=True, max_length=cfg.query_max_length
+    )["input_ids"]
+    return Lengths(
+        query=_mean(len(x) for x in query_ids),
+        doc_train=_mean(min(len(x), train_cut) for x in full),
+        doc_index=_mean(len(x) for x in full),
+    )
+
+
+def price(encoder: BiEncoder, docs: Sequence[Doc], cut: int) -> tuple[float, float]:
+    """Seconds per token of a training pass (forward and backward, the second of two timed) and
+    of an inference pass, measured on ``docs`` with a copy-free probe: gradients are dropped."""
+    model = encoder.doc_model
+    texts = docs[:16]
+    timings = []
+    model.train()
+    for _ in range(2):
+        began = time.perf_counter()
+        encoder.embed_docs(texts, cut).sum().backward()
+        timings.append(time.perf_counter() - began)
+    model.zero_grad(set_to_none=True)
+    tokens = sum(_token_counts(encoder, texts, cut))
+    began = time.perf_counter()
+    encoder.encode_docs(docs[:32])
+    infer = time.perf_counter() - began
+    infer_tokens = sum(_token_counts(encoder, docs[:32], encoder.config.doc_max_length))
+    return timings[-1] / tokens, infer / infer_tokens
+
+
+def estimate(cfg: AR2Config, data: TrainData, done: set[str]) -> dict[str, float]:
+    """Seconds per stage still to run, priced on this machine; logs the plan and the total."""
+    encoder = BiEncoder.load(cfg.retriever_model, query_max_length=cfg.query_max_length,
+                             doc_max_length=cfg.doc_max_length)  # fmt: skip
+    lengths = measure_lengths(encoder, data, cfg, cfg.seed)
+    docs = random.Random(cfg.seed).sample(data.corpus, min(32, len(data.corpus)))
+    prices = price(encoder, docs, cfg.train_doc_max_length or cfg.doc_max_length)
+    seconds = {k: w.seconds(prices) for k, w in plan(cfg, data, lengths).items() if k not in done}
+    steps = {name: getattr(cfg, name).steps for name in ("g0", "d0", "ranker", "retriever")}
+    log.info("steps per stage (rounds x ranker, retriever): %s, %d rounds", steps, cfg.rounds)
+    log.info("estimated time on this machine: %s", format_estimate(seconds))
+    return seconds
+
+
+def format_estimate(seconds: dict[str, float]) -> str:
+    """The total and its largest parts, for one log line.
+
+    Example:
+        >>> format_estimate({"g0-train": 600.0, "dev-g-0": 30.0, "final": 90.0})
+        '12.0 min (g0-train 10.0, final 1.5, dev-g-0 0.5)'
+    """
+    parts = sorted(seconds.items(), key=lambda kv: -kv[1])
+    shown = ", ".join(f"{k} {v / 60:.1f}" for k, v in parts[:6])
+    return f"{sum(seconds.values()) / 60:.1f} min ({shown})"
+
+
+def _token_counts(encoder: BiEncoder, docs: Sequence[Doc], cut: int) -> list[int]:
+    texts = [encoder.doc_text(d) for d in docs]
+    return [len(x) for x in encoder.tokenizer(texts, truncation=True, max_length=cut)["input_ids"]]
+
+
+def _mean(values: Any) -> float:
+    found = list(values)
+    return sum(found) / len(found) if found else 0.0
