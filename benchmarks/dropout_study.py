@@ -12,8 +12,9 @@ training before the rounds. Arms:
 - ``none``: no dropout at all (the upper bound on speed).
 
 It prints, per arm, each seed's dev nDCG@10 and G0 time, and for each arm against ``model``:
-the mean difference, a paired t-test over the seeds, and a paired t-test over the dev queries
-of all seeds pooled. Usage:
+each seed's difference with a paired t-test over that seed's dev queries (the dev split is
+drawn with the seed, so seeds do not share dev queries), and the mean difference over seeds
+with a paired t-test over the seeds. G0 times include any time the process was paused. Usage:
 
     .venv/bin/python benchmarks/dropout_study.py --out runs/dropout-study --seeds 42 43 44
 """
@@ -55,10 +56,13 @@ def run_g0(data: Path, out: Path, preset: str, seed: int, arm: dict[str, Any]) -
     train = load_train_data(data, cfg.dev_queries, cfg.seed, out, cfg.dev_fraction)
     cfg, _ = for_collection(cfg, len(train.train))
     ctx = RunContext(out, train, cfg, MetricsLog(out / "metrics.jsonl"))
-    if "hidden_dropout" in arm:
-        _no_dropout_loads(arm["hidden_dropout"])
-    retriever = _warmup_retriever(ctx)
-    mine_round(ctx, 0, retriever, None)
+    undo = _no_dropout_loads(arm["hidden_dropout"]) if "hidden_dropout" in arm else None
+    try:
+        retriever = _warmup_retriever(ctx)
+        mine_round(ctx, 0, retriever, None)
+    finally:
+        if undo is not None:
+            undo()
     records = {r["stage"]: r for r in ctx.metrics.records}
     run = read_run(out / "dev_runs" / "round-0.trec")
     values = per_query(run, train.dev_qrels, [MEASURE])[MEASURE]
@@ -69,8 +73,9 @@ def run_g0(data: Path, out: Path, preset: str, seed: int, arm: dict[str, Any]) -
     }
 
 
-def _no_dropout_loads(rate: float) -> None:
-    """Every later model load gets hidden dropout ``rate`` (the ``none`` arm)."""
+def _no_dropout_loads(rate: float) -> Any:
+    """Every model load until the returned function is called gets dropout ``rate`` (the
+    ``none`` arm)."""
     from ar2.encoders import _hf
 
     original = _hf.load_tokenizer_and_model
@@ -84,6 +89,11 @@ def _no_dropout_loads(rate: float) -> None:
 
     _hf.load_tokenizer_and_model = load  # type: ignore[assignment]
 
+    def undo() -> None:
+        _hf.load_tokenizer_and_model = original  # type: ignore[assignment]
+
+    return undo
+
 
 def summarise(results: dict[str, dict[int, dict[str, Any]]]) -> str:
     from scipy import stats
@@ -93,24 +103,27 @@ def summarise(results: dict[str, dict[int, dict[str, Any]]]) -> str:
         for seed, r in sorted(by_seed.items()):
             minutes = (r["g0_seconds"] or 0) / 60
             lines.append(f"| {arm} | {seed} | {r['dev']:.4f} | {minutes:.1f} |")
-    lines += ["", "| arm vs model | seeds | mean diff | p (seeds) | p (queries pooled) |",
-              "|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines += ["", "| arm vs model | seed | dev diff | p (paired t over this seed's dev queries) |",
+              "|---|---:|---:|---:|"]  # fmt: skip
     base = results.get("model", {})
+    summary = []
     for arm, by_seed in results.items():
         seeds = sorted(set(by_seed) & set(base))
         if arm == "model" or not seeds:
             continue
-        diffs = [by_seed[s]["dev"] - base[s]["dev"] for s in seeds]
-        ours, theirs = [by_seed[s]["dev"] for s in seeds], [base[s]["dev"] for s in seeds]
-        p_seeds = stats.ttest_rel(ours, theirs).pvalue if len(seeds) > 1 else float("nan")
-        a, b = [], []
         for s in seeds:
             shared = sorted(base[s]["per_query"].keys() & by_seed[s]["per_query"].keys())
-            a += [by_seed[s]["per_query"][q] for q in shared]
-            b += [base[s]["per_query"][q] for q in shared]
-        p_queries = stats.ttest_rel(a, b).pvalue
-        lines.append(f"| {arm} | {len(seeds)} | {statistics.mean(diffs):+.4f} | {p_seeds:.3f} | "
-                     f"{p_queries:.3f} |")  # fmt: skip
+            ours = [by_seed[s]["per_query"][q] for q in shared]
+            theirs = [base[s]["per_query"][q] for q in shared]
+            p_queries = stats.ttest_rel(ours, theirs).pvalue
+            lines.append(f"| {arm} | {s} | {by_seed[s]['dev'] - base[s]['dev']:+.4f} | "
+                         f"{p_queries:.3f} |")  # fmt: skip
+        ours, theirs = [by_seed[s]["dev"] for s in seeds], [base[s]["dev"] for s in seeds]
+        p_seeds = stats.ttest_rel(ours, theirs).pvalue if len(seeds) > 1 else float("nan")
+        diff = statistics.mean(a - b for a, b in zip(ours, theirs))
+        summary.append(f"| {arm} | {len(seeds)} | {diff:+.4f} | {p_seeds:.3f} |")
+    lines += ["", "| arm vs model | seeds | mean dev diff | p (paired t over seeds) |",
+              "|---|---:|---:|---:|", *summary]  # fmt: skip
     return "\n".join(lines)
 
 

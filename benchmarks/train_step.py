@@ -12,11 +12,14 @@ draws it (a positive and ``n_neg`` negatives per query, documents cut to the pre
   AR2 trains them) against ``CrossEncoder.predict`` (the teacher's scores of the batch) +
   ``SentenceTransformerTrainer`` + ``DistillKLDivLoss`` (one shared tower).
 
-Both sides see the same strings, token limits, batch, optimiser settings (AdamW, linear
-schedule, clipping) and precision (``--precision``; ``auto`` is bf16 autocast where the CPU has
-AVX512-BF16/AMX, as ar2 decides). A step is timed from the end of one optimiser update to the
-end of the next, so tokenisation and the trainer's data loading count on both sides. The
-systems run interleaved (ar2, ST, ar2, ST, ...) so that drift on a shared machine hits both.
+Both sides see the same strings, token limits, batch, optimiser settings (AdamW, learning rate,
+linear schedule, clipping; ST keeps its trainer's default AdamW kernel, the fused one, measured
+within 4% of the plain one ar2 uses) and precision (``--precision``; ``auto`` is bf16 autocast
+where the CPU has AVX512-BF16/AMX, as ar2 decides). A step is timed from the end of one
+optimiser update to the end of the next, so tokenisation and the trainer's data loading count
+on both sides. The systems run interleaved (ar2, its variants, ST, ar2, ...) so that drift hits
+all of them. The ranker stage has the shapes of the AR2 rounds' ranker steps (``quick``'s D0
+groups are half as large).
 
 Each stage also reports its achieved matmul rate: 6 x non-embedding parameters x real
 (unpadded) tokens per trained forward-backward, plus 2 x parameters x tokens for a
@@ -28,8 +31,13 @@ prints where the time goes (top operators, and matmul vs the rest).
 
 Run from the repository root (bash scripts/setup.sh installs what it needs):
 
-    .venv/bin/python benchmarks/train_step.py --repeats 3 --steps 3 --out step.json
-    .venv/bin/python benchmarks/train_step.py --profile g0
+    .venv/bin/python benchmarks/train_step.py --repeats 3 --steps 2 --out step.json \
+        --variant fast:attention_dropout=0,fast_dropout=true
+    .venv/bin/python benchmarks/train_step.py --profile g0 --set attention_dropout=0
+
+Every ar2 system (``ar2``: the preset; each ``--variant NAME:KEY=VALUE,...``: the preset with
+those overrides) and ST are timed in turn, ``--steps`` steps each per round, ``--repeats``
+rounds.
 """
 
 from __future__ import annotations
@@ -61,7 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default: 3)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per round (default: 3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="an ar2 config override for the ar2 side (repeatable)")  # fmt: skip
+                   help="an ar2 config override for every ar2 variant (repeatable)")  # fmt: skip
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                   help="another ar2 system, timed beside the others: the preset with these "
+                        "overrides (e.g. fast:attention_dropout=0,fast_dropout=true)")  # fmt: skip
     p.add_argument("--no-st", action="store_true", help="time ar2 only")
     p.add_argument("--profile", choices=STAGES, help="profile ar2's step of this stage instead")
     p.add_argument("--seed", type=int, default=42)
@@ -115,7 +126,7 @@ def ar2_step(stage: str, cfg: Any, batch: Any, precision: str) -> tuple[Callable
     from ar2.encoders import BiEncoder, CrossEncoder
     from ar2.train import steps
     from ar2.train.loop import Stepper, seed_step
-    from ar2.train.stage import model_of
+    from ar2.train.stage import for_training, model_of
 
     pair = steps.train_pair_length(cfg)
     if stage == "ranker":
@@ -140,6 +151,9 @@ def ar2_step(stage: str, cfg: Any, batch: Any, precision: str) -> tuple[Callable
             models = {"retriever": encoder, "ranker": teacher}
         stepper = Stepper(model_of(encoder), stage_cfg, 1000)
         model_of(encoder).train()
+    for model in models.values():  # the run's dropout settings, as train_stage applies them
+        if model is not models.get("ranker") or stage == "ranker":
+            for_training(model.model if stage == "ranker" else model_of(model), cfg)
     count = iter(range(10**9))
 
     def one() -> float:
@@ -356,33 +370,46 @@ def matmul_peaks(seconds: float = 1.5) -> dict[str, float]:
 # the run
 
 
+def variant_sets(args: argparse.Namespace) -> dict[str, list[str]]:
+    """``name -> overrides`` of the ar2 systems: ``ar2`` (``--set``) and each ``--variant``."""
+    found = {"ar2": list(args.set)}
+    for spec in args.variant:
+        name, _, sets = spec.partition(":")
+        found[name] = [*args.set, *filter(None, sets.split(","))]
+    return found
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     from ar2.encoders._runtime import use_bf16
 
-    cfg = load_config(args.preset, args.set)
+    sets = variant_sets(args)
+    configs = {name: load_config(args.preset, overrides) for name, overrides in sets.items()}
+    cfg = configs["ar2"]
     bf16 = use_bf16(args.precision, "cpu")
     print(f"precision {args.precision}: {'bf16 autocast' if bf16 else 'fp32'}", flush=True)
     peaks = matmul_peaks()
     print(f"matmul peak GFLOP/s: {peaks}", flush=True)
-    results: dict[str, Any] = {"peaks_gflops": peaks, "bf16": bf16, "stages": {}}
+    results: dict[str, Any] = {"peaks_gflops": peaks, "bf16": bf16, "variants": sets}
+    results["stages"] = {}
     for stage in args.stages:
         stage_cfg = {"g0": cfg.g0, "ranker": cfg.ranker, "ar2-retriever": cfg.retriever}[stage]
         batch = fixed_batch(args.data, stage_cfg, args.seed)
-        ours, models = ar2_step(stage, cfg, batch, args.precision)
+        systems, models = {}, {}
+        for name, config in configs.items():
+            systems[name], models = ar2_step(stage, config, batch, args.precision)
         flops, work = stage_flops(stage, cfg, batch, models)
         enc = models.get("retriever") or models["ranker"]
-        theirs = None if args.no_st else st_runner(stage, cfg, batch, bf16, enc, args.seed)
-        ours()  # warm-up
-        if theirs is not None:
-            theirs(1)
-        times: dict[str, list[float]] = {"ar2": [], "st": []}
+        if not args.no_st:
+            run_st = st_runner(stage, cfg, batch, bf16, enc, args.seed)
+            systems["st"] = lambda: run_st(1)[0]  # noqa: B023
+        times: dict[str, list[float]] = {name: [] for name in systems}
+        for system in systems.values():
+            system()  # warm-up
         for rep in range(args.repeats):
-            times["ar2"] += time_ar2(ours, args.steps)
-            if theirs is not None:
-                times["st"] += theirs(args.steps)
-            last = {k: _fmt(v[-args.steps :]) for k, v in times.items()}
-            print(f"{stage} round {rep + 1}/{args.repeats}: ar2 {last['ar2']}  st {last['st']}"
-                  f"  (load {loadavg()})", flush=True)  # fmt: skip
+            for name, system in systems.items():
+                times[name] += run_st(args.steps) if name == "st" else time_ar2(system, args.steps)
+            last = "  ".join(f"{k} {_fmt(v[-args.steps :])}" for k, v in times.items())
+            print(f"{stage} round {rep + 1}/{args.repeats}: {last}  (load {loadavg()})", flush=True)
         results["stages"][stage] = _summary(stage_cfg, times, flops, work, peaks, bf16)
         print(json.dumps(results["stages"][stage]), flush=True)
     return results
@@ -398,13 +425,17 @@ def _summary(stage_cfg: Any, times: dict[str, list[float]], flops: float, work: 
         "all_step_s": {k: [round(x, 3) for x in v] for k, v in times.items()},
         "tflop_per_step": round(flops / 1e12, 4),
         "work": work,
-        "achieved_gflops": round(flops / med["ar2"] / 1e9, 1),
+        "achieved_gflops": {k: round(flops / v / 1e9, 1) for k, v in med.items()},
     }
-    row["share_of_peak"] = {k: round(row["achieved_gflops"] / v, 3) for k, v in peaks.items()}
-    row["share_of_own_precision_peak"] = row["share_of_peak"]["bf16" if bf16 else "fp32"]
+    own = "bf16" if bf16 else "fp32"
+    row["share_of_own_precision_peak"] = {
+        k: round(v / peaks[own], 3) for k, v in row["achieved_gflops"].items()
+    }
+    row["share_of_bf16_peak"] = {
+        k: round(v / peaks["bf16"], 3) for k, v in row["achieved_gflops"].items()
+    }
     if "st" in med:
-        row["speedup_vs_st"] = round(med["st"] / med["ar2"], 3)
-        row["st_achieved_gflops"] = round(flops / med["st"] / 1e9, 1)
+        row["speedup_vs_st"] = {k: round(med["st"] / v, 3) for k, v in med.items() if k != "st"}
     return row
 
 
@@ -465,19 +496,24 @@ def markdown(record: dict[str, Any]) -> str:
         f"{'bf16 autocast' if record['bf16'] else 'fp32'}",
         f"matmul peak: fp32 {record['peaks_gflops']['fp32']} GFLOP/s, "
         f"bf16 {record['peaks_gflops']['bf16']} GFLOP/s",
+        "ar2 systems: "
+        + "; ".join(
+            f"`{k}`: {', '.join(v) or 'the preset'}" for k, v in record["variants"].items()
+        ),
         "",
-        "| stage | batch | ar2 s/step | ST s/step | ar2 / ST speed | TFLOP/step | ar2 GFLOP/s | "
-        "share of peak |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| stage | batch | system | s/step | speed vs ST | TFLOP/step | GFLOP/s | share of peak |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for stage, row in record["stages"].items():
         b = row["batch"]
-        lines.append(
-            f"| {stage} | {b['queries']} x {b['group']} | {row['step_s']['ar2']:.2f} | "
-            f"{row['step_s'].get('st', float('nan')):.2f} | "
-            f"{row.get('speedup_vs_st', float('nan')):.2f}x | {row['tflop_per_step']:.3f} | "
-            f"{row['achieved_gflops']:.0f} | {row['share_of_own_precision_peak']:.0%} |"
-        )
+        for name, seconds in row["step_s"].items():
+            speed = row.get("speedup_vs_st", {}).get(name)
+            lines.append(
+                f"| {stage} | {b['queries']} x {b['group']} | {name} | {seconds:.2f} | "
+                f"{'-' if speed is None else f'{speed:.2f}x'} | {row['tflop_per_step']:.3f} | "
+                f"{row['achieved_gflops'][name]:.0f} | "
+                f"{row['share_of_own_precision_peak'][name]:.0%} |"
+            )
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""Checks of ar2.charts: the figures' numbers against hand and scipy computations."""
+"""Checks of ar2.charts (and the statistics it draws from ar2.evaluate): the figures' numbers
+against hand and scipy computations."""
 
 from __future__ import annotations
 
@@ -7,15 +8,8 @@ import random
 
 import pytest
 
-from ar2.charts import (
-    mean_ci,
-    moving_mean,
-    report_chart,
-    report_figure,
-    training_chart,
-    training_figure,
-    win_tie_loss,
-)
+from ar2.charts import moving_mean, report_chart, report_figure, training_chart, training_figure
+from ar2.evaluate import mean_ci, win_tie_loss
 
 pytest.importorskip("matplotlib")
 stats = pytest.importorskip("scipy.stats")
@@ -99,3 +93,9 @@ def test_moving_mean_matches_a_direct_computation() -> None:
     values = [rng.random() for _ in range(30)]
     want = [sum(values[max(0, i - 6) : i + 1]) / min(i + 1, 7) for i in range(30)]
     assert all(math.isclose(a, b) for a, b in zip(moving_mean(values, 7), want))
+
+
+def test_identical_queries_draw_a_zero_width_interval() -> None:
+    per_query = {"a": {"m": {"q1": 0.1, "q2": 0.1, "q3": 0.1}}, "b": {"m": {"q1": 0.3, "q2": 0.3}}}
+    fig = report_figure({"a": {"m": 0.1}, "b": {"m": 0.3}}, per_query)
+    assert fig.axes[0].get_xlim()[0] < 0.1

@@ -38,7 +38,7 @@ def test_the_rate_and_the_mean_are_kept() -> None:
 def test_eval_mode_and_rate_zero_pass_the_input_through() -> None:
     x = torch.randn(10)
     assert FastDropout(0.3).eval()(x) is x and FastDropout(0.0).train()(x) is x
-    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+    with pytest.raises(ValueError, match=r"Fix: use a rate in \[0, 0.99998"):
         FastDropout(1.0)
 
 
@@ -67,14 +67,37 @@ def test_attention_dropout_zero_is_the_models_eval_attention(tiny_bert: Path) ->
     from ar2.encoders import BiEncoder
 
     encoder = BiEncoder.load(tiny_bert)
-    for_training(encoder.doc_model, attention=0.0)
-    for module in encoder.doc_model.modules():  # hidden dropout off too: only attention is left
-        if isinstance(module, torch.nn.Dropout):
+    model, texts = encoder.doc_model, ["cats eat fish", "dogs chase cats"]
+    for name, module in model.named_modules():  # hidden dropout off: attention dropout is left
+        if isinstance(module, torch.nn.Dropout) and not name.endswith("attention.self.dropout"):
             module.p = 0.0
-    encoder.doc_model.train()
-    trained = encoder.embed_docs(["cats eat fish", "dogs chase cats"])
-    encoder.doc_model.eval()
-    torch.testing.assert_close(trained, encoder.embed_docs(["cats eat fish", "dogs chase cats"]))
+
+    def train_vs_eval() -> bool:
+        model.train()
+        trained = encoder.embed_docs(texts)
+        model.eval()
+        return bool(torch.allclose(trained, encoder.embed_docs(texts)))
+
+    torch.manual_seed(0)
+    assert not train_vs_eval()  # the model's own attention dropout (0.1) changes the output
+    for_training(model, attention=0.0)
+    assert train_vs_eval()
+
+
+def test_a_model_without_attention_dropout_is_a_clear_error() -> None:
+    from ar2.errors import Ar2Error
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1))
+    with pytest.raises(Ar2Error, match="attention_dropout=none"):
+        for_training(model, attention=0.0)
+    assert isinstance(for_training(model, fast=True)[1], FastDropout)
+
+
+def test_bf16_inputs_are_rounded_once() -> None:
+    x = torch.full((4096,), 1.0, dtype=torch.bfloat16)
+    y = FastDropout(0.1).train()(x)
+    kept = y[y != 0].float()
+    assert kept.unique().tolist() == [torch.tensor(65536 / (65536 - 6554)).bfloat16().item()]
 
 
 @pytest.mark.integration

@@ -10,8 +10,6 @@ import pytest
 from ar2.config import AR2Config, StageConfig
 from ar2.train.estimate import Lengths, Work, estimate, plan
 
-pytest.importorskip("torch")
-
 
 class _Counts:
     def __init__(self, corpus: int, train: int, dev: int, test: int) -> None:
@@ -51,6 +49,7 @@ def test_skipped_stages_are_not_planned() -> None:
 def test_the_estimate_is_priced_here_and_said(
     tiny_bert: Path, toy_beir: Path, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
+    pytest.importorskip("torch")
     from ar2.train.data import load_train_data
 
     cfg = AR2Config(retriever_model=str(tiny_bert), rounds=1, dev_queries=1, doc_max_length=64)

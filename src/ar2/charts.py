@@ -17,43 +17,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ar2._optional import require
+from ar2.evaluate import mean_ci, win_tie_loss
 
 PerQuery = Mapping[str, Mapping[str, Mapping[str, float]]]
 """``system -> measure -> query id -> value``."""
 
 MAX_MEASURES = 4  # panels in report.png; a report with more lists them all in report.md
-TIE = 1e-9  # per-query differences smaller than this are ties
 WTL_COLOURS = {"win": "#31a354", "tie": "#bdbdbd", "loss": "#de2d26"}
-
-
-def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and Student-t confidence interval over queries: ``(mean, low, high)``.
-
-    Example:
-        >>> mean, low, high = mean_ci([0.0, 1.0, 0.0, 1.0])
-        >>> mean, round(low, 3), round(high, 3)
-        (0.5, -0.419, 1.419)
-    """
-    n = len(values)
-    mean = sum(values) / n if n else float("nan")
-    if n < 2:
-        return mean, mean, mean
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = float(require("scipy.stats", extra="eval").t.ppf(0.5 + level / 2, n - 1)) * sd
-    return mean, mean - half / math.sqrt(n), mean + half / math.sqrt(n)
-
-
-def win_tie_loss(base: Mapping[str, float], other: Mapping[str, float]) -> tuple[int, int, int]:
-    """Queries where ``other`` scores above, equal to and below ``base`` (shared queries).
-
-    Example:
-        >>> win_tie_loss({"a": 0.5, "b": 0.5, "c": 1.0}, {"a": 1.0, "b": 0.5, "c": 0.0})
-        (1, 1, 1)
-    """
-    diffs = [other[q] - base[q] for q in base.keys() & other.keys()]
-    wins = sum(d > TIE for d in diffs)
-    losses = sum(d < -TIE for d in diffs)
-    return wins, len(diffs) - wins - losses, losses
 
 
 def report_chart(results: Mapping[str, Mapping[str, float]], per_query: PerQuery) -> bytes:
@@ -75,7 +45,8 @@ def report_figure(results: Mapping[str, Mapping[str, float]], per_query: PerQuer
         _draw_means(ax, results, per_query, systems, measure)
     if compare:
         _draw_wtl(fig.add_subplot(grid[:, 1]), per_query, systems, measures[0])
-    fig.suptitle("Retrieval effectiveness (95% CI over queries)")
+    fig.suptitle("Retrieval effectiveness: 95% CI of each mean over queries (paired tests of the "
+                 "differences: report.md)")  # fmt: skip
     return fig
 
 
@@ -99,8 +70,8 @@ def _draw_means(
     ys = range(len(systems))[::-1]
     for y, (mean, low, high) in zip(ys, rows):
         ax.barh(y, mean - left, left=left, height=0.6, color="#9ecae1")
-        ax.errorbar(mean, y, xerr=[[mean - low], [high - mean]], fmt="o", color="#08519c",
-                    capsize=3, markersize=4)  # fmt: skip
+        errors = [[max(0.0, mean - low)], [max(0.0, high - mean)]]
+        ax.errorbar(mean, y, xerr=errors, fmt="o", color="#08519c", capsize=3, markersize=4)
         ax.annotate(f"{mean:.4f}", (high, y), xytext=(4, 0), textcoords="offset points",
                     va="center", fontsize=8)  # fmt: skip
     ax.set_yticks(list(ys), systems, fontsize=8)

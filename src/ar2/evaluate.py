@@ -331,3 +331,37 @@ def answer_accuracy(
     if not ranks:
         raise ValueError("no query has an answer, so answer accuracy is undefined")
     return {f"Acc@{k}": sum(r is not None and r <= k for r in ranks) / len(ranks) for k in ks}
+
+
+TIE = 1e-9
+"""Per-query differences smaller than this are ties (:func:`win_tie_loss`)."""
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student-t confidence interval over queries: ``(mean, low, high)``.
+
+    Example:
+        >>> mean, low, high = mean_ci([0.0, 1.0, 0.0, 1.0])
+        >>> mean, round(low, 3), round(high, 3)
+        (0.5, -0.419, 1.419)
+    """
+    n = len(values)
+    mean = sum(values) / n if n else float("nan")
+    if n < 2:
+        return mean, mean, mean
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(require("scipy.stats", extra="eval").t.ppf(0.5 + level / 2, n - 1)) * sd
+    return mean, mean - half / math.sqrt(n), mean + half / math.sqrt(n)
+
+
+def win_tie_loss(base: Mapping[str, float], other: Mapping[str, float]) -> tuple[int, int, int]:
+    """Queries where ``other`` scores above, equal to and below ``base`` (shared queries).
+
+    Example:
+        >>> win_tie_loss({"a": 0.5, "b": 0.5, "c": 1.0}, {"a": 1.0, "b": 0.5, "c": 0.0})
+        (1, 1, 1)
+    """
+    diffs = [other[q] - base[q] for q in base.keys() & other.keys()]
+    wins = sum(d > TIE for d in diffs)
+    losses = sum(d < -TIE for d in diffs)
+    return wins, len(diffs) - wins - losses, losses

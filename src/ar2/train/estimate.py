@@ -2,9 +2,11 @@
 
 A run's work is counted in tokens: tokens that go through a training pass (forward and
 backward) and tokens that go through an inference pass (indexing, the ranker as a teacher,
-reranking). Both are priced on this machine by a few timed passes of the start model, so the
-estimate follows the hardware, the precision and the preset. Stages already done (a resumed
-run) are left out.
+reranking). Both are priced on this machine by a few timed passes of the start retriever with
+the run's dropout, so the estimate follows the hardware, the precision and the preset; the
+ranker is priced at the retriever's rate (the same model unless ``ranker_model`` says
+otherwise), and a data-parallel run's work is split evenly over its processes. Stages already
+done (a resumed run) are left out.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ar2 import distributed
+from ar2._optional import require
 from ar2.config import AR2Config
 from ar2.encoders import BiEncoder
 from ar2.train.data import TrainData
@@ -94,7 +98,7 @@ def plan(cfg: AR2Config, data: TrainData, lengths: Lengths) -> dict[str, Work]:
     return work
 
 
-def measure_lengths(encoder: BiEncoder, data: TrainData, cfg: AR2Config, seed: int) -> Lengths:
+def _measure_lengths(encoder: BiEncoder, data: TrainData, cfg: AR2Config, seed: int) -> Lengths:
     """Mean token counts over a seeded sample of the corpus and the training queries."""
     rng = random.Random(seed)
     docs = rng.sample(data.corpus, min(SAMPLE, len(data.corpus)))
@@ -112,16 +116,23 @@ def measure_lengths(encoder: BiEncoder, data: TrainData, cfg: AR2Config, seed: i
     )
 
 
-def price(encoder: BiEncoder, docs: Sequence[Doc], cut: int) -> tuple[float, float]:
-    """Seconds per token of a training pass (forward and backward, the second of two timed) and
-    of an inference pass, measured on ``docs`` with a copy-free probe: gradients are dropped."""
-    model = encoder.doc_model
+def _price(
+    encoder: BiEncoder, docs: Sequence[Doc], cut: int, cfg: AR2Config
+) -> tuple[float, float]:
+    """Seconds per token of a training pass (forward and backward, with the run's dropout;
+    the second of two timed) and of an inference pass, on ``docs``; gradients are dropped."""
+    from ar2.train.stage import for_training
+
+    torch = require("torch")
+    model = for_training(encoder.doc_model, cfg)
     texts = docs[:16]
     timings = []
     model.train()
     for _ in range(2):
         began = time.perf_counter()
         encoder.embed_docs(texts, cut).sum().backward()
+        if encoder.device.startswith("cuda"):
+            torch.cuda.synchronize()
         timings.append(time.perf_counter() - began)
     model.zero_grad(set_to_none=True)
     tokens = sum(_token_counts(encoder, texts, cut))
@@ -136,12 +147,15 @@ def estimate(cfg: AR2Config, data: TrainData, done: set[str]) -> dict[str, float
     """Seconds per stage still to run, priced on this machine; logs the plan and the total."""
     encoder = BiEncoder.load(cfg.retriever_model, query_max_length=cfg.query_max_length,
                              doc_max_length=cfg.doc_max_length)  # fmt: skip
-    lengths = measure_lengths(encoder, data, cfg, cfg.seed)
+    lengths = _measure_lengths(encoder, data, cfg, cfg.seed)
     docs = random.Random(cfg.seed).sample(data.corpus, min(32, len(data.corpus)))
-    prices = price(encoder, docs, cfg.train_doc_max_length or cfg.doc_max_length)
-    seconds = {k: w.seconds(prices) for k, w in plan(cfg, data, lengths).items() if k not in done}
-    steps = {name: getattr(cfg, name).steps for name in ("g0", "d0", "ranker", "retriever")}
-    log.info("steps per stage (rounds x ranker, retriever): %s, %d rounds", steps, cfg.rounds)
+    prices = _price(encoder, docs, cfg.train_doc_max_length or cfg.doc_max_length, cfg)
+    share = 1 / distributed.world().size  # each process does its share of every stage
+    work = plan(cfg, data, lengths)
+    seconds = {k: share * w.seconds(prices) for k, w in work.items() if k not in done}
+    d0 = "skipped" if cfg.skip_d0 else f"{cfg.d0.steps} steps"
+    log.info("stages: G0 %d steps, D0 %s, %d round(s) of %d ranker + %d retriever steps",
+             cfg.g0.steps, d0, cfg.rounds, cfg.ranker.steps, cfg.retriever.steps)  # fmt: skip
     log.info("estimated time on this machine: %s", format_estimate(seconds))
     return seconds
 

@@ -160,7 +160,7 @@ class StageLog:
         return cls([float(x) for x in data.get("losses", [])], float(data.get("seconds", 0.0)))
 
     def as_json(self) -> dict[str, Any]:
-        return {"losses": [round(x, 6) for x in self.losses], "seconds": round(self.seconds, 2)}
+        return {"losses": [round(x, 6) for x in self.losses], "seconds": round(self.seconds, 3)}
 
 
 def run_steps(

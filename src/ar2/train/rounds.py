@@ -31,7 +31,14 @@ from ar2.train.loop import (
     save_checkpoint,
     seed_step,
 )
-from ar2.train.stage import TOWERS, RunContext, for_training, model_of, stage_record
+from ar2.train.stage import (
+    TOWERS,
+    RunContext,
+    for_training,
+    model_of,
+    resumed_log,
+    stage_record,
+)
 from ar2.types import Doc, Hit, Query, Run
 
 if TYPE_CHECKING:
@@ -215,7 +222,8 @@ def adversarial_rounds(
             if (r, phase) < pos[:2] or getattr(cfg, name).steps == 0:
                 continue
             resumed = (r, phase) == pos[:2]
-            start, log = (pos[2], StageLog.from_json(meta.get("log"))) if resumed else (0, None)
+            start = pos[2] if resumed else 0
+            log = resumed_log(meta.get("log"), start, f"round-{r}-{name}") if resumed else None
             phase_run = _Phase(ctx, (r, phase), groups, (retriever, ranker), steppers[name])
             log = phase_run.run(start, save, log)
             ctx.metrics.write(stage_record(f"round-{r}-{name}", r, name, log))

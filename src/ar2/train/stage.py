@@ -44,7 +44,8 @@ class MetricsLog:
             return
         # rewritten whole and atomically: a kill never leaves half a line behind
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
-        log.info("%s: %s", record["stage"], {k: v for k, v in record.items() if k != "stage"})
+        shown = {k: v for k, v in record.items() if k not in ("stage", "losses")}  # not 1000s
+        log.info("%s: %s", record["stage"], shown)
 
 
 @dataclass
@@ -109,7 +110,7 @@ def train_stage(
     stepper = Stepper(module, cfg, cfg.steps)
     ckpt = out / "checkpoints" / name
     meta = load_checkpoint(ckpt, models, {key: stepper}) if ckpt.is_dir() else {"step": 0}
-    log = StageLog.from_json(meta.get("log"))
+    log = resumed_log(meta.get("log"), meta["step"], name)
     module.train()
 
     def one(step: int) -> dict[str, float]:
@@ -122,8 +123,25 @@ def train_stage(
     return run_steps(name, cfg.steps, one, save, every, meta["step"], log)
 
 
+def resumed_log(saved: Any, step: int, stage: str) -> StageLog:
+    """The log a checkpoint at ``step`` carries; one from before logs were kept starts the
+    curve at ``step`` (said once)."""
+    log = StageLog.from_json(saved)
+    if step and not log.losses:
+        logging.getLogger("ar2.train").warning(
+            "%s: its checkpoint (step %d) predates per-step losses; the loss curve and the "
+            "stage's time start there", stage, step)  # fmt: skip
+    return log
+
+
 def stage_record(name: str, r: int, model: str, log: StageLog) -> dict[str, Any]:
-    """A training stage's line in ``metrics.jsonl``: its tail loss, time and loss curve."""
+    """A training stage's line in ``metrics.jsonl``: its tail loss, time and loss curve.
+
+    Example:
+        >>> stage_record("g0-train", 0, "retriever", StageLog([1.0, 0.5], 3.25))
+        {'stage': 'g0-train', 'round': 0, 'model': 'retriever', 'loss': 0.75, 'steps': 2, \
+'losses': [1.0, 0.5], 'seconds': 3.25}
+    """
     curve = log.as_json()
     return {"stage": name, "round": r, "model": model, "loss": tail_mean(log.losses),
             "steps": len(log.losses)} | curve  # fmt: skip
