@@ -135,7 +135,9 @@ def _draw_dev(ax: Any, records: Sequence[Mapping[str, Any]]) -> None:
     ax.set(xlabel="round (0 = warm-ups G0, D0)", ylabel="dev metric", title="dev effectiveness")
     if rounds:
         ax.set_xlim(min(rounds) - 0.3, max(rounds) + 0.3)
-        ax.legend(fontsize=8, loc="best")
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high + 0.25 * (high - low))  # room above the lines for the legend
+        ax.legend(fontsize=8, loc="upper center", ncols=len(DEV_KEYS))
     ax.grid(alpha=0.3)
 
 
