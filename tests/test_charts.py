@@ -99,3 +99,15 @@ def test_identical_queries_draw_a_zero_width_interval() -> None:
     per_query = {"a": {"m": {"q1": 0.1, "q2": 0.1, "q3": 0.1}}, "b": {"m": {"q1": 0.3, "q2": 0.3}}}
     fig = report_figure({"a": {"m": 0.1}, "b": {"m": 0.3}}, per_query)
     assert fig.axes[0].get_xlim()[0] < 0.1
+
+
+@pytest.mark.parametrize("systems", [1, 2, 6])
+def test_the_report_chart_lays_out_every_size_without_warnings(systems: int) -> None:
+    import warnings
+
+    measures = ["nDCG@10", "RR@10", "R@10", "R@100"]
+    names = [f"s{i}" for i in range(systems)]
+    per_query = {s: {m: {"q1": 0.5, "q2": 0.7} for m in measures} for s in names}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "Tight layout not applied"
+        report_chart({s: dict.fromkeys(measures, 0.6) for s in names}, per_query)

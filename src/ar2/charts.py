@@ -38,7 +38,7 @@ def report_figure(results: Mapping[str, Mapping[str, float]], per_query: PerQuer
     systems = list(results)
     measures = list(dict.fromkeys(m for r in results.values() for m in r))[:MAX_MEASURES]
     compare = len(systems) > 1 and bool(per_query)
-    fig = _figure(11.0 if compare else 6.0, 1.2 + 0.35 * len(systems) * len(measures))
+    fig = _figure(11.0 if compare else 6.0, 0.8 + len(measures) * (1.0 + 0.3 * len(systems)))
     grid = fig.add_gridspec(len(measures), 2 if compare else 1)
     for row, measure in enumerate(measures):
         ax = fig.add_subplot(grid[row, 0])
