@@ -22,12 +22,13 @@ with a paired t-test over the seeds. G0 times include any time the process was p
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import time
 from pathlib import Path
 from typing import Any
+
+from ar2._io import atomic_write_json, atomic_write_text
 
 ARMS: dict[str, dict[str, Any]] = {
     "model": {},
@@ -127,6 +128,23 @@ def summarise(results: dict[str, dict[int, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+STUDY_FILES = {"study.md", "study.tsv"}
+
+
+def _check_out(out: Path) -> None:
+    """Refuse a folder holding anything this study did not write (nothing is overwritten)."""
+    if not out.is_dir():
+        return
+    foreign = [p.name for p in out.iterdir()
+               if p.name not in STUDY_FILES and not (p / "study.json").is_file()
+               and not (p.is_dir() and p.name.rsplit("-seed", 1)[0] in ARMS)]  # fmt: skip
+    if foreign:
+        raise SystemExit(
+            f"dropout_study.py: error: {out} holds {sorted(foreign)[:3]}, which this study did not "
+            "write. Fix: pass a new or empty --out"
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=Path("data/scifact"))
@@ -135,6 +153,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     p.add_argument("--arms", nargs="+", default=["model", "fast"], choices=list(ARMS))
     args = p.parse_args()
+    _check_out(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in args.arms}
     for seed in args.seeds:  # seeds outermost: an interrupted study still has whole pairs
@@ -145,16 +164,14 @@ def main() -> None:
                 began = time.time()
                 found = run_g0(args.data, folder, args.preset, seed, ARMS[arm])
                 found["wall_seconds"] = round(time.time() - began, 1)
-                done.write_text(json.dumps(found), encoding="utf-8")
+                atomic_write_json(done, found)
             results[arm][seed] = json.loads(done.read_text(encoding="utf-8"))
             print(f"{arm} seed {seed}: dev {results[arm][seed]['dev']:.4f}", flush=True)
     table = summarise(results)
-    (args.out / "study.md").write_text(table + "\n", encoding="utf-8")
-    with open(args.out / "study.tsv", "w", newline="") as f:
-        w = csv.writer(f, delimiter="\t")
-        for arm, by_seed in results.items():
-            for seed, r in by_seed.items():
-                w.writerow([arm, seed, r["dev"], r["g0_seconds"]])
+    atomic_write_text(args.out / "study.md", table + "\n")
+    rows = [f"{arm}\t{seed}\t{r['dev']}\t{r['g0_seconds']}\n"
+            for arm, by_seed in results.items() for seed, r in by_seed.items()]  # fmt: skip
+    atomic_write_text(args.out / "study.tsv", "".join(rows))
     print(table)
 
 

@@ -48,6 +48,7 @@ import json
 import random
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -267,7 +268,8 @@ def _trainer(stage, model, loss, dataset, stage_cfg, steps, bf16, seed, clock) -
             return BatchSampler(SequentialSampler(range(len(dataset))), batch_size, drop_last)
 
     args = Args(
-        output_dir="/tmp/ar2-train-step-st", max_steps=steps, learning_rate=stage_cfg.lr,
+        output_dir=tempfile.mkdtemp(prefix="ar2-train-step-st-"), max_steps=steps,
+        learning_rate=stage_cfg.lr,
         per_device_train_batch_size=stage_cfg.batch_size, warmup_ratio=stage_cfg.warmup_ratio,
         weight_decay=stage_cfg.weight_decay, max_grad_norm=stage_cfg.max_grad_norm,
         bf16=bf16, use_cpu=True, save_strategy="no", report_to=[], logging_strategy="no",
@@ -484,7 +486,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     print(markdown(record))
     if args.out:
-        args.out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        from ar2._io import atomic_write_json
+
+        atomic_write_json(args.out, record)
 
 
 def markdown(record: dict[str, Any]) -> str:

@@ -99,6 +99,11 @@ def test_identical_queries_draw_a_zero_width_interval() -> None:
     per_query = {"a": {"m": {"q1": 0.1, "q2": 0.1, "q3": 0.1}}, "b": {"m": {"q1": 0.3, "q2": 0.3}}}
     fig = report_figure({"a": {"m": 0.1}, "b": {"m": 0.3}}, per_query)
     assert fig.axes[0].get_xlim()[0] < 0.1
+    from matplotlib.container import ErrorbarContainer
+
+    bars = [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    (start, _), (end, _) = bars[0].lines[2][0].get_segments()[0]  # system a's interval
+    assert start == pytest.approx(0.1) and end == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("systems", [1, 2, 6])
