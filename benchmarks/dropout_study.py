@@ -6,9 +6,9 @@ Not a test. For each seed and arm it runs the first stage of ``ar2 train`` as th
 skipped, a killed one continues). G0 is most of a ``quick`` run and all of the retriever's
 training before the rounds. Arms:
 
-- ``model``: the model's own dropout (0.1 everywhere for MiniLM), torch's masks: ar2 before
-  issue 13;
-- ``fast``: attention dropout 0 and ``fast_dropout`` masks elsewhere;
+- ``model``: the model's own dropout (0.1 everywhere for MiniLM), torch's masks: the presets
+  before issue 13;
+- ``fast``: attention dropout 0 and ``fast_dropout`` masks elsewhere (the presets since);
 - ``none``: no dropout at all (the upper bound on speed).
 
 It prints, per arm, each seed's dev nDCG@10 and G0 time, and for each arm against ``model``:
@@ -31,9 +31,9 @@ from typing import Any
 from ar2._io import atomic_write_json, atomic_write_text
 
 ARMS: dict[str, dict[str, Any]] = {
-    "model": {},
+    "model": {"attention_dropout": None, "fast_dropout": False},
     "fast": {"attention_dropout": 0.0, "fast_dropout": True},
-    "none": {"attention_dropout": 0.0, "hidden_dropout": 0.0},
+    "none": {"attention_dropout": 0.0, "fast_dropout": False, "hidden_dropout": 0.0},
 }
 MEASURE = "nDCG@10"
 

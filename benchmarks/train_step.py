@@ -32,12 +32,13 @@ prints where the time goes (top operators, and matmul vs the rest).
 Run from the repository root (bash scripts/setup.sh installs what it needs):
 
     .venv/bin/python benchmarks/train_step.py --repeats 3 --steps 2 --out step.json \
-        --variant fast:attention_dropout=0,fast_dropout=true
-    .venv/bin/python benchmarks/train_step.py --profile g0 --set attention_dropout=0
+        --variant model-dropout:attention_dropout=none,fast_dropout=false
+    .venv/bin/python benchmarks/train_step.py --profile g0 --set attention_dropout=none
 
 Every ar2 system (``ar2``: the preset; each ``--variant NAME:KEY=VALUE,...``: the preset with
 those overrides) and ST are timed in turn, ``--steps`` steps each per round, ``--repeats``
-rounds.
+rounds. A variant may also set ``threads=N``: its steps run with N intra-op threads
+(``torch.set_num_threads``), the rest with torch's default.
 """
 
 from __future__ import annotations
@@ -162,6 +163,31 @@ def ar2_step(stage: str, cfg: Any, batch: Any, precision: str) -> tuple[Callable
         return stepper.step(loss())
 
     return one, models
+
+
+def with_threads(n: int, step: Callable[[], float]) -> Callable[[], float]:
+    """``step`` run with ``n`` intra-op threads (the variant setting ``threads=N``)."""
+    import torch
+
+    def run() -> float:
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            return step()
+        finally:
+            torch.set_num_threads(before)
+
+    return run
+
+
+def _is_threads(override: str) -> bool:
+    return override.replace(" ", "").startswith("threads=")
+
+
+def _threads(overrides: list[str]) -> int | None:
+    """The last ``threads=N`` among a variant's settings (not a config field)."""
+    found = [int(x.split("=", 1)[1]) for x in overrides if _is_threads(x)]
+    return found[-1] if found else None
 
 
 def time_ar2(step: Callable[[], float], n: int) -> list[float]:
@@ -385,7 +411,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from ar2.encoders._runtime import use_bf16
 
     sets = variant_sets(args)
-    configs = {name: load_config(args.preset, overrides) for name, overrides in sets.items()}
+    threads = {name: _threads(overrides) for name, overrides in sets.items()}
+    configs = {name: load_config(args.preset, [x for x in overrides if not _is_threads(x)])
+               for name, overrides in sets.items()}  # fmt: skip
     cfg = configs["ar2"]
     bf16 = use_bf16(args.precision, "cpu")
     print(f"precision {args.precision}: {'bf16 autocast' if bf16 else 'fp32'}", flush=True)
@@ -399,6 +427,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         systems, models = {}, {}
         for name, config in configs.items():
             systems[name], models = ar2_step(stage, config, batch, args.precision)
+            n_threads = threads[name]
+            if n_threads:
+                systems[name] = with_threads(n_threads, systems[name])
         flops, work = stage_flops(stage, cfg, batch, models)
         enc = models.get("retriever") or models["ranker"]
         if not args.no_st:

@@ -35,6 +35,8 @@ def test_scifact_keeps_the_steps_its_figures_were_measured_with(
     planned, line = for_collection(cfg, 809 - dev)
     assert {stage: getattr(planned, stage).steps for stage in steps} == steps
     assert line.startswith("709 training queries: g0 ")
+    # the dropout its times and 3-seed figures were measured with (docs/benchmarks.md)
+    assert (cfg.attention_dropout, cfg.fast_dropout) == (0.0, True)
 
 
 def test_a_small_collection_gets_a_small_dev_slice_and_few_epochs() -> None:

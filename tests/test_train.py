@@ -55,7 +55,18 @@ def toy_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
     out = root / "run"
     result = subprocess.run(_train_cmd(data, model, out), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    (root / "stderr.txt").write_text(result.stderr)
     return data, model, out
+
+
+def test_the_ranker_head_the_run_trains_is_not_a_warning(toy_run: tuple[Path, Path, Path]) -> None:
+    data, model, out = toy_run
+    from ar2.encoders import CrossEncoder
+
+    with pytest.warns(UserWarning, match="no one-label classification head"):
+        CrossEncoder.load(out / "g0" / "retriever")  # outside a run, the warning stands
+    stderr = (out.parent / "stderr.txt").read_text()
+    assert "d0:" in stderr and "no one-label classification head" not in stderr
 
 
 def test_the_estimate_plans_every_stage_the_run_ran(toy_run: tuple[Path, Path, Path]) -> None:
