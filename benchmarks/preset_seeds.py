@@ -8,7 +8,7 @@ difference of the second arm from the first:
 - over seeds: a paired t-test of the per-seed means (the rule for calling a difference real);
 - within each seed: a paired t-test over the test queries (how large one seed's noise is).
 
-Stage minutes come from each run's ``metrics.jsonl`` (``seconds`` per stage). Usage:
+Times are not compared here (a warm-started run did not train its G0). Usage:
 
     .venv/bin/python benchmarks/preset_seeds.py \\
         --arm old=runs/quick,runs/presets13/old-seed43,runs/presets13/old-seed44 \\
@@ -32,7 +32,7 @@ MEASURE = "nDCG@10"
 
 
 def read_run(run: Path) -> dict[str, Any]:
-    """A finished run's seed, test figures, per-query values and stage seconds."""
+    """A finished run's seed, test figures and per-query values."""
     config = json.loads((run / "config.json").read_text())
     report = json.loads((run / "report.json").read_text())
     per_query: dict[str, dict[str, float]] = {s: {} for s in SYSTEMS}
@@ -40,16 +40,10 @@ def read_run(run: Path) -> dict[str, Any]:
         for row in csv.DictReader(f, delimiter="\t"):
             if row["system"] in per_query and row["measure"] == MEASURE:
                 per_query[row["system"]][row["qid"]] = float(row["value"])
-    seconds: dict[str, float] = {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "seconds" in record:
-            seconds[record["stage"]] = seconds.get(record["stage"], 0.0) + record["seconds"]
     return {
         "seed": config["seed"],
         "test": {s: report[s][MEASURE] for s in SYSTEMS},
         "per_query": per_query,
-        "seconds": seconds,
     }
 
 
@@ -58,15 +52,13 @@ def compare(arms: dict[str, list[Path]]) -> str:
     from scipy import stats
 
     runs = {arm: {r["seed"]: r for r in map(read_run, paths)} for arm, paths in arms.items()}
-    lines = [f"| arm | seed | {' | '.join(SYSTEMS)} | minutes (stages with a time) |",
-             "|---|---:|" + "---:|" * (len(SYSTEMS) + 1)]  # fmt: skip
+    lines = [f"| arm | seed | {' | '.join(SYSTEMS)} |", "|---|---:|" + "---:|" * len(SYSTEMS)]
     for arm, by_seed in runs.items():
         for seed, r in sorted(by_seed.items()):
-            minutes = sum(r["seconds"].values()) / 60
             values = " | ".join(f"{r['test'][s]:.4f}" for s in SYSTEMS)
-            lines.append(f"| {arm} | {seed} | {values} | {minutes:.1f} |")
+            lines.append(f"| {arm} | {seed} | {values} |")
         means = [_mean_sd([r["test"][s] for r in by_seed.values()]) for s in SYSTEMS]
-        lines.append(f"| {arm} | mean ± sd | {' | '.join(means)} | |")
+        lines.append(f"| {arm} | mean ± sd | {' | '.join(means)} |")
     (first, base), (second, other) = list(runs.items())[:2]
     seeds = sorted(base.keys() & other.keys())
     lines += ["", f"| system | {second} − {first} per seed ({', '.join(map(str, seeds))}) | "
