@@ -20,7 +20,6 @@ written to ``OUT/ablations.md`` and ``OUT/ablations.json``. Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 from ar2.config import load_ar2_config
 from ar2.evaluate import compare
+from ar2.report import read_per_query
 from ar2.train.ar2 import run_ar2
 
 NO_RANKER: dict[str, Any] = {"retriever_loss": "contrastive", "ranker": {"steps": 0}}
@@ -50,13 +50,7 @@ def arm_config(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 
 
 def per_query(run: Path, system: str) -> dict[str, float]:
-    with open(run / "per_query.tsv", newline="") as f:
-        rows = csv.DictReader(f, delimiter="\t")
-        return {
-            r["qid"]: float(r["value"])
-            for r in rows
-            if r["system"] == system and r["measure"] == MEASURE
-        }
+    return read_per_query(run)[system][MEASURE]
 
 
 def main() -> None:

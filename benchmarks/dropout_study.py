@@ -131,13 +131,21 @@ def summarise(results: dict[str, dict[int, dict[str, Any]]]) -> str:
 STUDY_FILES = {"study.md", "study.tsv"}
 
 
+def _is_arm_folder(name: str) -> bool:
+    """``ARM-seedN``, the name :func:`main` gives an arm's folder."""
+    arm, sep, seed = name.rpartition("-seed")
+    return bool(sep) and arm in ARMS and seed.isdigit()
+
+
 def _check_out(out: Path) -> None:
     """Refuse a folder holding anything this study did not write (nothing is overwritten)."""
     if not out.is_dir():
         return
-    foreign = [p.name for p in out.iterdir()
-               if p.name not in STUDY_FILES and not (p / "study.json").is_file()
-               and not (p.is_dir() and p.name.rsplit("-seed", 1)[0] in ARMS)]  # fmt: skip
+    foreign = [
+        p.name
+        for p in out.iterdir()
+        if p.name not in STUDY_FILES and not (p.is_dir() and _is_arm_folder(p.name))
+    ]
     if foreign:
         raise SystemExit(
             f"dropout_study.py: error: {out} holds {sorted(foreign)[:3]}, which this study did not "

@@ -19,13 +19,14 @@ Times are not compared here (a warm-started run did not train its G0). Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 from pathlib import Path
 from typing import Any
 
 from ar2._io import atomic_write_text
+from ar2.evaluate import compare as paired_tests
+from ar2.report import read_per_query
 
 SYSTEMS = ("g0", "ar2-g", "ar2-g+d")
 MEASURE = "nDCG@10"
@@ -35,15 +36,11 @@ def read_run(run: Path) -> dict[str, Any]:
     """A finished run's seed, test figures and per-query values."""
     config = json.loads((run / "config.json").read_text())
     report = json.loads((run / "report.json").read_text())
-    per_query: dict[str, dict[str, float]] = {s: {} for s in SYSTEMS}
-    with open(run / "per_query.tsv", newline="") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            if row["system"] in per_query and row["measure"] == MEASURE:
-                per_query[row["system"]][row["qid"]] = float(row["value"])
+    values = read_per_query(run)
     return {
         "seed": config["seed"],
         "test": {s: report[s][MEASURE] for s in SYSTEMS},
-        "per_query": per_query,
+        "per_query": {s: values[s][MEASURE] for s in SYSTEMS},
     }
 
 
@@ -76,10 +73,8 @@ def compare(arms: dict[str, list[Path]]) -> str:
 
 
 def _paired_p(a: dict[str, float], b: dict[str, float]) -> float:
-    from scipy import stats
-
-    shared = sorted(a.keys() & b.keys())
-    return float(stats.ttest_rel([b[q] for q in shared], [a[q] for q in shared]).pvalue)
+    """p of a paired t-test of ``b`` against ``a`` over their queries (ar2's own test)."""
+    return float(paired_tests({"a": {MEASURE: a}, "b": {MEASURE: b}}, "a", [MEASURE])[0]["p_value"])
 
 
 def _mean_sd(values: list[float]) -> str:

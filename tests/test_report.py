@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ar2.report import format_table, write_report
+from ar2.report import format_table, read_per_query, write_report
 
 pytest.importorskip("matplotlib")
 
@@ -81,6 +81,10 @@ def test_per_query_tsv_has_every_value(report_dir):
     assert set(rows[0]) == {"system", "measure", "qid", "value"}
     got = {(r["system"], r["measure"], r["qid"]): float(r["value"]) for r in rows}
     assert got[("dense", "nDCG@10", "q1")] == 0.62468  # full precision, not rounded
+
+
+def test_per_query_tsv_reads_back_as_written(report_dir):
+    assert read_per_query(report_dir) == PER_QUERY  # every value, at full precision
 
 
 def test_report_md_tables_bold_and_markers(report_dir):

@@ -167,6 +167,17 @@ def _per_query_tsv(per_query: Mapping[str, Mapping[str, Mapping[str, float]]]) -
     return "\n".join(lines) + "\n"
 
 
+def read_per_query(out_dir: str | Path) -> dict[str, dict[str, dict[str, float]]]:
+    """``system -> measure -> qid -> value`` from a report's ``per_query.tsv`` (the inverse
+    of what :func:`write_report` writes)."""
+    found: dict[str, dict[str, dict[str, float]]] = {}
+    lines = (Path(out_dir) / "per_query.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    for line in lines:
+        system, measure, qid, value = line.split("\t")
+        found.setdefault(system, {}).setdefault(measure, {})[qid] = float(value)
+    return found
+
+
 def write_report(
     out_dir: str | Path,
     results: dict[str, dict[str, float]],

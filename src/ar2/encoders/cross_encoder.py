@@ -55,8 +55,12 @@ class CrossEncoder:
         self.source = source
 
     @classmethod
-    def load(cls, path: str | Path | None = None, **overrides: Any) -> CrossEncoder:
-        """Load a local folder (default: all-MiniLM-L6-v2 with a new head)."""
+    def load(
+        cls, path: str | Path | None = None, *, warn_new_head: bool = True, **overrides: Any
+    ) -> CrossEncoder:
+        """Load a local folder (default: all-MiniLM-L6-v2 with a new head). A folder without a
+        one-label head gets a new one, with a warning unless ``warn_new_head`` is False (a
+        caller that trains the head next)."""
         from ar2.encoders.bi_encoder import default_model_path
 
         path = _hf.check_model_dir(path or default_model_path())
@@ -64,7 +68,7 @@ class CrossEncoder:
         saved = manifest.get("config", {}) if manifest.get("kind") == "cross_encoder" else {}
         config = dataclasses.replace(RankerConfig(**saved), **overrides)  # a bi-encoder's: unused
         config = _hf.fit_lengths(path, config, ("max_length",), overrides)
-        if not _is_one_label_classifier(path):
+        if warn_new_head and not _is_one_label_classifier(path):
             warnings.warn(
                 f"{path} has no one-label classification head: a new head is initialised. "
                 "Train the ranker before trusting its scores.",

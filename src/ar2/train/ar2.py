@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -205,9 +204,9 @@ def _warmup_ranker(ctx: RunContext) -> CrossEncoder:
         return CrossEncoder.load(final)
     require("torch").manual_seed(cfg.seed)  # the new head's initialisation is part of the run
     start = out / "g0" / "retriever" if cfg.ranker_from_g0 else cfg.ranker_model
-    with warnings.catch_warnings():  # a new head is the plan here: D0 or the rounds train it
-        warnings.filterwarnings("ignore", message=".*no one-label classification head")
-        ranker = CrossEncoder.load(start, max_length=ranker_length(cfg, start))
+    ranker = CrossEncoder.load(  # a new head is the plan here: D0 or the rounds train it
+        start, max_length=ranker_length(cfg, start), warn_new_head=False
+    )
     if not cfg.skip_d0:
         groups = read_groups(out / "mined" / "round-0")
 
