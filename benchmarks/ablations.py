@@ -1,30 +1,39 @@
-"""Ablations of AR2 at equal compute, warm-started from a finished AR2 run (issue 3 §7).
+"""Ablations of AR2 at equal compute over seeds, warm-started from finished runs (issues 3, 14).
 
-Not a test. Every arm copies the base run's G0 and D0 (``ar2 train --warm-start``) and then runs
-the same rounds with the same retriever steps and the same documents per step (batch × (1 + n)):
+Not a test. Each BASE is a finished ``ar2 train`` run, one per seed (its ``config.json`` gives
+the seed). Every arm copies that run's G0 and D0 (``ar2 train --warm-start``) and then runs the
+same rounds, with the same retriever steps and documents per step (batch × (1 + n)), the
+``--set`` changes applied to every arm:
 
+- ``ar2``: the base run's own AR2 recipe; without ``--set`` the base run itself is this arm;
+- ``ensemble``: AR2 with the ensemble teacher tuned on dev (``[teacher] kind = "ensemble"``);
 - ``static``: G0's negatives throughout (no refresh), no ranker: in-batch + group cross-entropy;
 - ``ance``: negatives re-mined every round, no ranker (ANCE-style control), same loss;
 - ``lambda0``, ``lambda0.3``: the AR2 loss with λ = 0 (distillation only) and λ = 0.3;
 - ``inbatch``: the AR2 loss plus the in-batch term (``in_batch = true``, our addition);
-- the base run itself is the AR2 arm (its λ, usually 0.5).
+- ``margin_mse``, ``nway_kl``: AR2 with that distillation term.
 
-Then each arm's test nDCG@10 (``ar2-g`` and ``ar2-g+d``) is compared with the base run's by a
-paired two-sided t-test over the test queries (Holm-corrected), and a table is printed and
-written to ``OUT/ablations.md`` and ``OUT/ablations.json``. Usage:
+Then, for ``ar2-g`` and ``ar2-g+d`` (test nDCG@10), each arm's mean ± sd over seeds, and its
+difference from ``--reference`` (default ``ar2``) by a paired two-sided t-test over the
+per-query values of all seeds (query × seed pairs), Holm-corrected over the table; the dev G
+of the last round is listed beside. Written to ``OUT/ablations.md`` and ``OUT/ablations.json``.
 
-    .venv/bin/python benchmarks/ablations.py RUN_DIR --data data/scifact --out runs/ablations \\
-        [--arms static,ance,lambda0,lambda0.3,inbatch]
+    .venv/bin/python benchmarks/ablations.py runs/presets13/new-seed42 runs/presets13/new-seed43 \\
+        runs/presets13/new-seed44 --arms ar2,ensemble,ance --set retriever.steps=30 \\
+        --out runs/teacher14
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+from ar2._io import atomic_write_text
+from ar2._overrides import apply_overrides
 from ar2.config import load_ar2_config
 from ar2.evaluate import compare
 from ar2.report import read_per_query
@@ -32,71 +41,130 @@ from ar2.train.ar2 import run_ar2
 
 NO_RANKER: dict[str, Any] = {"retriever_loss": "contrastive", "ranker": {"steps": 0}}
 ARMS: dict[str, dict[str, Any]] = {
+    "ar2": {},
+    "ensemble": {"teacher": {"kind": "ensemble", "tune": True}},
     "static": NO_RANKER | {"refresh": False},
     "ance": NO_RANKER,
     "lambda0": {"adv_lambda": 0.0},
     "lambda0.3": {"adv_lambda": 0.3},
     "inbatch": {"in_batch": True},
+    "margin_mse": {"kd_loss": "margin_mse"},
+    "nway_kl": {"kd_loss": "nway_kl"},
 }
+SYSTEMS = ("ar2-g", "ar2-g+d")
 MEASURE = "nDCG@10"
 
 
 def arm_config(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """The base run's config with an arm's changes (stage tables merged key by key)."""
+    """The base run's config with an arm's changes (tables merged key by key).
+
+    Example:
+        >>> arm_config({"rounds": 1, "ranker": {"steps": 5, "lr": 1.0}}, {"ranker": {"steps": 0}})
+        {'rounds': 1, 'ranker': {'steps': 0, 'lr': 1.0}}
+    """
     config = json.loads(json.dumps(base))
     for key, value in changes.items():
-        config[key] = config[key] | value if isinstance(value, dict) else value
+        config[key] = (config.get(key) or {}) | value if isinstance(value, dict) else value
     return config
 
 
-def per_query(run: Path, system: str) -> dict[str, float]:
-    return read_per_query(run)[system][MEASURE]
+def run_arm(base: Path, arm: str, sets: list[str], data: Path, out: Path) -> tuple[Path, float]:
+    """The arm's run for ``base``'s seed (trained unless finished); its folder and seconds."""
+    if arm == "ar2" and not sets:
+        return base, 0.0
+    if (out / "report.json").is_file():
+        return out, 0.0
+    base_cfg = json.loads((base / "config.json").read_text())
+    base_cfg.pop("data", None)  # the run's data record, not a setting
+    cfg = load_ar2_config(apply_overrides(arm_config(base_cfg, ARMS[arm]), sets), arm)
+    start = time.time()
+    run_ar2(data, out, cfg, resume=out.exists(), warm_start_from=base)
+    return out, round(time.time() - start)
+
+
+def last_dev_g(run: Path) -> float:
+    """The dev G of the run's last mining (``dev-g-R``)."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(x) for x in lines]
+    return [r for r in records if r["stage"].startswith("dev-g-")][-1]["dev"]["G"]
+
+
+def pooled(runs: dict[int, Path], system: str) -> dict[str, float]:
+    """Per-query test values of ``system`` over every seed's run, keyed ``seed/query``."""
+    return {
+        f"{seed}/{qid}": value
+        for seed, run in runs.items()
+        for qid, value in read_per_query(run)[system][MEASURE].items()
+    }
+
+
+def _mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} ± {sd:.4f}"
+
+
+def table(runs: dict[str, dict[int, Path]], reference: str) -> tuple[str, list[dict[str, Any]]]:
+    """The markdown table and the test rows: arms × systems against ``reference``."""
+    per_q = {f"{arm} {s}": {MEASURE: pooled(by_seed, s)} for arm, by_seed in runs.items()
+             for s in SYSTEMS}  # fmt: skip
+    rows = []
+    for system in SYSTEMS:
+        subset = {f"{arm} {system}": per_q[f"{arm} {system}"] for arm in runs}
+        rows += compare(subset, f"{reference} {system}", [MEASURE])
+    tests = {row["system"]: row for row in rows}
+    lines = [
+        f"| arm | system | seeds | test {MEASURE} mean ± sd | diff vs {reference} | p | p (Holm) "
+        "| dev G (last round), mean |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for system in SYSTEMS:
+        for arm, by_seed in runs.items():
+            means = [
+                statistics.mean(read_per_query(r)[system][MEASURE].values())
+                for r in by_seed.values()
+            ]
+            dev = statistics.mean(last_dev_g(r) for r in by_seed.values())
+            row = tests.get(f"{arm} {system}")
+            diff = f"{row['mean_diff']:+.4f} | {row['p_value']:.3g} | {row['p_holm']:.3g}" if row \
+                else "– | – | –"  # fmt: skip
+            lines.append(
+                f"| {arm} | {system} | {len(means)} | {_mean_sd(means)} | {diff} | {dev:.4f} |"
+            )
+    return "\n".join(lines), rows
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("base", type=Path, help="a finished `ar2 train` run: the AR2 arm")
+    p.add_argument("bases", type=Path, nargs="+", help="finished `ar2 train` runs, one per seed")
     p.add_argument("--data", type=Path, default=Path("data/scifact"))
     p.add_argument("--out", type=Path, default=Path("runs/ablations"))
-    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--arms", default="ar2,static,ance,lambda0,lambda0.3,inbatch")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a change to every arm, as `ar2 train --set`")  # fmt: skip
+    p.add_argument("--reference", default="ar2", help="the arm the others are tested against")
     args = p.parse_args()
-    base_cfg = json.loads((args.base / "config.json").read_text())
-    base_cfg.pop("data", None)  # the run's data record, not a setting
     arms = args.arms.split(",")
-    timings = {}
-    for arm in arms:
-        out = args.out / arm
-        if not (out / "report.json").is_file():
-            cfg = load_ar2_config(arm_config(base_cfg, ARMS[arm]), arm)
-            start = time.time()
-            run_ar2(args.data, out, cfg, resume=out.exists(), warm_start_from=args.base)
-            timings[arm] = round(time.time() - start)
-    per_q: dict[str, dict[str, dict[str, float]]] = {}
-    for system in ("ar2-g", "ar2-g+d"):
-        per_q[f"ar2 {system}"] = {MEASURE: per_query(args.base, system)}
+    unknown = sorted(set(arms + [args.reference]) - set(ARMS))
+    if unknown:
+        p.error(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
+    if args.reference not in arms:
+        arms.insert(0, args.reference)
+    runs: dict[str, dict[int, Path]] = {arm: {} for arm in arms}
+    seconds: dict[str, float] = {}
+    for base in args.bases:  # seed by seed: a stopped study has whole seeds
+        seed = json.loads((base / "config.json").read_text())["seed"]
         for arm in arms:
-            per_q[f"{arm} {system}"] = {MEASURE: per_query(args.out / arm, system)}
-    rows = []
-    for system in ("ar2-g", "ar2-g+d"):
-        names = [f"ar2 {system}"] + [f"{arm} {system}" for arm in arms]
-        subset = {n: per_q[n] for n in names}
-        for row in compare(subset, f"ar2 {system}", [MEASURE]):
-            rows.append(row)
-    lines = ["| arm | system | nDCG@10 | AR2 | diff | p (Holm) |", "|---|---|---:|---:|---:|---:|"]
-    for row in rows:
-        arm, system = row["system"].split(" ", 1)
-        value = sum(per_q[row["system"]][MEASURE].values()) / len(per_q[row["system"]][MEASURE])
-        lines.append(
-            f"| {arm} | {system} | {value:.4f} | {value - row['mean_diff']:.4f} "
-            f"| {row['mean_diff']:+.4f} | {row['p_holm']:.3g} |"
-        )
-    table = "\n".join(lines)
-    print(table)
+            out = args.out / f"seed{seed}" / arm
+            runs[arm][seed], seconds[f"{arm}/seed{seed}"] = run_arm(
+                base, arm, args.sets, args.data, out
+            )
+    text, rows = table(runs, args.reference)
+    print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ablations.md").write_text(table + "\n")
-    (args.out / "ablations.json").write_text(
-        json.dumps({"rows": rows, "seconds": timings}, indent=1)
-    )
+    atomic_write_text(args.out / "ablations.md", text + "\n")
+    record = {"sets": args.sets, "runs": {a: {str(s): str(r) for s, r in by.items()}
+              for a, by in runs.items()}, "rows": rows, "seconds": seconds}  # fmt: skip
+    atomic_write_text(args.out / "ablations.json", json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -67,3 +67,14 @@ def test_tune_weight_prefers_the_better_weight() -> None:
 def test_fusion_weight_is_validated() -> None:
     with pytest.raises(Ar2Error, match=r"\[0, 1\]"):
         RankerConfig(fusion_weight=1.5)
+
+
+def test_an_ensemble_mix_is_the_weighted_sum_of_normalised_parts() -> None:
+    from ar2.fusion import minmax, mix, zscore
+
+    a, b = np.array([3.0, 1.0, 2.0]), np.array([10.0, 10.0, 40.0])
+    by_hand = 5.0 * (0.25 * np.array([1.0, 0.0, 0.5]) + 0.75 * np.array([0.0, 0.0, 1.0]))
+    got = mix({"a": a, "b": b, "c": np.zeros(3)}, {"a": 0.25, "b": 0.75, "c": 0.0}, "minmax", 5.0)
+    np.testing.assert_allclose(got, by_hand)
+    np.testing.assert_allclose(mix({"a": a}, {"a": 1.0}, "zscore"), zscore(a))
+    assert minmax(np.array([2.0, 2.0])).tolist() == [0.0, 0.0]

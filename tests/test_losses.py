@@ -229,3 +229,68 @@ def test_unknown_reduction_lists_valid_names() -> None:
         ar2_retriever_loss(
             retriever_scores=torch.zeros(2, 3), ranker_scores=torch.zeros(2, 3), reduction="avg"
         )
+
+
+# --- the seed's distillation losses (issue 14) -------------------------------------------
+
+
+def _minmax(row: list[float]) -> list[float]:
+    low, high = min(row), max(row)
+    return [0.0] * len(row) if high == low else [(x - low) / (high - low) for x in row]
+
+
+def test_margin_mse_is_the_mean_squared_difference_of_margins() -> None:
+    from ar2.losses import margin_mse
+
+    terms = [((s[0] - s[j]) - (r[0] - r[j]) / 2.0) ** 2 for s, r in zip(S, R) for j in range(1, 3)]
+    got = margin_mse(torch.tensor(S), torch.tensor(R), temperature=2.0)
+    assert got.item() == pytest.approx(sum(terms) / len(terms), rel=1e-6)
+
+
+def test_margin_mse_is_zero_for_a_shifted_teacher_and_ignores_common_shifts() -> None:
+    from ar2.losses import margin_mse
+
+    s = torch.tensor(S)
+    assert margin_mse(s, s + 3.0).item() == pytest.approx(0.0, abs=1e-7)
+    assert margin_mse(s, torch.tensor(R)).item() > 0.1
+
+
+def test_normalised_kl_is_the_kl_of_min_max_normalised_softmaxes() -> None:
+    from ar2.losses import normalised_kl
+
+    t = 0.25
+    expected = 0.0
+    for s, r in zip(S, R):
+        q = _softmax([x / t for x in _minmax(r)])
+        log_p = _log_softmax([x / t for x in _minmax(s)])
+        expected += sum(qj * (math.log(qj) - lp) for qj, lp in zip(q, log_p))
+    got = normalised_kl(torch.tensor(S), torch.tensor(R), temperature=t)
+    assert got.item() == pytest.approx(expected / len(S), rel=1e-5)
+
+
+def test_normalised_kl_ignores_the_scale_of_either_side() -> None:
+    from ar2.losses import normalised_kl
+
+    s, r = torch.tensor(S), torch.tensor(R)
+    base = normalised_kl(s, r, temperature=0.2).item()
+    assert normalised_kl(20 * s - 4, r / 7 + 1, temperature=0.2).item() == pytest.approx(base)
+    assert normalised_kl(r, r).item() == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("kd", ["ce", "margin_mse", "nway_kl"])
+def test_the_retriever_loss_uses_the_named_kd_term_and_no_gradient_reaches_the_teacher(
+    kd: str,
+) -> None:
+    from ar2.losses import KD_LOSSES
+
+    s = torch.tensor(S, requires_grad=True)
+    r = torch.tensor(R, requires_grad=True)
+    loss = ar2_retriever_loss(retriever_scores=s, ranker_scores=r, adv_lambda=0.0, kd=kd)
+    assert loss.item() == pytest.approx(KD_LOSSES[kd](torch.tensor(S), torch.tensor(R)).item())
+    loss.backward()
+    assert r.grad is None and s.grad is not None and s.grad.abs().sum() > 0
+
+
+def test_an_unknown_kd_loss_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="margin_mse"):
+        ar2_retriever_loss(retriever_scores=torch.tensor(S), ranker_scores=torch.tensor(R), kd="l2")

@@ -145,3 +145,100 @@ def test_corrupt_groups_file_names_the_line(tmp_path: Path) -> None:
         f.write("{not json\n")
     with pytest.raises(DataError, match=r"groups.jsonl:2"):
         read_groups(tmp_path / "g")
+
+
+# --- false-negative filters (issue 14) ---------------------------------------------------
+
+RUN = {
+    "q": [Hit("a", 0.95), Hit("p", 0.9), Hit("b", 0.85), Hit("c", 0.6), Hit("d", 0.3)],
+    "u": [Hit("e", 0.8), Hit("f", 0.5), Hit("g", 0.2)],  # its positive "x" was not retrieved
+}
+QRELS = {"q": {"p": 1}, "u": {"x": 1}}
+
+
+def _filtered(flt: object, queries: dict[str, Query] | None = None) -> dict[str, list]:
+    from ar2.mining import FalseNegativeFilter
+
+    assert isinstance(flt, FalseNegativeFilter)
+    return flt.apply(RUN, drop_positives(RUN, QRELS), QRELS, queries)[1]
+
+
+def test_the_rank_window_drops_the_top_ranks_positives_counted() -> None:
+    from ar2.mining import FalseNegativeFilter
+
+    dropped = _filtered(FalseNegativeFilter(rank_start=3))
+    assert dropped["q"] == [("rank_window", "a"), ("rank_window", "b")]
+    assert dropped["u"] == [("rank_window", "e"), ("rank_window", "f"), ("rank_window", "g")]
+
+
+def test_the_relative_margin_drops_what_scores_near_the_positive() -> None:
+    from ar2.mining import FalseNegativeFilter
+
+    # q: floor = 0.8 x 0.9 = 0.72: a (0.95) and b (0.85) go, c (0.6) stays
+    # u: its positive was not retrieved; scored 0.7 by the retriever, floor 0.56: e goes
+    scored = []
+
+    def positive_score(query: Query, ids: object) -> float:
+        scored.append((query.id, list(ids)))  # type: ignore[call-overload]
+        return 0.7
+
+    flt = FalseNegativeFilter(relative_margin=0.2, positive_score=positive_score)
+    dropped = _filtered(flt, {"q": Query("q", "x"), "u": Query("u", "y")})
+    assert dropped == {"q": [("relative_margin", "a"), ("relative_margin", "b")],
+                       "u": [("relative_margin", "e")]}  # fmt: skip
+    assert scored == [("u", ["x"])]  # only the positive that was not retrieved is scored
+
+
+def test_filtered_candidates_are_never_sampled_and_are_counted_in_the_manifest(
+    tmp_path: Path,
+) -> None:
+    from ar2.mining import FalseNegativeFilter
+
+    class Fixed:
+        def retrieve(self, queries: list[Query], k: int) -> dict[str, list[Hit]]:
+            return {q.id: RUN[q.id][:k] for q in queries}
+
+    flt = FalseNegativeFilter(rank_start=2, relative_margin=0.2)
+    queries = [Query("q", "x"), Query("u", "y")]
+    groups = mine(Fixed(), queries, QRELS, 5, None, flt)
+    assert [g.negatives for g in groups] == [("c", "d"), ("g",)]
+    write_mined(tmp_path / "m", groups, {"round": 0}, False, flt)
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["false_negatives"] == {
+        "filtered": True, "rank_start": 2, "relative_margin": 0.2,
+        "dropped": {"rank_window": 3, "relative_margin": 1}, "groups_with_drops": 2,
+    }  # fmt: skip
+    assert read_groups(tmp_path / "m") == groups  # the drops travel with the groups
+    write_mined(tmp_path / "n", groups, {"round": 0}, False)
+    assert json.loads((tmp_path / "n" / "manifest.json").read_text())["false_negatives"] == {
+        "filtered": False
+    }
+
+
+def test_a_rank_window_as_deep_as_the_mining_is_refused() -> None:
+    from ar2.config import AR2Config
+
+    with pytest.raises(ValueError, match="below mine_k"):
+        AR2Config(mine_k=10, mine_rank_start=10)
+
+
+def test_the_dense_and_bm25_retrievers_score_given_documents_as_they_rank(toy_beir: Path) -> None:
+    pytest.importorskip("torch")
+    corpus, queries, _ = load_beir(toy_beir, "test")
+    retriever = BM25Retriever(BM25Index.build(corpus))
+    query = queries[0]
+    hits = retriever.retrieve([query], 3)[query.id]
+    docs = {d.id: d for d in corpus}
+    scores = retriever.score(query, [docs[h.doc_id] for h in hits])
+    assert scores.tolist() == pytest.approx([h.score for h in hits])
+    from ar2.encoders import BiEncoder
+    from ar2.index import FaissIndex
+    from ar2.pipeline import DenseRetriever
+    from conftest import build_tiny_bert
+
+    encoder = BiEncoder.load(build_tiny_bert(toy_beir.parent / "tiny-mining"))
+    index = FaissIndex.build(encoder.encode_docs(corpus), [d.id for d in corpus])
+    dense = DenseRetriever(encoder, index)
+    hits = dense.retrieve([query], 3)[query.id]
+    scores = dense.score(query, [docs[h.doc_id] for h in hits])
+    assert scores.tolist() == pytest.approx([h.score for h in hits], abs=1e-5)

@@ -5,6 +5,7 @@ registries of implementations must agree with them."""
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,10 @@ def test_the_registries_are_keyed_by_the_configs_names() -> None:
 
     assert tuple(POOLERS) == config.POOLINGS
     assert tuple(losses.ADV_REDUCTIONS) == config.ADV_REDUCTIONS
+    assert tuple(losses.KD_LOSSES) == config.KD_LOSSES
+    from ar2.fusion import NORMS
+
+    assert tuple(NORMS) == config.TEACHER_NORMS
     assert (*PRESETS, "auto") == config.INDEX_PRESETS
     assert tuple(index.KINDS) == config.INDEX_KINDS
 
@@ -42,16 +47,20 @@ def test_the_cli_offers_exactly_the_configs_names() -> None:
 def test_every_name_is_accepted_where_it_is_checked_and_others_are_not() -> None:
     from ar2.errors import Ar2Error
 
-    for name in config.POOLINGS:
-        assert config.EncoderConfig(pooling=name).pooling == name
-    for name in config.PRECISIONS:
-        assert config.RankerConfig(precision=name).precision == name
-    for name in config.ADV_REDUCTIONS:
-        assert config.AR2Config(adv_reduction=name).adv_reduction == name
-    for name in config.RETRIEVER_LOSSES:
-        assert config.AR2Config(retriever_loss=name).retriever_loss == name
-    with pytest.raises((ValueError, Ar2Error)):
-        config.EncoderConfig(pooling="max")
+    checked: list[tuple[Any, str, tuple[str, ...]]] = [
+        (config.EncoderConfig, "pooling", config.POOLINGS),
+        (config.RankerConfig, "precision", config.PRECISIONS),
+        (config.AR2Config, "adv_reduction", config.ADV_REDUCTIONS),
+        (config.AR2Config, "retriever_loss", config.RETRIEVER_LOSSES),
+        (config.AR2Config, "kd_loss", config.KD_LOSSES),
+        (config.TeacherConfig, "kind", config.TEACHERS),
+        (config.TeacherConfig, "norm", config.TEACHER_NORMS),
+    ]
+    for make, field, names in checked:
+        for name in names:
+            assert getattr(make(**{field: name}), field) == name
+        with pytest.raises((ValueError, Ar2Error)):
+            make(**{field: "no-such-name"})
 
 
 def test_serve_modes_systems_and_help_are_the_retriever_kinds() -> None:

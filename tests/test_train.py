@@ -564,3 +564,24 @@ def test_a_runs_config_json_trains_again_as_that_run(
         main(["-q", "train", str(data), "--config", str(run / "config.json"), "--out", str(again)])
     before, after = (json.loads((p / "config.json").read_text()) for p in (run, again))
     assert after == before  # the same settings, and the same data record
+
+
+def test_false_negative_filters_apply_to_every_mining_and_are_counted(tmp_path: Path) -> None:
+    from ar2.train.ar2 import run_ar2
+    from conftest import build_tiny_bert
+
+    data = write_train_toy(tmp_path / "data")
+    model = build_tiny_bert(tmp_path / "tiny")
+    cfg = _toy_config(model, mine_rank_start=2, mine_relative_margin=0.01, rounds=1)
+    run_ar2(data, tmp_path / "run", cfg)
+    for folder in ("bm25", "round-0", "round-1"):
+        path = tmp_path / "run" / "mined" / folder
+        record = json.loads((path / "manifest.json").read_text())["false_negatives"]
+        assert record["filtered"] and record["rank_start"] == 2
+        lines = [json.loads(x) for x in (path / "groups.jsonl").read_text().splitlines()]
+        dropped = [pair for g in lines for pair in g.get("filtered", [])]
+        by_filter = {name: sum(p[0] == name for p in dropped) for name in record["dropped"]}
+        assert by_filter == record["dropped"] and record["dropped"]["rank_window"] > 0
+        # BM25 ranks each toy positive first: the window's other candidate goes
+        for g in lines:  # nothing dropped is a negative
+            assert not {doc for _, doc in g.get("filtered", [])} & set(g["negatives"])

@@ -32,6 +32,10 @@ POOLINGS = ("mean", "cls")
 RETRIEVER_LOSSES = ("ar2", "contrastive")
 ADV_REDUCTIONS = ("sum", "mean_per_query")
 INDEX_KINDS = ("bm25", "dense")
+KD_LOSSES = ("ce", "margin_mse", "nway_kl")
+TEACHERS = ("ranker", "ensemble")
+TEACHER_NORMS = ("minmax", "zscore")
+TEACHER_PARTS = ("ranker", "retriever", "bm25")
 
 
 @dataclass(frozen=True)
@@ -254,6 +258,50 @@ class StageConfig:
 
 
 @dataclass(frozen=True)
+class TeacherConfig:
+    """What the retriever learns from in the AR2 rounds: the scores of its distillation target
+    and its adversarial reward (:mod:`ar2.train.teacher`).
+
+    Attributes:
+        kind: ``"ranker"``: the ranker's logits, AR2 as published. ``"ensemble"``: a per-query
+            normalised mix ``scale · Σ_i w_i norm(t_i)`` of the ranker, the retriever the round
+            starts from and BM25 (Geng et al.'s ensemble teacher, ``seed_methods.md`` §6).
+        ranker: ``w`` of the ranker's logits (ensemble).
+        retriever: ``w`` of the round's starting retriever, frozen (ensemble).
+        bm25: ``w`` of BM25 (ensemble).
+        norm: ``"minmax"`` (each query's candidates scaled to [0, 1], as Geng et al.) or
+            ``"zscore"`` (as :mod:`ar2.fusion`).
+        scale: multiplies the normalised mix, giving it the spread of logits.
+        tune: choose the weights before each round's retriever steps: every mix on a 0.1 grid
+            over the weights (summing to 1) reranks the dev run's top ``rerank_k``, and the best
+            on dev wins (ties: more weight on the ranker). ``False``: the weights above.
+    """
+
+    kind: str = "ranker"
+    ranker: float = 1.0
+    retriever: float = 0.0
+    bm25: float = 0.0
+    norm: str = "minmax"
+    scale: float = 10.0
+    tune: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice("teacher kind", self.kind, TEACHERS)
+        check_choice("teacher norm", self.norm, TEACHER_NORMS)
+        check_ranges(self, at_least={"ranker": 0.0, "retriever": 0.0, "bm25": 0.0},
+                     above={"scale": 0.0})  # fmt: skip
+        if self.kind == "ensemble" and not self.tune and not sum(self.weights().values()) > 0:
+            raise Ar2Error(
+                '[teacher] kind = "ensemble" with every weight 0. Fix: give the ranker, '
+                "retriever or bm25 a weight above 0, or set tune = true"
+            )
+
+    def weights(self) -> dict[str, float]:
+        """The mix's weights by part (:data:`TEACHER_PARTS`)."""
+        return {part: float(getattr(self, part)) for part in TEACHER_PARTS}
+
+
+@dataclass(frozen=True)
 class AR2Config:
     """The AR2 recipe (``ar2_spec.md`` §5): warm-ups, mining, adversarial rounds.
 
@@ -278,9 +326,20 @@ class AR2Config:
         ranker: Ranker steps per round; retriever: retriever steps per round.
         rounds: Adversarial rounds (index refresh → ranker → retriever → dev eval).
         mine_k: Candidates retrieved per training query when mining.
+        mine_rank_start: False-negative filter: the candidates at ranks 1..N of a query's mined
+            list (positives counted) are no negatives; 0 keeps them (sentence-transformers'
+            ``range_min``). Applies to every mining, BM25's included.
+        mine_relative_margin: False-negative filter: a candidate scored above ``(1 - m) x``
+            the best positive's score (by the retriever that mined it) is no negative;
+            ``None`` keeps them (sentence-transformers' ``relative_margin``).
         adv_lambda: λ in λ·L_ADV + (1−λ)·L_KD.
         adv_reduction: ``sum`` (original code) or ``mean_per_query``.
-        kd_temperature: Temperature of the ranker's distillation target.
+        kd_temperature: Temperature of the teacher's distillation target.
+        kd_loss: The distillation term L_KD: ``"ce"`` (AR2's cross-entropy to the teacher's
+            softmax), ``"margin_mse"`` (TAS-B) or ``"nway_kl"`` (JaColBERTv2.5's KL over
+            min-max normalised scores); :data:`ar2.losses.KD_LOSSES`.
+        teacher: What the retriever distils and is rewarded by (:class:`TeacherConfig`): the
+            ranker (AR2) or an ensemble of the ranker, the previous retriever and BM25.
         in_batch: Add in-batch negatives to the AR2 retriever loss (our addition).
         retriever_loss: ``"ar2"`` (λ·L_ADV + (1−λ)·L_KD against the ranker) or
             ``"contrastive"`` (the ANCE-style control: in-batch + mined negatives, no ranker).
@@ -324,9 +383,13 @@ class AR2Config:
     retriever: StageConfig = StageConfig(steps=100, batch_size=8, n_neg=7, lr=1e-5)
     rounds: int = 2
     mine_k: int = 100
+    mine_rank_start: int = 0
+    mine_relative_margin: float | None = None
     adv_lambda: float = 0.5
     adv_reduction: str = "sum"
     kd_temperature: float = 1.0
+    kd_loss: str = "ce"
+    teacher: TeacherConfig = TeacherConfig()
     in_batch: bool = False
     retriever_loss: str = "ar2"
     refresh: bool = True
@@ -343,14 +406,23 @@ class AR2Config:
     def __post_init__(self) -> None:
         check_ranges(
             self,
-            at_least={"rounds": 0, "mine_k": 1, "query_max_length": 1, "doc_max_length": 1,
-                      "ranker_max_length": 1, "dev_queries": 1, "rerank_k": 1,
-                      "checkpoint_every": 1, "adv_lambda": 0.0, "attention_dropout": 0.0},
-            above={"scale": 0.0, "kd_temperature": 0.0, "dev_fraction": 0.0},
-            at_most={"adv_lambda": 1.0, "dev_fraction": 0.9, "attention_dropout": 0.9},
+            at_least={"rounds": 0, "mine_k": 1, "mine_rank_start": 0, "query_max_length": 1,
+                      "doc_max_length": 1, "ranker_max_length": 1, "dev_queries": 1,
+                      "rerank_k": 1, "checkpoint_every": 1, "adv_lambda": 0.0,
+                      "attention_dropout": 0.0},
+            above={"scale": 0.0, "kd_temperature": 0.0, "dev_fraction": 0.0,
+                   "mine_relative_margin": 0.0},
+            at_most={"mine_relative_margin": 1.0, "adv_lambda": 1.0, "dev_fraction": 0.9,
+                     "attention_dropout": 0.9},
         )  # fmt: skip
         check_choice("retriever_loss", self.retriever_loss, RETRIEVER_LOSSES)
         check_choice("adv_reduction", self.adv_reduction, ADV_REDUCTIONS)
+        check_choice("kd_loss", self.kd_loss, KD_LOSSES)
+        if self.mine_rank_start >= self.mine_k:
+            raise ValueError(
+                f"mine_rank_start = {self.mine_rank_start} drops every one of the mine_k = "
+                f"{self.mine_k} candidates; set it below mine_k"
+            )
         cut = self.train_doc_max_length
         if cut is not None and not 0 < cut <= self.doc_max_length:
             raise ValueError(
@@ -389,7 +461,8 @@ def config_tables() -> dict[str, type]:
 
     Example:
         >>> sorted(config_tables())
-        ['d0', 'g0', 'index', 'ranker', 'retriever']
+        ['d0', 'g0', 'index', 'ranker', 'retriever', 'teacher']
     """
-    kinds = {"StageConfig": StageConfig, "IndexConfig": IndexConfig}
+    kinds = {"StageConfig": StageConfig, "IndexConfig": IndexConfig,
+             "TeacherConfig": TeacherConfig}  # fmt: skip
     return {f.name: kinds[f.type] for f in dataclasses.fields(AR2Config) if f.type in kinds}

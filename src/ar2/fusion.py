@@ -47,6 +47,44 @@ def zscore(x: np.ndarray) -> np.ndarray:
     return np.zeros_like(x) if flat else (x - x.mean()) / std
 
 
+def minmax(x: np.ndarray) -> np.ndarray:
+    """``(x - min) / (max - min)`` over one query's hits, in ``[0, 1]`` (all zeros when they
+    are constant, to float32 precision): the normalisation of Geng et al.'s ensemble teacher.
+
+    Example:
+        >>> minmax(np.array([1.0, 3.0, 2.0])).tolist()
+        [0.0, 1.0, 0.5]
+    """
+    x = np.asarray(x, dtype=np.float64)
+    spread = float(x.max() - x.min()) if x.size else 0.0
+    flat = spread <= FLAT * max(1.0, float(np.abs(x).max(initial=0.0)))
+    return np.zeros_like(x) if flat else (x - x.min()) / spread
+
+
+NORMS = {"minmax": minmax, "zscore": zscore}
+"""Per-query normalisations by name (``config.TEACHER_NORMS``)."""
+
+
+def mix(
+    parts: Mapping[str, np.ndarray], weights: Mapping[str, float], norm: str, scale: float = 1.0
+) -> np.ndarray:
+    """``scale · Σ_i w_i norm(parts_i)`` for one query's candidates: several scorers'
+    per-query normalised scores, weighted (an ensemble teacher; parts of weight 0 may be
+    absent).
+
+    Example:
+        >>> parts = {"a": np.array([0.0, 2.0, 4.0]), "b": np.array([1.0, 0.0, 0.0])}
+        >>> mix(parts, {"a": 0.5, "b": 0.5}, "minmax", 10.0).tolist()
+        [5.0, 2.5, 5.0]
+    """
+    used = [(name, w) for name, w in weights.items() if w > 0]
+    size = len(next(iter(parts.values())))
+    total = np.zeros(size)
+    for name, w in used:
+        total += w * NORMS[norm](parts[name])
+    return scale * total
+
+
 def interpolate(retrieval: np.ndarray, ranking: np.ndarray, weight: float) -> np.ndarray:
     """``(1 - w) z(retrieval) + w z(ranking)`` for one query's hits."""
     return (1.0 - weight) * zscore(retrieval) + weight * zscore(ranking)

@@ -24,6 +24,13 @@ The losses, each a scalar to minimise:
 - :func:`ar2_adversarial`: ``L_ADV = sum_b sum_j reward_bj log P_bj`` (Eqs. 8-10).
 - :func:`ar2_retriever_loss`: the G-step, ``lambda L_ADV + (1 - lambda) L_KD``.
 
+L_KD is one of :data:`KD_LOSSES`, chosen by name (``kd_loss`` in the config):
+
+- ``"ce"``: :func:`ar2_distillation`, AR2's own (Eqs. 11-12);
+- ``"margin_mse"``: :func:`margin_mse`, TAS-B's Margin-MSE (Hofstätter et al. 2021, Eq. 1);
+- ``"nway_kl"``: :func:`normalised_kl`, JaColBERTv2.5's n-way KL over min-max normalised
+  scores (Clavié 2024, §3).
+
 The losses see one batch. What data parallelism adds (the summed L_ADV counted once per
 process, in-batch negatives gathered from every process) and the optional in-batch term of
 the AR2 step live in the training step, :func:`ar2.train.steps.ar2_shard_loss`.
@@ -200,6 +207,94 @@ def ar2_distillation(
     return -(targets * log_p).sum(dim=-1).mean()
 
 
+def margin_mse(
+    retriever_scores: torch.Tensor, ranker_scores: torch.Tensor, *, temperature: float = 1.0
+) -> torch.Tensor:
+    """Margin-MSE (TAS-B, Hofstätter et al. 2021, Eq. 1): the student's margins match the
+    teacher's.
+
+    ``L = mean_{b, j >= 1} ((s_b0 - s_bj) - (r_b0 - r_bj) / T)^2``: the margin between the
+    positive and each negative, for the retriever scores ``s`` and the teacher scores ``r``
+    (detached). The paper has one negative per query; over a group each (positive,
+    negative) pair is one term. Unlike :func:`ar2_distillation` it is not shift-invariant only:
+    it asks the margins themselves, so ``s`` and ``r`` must be on comparable scales (the
+    retriever's ``scale`` sets ``s``'s).
+
+    Args:
+        retriever_scores: ``(B, 1 + n)`` retriever scores ``s``, positive at column 0.
+        ranker_scores: ``(B, 1 + n)`` teacher scores ``r`` for the same candidates.
+        temperature: ``T``, divides the teacher's margins (1: the paper).
+
+    Returns:
+        The scalar loss.
+
+    Example:
+        >>> s = torch.tensor([[2.0, 1.0, 0.0]]); r = torch.tensor([[3.0, 0.0, 1.0]])
+        >>> margin_mse(s, r).item()  # ((1 - 3)^2 + (2 - 2)^2) / 2
+        2.0
+    """
+    _check_pair(retriever_scores, ranker_scores)
+    _check_temperature(temperature)
+    teacher = ranker_scores.detach() / temperature  # (batch, 1 + n)
+    student_margin = retriever_scores[:, :1] - retriever_scores[:, 1:]  # (batch, n)
+    teacher_margin = teacher[:, :1] - teacher[:, 1:]  # (batch, n)
+    return F.mse_loss(student_margin, teacher_margin)  # ()
+
+
+def minmax(scores: torch.Tensor) -> torch.Tensor:
+    """Each row scaled to ``[0, 1]``: ``(x - min) / (max - min)``; a constant row gives zeros.
+
+    Example:
+        >>> minmax(torch.tensor([[1.0, 3.0, 2.0], [5.0, 5.0, 5.0]])).tolist()
+        [[0.0, 1.0, 0.5], [0.0, 0.0, 0.0]]
+    """
+    low = scores.min(dim=-1, keepdim=True).values  # (batch, 1)
+    spread = scores.max(dim=-1, keepdim=True).values - low  # (batch, 1)
+    return (scores - low) / spread.clamp_min(torch.finfo(scores.dtype).tiny)  # (batch, M)
+
+
+def normalised_kl(
+    retriever_scores: torch.Tensor, ranker_scores: torch.Tensor, *, temperature: float = 1.0
+) -> torch.Tensor:
+    """n-way KL over min-max normalised scores (JaColBERTv2.5, Clavié 2024, §3).
+
+    ``L = mean_b KL(softmax(mm(r_b) / T) || softmax(mm(s_b) / T))`` where ``mm`` scales each
+    query's scores to ``[0, 1]`` (:func:`minmax`): the teacher's and the student's scales no
+    longer matter, only the shapes of their score lists. Both lists lie in ``[0, 1]``, so a
+    temperature below 1 keeps the distributions from being flat (the paper's exact
+    normalisation is not published; this is the min-max reading of it).
+
+    Args:
+        retriever_scores: ``(B, M)`` retriever scores ``s``.
+        ranker_scores: ``(B, M)`` teacher scores ``r`` for the same candidates (detached).
+        temperature: ``T``, divides both normalised lists.
+
+    Returns:
+        The scalar loss; 0 when the normalised lists agree.
+
+    Example:
+        >>> s = torch.tensor([[10.0, 0.0]]); r = torch.tensor([[1.0, 0.0]])
+        >>> normalised_kl(s, r).item()  # the same list after min-max
+        0.0
+    """
+    _check_pair(retriever_scores, ranker_scores)
+    _check_temperature(temperature)
+    teacher = minmax(ranker_scores.detach()) / temperature  # (batch, M)
+    student = minmax(retriever_scores) / temperature  # (batch, M)
+    log_q = F.log_softmax(teacher, dim=-1)  # (batch, M)
+    log_p = F.log_softmax(student, dim=-1)  # (batch, M)
+    return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True)  # ()
+
+
+KD_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "ce": ar2_distillation,  # AR2's Eqs. 11-12
+    "margin_mse": margin_mse,  # TAS-B
+    "nway_kl": normalised_kl,  # JaColBERTv2.5
+}
+"""The distillation term L_KD of :func:`ar2_retriever_loss`, by name (``kd_loss``); each takes
+``(retriever_scores, ranker_scores, *, temperature)``."""
+
+
 def adversarial_reward(ranker_scores: torch.Tensor) -> torch.Tensor:
     """The REINFORCE reward of L_ADV: ``reward_bj = log sigmoid(r_b0 - r_bj)`` (paper Eq. 10).
 
@@ -276,6 +371,7 @@ def ar2_retriever_loss(
     adv_lambda: float = 0.5,
     reduction: str = "sum",
     temperature: float = 1.0,
+    kd: str = "ce",
 ) -> torch.Tensor:
     """The AR2 retriever (G-step) loss ``L_G = lambda L_ADV + (1 - lambda) L_KD``.
 
@@ -295,6 +391,7 @@ def ar2_retriever_loss(
         adv_lambda: ``lambda`` in ``[0, 1]``, the weight of L_ADV.
         reduction: L_ADV reduction, ``"sum"`` (original) or ``"mean_per_query"``.
         temperature: ranker temperature ``T`` of L_KD (1 in AR2).
+        kd: the L_KD of :data:`KD_LOSSES`: ``"ce"`` (AR2), ``"margin_mse"``, ``"nway_kl"``.
 
     Returns:
         The scalar loss.
@@ -307,9 +404,17 @@ def ar2_retriever_loss(
     """
     if not 0.0 <= adv_lambda <= 1.0:
         raise ValueError(f"adv_lambda must be in [0, 1]; got {adv_lambda}")
+    distil = _get_kd(kd)
     adv = ar2_adversarial(retriever_scores, ranker_scores, reduction=reduction)  # ()
-    kd = ar2_distillation(retriever_scores, ranker_scores, temperature=temperature)  # ()
-    return adv_lambda * adv + (1.0 - adv_lambda) * kd  # ()
+    kd_term = distil(retriever_scores, ranker_scores, temperature=temperature)  # ()
+    return adv_lambda * adv + (1.0 - adv_lambda) * kd_term  # ()
+
+
+def _get_kd(name: str) -> Callable[..., torch.Tensor]:
+    try:
+        return KD_LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown kd_loss {name!r}; choose one of {sorted(KD_LOSSES)}") from None
 
 
 def _get_reduction(name: str) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -20,15 +20,17 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ar2.answers import answer_checker
 from ar2.data.training import TrainingGroup, write_groups
 from ar2.pipeline import Retriever
-from ar2.types import Doc, Qrels, Query, Run
+from ar2.types import Doc, Hit, Qrels, Query, Run
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +92,124 @@ def sample_negatives(pool: Sequence[str], n: int, rng: random.Random) -> list[st
     return tiled[:n]
 
 
-def build_groups(queries: Sequence[Query], qrels: Qrels, pools: Pools) -> list[TrainingGroup]:
+Filtered = dict[str, list[tuple[str, str]]]
+"""``query_id -> [(filter, doc_id), ...]``: the candidates a false-negative filter dropped."""
+
+FILTERS = ("rank_window", "relative_margin")
+"""The false-negative filters, in the order they apply."""
+
+
+@dataclass(frozen=True)
+class FalseNegativeFilter:
+    """Drop the candidates most likely to be unjudged positives, as sentence-transformers'
+    ``mine_hard_negatives`` does (its ``range_min`` and ``relative_margin``).
+
+    Attributes:
+        rank_start: the candidates at ranks 1..``rank_start`` of the retriever's list (positives
+            counted) are no negatives (``"rank_window"``); 0 keeps them.
+        relative_margin: ``m``: a candidate scored above ``(1 - m) x`` the best positive's score
+            is no negative (``"relative_margin"``); ``None`` keeps them. Scores are taken to be
+            positive (cosine, BM25), as in sentence-transformers.
+        positive_score: the retriever's score of a query's positives that it did not retrieve,
+            ``(query, doc_ids) -> best score``; needed with ``relative_margin``.
+
+    Example:
+        >>> from ar2.types import Hit
+        >>> run = {"q1": [Hit("d1", 0.9), Hit("d2", 0.88), Hit("d3", 0.5), Hit("d4", 0.4)]}
+        >>> pools = drop_positives(run, {"q1": {"d3": 1}})
+        >>> flt = FalseNegativeFilter(rank_start=1, relative_margin=0.1)
+        >>> flt.apply(run, pools, {"q1": {"d3": 1}})[1]
+        {'q1': [('rank_window', 'd1'), ('relative_margin', 'd2')]}
+    """
+
+    rank_start: int = 0
+    relative_margin: float | None = None
+    positive_score: Callable[[Query, Sequence[str]], float] | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.rank_start > 0 or self.relative_margin is not None
+
+    def apply(
+        self, run: Run, pools: Pools, qrels: Qrels, queries: Mapping[str, Query] | None = None
+    ) -> tuple[Pools, Filtered]:
+        """``pools`` without the dropped candidates, and what each filter dropped."""
+        kept: Pools = {}
+        filtered: Filtered = {}
+        for qid, (pool, removed) in pools.items():
+            hits = run.get(qid, [])
+            rank = {h.doc_id: i for i, h in enumerate(hits, start=1)}
+            score = {h.doc_id: h.score for h in hits}
+            positives = [d for d, grade in qrels.get(qid, {}).items() if grade > 0]
+            floor = self._margin_floor(hits, positives, (queries or {}).get(qid))
+            dropped = []
+            for doc in pool:
+                if rank.get(doc, len(hits) + 1) <= self.rank_start:
+                    dropped.append(("rank_window", doc))
+                elif floor is not None and score.get(doc, -math.inf) > floor:
+                    dropped.append(("relative_margin", doc))
+            gone = {doc for _, doc in dropped}
+            kept[qid] = ([d for d in pool if d not in gone], removed)
+            filtered[qid] = dropped
+        return kept, filtered
+
+    def _margin_floor(
+        self, hits: Sequence[Hit], positives: Sequence[str], query: Query | None
+    ) -> float | None:
+        """``(1 - m) x`` the best positive's score (scored by ``positive_score`` when none was
+        retrieved); ``None`` when the filter is off or there is nothing to compare with."""
+        if self.relative_margin is None or not positives:
+            return None
+        retrieved = [h.score for h in hits if h.doc_id in set(positives)]
+        if retrieved:
+            best = max(retrieved)
+        elif self.positive_score is not None and query is not None:
+            best = self.positive_score(query, positives)
+        else:
+            return None
+        return (1.0 - self.relative_margin) * best
+
+    def record(self, groups: Sequence[TrainingGroup]) -> dict[str, Any]:
+        """The manifest entry ``false_negatives``: the settings and how many candidates each
+        filter dropped over the groups written."""
+        if not self.active:
+            return {"filtered": False}
+        counts = {name: 0 for name in FILTERS}
+        for g in groups:
+            for name, _ in g.filtered:
+                counts[name] += 1
+        return {
+            "filtered": True,
+            "rank_start": self.rank_start,
+            "relative_margin": self.relative_margin,
+            "dropped": counts,
+            "groups_with_drops": sum(bool(g.filtered) for g in groups),
+        }
+
+
+def false_negative_filter(
+    rank_start: int, relative_margin: float | None, retriever: Any, docs: Mapping[str, Doc]
+) -> FalseNegativeFilter:
+    """The filter of a run's mining: positives it did not retrieve are scored by
+    ``retriever.score(query, docs)`` (BM25 or dense, :mod:`ar2.pipeline`)."""
+
+    def positive_score(query: Query, doc_ids: Sequence[str]) -> float:
+        return float(max(retriever.score(query, [docs[d] for d in doc_ids])))
+
+    return FalseNegativeFilter(rank_start, relative_margin, positive_score)
+
+
+def build_groups(
+    queries: Sequence[Query], qrels: Qrels, pools: Pools, filtered: Filtered | None = None
+) -> list[TrainingGroup]:
     """Training groups for the queries that have a positive and a non-empty negative pool."""
     groups = []
     for query in queries:
         positives = tuple(d for d, grade in qrels.get(query.id, {}).items() if grade > 0)
         pool, removed = pools.get(query.id, ([], []))
+        dropped = tuple((filtered or {}).get(query.id, ()))
         if positives and pool:
-            groups.append(TrainingGroup(query, positives, tuple(pool), tuple(removed)))
+            groups.append(TrainingGroup(query, positives, tuple(pool), tuple(removed), dropped))
     return groups
 
 
@@ -107,11 +219,13 @@ def mine(
     qrels: Qrels,
     k: int,
     is_answer: Callable[[Query, str], bool] | None = None,
+    filters: FalseNegativeFilter | None = None,
 ) -> list[TrainingGroup]:
     """Retrieve the top ``k``, drop the positives, and build the training groups.
 
     With ``is_answer`` (:func:`answer_check`), the candidates that contain one of their query's
-    answers are dropped from the negatives too, and listed in the group's ``excluded``.
+    answers are dropped from the negatives too, and listed in the group's ``excluded``. With
+    ``filters``, the likely false negatives are dropped as well, listed in ``filtered``.
 
     Example:
         >>> from ar2.types import Hit
@@ -125,8 +239,11 @@ def mine(
         (('d1',), ('d3',), ('d1', 'd2'))
     """
     run = retrieve_candidates(retriever, queries, k)
-    by_id = {q.id: q for q in queries} if is_answer else None
-    return build_groups(queries, qrels, drop_positives(run, qrels, is_answer, by_id))
+    by_id = {q.id: q for q in queries}
+    pools = drop_positives(run, qrels, is_answer, by_id if is_answer else None)
+    if filters is None or not filters.active:
+        return build_groups(queries, qrels, pools)
+    return build_groups(queries, qrels, *filters.apply(run, pools, qrels, by_id))
 
 
 def answer_check(
@@ -172,10 +289,21 @@ def answer_record(groups: Sequence[TrainingGroup], dropped: bool) -> dict[str, A
 
 
 def write_mined(
-    folder: Path, groups: Sequence[TrainingGroup], provenance: dict[str, Any], dropped: bool
+    folder: Path,
+    groups: Sequence[TrainingGroup],
+    provenance: dict[str, Any],
+    dropped: bool,
+    filters: FalseNegativeFilter | None = None,
 ) -> None:
     """:func:`~ar2.data.training.write_groups` with :func:`answer_record` in the manifest under
-    ``answers``; when answers were dropped, one log line says how many."""
+    ``answers`` and the false-negative filters' counts under ``false_negatives``; when answers
+    were dropped, or a filter dropped candidates, one log line says how many."""
+    flt = (filters or FalseNegativeFilter()).record(groups)
+    if flt["filtered"]:
+        where = f"{folder.parent.name}/{folder.name}"
+        log.info("%s: the false-negative filters dropped %s candidates (in %d queries)",
+                 where, flt["dropped"], flt["groups_with_drops"])  # fmt: skip
+    provenance = provenance | {"false_negatives": flt}
     record = answer_record(groups, dropped)
     if dropped:
         log.info(

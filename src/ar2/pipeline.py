@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
+
 from ar2 import fusion
 from ar2._optional import require
 from ar2.fusion import RRF_K, rrf
@@ -45,6 +47,10 @@ class BM25Retriever:
         hits = self.index.search([q.text for q in queries], k)
         return {q.id: h for q, h in zip(queries, hits)}
 
+    def score(self, query: Query, docs: Sequence[Doc]) -> np.ndarray:
+        """``query``'s BM25 score for each of ``docs`` (indexed documents)."""
+        return self.index.score(query.text, [d.id for d in docs])
+
 
 class DenseRetriever:
     """Encode queries with a :class:`~ar2.encoders.BiEncoder`, search a FAISS index."""
@@ -56,6 +62,10 @@ class DenseRetriever:
         vectors = self.encoder.encode_queries(queries, progress=self.progress)
         hits = self.index.search(vectors, k)
         return {q.id: h for q, h in zip(queries, hits)}
+
+    def score(self, query: Query, docs: Sequence[Doc]) -> np.ndarray:
+        """``query``'s similarity to each of ``docs``, encoded now as the index's were."""
+        return self.encoder.encode_docs(docs) @ self.encoder.encode_queries([query])[0]
 
 
 class HybridRetriever:

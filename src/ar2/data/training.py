@@ -33,12 +33,15 @@ class TrainingGroup(NamedTuple):
 
     ``excluded`` lists the retrieved candidates removed from the pool (mining provenance): the
     positives found among them and, for QA data, the documents containing an answer.
+    ``filtered`` lists the candidates the false-negative filters dropped, as
+    ``(filter, doc_id)`` pairs in rank order (:class:`ar2.mining.FalseNegativeFilter`).
     """
 
     query: Query
     positives: tuple[str, ...]
     negatives: tuple[str, ...]
     excluded: tuple[str, ...] = ()
+    filtered: tuple[tuple[str, str], ...] = ()
 
 
 def write_groups(
@@ -74,7 +77,7 @@ def _to_json(group: TrainingGroup) -> dict[str, Any]:
         "positives": list(group.positives),
         "negatives": list(group.negatives),
         "excluded": list(group.excluded),
-    }
+    } | ({"filtered": [list(pair) for pair in group.filtered]} if group.filtered else {})
 
 
 def _from_json(obj: dict[str, Any]) -> TrainingGroup:
@@ -83,6 +86,7 @@ def _from_json(obj: dict[str, Any]) -> TrainingGroup:
         _ids(obj["positives"]),
         _ids(obj["negatives"]),
         _ids(obj.get("excluded", [])),
+        tuple((str(name), str(doc)) for name, doc in obj.get("filtered", [])),
     )
 
 

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ar2._io import atomic_dir, atomic_write_json
 from ar2._optional import require
 from ar2.config import BM25Config
@@ -40,6 +42,7 @@ class BM25Index:
 
     def __init__(self, retriever: Any, ids: list[str], config: BM25Config) -> None:
         self.retriever, self.ids, self.config = retriever, ids, config
+        self._rows = {doc_id: row for row, doc_id in enumerate(ids)}
 
     @classmethod
     def build(
@@ -75,16 +78,36 @@ class BM25Index:
         retriever.index(tokens, show_progress=False)
         return cls(retriever, ids, config)
 
-    def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
-        """Top-``k`` hits for each query string (only documents with a positive score)."""
+    def _tokens(self, queries: Sequence[str]) -> list[list[str]]:
+        """Query strings tokenised as the documents were at build time."""
         bm25s = require("bm25s")
-        tokens = bm25s.tokenize(
+        return bm25s.tokenize(
             list(queries),
             stopwords=self.config.stopwords,
             stemmer=_stemmer(self.config),
             return_ids=False,
             show_progress=False,
         )
+
+    def score(self, query: str, doc_ids: Sequence[str]) -> np.ndarray:
+        """The BM25 score of ``query`` for each of ``doc_ids`` (0 where no term is shared), as
+        :meth:`search` would rank them; an id not in the index raises ``KeyError``.
+
+        Example:
+            >>> index = BM25Index.build([Doc("d1", "cats eat fish"), Doc("d2", "dogs chase")])
+            >>> [float(s) > 0 for s in index.score("what do cats eat", ["d2", "d1"])]
+            [False, True]
+        """
+        vocab = getattr(self.retriever, "vocab_dict", None) or {}
+        words = [w for w in self._tokens([query])[0] if w in vocab]
+        rows = [self._rows[d] for d in doc_ids]
+        if not words:
+            return np.zeros(len(rows))
+        return np.asarray(self.retriever.get_scores(words), dtype=np.float64)[rows]
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        """Top-``k`` hits for each query string (only documents with a positive score)."""
+        tokens = self._tokens(queries)
         k = min(k, len(self.ids))
         results: list[list[Hit]] = [[] for _ in tokens]
         vocab = getattr(self.retriever, "vocab_dict", None) or {}  # none: nothing indexed

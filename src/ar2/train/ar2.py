@@ -183,16 +183,19 @@ def _warmup_retriever(ctx: RunContext) -> BiEncoder:
 
 def _bm25_groups(out: Path, data: TrainData, cfg: AR2Config) -> list[TrainingGroup]:
     """G0's groups, mined with BM25; answer-bearing candidates are no negatives (QA data)."""
-    from ar2.mining import answer_check, mine, write_mined
+    from ar2.mining import answer_check, false_negative_filter, mine, write_mined
     from ar2.retrievers import bm25
 
     folder = out / "mined" / "bm25"
     if not folder.is_dir():
         retriever = bm25(data.corpus)
         is_answer = answer_check(data.train, data.docs)
-        groups = mine(retriever, data.train, data.train_qrels, cfg.mine_k, is_answer)
+        flt = false_negative_filter(
+            cfg.mine_rank_start, cfg.mine_relative_margin, retriever, data.docs
+        )
+        groups = mine(retriever, data.train, data.train_qrels, cfg.mine_k, is_answer, flt)
         provenance = {"round": "bm25", "k": cfg.mine_k, "retriever": "bm25"}
-        distributed.on_main(write_mined, folder, groups, provenance, is_answer is not None)
+        distributed.on_main(write_mined, folder, groups, provenance, is_answer is not None, flt)
     return read_groups(folder)
 
 

@@ -39,6 +39,8 @@ from ar2.train.stage import (
     resumed_log,
     stage_record,
 )
+from ar2.train.teacher import Teacher
+from ar2.train.teacher import for_round as teacher_for_round
 from ar2.types import Doc, Hit, Query, Run
 
 if TYPE_CHECKING:
@@ -54,7 +56,7 @@ def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncod
     When the training queries carry answers, answer-bearing candidates are dropped from the
     negatives and counted in the groups' manifest (:func:`ar2.mining.write_mined`)."""
     from ar2.evaluate import evaluate
-    from ar2.mining import answer_check, mine, write_mined
+    from ar2.mining import answer_check, false_negative_filter, mine, write_mined
     from ar2.retrievers import dense as dense_retriever
 
     out, data, cfg, metrics = ctx.out, ctx.data, ctx.cfg, ctx.metrics
@@ -65,13 +67,14 @@ def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncod
     index = refresh_index(ctx, r, retriever)
     dense = dense_retriever(retriever, index)
     is_answer = answer_check(data.train, data.docs)  # QA data: answer-bearing docs are no negatives
+    flt = false_negative_filter(cfg.mine_rank_start, cfg.mine_relative_margin, dense, data.docs)
 
     def mine_share(queries: Sequence[Query]) -> dict[str, TrainingGroup]:  # a rank's queries
-        mined = mine(dense, queries, data.train_qrels, cfg.mine_k, is_answer)
+        mined = mine(dense, queries, data.train_qrels, cfg.mine_k, is_answer, flt)
         return {g.query.id: g for g in mined}
 
-    groups = list(_split(mine_share, data.train).values())  # in the single-process order
-    dev_run = _split(lambda queries: dense.retrieve(queries, 100), data.dev)
+    groups = list(split_queries(mine_share, data.train).values())  # in the single-process order
+    dev_run = split_queries(lambda queries: dense.retrieve(queries, 100), data.dev)
     distributed.on_main(write_run, dev_run, out / "dev_runs" / f"round-{r}.trec")
     dev = {"G": evaluate(dev_run, data.dev_qrels, [cfg.eval_measure])[cfg.eval_measure]}
     seconds = round(time.perf_counter() - began, 2)  # index refresh, mining and dev retrieval
@@ -83,7 +86,7 @@ def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncod
     provenance = {"round": r, "k": cfg.mine_k, "n": cfg.retriever.n_neg, "checkpoint": source}
 
     # marks the round as mined
-    distributed.on_main(write_mined, folder, groups, provenance, is_answer is not None)
+    distributed.on_main(write_mined, folder, groups, provenance, is_answer is not None, flt)
 
 
 def refresh_index(ctx: RunContext, r: int, retriever: BiEncoder) -> FaissIndex:
@@ -154,7 +157,7 @@ def dev_rerank(ctx: RunContext, r: int, ranker: CrossEncoder) -> None:
     def score(queries: Sequence[Query]) -> dict[str, tuple[list[Hit], Any]]:
         return score_heads(run, queries, ranker, data.docs, cfg.rerank_k, f"dev rerank {r}")
 
-    scored = _split(score, data.dev)
+    scored = split_queries(score, data.dev)
     weights = WEIGHTS if cfg.tune_fusion else (1.0,)
     best, values = tune_weight(scored, run, data.dev_qrels, cfg.eval_measure, weights)
     record = {"weight": best, cfg.eval_measure: {str(w): v for w, v in values.items()}}
@@ -183,7 +186,7 @@ def score_heads(
     return scored
 
 
-def _split(
+def split_queries(
     func: Callable[[Sequence[Query]], dict[str, T]], queries: Sequence[Query]
 ) -> dict[str, T]:
     """``func(queries)`` (a dict keyed by query id, in query order), each rank running it on
@@ -225,6 +228,8 @@ def adversarial_rounds(
             start = pos[2] if resumed else 0
             log = resumed_log(meta.get("log"), start, f"round-{r}-{name}") if resumed else None
             phase_run = _Phase(ctx, (r, phase), groups, (retriever, ranker), steppers[name])
+            if name == "retriever" and cfg.retriever_loss == "ar2":
+                phase_run.teacher = teacher_for_round(ctx, r, ranker)
             log = phase_run.run(start, save, log)
             ctx.metrics.write(stage_record(f"round-{r}-{name}", r, name, log))
         _finish_round(ctx, r, retriever, ranker)
@@ -258,6 +263,7 @@ class _Phase:
         (self.retriever, self.ranker), self.stepper = models, stepper
         self.name = PHASES[self.phase]
         self.stage_cfg = ctx.cfg.ranker if self.name == "ranker" else ctx.cfg.retriever
+        self.teacher: Teacher | None = None  # the retriever's, for the AR2 loss
 
     def run(self, start: int, save: Any, log: StageLog | None = None) -> StageLog:
         """Steps ``start..steps`` (``log`` holds the steps before ``start``);
@@ -278,7 +284,8 @@ class _Phase:
                     self.retriever, batch, cfg.scale, cfg.train_doc_max_length
                 )
             else:
-                loss = steps.ar2_retriever_step_loss(self.retriever, self.ranker, batch, cfg)
+                assert self.teacher is not None, "the AR2 loss needs a teacher"
+                loss = steps.ar2_retriever_step_loss(self.retriever, self.teacher, batch, cfg)
             return {"loss": self.stepper.step(loss)}
 
         def checkpoint(step: int) -> None:

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ar2 import distributed, losses
-from ar2._optional import require
 from ar2.config import AR2Config, StageConfig
 from ar2.data.training import TrainingGroup
 from ar2.encoders import BiEncoder, CrossEncoder
 from ar2.errors import Ar2Error
 from ar2.mining import sample_negatives
 from ar2.types import Doc, Query
+
+if TYPE_CHECKING:
+    from ar2.train.teacher import Teacher
 
 
 class Batch(NamedTuple):
@@ -58,7 +60,8 @@ def draw_batch(
     if not groups:
         raise Ar2Error(
             f"{stage}: no training query has both a positive and a retrieved hard negative. "
-            "Fix: check qrels/train.tsv against the corpus, or raise mine_k (--set mine_k=200)"
+            "Fix: check qrels/train.tsv against the corpus, raise mine_k (--set mine_k=200), or "
+            "loosen the false-negative filters (mine_rank_start, mine_relative_margin)"
         )
     orders: dict[int, list[int]] = {}  # one seeded permutation per epoch the batch touches
     picked = []
@@ -124,20 +127,18 @@ def ranker_loss(ranker: CrossEncoder, batch: Batch, max_length: int | None = Non
 
 
 def ar2_retriever_step_loss(
-    encoder: BiEncoder, ranker: CrossEncoder, batch: Batch, cfg: AR2Config
+    encoder: BiEncoder, teacher: Teacher, batch: Batch, cfg: AR2Config
 ) -> Any:
-    """AR2 retriever step (spec §3.3): λ·L_ADV + (1−λ)·L_KD against the frozen ranker, as
-    this process's share of the global batch (:func:`ar2_shard_loss`)."""
-    torch = require("torch")
+    """AR2 retriever step (spec §3.3): λ·L_ADV + (1−λ)·L_KD against the frozen teacher (the
+    ranker, or an ensemble: :mod:`ar2.train.teacher`), as this process's share of the global
+    batch (:func:`ar2_shard_loss`)."""
     scores, in_batch = group_scores(
         encoder, batch, cfg.scale, cfg.train_doc_max_length, cfg.in_batch
     )
-    ranker.model.eval()
-    with torch.no_grad():
-        teacher = ranker_scores(ranker, batch, train_pair_length(cfg))  # (B, M), constant
+    target = teacher.batch_scores(batch, cfg)  # (B, M), constant
     shards = distributed.world().size
     return ar2_shard_loss(
-        scores, teacher, cfg, in_batch_scores=in_batch, shards=shards, offset=batch.offset
+        scores, target, cfg, in_batch_scores=in_batch, shards=shards, offset=batch.offset
     )
 
 
@@ -166,7 +167,7 @@ def ar2_shard_loss(
         retriever_scores: ``(B, M)`` retriever scores of this shard's groups, positive first.
         ranker_scores: ``(B, M)`` ranker logits for the same candidates (no gradient reaches
             them).
-        cfg: ``adv_lambda`` (λ), ``adv_reduction`` and ``kd_temperature``.
+        cfg: ``adv_lambda`` (λ), ``adv_reduction``, ``kd_loss`` and ``kd_temperature``.
         in_batch_scores: ``(B, W·B·M)`` scores against every process's groups in global query
             order, or ``None`` (no in-batch term).
         shards: ``W``, the number of processes sharing the global batch.
@@ -187,6 +188,7 @@ def ar2_shard_loss(
         adv_lambda=cfg.adv_lambda,
         reduction=cfg.adv_reduction,
         temperature=cfg.kd_temperature,
+        kd=cfg.kd_loss,
     )  # ()
     if cfg.adv_reduction == "sum" and shards > 1:  # the global sum: W times the shards' mean
         adv = losses.ar2_adversarial(retriever_scores, ranker_scores, reduction="sum")  # ()

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 G0_FIELDS = (
     "seed", "retriever_model", "query_max_length", "doc_max_length", "train_doc_max_length",
     "scale", "g0", "mine_k", "dev_size", "eval_measure", "index", "attention_dropout",
-    "fast_dropout",
+    "fast_dropout", "mine_rank_start", "mine_relative_margin",
 )  # fmt: skip
 D0_FIELDS = (
     "ranker_model", "ranker_from_g0", "ranker_max_length", "d0", "skip_d0", "rerank_k",

@@ -1,0 +1,190 @@
+"""The retriever's teacher in the AR2 rounds: the ranker (AR2), or an ensemble measured on dev.
+
+In AR2 the retriever distils the ranker's scores and is rewarded by them (spec §3.3). When the
+ranker knows less than the retriever (docs/ar2.md: dev 0.60-0.67 against 0.73), that teacher
+pulls its student down. ``[teacher] kind = "ensemble"`` replaces the ranker's logits by a
+per-query normalised mix (:func:`ar2.fusion.mix`, Geng et al.'s ensemble teacher) of:
+
+- ``ranker``: the ranker's logits;
+- ``retriever``: the retriever the round starts from (frozen: G0 in round 1);
+- ``bm25``: BM25 (bm25s, the run's corpus).
+
+Before a round's retriever steps the teacher is measured on dev: it reranks the top
+``rerank_k`` of the dev run that the round's starting retriever retrieved, and each part alone
+does the same (``metrics.jsonl``, stage ``teacher-R``; ``dev_runs/round-R.teacher.json``). With
+``tune = true`` the weights are chosen there, on a 0.1 grid, so the teacher is by construction
+no weaker on dev than the retriever it teaches (``retriever = 1`` is on the grid).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ar2 import distributed
+from ar2._io import atomic_write_json
+from ar2._optional import require
+from ar2.config import TEACHER_PARTS, AR2Config, TeacherConfig
+from ar2.data.trec import read_run
+from ar2.encoders import BiEncoder, CrossEncoder
+from ar2.fusion import fused_run, mix
+from ar2.types import Doc, Hit, Query, Run
+
+if TYPE_CHECKING:
+    from ar2.index import BM25Index
+    from ar2.train.stage import RunContext
+    from ar2.train.steps import Batch
+
+
+def grid(step: float = 0.1) -> list[dict[str, float]]:
+    """Every weighting of :data:`~ar2.config.TEACHER_PARTS` on a ``step`` grid that sums to 1,
+    the ranker-heaviest first (so that ties go to it).
+
+    Example:
+        >>> len(grid()), grid()[0]
+        (66, {'ranker': 1.0, 'retriever': 0.0, 'bm25': 0.0})
+    """
+    n = round(1 / step)
+    points = [(a, b, n - a - b) for a in range(n, -1, -1) for b in range(n - a, -1, -1)]
+    return [dict(zip(TEACHER_PARTS, (a / n, b / n, c / n))) for a, b, c in points]
+
+
+@dataclass
+class Teacher:
+    """The scores the retriever learns from, for a batch of (query, candidate) groups.
+
+    ``weights`` is ``None`` for AR2's teacher (the ranker's raw logits); otherwise the mix
+    ``cfg.scale · Σ w_i norm(part_i)`` over the parts of weight > 0.
+    """
+
+    ranker: CrossEncoder
+    cfg: TeacherConfig
+    weights: dict[str, float] | None = None
+    prior: BiEncoder | None = None
+    bm25: BM25Index | None = None
+
+    def batch_scores(self, batch: Batch, run_cfg: AR2Config) -> Any:
+        """``(B, M)`` teacher scores of each query's group (no gradient)."""
+        from ar2.train.steps import ranker_scores, train_pair_length
+
+        torch = require("torch")
+        self.ranker.model.eval()
+        with torch.no_grad():
+            logits = ranker_scores(self.ranker, batch, train_pair_length(run_cfg))  # (B, M)
+            if self.weights is None:
+                return logits
+            parts = {"ranker": logits.float().cpu().numpy()}
+            if self.weights.get("retriever", 0) > 0:
+                parts["retriever"] = self._prior_scores(batch, run_cfg)
+            if self.weights.get("bm25", 0) > 0:
+                parts["bm25"] = self._bm25_scores(batch)
+        rows = [
+            mix({k: v[b] for k, v in parts.items()}, self.weights, self.cfg.norm, self.cfg.scale)
+            for b in range(len(batch.queries))
+        ]
+        return torch.tensor(np.stack(rows), dtype=logits.dtype)  # (B, M)
+
+    def _prior_scores(self, batch: Batch, run_cfg: AR2Config) -> np.ndarray:
+        assert self.prior is not None, "an ensemble with a retriever weight needs the prior"
+        q = self.prior.embed_queries(batch.queries)  # (B, dim)
+        d = self.prior.embed_docs(batch.docs, run_cfg.train_doc_max_length)  # (B * M, dim)
+        groups = d.view(len(batch.queries), batch.group_size, -1)  # (B, M, dim)
+        return (q.unsqueeze(1) * groups).sum(-1).float().cpu().numpy()  # (B, M)
+
+    def _bm25_scores(self, batch: Batch) -> np.ndarray:
+        assert self.bm25 is not None, "an ensemble with a bm25 weight needs the index"
+        m = batch.group_size
+        return np.stack([
+            self.bm25.score(q.text, [d.id for d in batch.docs[i * m : (i + 1) * m]])
+            for i, q in enumerate(batch.queries)
+        ])  # fmt: skip
+
+
+def for_round(ctx: RunContext, r: int, ranker: CrossEncoder) -> Teacher:
+    """Round ``r``'s teacher: the ranker, or the ensemble measured (and with ``tune`` chosen)
+    on dev, its record in ``dev_runs/round-R.teacher.json`` (read back on resume)."""
+    cfg = ctx.cfg.teacher
+    if cfg.kind == "ranker":
+        return Teacher(ranker, cfg)
+    from ar2.index import BM25Index
+
+    prior = BiEncoder.load(ctx.out / ("g0" if r == 1 else f"rounds/{r - 1}") / "retriever")
+    bm25 = BM25Index.build(ctx.data.corpus)
+    path = ctx.out / "dev_runs" / f"round-{r}.teacher.json"
+    if not path.is_file():
+        record = measure(ctx, r, ranker, bm25)
+        distributed.on_main(atomic_write_json, path, record)
+    record = json.loads(path.read_text())
+    ctx.metrics.write({"stage": f"teacher-{r}", "round": r, "dev": record["dev"],
+                       "weights": record["weights"], "seconds": record["seconds"]})  # fmt: skip
+    return Teacher(ranker, cfg, record["weights"], prior, bm25)
+
+
+def measure(ctx: RunContext, r: int, ranker: CrossEncoder, bm25: BM25Index) -> dict[str, Any]:
+    """Score the dev run's top ``rerank_k`` with every part, and rerank it with the teacher
+    (the configured weights, or with ``tune`` the best of :func:`grid`) and with each part
+    alone; the record of ``round-R.teacher.json``."""
+    from ar2.evaluate import evaluate
+    from ar2.train.rounds import split_queries
+
+    cfg, data, began = ctx.cfg, ctx.data, time.perf_counter()
+    run = read_run(ctx.out / "dev_runs" / f"round-{r - 1}.trec")
+
+    def score(queries: Sequence[Query]) -> dict[str, tuple[list[Hit], dict[str, np.ndarray]]]:
+        return dev_parts(run, queries, ranker, bm25, data.docs, cfg.rerank_k, f"teacher {r}")
+
+    parts = split_queries(score, data.dev)
+
+    def value(weights: Mapping[str, float]) -> float:
+        scored = {
+            qid: (hits, mix(p, weights, cfg.teacher.norm, cfg.teacher.scale))
+            for qid, (hits, p) in parts.items()
+        }
+        ranked = fused_run(scored, run, 1.0)
+        return evaluate(ranked, data.dev_qrels, [cfg.eval_measure])[cfg.eval_measure]
+
+    alone = {part: value({part: 1.0}) for part in TEACHER_PARTS}
+    if cfg.teacher.tune:
+        tried = [(value(w), w) for w in grid()]
+        best, weights = max(tried, key=lambda t: t[0])  # the first of equals: ranker-heaviest
+    else:
+        weights = cfg.teacher.weights()
+        best, tried = value(weights), []
+    return {
+        "weights": weights,
+        "dev": {"T": best} | {part: v for part, v in alone.items()},
+        "measure": cfg.eval_measure,
+        "rerank_k": cfg.rerank_k,
+        "tuned": cfg.teacher.tune,
+        "grid": [{"weights": w, cfg.eval_measure: v} for v, w in tried],
+        "seconds": round(time.perf_counter() - began, 2),
+    }
+
+
+def dev_parts(
+    run: Run,
+    queries: Sequence[Query],
+    ranker: CrossEncoder,
+    bm25: BM25Index,
+    docs: Mapping[str, Doc],
+    k: int,
+    desc: str,
+) -> dict[str, tuple[list[Hit], dict[str, np.ndarray]]]:
+    """Each query's top ``k`` hits of ``run`` with every part's scores for them."""
+    from ar2.train.rounds import score_heads
+
+    heads = score_heads(run, queries, ranker, docs, k, desc)
+    texts = {q.id: q.text for q in queries}
+    return {
+        qid: (hits, {
+            "ranker": np.asarray(logits, dtype=np.float64),
+            "retriever": np.array([h.score for h in hits]),
+            "bm25": bm25.score(texts[qid], [h.doc_id for h in hits]),
+        })
+        for qid, (hits, logits) in heads.items()
+    }  # fmt: skip
