@@ -298,3 +298,20 @@ def test_answer_accuracy_uses_the_tie_rule_and_checks_inputs():
         ev.answer_accuracy(run, queries, texts, ks=(0,))
     with pytest.raises(ValueError, match="no query has an answer"):
         ev.answer_accuracy(run, [Query("q", "?")], texts)
+
+
+def test_a_chain_tests_each_system_against_the_one_before_with_one_holm_family() -> None:
+    from ar2.evaluate import compare, compare_chain
+
+    pq = {
+        "a": {"m": {"q1": 0.1, "q2": 0.2, "q3": 0.3, "q4": 0.2}},
+        "b": {"m": {"q1": 0.4, "q2": 0.3, "q3": 0.9, "q4": 0.5}},
+        "c": {"m": {"q1": 0.5, "q2": 0.3, "q3": 0.8, "q4": 0.9}},
+    }
+    rows = compare_chain(pq, ["a", "b", "c"], ["m"])
+    alone = [
+        compare({k: pq[k] for k in pair}, pair[0], ["m"])[0] for pair in (("a", "b"), ("b", "c"))
+    ]
+    assert [r["p_value"] for r in rows] == [r["p_value"] for r in alone]
+    smallest = min(r["p_value"] for r in rows)
+    assert min(r["p_holm"] for r in rows) == pytest.approx(2 * smallest)  # two tests, one family

@@ -585,3 +585,20 @@ def test_false_negative_filters_apply_to_every_mining_and_are_counted(tmp_path: 
         # BM25 ranks each toy positive first: the window's other candidate goes
         for g in lines:  # nothing dropped is a negative
             assert not {doc for _, doc in g.get("filtered", [])} & set(g["negatives"])
+
+
+def test_the_report_tests_each_stage_against_the_one_before(
+    toy_run: tuple[Path, Path, Path],
+) -> None:
+    from ar2.report import read_per_query
+
+    _, _, out = toy_run
+    rows = json.loads((out / "stage_tests.json").read_text())
+    pairs = [(r["baseline"], r["system"]) for r in rows if r["measure"] == "nDCG@10"]
+    assert pairs == [("start", "g0"), ("g0", "ar2-g"), ("ar2-g", "ar2-g+d")]
+    values = read_per_query(out)
+    for row in rows:
+        now, before = values[row["system"]][row["measure"]], values[row["baseline"]][row["measure"]]
+        by_hand = sum(now[q] - before[q] for q in now) / len(now)
+        assert row["mean_diff"] == pytest.approx(by_hand)
+    assert "## Each stage against the one before it" in (out / "report.md").read_text()

@@ -41,6 +41,7 @@ class EvalJob:
     precision: str = "auto"
     index: IndexConfig = IndexConfig()
     overwrite: bool = False
+    chain: tuple[str, ...] = ()  # systems also tested each against the one before it
 
     def inputs(self) -> list[str | Path | None]:
         """The folders this job reads: the data, the model folders and the reranker."""
@@ -167,7 +168,7 @@ def score_and_report(
     systems: dict[str, Any],
 ) -> dict[str, dict[str, float]]:
     """Score ``runs`` against ``labels``, test each system against the first, write the report."""
-    from ar2.evaluate import compare, mean_of, per_query
+    from ar2.evaluate import compare, compare_chain, mean_of, per_query
     from ar2.report import write_report
 
     queries, qrels = labels
@@ -178,9 +179,10 @@ def score_and_report(
             results[name].update(accuracy)
     baseline = next(iter(runs))
     comparisons = compare(per_q, baseline, job.measures) if len(runs) > 1 else []
-    write_report(
-        job.out, results, per_q, _protocol(job, qrels, corpus, systems, baseline), comparisons
-    )
+    chain = [name for name in job.chain if name in per_q]
+    stages = compare_chain(per_q, chain, job.measures)
+    protocol = _protocol(job, qrels, corpus, systems, baseline)
+    write_report(job.out, results, per_q, protocol, comparisons, stages)
     return results
 
 

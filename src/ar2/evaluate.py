@@ -280,6 +280,38 @@ def compare(
         if system != baseline
         for measure in dict.fromkeys(measures)
     ]
+    return _holm(rows, alpha)
+
+
+def compare_chain(
+    per_query_by_system: Mapping[str, Mapping[str, Mapping[str, float]]],
+    chain: Sequence[str],
+    measures: Sequence[str],
+    alpha: float = 0.05,
+) -> list[dict[str, Any]]:
+    """Paired two-sided t-tests of each system of ``chain`` against the one before it (the
+    stages of a training run: start → g0 → ar2-g → ar2-g+d), Holm-corrected over these rows.
+
+    Returns:
+        Rows as :func:`compare`'s, ``baseline`` being the system before.
+
+    Example:
+        >>> pq = {s: {"RR@10": {"q1": a, "q2": b, "q3": c}} for s, a, b, c in
+        ...       [("start", 0.0, 0.5, 0.5), ("g0", 0.5, 0.5, 1.0), ("ar2", 0.5, 1.0, 1.0)]}
+        >>> [(r["system"], r["baseline"], round(r["mean_diff"], 4))
+        ...  for r in compare_chain(pq, ["start", "g0", "ar2"], ["RR@10"])]
+        [('g0', 'start', 0.3333), ('ar2', 'g0', 0.1667)]
+    """
+    rows = [
+        _compare_row(per_query_by_system, system, before, measure)
+        for before, system in zip(chain, chain[1:])
+        for measure in dict.fromkeys(measures)
+    ]
+    return _holm(rows, alpha)
+
+
+def _holm(rows: list[dict[str, Any]], alpha: float) -> list[dict[str, Any]]:
+    """``rows`` with ``p_holm`` (Holm over all of them), ``significant`` and ``alpha``."""
     if rows:
         multitest = require("statsmodels.stats.multitest")
         _, p_holm, _, _ = multitest.multipletests([r["p_value"] for r in rows], method="holm")

@@ -95,7 +95,7 @@ def _p(value: float) -> str:
     return f"{value:.3g}"
 
 
-def _significance_md(comparisons: Sequence[dict]) -> str:
+def _significance_md(comparisons: Sequence[dict], against: str = "the baseline") -> str:
     """The significance section: one row per comparison, and the legend."""
     if not comparisons:
         return "No significance tests (a single system, or no baseline given)."
@@ -113,7 +113,7 @@ def _significance_md(comparisons: Sequence[dict]) -> str:
         )
     lines += [
         "",
-        f"{SIGNIFICANCE_MARK}: significantly different from the baseline: paired two-sided "
+        f"{SIGNIFICANCE_MARK}: significantly different from {against}: paired two-sided "
         f"t-test over the same queries, Holm-corrected across all {len(comparisons)} "
         f"comparisons, p (Holm) < {alpha}. **Bold**: best value per measure.",
     ]
@@ -135,6 +135,7 @@ def _report_md(
     results: Mapping[str, Mapping[str, float]],
     protocol: Mapping[str, Any],
     comparisons: Sequence[dict],
+    stages: Sequence[dict] = (),
 ) -> str:
     """The whole ``report.md``."""
     sections = [
@@ -143,6 +144,13 @@ def _report_md(
         _results_md(results, comparisons),
         "## Significance",
         _significance_md(comparisons),
+    ]
+    if stages:
+        sections += [
+            "## Each stage against the one before it",
+            _significance_md(stages, "the stage before it"),
+        ]
+    sections += [
         "## Protocol",
         _protocol_md(protocol),
         "Per-query values: `per_query.tsv`; chart: `report.png`.",
@@ -184,6 +192,7 @@ def write_report(
     per_query: dict[str, dict[str, dict[str, float]]],
     protocol: dict,
     comparisons: list[dict],
+    stages: list[dict] | None = None,
 ) -> None:
     """Write ``report.json``, ``report.md``, ``per_query.tsv``, ``protocol.json``, ``report.png``.
 
@@ -196,6 +205,9 @@ def write_report(
         per_query: ``system -> measure -> query_id -> value`` (:func:`ar2.evaluate.per_query`).
         protocol: how the numbers were made, e.g. :data:`ar2.evaluate.PROTOCOL_NOTES` + dataset.
         comparisons: rows of :func:`ar2.evaluate.compare` (may be empty).
+        stages: rows of :func:`ar2.evaluate.compare_chain`, each system against the one
+            before it (a training run's stages); a section of ``report.md`` and
+            ``stage_tests.json`` when given.
 
     Example:
         >>> import tempfile, json, pathlib
@@ -212,5 +224,7 @@ def write_report(
     atomic_write_text(out / "per_query.tsv", _per_query_tsv(per_query))
     atomic_write_json(out / "protocol.json", protocol)
     atomic_write_bytes(out / "report.png", report_chart(clean, per_query))
-    atomic_write_text(out / "report.md", _report_md(clean, protocol, comparisons))
+    if stages:
+        atomic_write_json(out / "stage_tests.json", stages)
+    atomic_write_text(out / "report.md", _report_md(clean, protocol, comparisons, stages or ()))
     atomic_write_json(out / "report.json", clean)

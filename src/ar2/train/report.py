@@ -46,9 +46,8 @@ def final_report(
     info["training"] = _training_note(out, data, cfg)
     from ar2.comparison import EvalJob, score_and_report
 
-    job = EvalJob(
-        data_dir, "test", SYSTEMS, out, reranker=str(out / "ranker"), rerank_k=cfg.rerank_k
-    )
+    job = EvalJob(data_dir, "test", SYSTEMS, out, reranker=str(out / "ranker"),
+                  rerank_k=cfg.rerank_k, chain=SYSTEMS[1:])  # fmt: skip
     results = score_and_report(job, runs, (data.test, data.test_qrels), data.corpus, info)
     _cards(data_dir, out, cfg, results)
     return results
