@@ -602,3 +602,41 @@ def test_the_report_tests_each_stage_against_the_one_before(
         by_hand = sum(now[q] - before[q] for q in now) / len(now)
         assert row["mean_diff"] == pytest.approx(by_hand)
     assert "## Each stage against the one before it" in (out / "report.md").read_text()
+
+
+def test_the_run_delivers_the_round_best_on_dev(
+    toy_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """Round 0 made best on dev (its metrics line edited): a resumed run delivers G0 and D0
+    with round 0's fusion weight; ``deliver = "last"`` keeps the last round's."""
+    import shutil
+
+    data, model, base = toy_run
+    out = tmp_path / "run"
+    shutil.copytree(base, out)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        if line["stage"] == "dev-g-0":
+            line["dev"]["G"] = 2.0  # above any nDCG: round 0 is best
+    (out / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert main(["-q", "train", str(data), "--preset", "toy", "--model", str(model),
+                 "--out", str(out), "--resume"]) == 0  # fmt: skip
+    for got, want in (("retriever", "g0/retriever"), ("ranker", "d0/ranker")):
+        weights = "model.safetensors"
+        assert (out / got / weights).read_bytes() == (out / want / weights).read_bytes()
+    weight = json.loads((out / "dev_runs" / "round-0.fusion.json").read_text())["weight"]
+    manifest = json.loads((out / "ranker" / "manifest.json").read_text())
+    assert manifest["config"]["fusion_weight"] == weight
+    protocol = json.loads((out / "protocol.json").read_text())
+    assert protocol["systems"]["training"]["delivered"].startswith("round 0 of 2")
+    # the last round's, whatever dev says
+    last = tmp_path / "last"
+    shutil.copytree(out, last)
+    config = json.loads((last / "config.json").read_text())
+    (last / "config.json").write_text(json.dumps(config | {"deliver": "last"}))
+    assert main(["-q", "train", str(data), "--config", str(last / "config.json"),
+                 "--model", str(model), "--out", str(last), "--resume"]) == 0  # fmt: skip
+    weights = "model.safetensors"
+    assert (last / "retriever" / weights).read_bytes() == (
+        last / "rounds" / "2" / "retriever" / weights
+    ).read_bytes()

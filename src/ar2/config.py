@@ -36,6 +36,7 @@ KD_LOSSES = ("ce", "margin_mse", "nway_kl")
 TEACHERS = ("ranker", "ensemble")
 TEACHER_NORMS = ("minmax", "zscore")
 TEACHER_PARTS = ("ranker", "retriever", "bm25")
+DELIVERIES = ("best", "last")
 
 
 @dataclass(frozen=True)
@@ -356,6 +357,10 @@ class AR2Config:
         tune_fusion: Rerank by ``(1 - w) z(G) + w z(D)`` with ``w`` tuned on dev each round
             (our addition, :mod:`ar2.fusion`); ``False`` ranks by the ranker alone, as AR2 does.
         checkpoint_every: Steps between checkpoints inside a training stage.
+        deliver: Which round's models the run delivers (``retriever/``, ``ranker/``,
+            ``index/``, and ar2-g, ar2-g+d in the report): ``"best"``, the round (0 = G0 and
+            D0) whose retriever scored highest on dev (ties: the later), with that round's
+            ranker and fusion weight; ``"last"``, the last round's, whatever dev said.
         attention_dropout: Dropout on the attention probabilities of both models while they
             train; ``None`` keeps the model's own (0.1 for MiniLM). At 0 a CPU runs the fused
             attention kernel (:mod:`ar2.encoders.dropout`; speed and dev effect in
@@ -399,6 +404,7 @@ class AR2Config:
     rerank_k: int = 50
     tune_fusion: bool = True
     checkpoint_every: int = 50
+    deliver: str = "best"
     attention_dropout: float | None = None
     fast_dropout: bool = False
     index: IndexConfig = IndexConfig()
@@ -418,6 +424,7 @@ class AR2Config:
         check_choice("retriever_loss", self.retriever_loss, RETRIEVER_LOSSES)
         check_choice("adv_reduction", self.adv_reduction, ADV_REDUCTIONS)
         check_choice("kd_loss", self.kd_loss, KD_LOSSES)
+        check_choice("deliver", self.deliver, DELIVERIES)
         if self.mine_rank_start >= self.mine_k:
             raise ValueError(
                 f"mine_rank_start = {self.mine_rank_start} drops every one of the mine_k = "

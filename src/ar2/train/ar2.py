@@ -89,8 +89,42 @@ def run_ar2(
         mine_round(ctx, 0, retriever, None)
         ranker = _warmup_ranker(ctx)
         retriever, ranker = adversarial_rounds(ctx, retriever, ranker)
-        report = distributed.on_main(final_report, data_dir, out, data, retriever, ranker, cfg)
+        chosen = delivered_round(ctx.metrics.records, cfg)
+        if chosen != cfg.rounds:
+            retriever, ranker = _round_models(out, chosen)
+        report = distributed.on_main(
+            final_report, data_dir, out, data, retriever, ranker, cfg, chosen
+        )
     return report or {}
+
+
+def delivered_round(records: list[dict[str, Any]], cfg: AR2Config) -> int:
+    """The round whose models the run delivers (``cfg.deliver``): the last, or the one whose
+    retriever scored best on dev (``dev-g-R``; ties: the later round).
+
+    Example:
+        >>> records = [{"stage": "dev-g-0", "round": 0, "dev": {"G": 0.34}},
+        ...            {"stage": "dev-g-1", "round": 1, "dev": {"G": 0.32}}]
+        >>> delivered_round(records, AR2Config(rounds=1)), delivered_round(
+        ...     records, AR2Config(rounds=1, deliver="last"))
+        (0, 1)
+    """
+    if cfg.deliver == "last":
+        return cfg.rounds
+    dev = {r["round"]: r["dev"]["G"] for r in records if r["stage"].startswith("dev-g-")}
+    best = max(dev, key=lambda r: (dev[r], r))
+    if best != cfg.rounds:
+        log.info("delivering round %d's models: dev G %.4f against %.4f after the last round",
+                 best, dev[best], dev[cfg.rounds])  # fmt: skip
+    return best
+
+
+def _round_models(out: Path, r: int) -> tuple[BiEncoder, CrossEncoder]:
+    """Round ``r``'s saved retriever and ranker (round 0: G0 and D0)."""
+    if r == 0:
+        return BiEncoder.load(out / "g0" / "retriever"), CrossEncoder.load(out / "d0" / "ranker")
+    folder = out / "rounds" / str(r)
+    return BiEncoder.load(folder / "retriever"), CrossEncoder.load(folder / "ranker")
 
 
 def _claim(

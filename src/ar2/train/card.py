@@ -125,18 +125,20 @@ def write_cards(out: Path, facts: CardFacts, bases: dict[str, str]) -> None:
         atomic_write_text(out / role / README, model_card(CardFacts(**(facts.__dict__ | changes))))
 
 
-def last_dev(records: list[dict[str, Any]]) -> dict[str, float]:
-    """The dev figures of the last round in a run's ``metrics.jsonl`` records.
+def last_dev(records: list[dict[str, Any]], round_: int | None = None) -> dict[str, float]:
+    """The dev figures of round ``round_`` (default: the last) in a run's ``metrics.jsonl``
+    records.
 
     Example:
-        >>> last_dev([{"round": 0, "dev": {"G": 0.6}}, {"round": 1, "dev": {"G": 0.7}},
-        ...           {"round": 1, "dev": {"G+D": 0.72}}])
-        {'G': 0.7, 'G+D': 0.72}
+        >>> records = [{"round": 0, "dev": {"G": 0.6}}, {"round": 1, "dev": {"G": 0.7}},
+        ...            {"round": 1, "dev": {"G+D": 0.72}}]
+        >>> last_dev(records), last_dev(records, 0)
+        ({'G': 0.7, 'G+D': 0.72}, {'G': 0.6})
     """
     rounds = [r for r in records if isinstance(r.get("dev"), dict)]
     if not rounds:
         return {}
-    last = max(r.get("round", 0) for r in rounds)
+    last = max(r.get("round", 0) for r in rounds) if round_ is None else round_
     merged: dict[str, float] = {}
     for record in rounds:
         if record.get("round", 0) == last:

@@ -28,38 +28,44 @@ def final_report(
     retriever: BiEncoder,
     ranker: CrossEncoder,
     cfg: AR2Config,
+    delivered: int | None = None,
 ) -> dict[str, Any]:
-    """Save ``retriever/``, ``ranker/``, ``index/``; compare the systems on test; plot."""
+    """Save ``retriever/``, ``ranker/``, ``index/`` (the models of round ``delivered``, by
+    default the last); compare the systems on test; plot."""
     from ar2.index import FaissIndex
     from ar2.train.rounds import fusion_weight
 
+    chosen = cfg.rounds if delivered is None else delivered
     retriever.save(out / "retriever")
-    ranker.config = dataclasses.replace(ranker.config, fusion_weight=fusion_weight(out, cfg.rounds))
+    ranker.config = dataclasses.replace(ranker.config, fusion_weight=fusion_weight(out, chosen))
     ranker.save(out / "ranker")
     final = BiEncoder.load(out / "retriever")
-    last = FaissIndex.load(out / "indexes" / f"round-{cfg.rounds}", mmap=True)
-    last.save(out / "index", {"encoder": final.describe()}, docs=data.corpus)
+    index = FaissIndex.load(out / "indexes" / f"round-{chosen}", mmap=True)
+    index.save(out / "index", {"encoder": final.describe()}, docs=data.corpus)
     plot_training(out)
     if not data.test:
         return {}
     runs, info = _test_runs(out, data, final, cfg)
-    info["training"] = _training_note(out, data, cfg)
+    info["training"] = _training_note(out, data, cfg) | {
+        "delivered": f"round {chosen} of {cfg.rounds} (deliver = {cfg.deliver!r}: "
+        + ("the best dev G)" if cfg.deliver == "best" else "the last round)")
+    }
     from ar2.comparison import EvalJob, score_and_report
 
     job = EvalJob(data_dir, "test", SYSTEMS, out, reranker=str(out / "ranker"),
                   rerank_k=cfg.rerank_k, chain=SYSTEMS[1:])  # fmt: skip
     results = score_and_report(job, runs, (data.test, data.test_qrels), data.corpus, info)
-    _cards(data_dir, out, cfg, results)
+    _cards(data_dir, out, cfg, results, chosen)
     return results
 
 
-def _cards(data_dir: Path, out: Path, cfg: AR2Config, results: dict[str, Any]) -> None:
+def _cards(data_dir: Path, out: Path, cfg: AR2Config, results: dict[str, Any], chosen: int) -> None:
     """The retriever's and the ranker's ``README.md`` (:mod:`ar2.train.card`)."""
     from ar2.train.card import DEFAULT_BASE, CardFacts, last_dev, write_cards
     from ar2.train.stage import MetricsLog
 
     config = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    dev = last_dev(MetricsLog(out / "metrics.jsonl").records)
+    dev = last_dev(MetricsLog(out / "metrics.jsonl").records, chosen)
     facts = CardFacts("retriever", "", str(out.resolve()), str(data_dir.resolve()), dev,
                       results, {k: v for k, v in config.items() if k != "data"})  # fmt: skip
     retriever = cfg.retriever_model or DEFAULT_BASE

@@ -120,7 +120,7 @@ def for_round(ctx: RunContext, r: int, ranker: CrossEncoder) -> Teacher:
         record = measure(ctx, r, ranker, bm25)
         distributed.on_main(atomic_write_json, path, record)
     record = json.loads(path.read_text())
-    ctx.metrics.write({"stage": f"teacher-{r}", "round": r, "dev": record["dev"],
+    ctx.metrics.write({"stage": f"teacher-{r}", "round": r, "teacher_dev": record["dev"],
                        "weights": record["weights"], "seconds": record["seconds"]})  # fmt: skip
     return Teacher(ranker, cfg, record["weights"], prior, bm25)
 
