@@ -106,10 +106,19 @@ def _is_run(path: Path) -> bool:
     return config is None or isinstance(config, dict) and {"g0", "rounds", "seed"} <= set(config)
 
 
+def _is_pretrain(path: Path) -> bool:
+    return (path / PRETRAIN_CONFIG).is_file()
+
+
+PRETRAIN_CONFIG = "pretrain.json"
+"""The settings and data of an ``ar2 pretrain`` run (not ``config.json``: the run folder is
+no model folder)."""
+
 KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
     "index": ("an ar2 index (`ar2 index`)", _is_index),
     "eval": ("an ar2 eval report (`ar2 eval`)", _is_eval),
     "run": ("an ar2 training run (`ar2 train`)", _is_run),
+    "pretrain": ("an ar2 pretraining run (`ar2 pretrain`)", _is_pretrain),
 }
 """Output kinds: a description and a test that a folder is one."""
 

@@ -17,14 +17,18 @@ from ar2.config import AR2Config, config_tables
 from ar2.errors import Ar2Error
 
 
-def apply_overrides(data: dict[str, Any], sets: Sequence[str]) -> dict[str, Any]:
+def apply_overrides(
+    data: dict[str, Any], sets: Sequence[str], root: type = AR2Config
+) -> dict[str, Any]:
     """``data`` (a config's TOML) with the ``KEY=VALUE`` settings of ``ar2 train --set``
     applied in order (the last of a key wins). ``KEY`` is a field (``rounds``) or
     ``table.field`` (``g0.steps``); ``VALUE`` is a TOML value, or plain text where it is not
     one (``eval_measure=nDCG@10``, a path); ``none`` (or nothing) unsets a field that may be
     unset (``g0.epochs=none``: the stage runs ``steps``). Keys and types are checked as a TOML
     file's are,
-    the error naming the ``--set``; ranges are checked when the config is built.
+    the error naming the ``--set``; ranges are checked when the config is built. ``root`` is
+    the config class the keys belong to (:class:`~ar2.config.PretrainConfig` for
+    ``ar2 pretrain``).
 
     Example:
         >>> apply_overrides({"g0": {"lr": 1e-5}}, ["rounds=3", "g0.steps=80"])
@@ -35,7 +39,7 @@ def apply_overrides(data: dict[str, Any], sets: Sequence[str]) -> dict[str, Any]
     """
     out = dict(data)
     for item in sets:
-        table, key, value = parse_override(item)
+        table, key, value = parse_override(item, root)
         if table is None:
             out[key] = value
         elif isinstance(out.get(table, {}), dict):  # else load_ar2_config names the file's error
@@ -43,7 +47,7 @@ def apply_overrides(data: dict[str, Any], sets: Sequence[str]) -> dict[str, Any]
     return out
 
 
-def parse_override(item: str) -> tuple[str | None, str, Any]:
+def parse_override(item: str, root: type = AR2Config) -> tuple[str | None, str, Any]:
     """One ``--set KEY=VALUE``: its table (``None`` for a top-level field), key and value,
     checked against the field's type.
 
@@ -64,7 +68,7 @@ def parse_override(item: str) -> tuple[str | None, str, Any]:
             f"{source}: not KEY=VALUE. Fix: write it like --set rounds=3 or --set g0.steps=80"
         )
     table, _, key = name.rpartition(".")
-    hint = _override_type(source, table, key)
+    hint = _override_type(source, table, key, root)
     value = _toml_value(text.strip())
     if value in ("none", "") and type(None) in typing.get_args(hint):
         value = None  # what leaving the key out of a TOML file gives (``g0.epochs=none``)
@@ -72,7 +76,7 @@ def parse_override(item: str) -> tuple[str | None, str, Any]:
     return table or None, key, value
 
 
-def _override_type(source: str, table: str, key: str) -> Any:
+def _override_type(source: str, table: str, key: str, root: type = AR2Config) -> Any:
     """The type of the field ``--set`` names (``table`` empty at the top level), or an
     :class:`Ar2Error` naming the closest valid key.
 
@@ -80,7 +84,7 @@ def _override_type(source: str, table: str, key: str) -> Any:
         >>> _override_type("--set g0.steps=8", "g0", "steps")
         <class 'int'>
     """
-    tables, fields = config_tables(), typing.get_type_hints(AR2Config)
+    tables, fields = config_tables(root), typing.get_type_hints(root)
     if not table and key in tables:
         raise Ar2Error(
             f"{source}: {key} is a table of settings, not one value. Fix: set its keys one "

@@ -11,10 +11,19 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ar2 import __version__
 from ar2._typed import non_negative_int, port_number, positive_int
-from ar2.config import INDEX_KINDS, INDEX_PRESETS, PRECISIONS, AR2Config, IndexConfig, preset_path
+from ar2.config import (
+    INDEX_KINDS,
+    INDEX_PRESETS,
+    PRECISIONS,
+    AR2Config,
+    IndexConfig,
+    PretrainConfig,
+    preset_path,
+)
 from ar2.errors import Ar2Error, os_error_message
 
 log = logging.getLogger("ar2")
@@ -166,11 +175,71 @@ def _train_config(args: argparse.Namespace) -> AR2Config:
     source = args.config or str(preset_path(args.preset))
     data = load_config_file(source)
     if args.model:
-        data = data | {"retriever_model": args.model, "ranker_model": args.model}
+        data = data | _start_models(Path(args.model))
     if args.set:
         data = apply_overrides(data, args.set)
         source = f"{source} with --set {' '.join(args.set)}"
     return load_ar2_config(data, source)
+
+
+def _start_models(model: Path) -> dict[str, Any]:
+    """``--model`` of ``ar2 train``: one folder for both models, or an ``ar2 pretrain`` run
+    (its retriever and its ranker, the ranker no longer started from G0).
+
+    Example:
+        >>> _start_models(Path("m"))
+        {'retriever_model': 'm', 'ranker_model': 'm'}
+    """
+    from ar2._outdir import is_kind
+
+    if is_kind(model, "pretrain"):
+        return {"retriever_model": str(model / "retriever"), "ranker_model": str(model / "ranker"),
+                "ranker_from_g0": False}  # fmt: skip
+    return {"retriever_model": str(model), "ranker_model": str(model)}
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """A retriever and a ranker trained on a corpus alone (ICT pseudo-queries and crops)."""
+    from ar2.report import format_table
+    from ar2.train.pretrain import run_pretrain
+
+    cfg = _pretrain_config(args)
+    results = run_pretrain(Path(args.data_dir), Path(args.out), cfg, args.resume, args.overwrite)
+    if results:
+        print(format_table(results))
+    print(f"\nrun: {args.out} (retriever/, ranker/, report.md, metrics.jsonl); train from it "
+          f"with: ar2 train DATA --model {args.out}")  # fmt: skip
+    return 0
+
+
+def _pretrain_config(args: argparse.Namespace) -> PretrainConfig:
+    """The config of ``ar2 pretrain``: the defaults, a ``--config`` TOML over them (table by
+    table), ``--model``, then each ``--set``.
+
+    Example:
+        >>> argv = ["pretrain", "data", "--out", "o", "--set", "retriever.steps=5"]
+        >>> cfg = _pretrain_config(build_parser().parse_args(argv))
+        >>> cfg.retriever.steps, cfg.retriever.batch_size
+        (5, 32)
+    """
+    import dataclasses
+
+    from ar2._overrides import apply_overrides
+    from ar2.config import load_pretrain_config, load_toml
+
+    data = dataclasses.asdict(PretrainConfig())
+    source = "ar2 pretrain's defaults"
+    if args.config:
+        source = args.config
+        for key, value in load_toml(args.config).items():
+            data[key] = data[key] | value if isinstance(data.get(key), dict) and \
+                isinstance(value, dict) else value  # fmt: skip
+    if args.model:
+        data["model"] = args.model
+    if args.set:
+        data = apply_overrides(data, args.set, PretrainConfig)
+        source = f"{source} with --set {' '.join(args.set)}"
+    return load_pretrain_config(data, source)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -212,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_index(sub)
     _add_search(sub)
     _add_eval(sub)
+    _add_pretrain(sub)
     _add_train(sub)
     _add_serve(sub)
     return parser
@@ -272,6 +342,21 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="flat", choices=INDEX_PRESETS)
     _add_precision(p)
     p.set_defaults(func=cmd_eval)
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain", help="train a retriever and a ranker on a corpus alone (no queries, no qrels)"
+    )
+    p.add_argument("data_dir", help="folder with corpus.jsonl (nothing else is read)")
+    p.add_argument("--out", required=True, help="run folder (retriever/, ranker/, report)")
+    p.add_argument("--config", help="a TOML file of PretrainConfig fields")
+    p.add_argument("--model", help="start both models from this folder (default: MiniLM)")
+    change = "change a setting (ict_fraction=0.5, retriever.steps=200), repeatable"
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=change)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    _add_overwrite(p, "start again in an --out that holds a pretraining run or other files")
+    p.set_defaults(func=cmd_pretrain)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

@@ -438,6 +438,80 @@ class AR2Config:
             )
 
 
+@dataclass(frozen=True)
+class PretrainConfig:
+    """``ar2 pretrain``: a retriever and a ranker trained on pairs made from the corpus alone
+    (:mod:`ar2.data.pseudo`; no queries, no qrels).
+
+    Attributes:
+        seed: Seeds the pairs, the batches and the dropout of every step.
+        model: Start of both models (default: bundled all-MiniLM-L6-v2).
+        query_max_length: Token cut-off of the pseudo-queries (and of the real ones later).
+        doc_max_length: Token cut-off of the pseudo-positives in training.
+        ranker_max_length: The ranker's pair cut-off (query + document).
+        scale: Similarity scale of the retriever scores (as in ``ar2 train``).
+        ict_fraction: Share of the pairs that are ICT pairs (Lee et al. 2019: a sentence of a
+            document is the query, the rest of the document the positive); the others are
+            independent crops (Izacard et al. 2022: two random spans of a document).
+        ict_keep: Probability that the ICT sentence stays in its positive (Lee et al.: 0.1).
+        crop_min: Shortest crop, as a share of the document's words (Contriever: 0.05-0.5
+            of a 256-token chunk; we crop the document, cut at ``doc_max_length``).
+        crop_max: Longest crop, as a share of the document's words.
+        word_delete: Probability that each word of a crop is deleted (Contriever: 0.1).
+        retriever: The retriever's stage: in-batch negatives only (``n_neg`` is ignored).
+        ranker: The ranker's stage: listwise CE over the pseudo-positive and ``n_neg``
+            negatives from BM25's top ``negatives_k`` for the pseudo-query (its source left out).
+        negatives_k: BM25 depth the ranker's negatives are drawn from.
+        ranker_from_retriever: Start the ranker from the pretrained retriever (as
+            ``ranker_from_g0`` in ``ar2 train``) rather than from ``model``.
+        attention_dropout: As in ``ar2 train``.
+        fast_dropout: As in ``ar2 train``.
+        checkpoint_every: Steps between checkpoints.
+        check_queries: Held-out pseudo-queries of the report's check: each searches a sample
+            of ``check_docs`` documents (its source among them) with the start model and the
+            pretrained one.
+        check_docs: Documents in that sample.
+    """
+
+    seed: int = 42
+    model: str | None = None
+    query_max_length: int = 64
+    doc_max_length: int = 128
+    ranker_max_length: int = 192
+    scale: float = 20.0
+    ict_fraction: float = 0.5
+    ict_keep: float = 0.1
+    crop_min: float = 0.1
+    crop_max: float = 0.5
+    word_delete: float = 0.1
+    retriever: StageConfig = StageConfig(steps=200, batch_size=32, n_neg=0, lr=2e-5)
+    ranker: StageConfig = StageConfig(steps=100, batch_size=8, n_neg=7, lr=1e-4, head_lr=1e-3)
+    negatives_k: int = 30
+    ranker_from_retriever: bool = True
+    attention_dropout: float | None = 0.0
+    fast_dropout: bool = True
+    checkpoint_every: int = 50
+    check_queries: int = 200
+    check_docs: int = 1000
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            self,
+            at_least={"query_max_length": 1, "doc_max_length": 1, "ranker_max_length": 1,
+                      "ict_fraction": 0.0, "ict_keep": 0.0, "word_delete": 0.0,
+                      "negatives_k": 1, "checkpoint_every": 1, "check_queries": 0,
+                      "check_docs": 1, "attention_dropout": 0.0},
+            above={"scale": 0.0, "crop_min": 0.0},
+            at_most={"ict_fraction": 1.0, "ict_keep": 1.0, "crop_max": 1.0,
+                     "word_delete": 0.9, "attention_dropout": 0.9},
+        )  # fmt: skip
+        if self.crop_min > self.crop_max:
+            raise ValueError(
+                f"crop_min = {self.crop_min} is above crop_max = {self.crop_max}; "
+                "set crop_min <= crop_max"
+            )
+
+
 STAGES = ("g0", "d0", "ranker", "retriever")
 """The training stages of an :class:`AR2Config` (its :class:`StageConfig` tables)."""
 
@@ -463,13 +537,30 @@ def load_ar2_config(data: dict[str, Any], source: str = "config") -> AR2Config:
     return from_dict(AR2Config, fields, source)
 
 
-def config_tables() -> dict[str, type]:
-    """The fields of :class:`AR2Config` written as TOML tables, with their dataclasses.
+def config_tables(root: type = AR2Config) -> dict[str, type]:
+    """The fields of ``root`` (:class:`AR2Config`, :class:`PretrainConfig`) written as TOML
+    tables, with their dataclasses.
 
     Example:
         >>> sorted(config_tables())
         ['d0', 'g0', 'index', 'ranker', 'retriever', 'teacher']
+        >>> sorted(config_tables(PretrainConfig))
+        ['ranker', 'retriever']
     """
     kinds = {"StageConfig": StageConfig, "IndexConfig": IndexConfig,
              "TeacherConfig": TeacherConfig}  # fmt: skip
-    return {f.name: kinds[f.type] for f in dataclasses.fields(AR2Config) if f.type in kinds}
+    return {f.name: kinds[f.type] for f in dataclasses.fields(root) if f.type in kinds}
+
+
+def load_pretrain_config(data: dict[str, Any], source: str = "config") -> PretrainConfig:
+    """Build a :class:`PretrainConfig` from nested TOML data.
+
+    Example:
+        >>> load_pretrain_config({"retriever": {"steps": 10}}).retriever.steps
+        10
+    """
+    kinds = config_tables(PretrainConfig)
+    fields = {
+        k: from_dict(kinds[k], v, f"{source} [{k}]") if k in kinds else v for k, v in data.items()
+    }
+    return from_dict(PretrainConfig, fields, source)

@@ -24,6 +24,11 @@ T = TypeVar("T")
 def check_model_dir(path: str | Path) -> Path:
     """Return ``path`` as a Path if it is a local model folder, else raise a clear error."""
     path = Path(path)
+    if not (path / "config.json").is_file() and (path / "retriever" / "config.json").is_file():
+        raise Ar2Error(
+            f"{path}: a run folder, not a model folder. Fix: pass {path / 'retriever'} (or "
+            f"{path / 'ranker'} for the ranker)"
+        )
     if not (path / "config.json").is_file():
         raise Ar2Error(
             f"{path}: not a model folder (no config.json). Fix: pass a local Hugging Face or "

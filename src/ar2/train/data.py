@@ -111,9 +111,10 @@ def train_query_count(data_dir: Path) -> tuple[int, bool]:
     return len(qrels), (data_dir / "qrels" / "dev.tsv").is_file()
 
 
-def data_record(data_dir: Path) -> dict[str, Any]:
+def data_record(data_dir: Path, corpus_only: bool = False) -> dict[str, Any]:
     """Where a run's data is and what it holds: the size and SHA-256 of ``corpus.jsonl``,
-    ``queries.jsonl`` and every ``qrels/*.tsv`` (stored in the run's ``config.json``).
+    ``queries.jsonl`` and every ``qrels/*.tsv`` (stored in the run's ``config.json``);
+    ``corpus_only``: of ``corpus.jsonl`` alone (``ar2 pretrain`` reads nothing else).
 
     Example:
         >>> import pathlib, tempfile
@@ -122,8 +123,8 @@ def data_record(data_dir: Path) -> dict[str, Any]:
         >>> data_record(d)["files"]["corpus.jsonl"]["size"]
         2
     """
-    names = ["corpus.jsonl", "queries.jsonl"]
-    if (data_dir / "qrels").is_dir():
+    names = ["corpus.jsonl"] + ([] if corpus_only else ["queries.jsonl"])
+    if (data_dir / "qrels").is_dir() and not corpus_only:
         names += sorted(f"qrels/{p.name}" for p in (data_dir / "qrels").glob("*.tsv"))
     files = {}
     for name in names:

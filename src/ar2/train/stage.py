@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ar2 import distributed
 from ar2._io import atomic_write_text
@@ -84,7 +84,21 @@ def model_of(encoder: BiEncoder) -> Any:
     )
 
 
-def for_training(module: Any, cfg: AR2Config) -> Any:
+class RunSettings(Protocol):
+    """What a training stage reads of its run's config (:class:`~ar2.config.AR2Config`,
+    :class:`~ar2.config.PretrainConfig`)."""
+
+    @property
+    def seed(self) -> int: ...
+    @property
+    def checkpoint_every(self) -> int: ...
+    @property
+    def attention_dropout(self) -> float | None: ...
+    @property
+    def fast_dropout(self) -> bool: ...
+
+
+def for_training(module: Any, cfg: RunSettings) -> Any:
     """``module`` with the run's dropout settings (:mod:`ar2.encoders.dropout`), in place."""
     if cfg.attention_dropout is None and not cfg.fast_dropout:
         return module
@@ -99,7 +113,7 @@ def train_stage(
     models: dict[str, Any],
     cfg: StageConfig,
     step_loss: Any,
-    run: AR2Config,
+    run: RunSettings,
 ) -> StageLog:
     """Train ``models`` (one Stepper each) for ``cfg.steps`` with a resumable checkpoint, with
     ``run``'s seed, dropout and checkpoint interval; returns every step's loss and the stage's

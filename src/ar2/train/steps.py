@@ -63,14 +63,7 @@ def draw_batch(
             "Fix: check qrels/train.tsv against the corpus, raise mine_k (--set mine_k=200), or "
             "loosen the false-negative filters (mine_rank_start, mine_relative_margin)"
         )
-    orders: dict[int, list[int]] = {}  # one seeded permutation per epoch the batch touches
-    picked = []
-    for i in range(cfg.batch_size):
-        epoch, offset = divmod(step * cfg.batch_size + i, len(groups))
-        if epoch not in orders:
-            orders[epoch] = list(range(len(groups)))
-            random.Random(f"{seed}/{stage}/epoch{epoch}").shuffle(orders[epoch])
-        picked.append(groups[orders[epoch][offset]])
+    picked = [groups[i] for i in epoch_picks(len(groups), cfg.batch_size, seed, stage, step)]
     rng = step_rng(seed, stage, step)
     batch_docs: list[Doc] = []
     for group in picked:
@@ -78,6 +71,25 @@ def draw_batch(
         negatives = sample_negatives(group.negatives, cfg.n_neg, rng)
         batch_docs.extend(docs[d] for d in (positive, *negatives))
     return Batch([g.query for g in picked], batch_docs).shard(distributed.world())
+
+
+def epoch_picks(n: int, batch_size: int, seed: int, stage: str, step: int) -> list[int]:
+    """The indices of ``step``'s batch among ``n`` items: one seeded permutation per epoch,
+    taken in order, so every item is drawn once per epoch.
+
+    Example:
+        >>> sorted(epoch_picks(4, 2, 0, "g0", 0) + epoch_picks(4, 2, 0, "g0", 1))
+        [0, 1, 2, 3]
+    """
+    orders: dict[int, list[int]] = {}  # one seeded permutation per epoch the batch touches
+    picked = []
+    for i in range(batch_size):
+        epoch, offset = divmod(step * batch_size + i, n)
+        if epoch not in orders:
+            orders[epoch] = list(range(n))
+            random.Random(f"{seed}/{stage}/epoch{epoch}").shuffle(orders[epoch])
+        picked.append(orders[epoch][offset])
+    return picked
 
 
 def group_scores(

@@ -1,0 +1,205 @@
+"""`ar2 pretrain` (issue 14): pairs from the corpus alone, no qrels read, resumable, and its
+models as `ar2 train`'s start."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ar2.cli import main
+from ar2.data.pseudo import crop, crop_pair, ict_pair, pseudo_pair, sentences
+from ar2.types import Doc
+
+TOPICS = ["cats", "dogs", "birds", "fish", "trees", "rocks", "stars", "ships", "roads", "songs"]
+
+
+def _corpus(root: Path, broken_labels: bool = True) -> Path:
+    """A corpus of 40 three-sentence documents; with ``broken_labels``, queries and qrels
+    files that fail to parse, so that a command reading them would stop."""
+    root.mkdir(parents=True, exist_ok=True)
+    docs = []
+    for t, topic in enumerate(TOPICS):
+        for j in range(4):
+            text = (f"The {topic} w{t}{j} live here. Many {topic} like w{t}{j} food. "
+                    f"Other {topic} avoid it.")  # fmt: skip
+            docs.append({"_id": f"{topic}{j}", "title": topic.title(), "text": text})
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    if broken_labels:
+        (root / "queries.jsonl").write_text("this is not json\n")
+        (root / "qrels").mkdir(exist_ok=True)
+        (root / "qrels" / "train.tsv").write_text("not\ta\tqrels\tfile\twith\tcolumns\n")
+    return root
+
+
+def _cmd(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    settings = ["retriever.steps=4", "retriever.batch_size=4", "ranker.steps=3",
+                "ranker.batch_size=2", "ranker.n_neg=2", "check_queries=5", "check_docs=20",
+                "checkpoint_every=1", "query_max_length=16", "doc_max_length=24",
+                "ranker_max_length=40"]  # fmt: skip
+    sets = [x for s in settings for x in ("--set", s)]
+    return [sys.executable, "-m", "ar2.cli", "-q", "pretrain", str(data), "--out", str(out),
+            "--model", str(model), *sets, *extra]  # fmt: skip
+
+
+# --- the pairs -------------------------------------------------------------------------
+
+
+def test_an_ict_pair_takes_one_sentence_out_of_its_document() -> None:
+    doc = Doc("d", "Alpha one. Beta two. Gamma three.", "T")
+    rng = random.Random(3)
+    query, positive = ict_pair(doc, rng, keep=0.0)
+    assert query.text in sentences(doc.text)
+    assert sentences(positive.text) == [s for s in sentences(doc.text) if s != query.text]
+    assert positive.title == "T" and positive.id == "d"
+
+
+def test_the_ict_sentence_stays_in_at_the_keep_rate() -> None:
+    doc = Doc("d", "Alpha one. Beta two. Gamma three.")
+    rng = random.Random(0)
+    kept = sum(ict_pair(doc, rng, keep=0.1)[1].text == doc.text for _ in range(4000))
+    assert 0.08 < kept / 4000 < 0.12
+
+
+def test_crops_are_spans_of_the_documents_words_with_deletion() -> None:
+    words = [f"w{i}" for i in range(100)]
+    rng = random.Random(1)
+    lengths = []
+    for _ in range(300):
+        span = crop(words, rng, 0.1, 0.5, 0.0).split()
+        start = words.index(span[0])
+        assert span == words[start : start + len(span)]  # contiguous
+        lengths.append(len(span))
+    assert min(lengths) >= 10 and max(lengths) <= 50
+    deleted = [100 - len(crop(words, rng, 1.0, 1.0, 0.1).split()) for _ in range(300)]
+    assert 8 < np.mean(deleted) < 12
+    query, positive = crop_pair(Doc("d", " ".join(words), "Title"), rng)
+    assert query.id == "crop:d" and positive.id == "d"
+
+
+def test_the_task_mix_follows_the_ict_fraction() -> None:
+    doc = Doc("d", "Alpha one. Beta two.")
+    rng = random.Random(2)
+    ict = sum(pseudo_pair(doc, rng, 0.3)[0].id.startswith("ict:") for _ in range(3000))
+    assert 0.27 < ict / 3000 < 0.33
+
+
+# --- the command -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    pytest.importorskip("torch")
+    from conftest import build_tiny_bert
+
+    root = tmp_path_factory.mktemp("pretrain")
+    data, model, out = _corpus(root / "data"), build_tiny_bert(root / "tiny"), root / "run"
+    done = subprocess.run(_cmd(data, model, out), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return data, model, out
+
+
+def test_pretrain_reads_the_corpus_alone_and_writes_its_models_and_report(
+    pretrained: tuple[Path, Path, Path],
+) -> None:
+    from ar2.encoders import BiEncoder, CrossEncoder
+
+    data, _, out = pretrained  # queries.jsonl and qrels/train.tsv there do not parse
+    record = json.loads((out / "pretrain.json").read_text())
+    assert list(record["data"]["files"]) == ["corpus.jsonl"]
+    BiEncoder.load(out / "retriever"), CrossEncoder.load(out / "ranker")
+    stages = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(s["stage"], s["steps"]) for s in stages] == [
+        ("pretrain-retriever", 4), ("pretrain-ranker", 3)
+    ]  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    assert list(report) == ["start", "pretrained", "pretrained+ranker", "bm25"]
+    assert set(report["pretrained"]) == {"RR@10", "R@1", "R@10"}
+    protocol = json.loads((out / "protocol.json").read_text())
+    assert protocol["queries_judged"] == 5 and protocol["corpus_size"] == 20
+    assert (out / "training.png").is_file() and (out / "stage_tests.json").is_file()
+
+
+def test_both_models_trained(pretrained: tuple[Path, Path, Path]) -> None:
+    from safetensors.numpy import load_file
+
+    _, model, out = pretrained
+    start = load_file(str(model / "model.safetensors"))
+    for role in ("retriever", "ranker"):
+        saved = load_file(str(out / role / "model.safetensors"))
+        weights = {k.removeprefix("bert."): v for k, v in saved.items()}  # the ranker's prefix
+        shared = [k for k in start if k in weights]
+        assert shared and any(not np.allclose(start[k], weights[k]) for k in shared), role
+        curve = next(json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()
+                     if json.loads(x)["stage"] == f"pretrain-{role}")  # fmt: skip
+        assert all(np.isfinite(curve["losses"]))
+
+
+def test_a_second_pretrain_needs_resume_and_the_same_settings_and_corpus(
+    pretrained: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, model, out = pretrained
+    before = (out / "retriever" / "model.safetensors").read_bytes()
+    argv = _cmd(data, model, out)[3:]
+    assert main(argv) == 2 and "--resume" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 0  # everything done: nothing retrained
+    assert (out / "retriever" / "model.safetensors").read_bytes() == before
+    assert main([*argv, "--resume", "--set", "ict_fraction=0.9"]) == 2
+    assert "ict_fraction" in capsys.readouterr().err
+    other = _corpus(out.parent / "other", broken_labels=False)
+    (other / "corpus.jsonl").write_text((data / "corpus.jsonl").read_text().replace("w00", "z"))
+    assert main([*_cmd(other, model, out)[3:], "--resume"]) == 2
+    assert "another corpus" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_a_killed_pretrain_resumes_to_the_same_models(
+    pretrained: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    from safetensors.numpy import load_file
+
+    from test_train import _kill_when
+
+    data, model, reference = pretrained
+    out = tmp_path / "killed"
+    _kill_when(_cmd(data, model, out), out / "checkpoints" / "pretrain-ranker")
+    resumed = subprocess.run(_cmd(data, model, out, "--resume"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ("retriever/model.safetensors", "ranker/model.safetensors"):
+        want, got = load_file(str(reference / name)), load_file(str(out / name))
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], atol=1e-5, err_msg=f"{name}:{key}")
+
+
+def test_train_takes_a_pretrain_run_as_its_start(pretrained: tuple[Path, Path, Path]) -> None:
+    from ar2.cli import _start_models
+    from ar2.encoders import BiEncoder
+    from ar2.errors import Ar2Error
+
+    _, _, out = pretrained
+    with pytest.raises(Ar2Error, match="retriever"):  # elsewhere the message names the fix
+        BiEncoder.load(out)
+    assert _start_models(out) == {
+        "retriever_model": str(out / "retriever"),
+        "ranker_model": str(out / "ranker"),
+        "ranker_from_g0": False,
+    }
+
+
+def test_bad_pretrain_settings_fail_in_one_line(tmp_path: Path) -> None:
+    data = _corpus(tmp_path / "data")
+    for bad in ("crop_min=0.6", "ict_fraction=2", "retriever.stpes=3"):
+        result = subprocess.run(
+            [sys.executable, "-m", "ar2.cli", "pretrain", str(data), "--out",
+             str(tmp_path / "o"), "--set", bad], capture_output=True, text=True,
+        )  # fmt: skip
+        assert result.returncode == 2 and "Traceback" not in result.stderr, bad
+    assert not (tmp_path / "o").exists()
+    cmd = [sys.executable, "-m", "ar2.cli", "pretrain", str(tmp_path), "--out", str(tmp_path / "o")]
+    missing = subprocess.run(cmd, capture_output=True, text=True)
+    assert missing.returncode == 2 and "corpus.jsonl" in missing.stderr
