@@ -203,3 +203,26 @@ def test_bad_pretrain_settings_fail_in_one_line(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "ar2.cli", "pretrain", str(tmp_path), "--out", str(tmp_path / "o")]
     missing = subprocess.run(cmd, capture_output=True, text=True)
     assert missing.returncode == 2 and "corpus.jsonl" in missing.stderr
+
+
+def test_pseudo_batches_are_seeded_and_their_negatives_are_bm25_neighbours(
+    tmp_path: Path,
+) -> None:
+    from ar2.config import PretrainConfig
+    from ar2.data.beir import load_corpus
+    from ar2.index import BM25Index
+    from ar2.train.pretrain import PseudoBatches
+
+    corpus = load_corpus(_corpus(tmp_path / "data") / "corpus.jsonl")
+    batches = PseudoBatches(corpus, corpus, PretrainConfig(negatives_k=5))
+    bm25 = BM25Index.build(corpus)
+    batch = batches.batch("s", 0, 4, 2)
+    assert batch.group_size == 3 and len(batch.queries) == 4
+    for i, query in enumerate(batch.queries):
+        positive, *negatives = batch.docs[3 * i : 3 * i + 3]
+        assert query.id.endswith(positive.id) and positive.id not in {d.id for d in negatives}
+        top = [h.doc_id for h in bm25.search([query.text], 6)[0] if h.doc_id != positive.id]
+        assert {d.id for d in negatives} <= set(top[:5])  # from BM25's top 5, source left out
+    again = batches.batch("s", 0, 4, 2)
+    assert again == batch and batches.batch("s", 1, 4, 2) != batch
+    assert batches.batch("s", 0, 4, 0).group_size == 1  # in-batch negatives only

@@ -458,7 +458,8 @@ class PretrainConfig:
             of a 256-token chunk; we crop the document, cut at ``doc_max_length``).
         crop_max: Longest crop, as a share of the document's words.
         word_delete: Probability that each word of a crop is deleted (Contriever: 0.1).
-        retriever: The retriever's stage: in-batch negatives only (``n_neg`` is ignored).
+        retriever: The retriever's stage: in-batch negatives, plus ``n_neg`` BM25 negatives
+            per pseudo-query (as the ranker's; 0: in-batch only, the default).
         ranker: The ranker's stage: listwise CE over the pseudo-positive and ``n_neg``
             negatives from BM25's top ``negatives_k`` for the pseudo-query (its source left out).
         negatives_k: BM25 depth the ranker's negatives are drawn from.

@@ -6,7 +6,8 @@ for ``ar2 train`` (``--model RUN`` starts its retriever from ``RUN/retriever`` a
 from ``RUN/ranker``).
 
 1. The retriever: in-batch contrastive loss over pseudo-pairs (each batch draws documents in a
-   seeded per-epoch order; the loss is G0's with no hard negative).
+   seeded per-epoch order; the loss is G0's, with ``retriever.n_neg`` BM25 negatives per
+   pair: 0 by default).
 2. The ranker, started from the pretrained retriever: listwise CE over each pseudo-positive
    and negatives drawn from BM25's top ``negatives_k`` for the pseudo-query, its source
    document left out.
@@ -75,8 +76,9 @@ def run_pretrain(
         log.info("pretraining on %d documents (%d held out for the check): retriever %d "
                  "steps, ranker %d steps", len(train_docs), len(held_out),
                  cfg.retriever.steps, cfg.ranker.steps)  # fmt: skip
-        retriever = _pretrain_retriever(out, train_docs, cfg, metrics)
-        ranker = _pretrain_ranker(out, train_docs, corpus, cfg, metrics)
+        batches = PseudoBatches(train_docs, corpus, cfg)
+        retriever = _pretrain_retriever(out, batches, cfg, metrics)
+        ranker = _pretrain_ranker(out, batches, cfg, metrics)
         results = check(data_dir, out, (corpus, held_out), (retriever, ranker), cfg)
         _plot(out)
     return results
@@ -130,74 +132,82 @@ def split_check(corpus: Sequence[Doc], cfg: PretrainConfig) -> tuple[list[Doc], 
     return train, held
 
 
-def pairs(docs: Sequence[Doc], cfg: PretrainConfig, stage: str, step: int, size: int) -> Any:
-    """``step``'s pseudo-pairs: ``size`` documents in a seeded per-epoch order, each turned
-    into an ICT or crop pair by the step's random generator."""
-    from ar2.train.loop import step_rng
+class PseudoBatches:
+    """The batches of a pretraining stage: each step's pseudo-pairs (documents in a seeded
+    per-epoch order, each made an ICT or crop pair by the step's random generator), each
+    positive followed by ``n_neg`` negatives from BM25's top ``negatives_k`` for its
+    pseudo-query, the source document left out."""
 
-    rng = step_rng(cfg.seed, stage, step)
-    picked = [docs[i] for i in steps.epoch_picks(len(docs), size, cfg.seed, stage, step)]
-    crops = (cfg.crop_min, cfg.crop_max, cfg.word_delete)
-    made = [pseudo_pair(d, rng, cfg.ict_fraction, cfg.ict_keep, crops) for d in picked]
-    return made, rng
+    def __init__(self, docs: Sequence[Doc], corpus: Sequence[Doc], cfg: PretrainConfig) -> None:
+        self.docs, self.cfg = docs, cfg
+        self.by_id = {d.id: d for d in corpus}
+        self._bm25: Any = None
+        self._corpus = corpus
+
+    def batch(self, stage: str, step: int, size: int, n_neg: int) -> steps.Batch:
+        from ar2.train.loop import step_rng
+
+        cfg = self.cfg
+        rng = step_rng(cfg.seed, stage, step)
+        picked = [self.docs[i] for i in steps.epoch_picks(len(self.docs), size, cfg.seed,
+                                                           stage, step)]  # fmt: skip
+        crops = (cfg.crop_min, cfg.crop_max, cfg.word_delete)
+        made = [pseudo_pair(d, rng, cfg.ict_fraction, cfg.ict_keep, crops) for d in picked]
+        group_docs: list[Doc] = []
+        found = self._negatives([q.text for q, _ in made]) if n_neg else [[]] * len(made)
+        for (_, positive), hits in zip(made, found):
+            group_docs.append(positive)
+            if n_neg:
+                pool = [h.doc_id for h in hits if h.doc_id != positive.id][: cfg.negatives_k]
+                pool = pool or [
+                    d.id for d in rng.sample(list(self.docs), min(n_neg, len(self.docs)))
+                ]
+                group_docs += [self.by_id[d] for d in sample_negatives(pool, n_neg, rng)]
+        return steps.Batch([q for q, _ in made], group_docs).shard(distributed.world())
+
+    def _negatives(self, texts: list[str]) -> list[list[Any]]:
+        from ar2.index import BM25Index
+
+        if self._bm25 is None:
+            self._bm25 = BM25Index.build(self._corpus)
+        return self._bm25.search(texts, self.cfg.negatives_k + 1)  # type: ignore[no-any-return]
 
 
 def _pretrain_retriever(
-    out: Path, docs: Sequence[Doc], cfg: PretrainConfig, metrics: MetricsLog
+    out: Path, batches: PseudoBatches, cfg: PretrainConfig, metrics: MetricsLog
 ) -> BiEncoder:
     final = out / "retriever"
     if final.is_dir():
         return BiEncoder.load(final)
     encoder = BiEncoder.load(cfg.model, query_max_length=cfg.query_max_length)
-    size = cfg.retriever.batch_size
+    name, stage = "pretrain-retriever", cfg.retriever
 
     def loss(step: int) -> Any:
-        made, _ = pairs(docs, cfg, "pretrain-retriever", step, size)
-        batch = steps.Batch([q for q, _ in made], [d for _, d in made])
-        batch = batch.shard(distributed.world())
+        batch = batches.batch(name, step, stage.batch_size, stage.n_neg)
         return steps.contrastive_retriever_loss(encoder, batch, cfg.scale, cfg.doc_max_length)
 
-    name = "pretrain-retriever"
     with distributed.data_parallel(encoder, TOWERS):
-        stage_log = train_stage(out, name, {"retriever": model_of(encoder)}, cfg.retriever,
-                                loss, cfg)  # fmt: skip
+        stage_log = train_stage(out, name, {"retriever": model_of(encoder)}, stage, loss, cfg)
     distributed.on_main(encoder.save, final)
     metrics.write(stage_record(name, 0, "retriever", stage_log))
     return BiEncoder.load(final)
 
 
 def _pretrain_ranker(
-    out: Path,
-    docs: Sequence[Doc],
-    corpus: Sequence[Doc],
-    cfg: PretrainConfig,
-    metrics: MetricsLog,
+    out: Path, batches: PseudoBatches, cfg: PretrainConfig, metrics: MetricsLog
 ) -> CrossEncoder:
-    from ar2.index import BM25Index
-
     final = out / "ranker"
     if final.is_dir():
         return CrossEncoder.load(final)
     require("torch").manual_seed(cfg.seed)  # the new head's initialisation is part of the run
     start = out / "retriever" if cfg.ranker_from_retriever else cfg.model
     ranker = CrossEncoder.load(start, max_length=cfg.ranker_max_length, warn_new_head=False)
-    bm25 = BM25Index.build(corpus)
-    by_id = {d.id: d for d in corpus}
-    size, n_neg = cfg.ranker.batch_size, cfg.ranker.n_neg
+    name, stage = "pretrain-ranker", cfg.ranker
 
     def loss(step: int) -> Any:
-        made, rng = pairs(docs, cfg, "pretrain-ranker", step, size)
-        found = bm25.search([q.text for q, _ in made], cfg.negatives_k + 1)
-        group_docs: list[Doc] = []
-        for (_, positive), hits in zip(made, found):
-            pool = [h.doc_id for h in hits if h.doc_id != positive.id][: cfg.negatives_k]
-            pool = pool or [d.id for d in rng.sample(list(docs), min(n_neg, len(docs)))]
-            negatives = sample_negatives(pool, n_neg, rng)
-            group_docs += [positive, *(by_id[d] for d in negatives)]
-        batch = steps.Batch([q for q, _ in made], group_docs).shard(distributed.world())
+        batch = batches.batch(name, step, stage.batch_size, max(1, stage.n_neg))
         return steps.ranker_loss(ranker, batch, cfg.ranker_max_length)
 
-    name = "pretrain-ranker"
     with distributed.data_parallel(ranker, ("model",)):
         stage_log = train_stage(out, name, {"ranker": ranker.model}, cfg.ranker, loss, cfg)
     distributed.on_main(ranker.save, final)
