@@ -12,8 +12,9 @@ from ``RUN/ranker``).
    and negatives drawn from BM25's top ``negatives_k`` for the pseudo-query, its source
    document left out.
 3. A check without labels: held-out ICT queries (their documents never give a training pair)
-   search a sample of documents; the report compares the start model, the pretrained
-   retriever, the pretrained ranker reranking its top 20, and BM25.
+   search a sample of documents, in which each source document lacks its query sentence; the
+   report compares the start model, the pretrained retriever, the pretrained ranker reranking
+   its top 20, and BM25.
 
 Run folder::
 
@@ -218,17 +219,26 @@ def _pretrain_ranker(
 def check_set(
     corpus: Sequence[Doc], held_out: Sequence[Doc], cfg: PretrainConfig
 ) -> tuple[list[Query], dict[str, dict[str, int]], list[Doc]]:
-    """The check's ICT queries (a sentence of each held-out document; the sample holds the
-    whole document, as an index would), their targets, and the document sample."""
+    """The check's ICT queries, their targets, and the document sample: each held-out
+    document gives a sentence as the query and is in the sample without it (as ICT trains:
+    finding it takes more than matching the sentence's words, which BM25 would do perfectly).
+
+    Example:
+        >>> corpus = [Doc(f"d{i}", f"Alpha {i}. Beta {i}.") for i in range(5)]
+        >>> queries, qrels, sample = check_set(corpus, corpus[:1], PretrainConfig(check_docs=3))
+        >>> qrels, len(sample), queries[0].text in sample[0].text
+        ({'ict:d0': {'d0': 1}}, 3, False)
+    """
     rng = random.Random(f"{cfg.seed}/check-queries")
-    queries, qrels = [], {}
+    queries, qrels, targets = [], {}, []
     for doc in held_out:
-        query, _ = ict_pair(doc, rng, keep=1.0)
+        query, rest = ict_pair(doc, rng, keep=0.0)
         queries.append(query)
+        targets.append(rest)
         qrels[query.id] = {doc.id: 1}
     others = [d for d in corpus if d.id not in {h.id for h in held_out}]
     fill = max(0, min(cfg.check_docs - len(held_out), len(others)))
-    sample = list(held_out) + random.Random(f"{cfg.seed}/check-docs").sample(others, fill)
+    sample = targets + random.Random(f"{cfg.seed}/check-docs").sample(others, fill)
     return queries, qrels, sample
 
 
@@ -265,7 +275,8 @@ def check(
     runs = {name: runs[name] for name in CHECK_SYSTEMS}  # tested against the first: start
     info = {
         "check": f"{len(queries)} held-out ICT queries (a sentence of a document that gave no "
-        f"training pair) search {len(sample)} documents; the target is the source document",
+        f"training pair) search {len(sample)} documents; the target is the source document, "
+        "there without that sentence",
         "pretrained+ranker": f"the pretrained retriever's top {CHECK_RERANK} ordered by the "
         "pretrained ranker alone",
         "training": {"seconds": {r["stage"]: r["seconds"] for r in
