@@ -129,6 +129,7 @@ def ar2_step(stage: str, cfg: Any, batch: Any, precision: str) -> tuple[Callable
     from ar2.train import steps
     from ar2.train.loop import Stepper, seed_step
     from ar2.train.stage import for_training, model_of
+    from ar2.train.teacher import Teacher
 
     pair = steps.train_pair_length(cfg)
     if stage == "ranker":
@@ -148,9 +149,10 @@ def ar2_step(stage: str, cfg: Any, batch: Any, precision: str) -> tuple[Callable
         else:
             stage_cfg = cfg.retriever
             encoder.untie()
-            teacher = CrossEncoder.load(None, max_length=pair, precision=precision)
+            ranker = CrossEncoder.load(None, max_length=pair, precision=precision)
+            teacher = Teacher(ranker, cfg.teacher)  # AR2's: the ranker's logits
             loss = lambda: steps.ar2_retriever_step_loss(encoder, teacher, batch, cfg)  # noqa: E731
-            models = {"retriever": encoder, "ranker": teacher}
+            models = {"retriever": encoder, "ranker": ranker}
         stepper = Stepper(model_of(encoder), stage_cfg, 1000)
         model_of(encoder).train()
     for model in models.values():  # the run's dropout settings, as train_stage applies them

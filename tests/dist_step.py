@@ -43,6 +43,7 @@ def step_results(retriever_dir: str, ranker_dir: str) -> dict[str, Any]:
     from ar2.encoders import BiEncoder, CrossEncoder
     from ar2.train import steps
     from ar2.train.stage import TOWERS
+    from ar2.train.teacher import Teacher
 
     groups, docs = toy_groups()
     stage = StageConfig(steps=1, batch_size=8, n_neg=3)
@@ -61,7 +62,8 @@ def step_results(retriever_dir: str, ranker_dir: str) -> dict[str, Any]:
             elif kind == "ranker":
                 loss = steps.ranker_loss(ranker, batch)
             else:
-                loss = steps.ar2_retriever_step_loss(encoder, ranker, batch, cfg)
+                teacher = Teacher(ranker, cfg.teacher)  # AR2's: the ranker's logits
+                loss = steps.ar2_retriever_step_loss(encoder, teacher, batch, cfg)
             loss.backward()
         grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
         results[kind] = (distributed.all_mean(float(loss.detach())), grads)
