@@ -160,7 +160,8 @@ class FalseNegativeFilter:
         retrieved); ``None`` when the filter is off or there is nothing to compare with."""
         if self.relative_margin is None or not positives:
             return None
-        retrieved = [h.score for h in hits if h.doc_id in set(positives)]
+        wanted = set(positives)
+        retrieved = [h.score for h in hits if h.doc_id in wanted]
         if retrieved:
             best = max(retrieved)
         elif self.positive_score is not None and query is not None:

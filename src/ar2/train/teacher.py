@@ -113,7 +113,6 @@ def for_round(ctx: RunContext, r: int, ranker: CrossEncoder) -> Teacher:
         return Teacher(ranker, cfg)
     from ar2.index import BM25Index
 
-    prior = BiEncoder.load(ctx.out / ("g0" if r == 1 else f"rounds/{r - 1}") / "retriever")
     bm25 = BM25Index.build(ctx.data.corpus)
     path = ctx.out / "dev_runs" / f"round-{r}.teacher.json"
     if not path.is_file():
@@ -122,6 +121,9 @@ def for_round(ctx: RunContext, r: int, ranker: CrossEncoder) -> Teacher:
     record = json.loads(path.read_text())
     ctx.metrics.write({"stage": f"teacher-{r}", "round": r, "teacher_dev": record["dev"],
                        "weights": record["weights"], "seconds": record["seconds"]})  # fmt: skip
+    prior = None  # the round's starting retriever, loaded only when the mix weighs it
+    if record["weights"].get("retriever", 0) > 0:
+        prior = BiEncoder.load(ctx.out / ("g0" if r == 1 else f"rounds/{r - 1}") / "retriever")
     return Teacher(ranker, cfg, record["weights"], prior, bm25)
 
 
