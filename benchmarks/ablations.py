@@ -11,7 +11,8 @@ same rounds, with the same retriever steps and documents per step (batch × (1 +
 - ``ance``: negatives re-mined every round, no ranker (ANCE-style control), same loss;
 - ``lambda0``, ``lambda0.3``: the AR2 loss with λ = 0 (distillation only) and λ = 0.3;
 - ``inbatch``: the AR2 loss plus the in-batch term (``in_batch = true``, our addition);
-- ``margin_mse``, ``nway_kl``: AR2 with that distillation term.
+- ``margin_mse``, ``nway_kl``: AR2 with that distillation term;
+- ``cosine``: AR2 with the ``"cosine"`` ranker head, its D0 retrained (150 steps at 3e-5).
 
 Then, for ``ar2-g`` and ``ar2-g+d`` (test nDCG@10), each arm's mean ± sd over seeds, and its
 difference from ``--reference`` (default ``ar2``) by a paired two-sided t-test over the
@@ -50,6 +51,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "inbatch": {"in_batch": True},
     "margin_mse": {"kd_loss": "margin_mse"},
     "nway_kl": {"kd_loss": "nway_kl"},
+    "cosine": {"ranker_head": "cosine",
+               "d0": {"steps": 150, "epochs": None, "lr": 3e-5, "head_lr": None}},
 }
 SYSTEMS = ("ar2-g", "ar2-g+d")
 MEASURE = "nDCG@10"

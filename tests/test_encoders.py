@@ -445,3 +445,51 @@ def test_encode_docs_to_a_file_equals_encoding_in_memory(tiny_bert: Path, tmp_pa
     with pytest.raises(ValueError, match="count=49"):
         encoder.encode_docs_to(tmp_path / "w.npy", iter(docs), 49)
     assert sorted(f.name for f in tmp_path.glob("*.npy")) == ["v.npy"]  # nothing half-written
+
+
+# ---------------------------------------------------------------- CrossEncoder: cosine head
+
+
+def _cosine_reference(model_dir: Path, pairs: list[tuple[str, str]], scale: float) -> np.ndarray:
+    """Each pair alone, unpadded: one joint pass with token types 0, the mean of the states
+    up to the first ``[SEP]`` (included) against the mean of the rest, cosine x scale."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    model = transformers.AutoModel.from_pretrained(str(model_dir)).eval()
+    out = []
+    for query, doc in pairs:
+        ids = tokenizer(query, doc, return_tensors="pt")["input_ids"]
+        split = ids[0].tolist().index(tokenizer.sep_token_id) + 1
+        with torch.no_grad():
+            hidden = model(input_ids=ids, token_type_ids=torch.zeros_like(ids)).last_hidden_state
+        q, d = hidden[0, :split].mean(0), hidden[0, split:].mean(0)
+        out.append(scale * float(torch.nn.functional.cosine_similarity(q, d, dim=0)))
+    return np.asarray(out, dtype=np.float32)
+
+
+def test_cosine_head_matches_hand_pooling(tiny_bert: Path) -> None:
+    ranker = CrossEncoder.load(tiny_bert, precision="fp32", head="cosine", scale=7.0)
+    reference = _cosine_reference(tiny_bert, PAIRS, 7.0)
+    np.testing.assert_allclose(ranker.score_pairs(PAIRS), reference, atol=1e-5)  # padded
+    training = ranker.logits(PAIRS).detach().numpy()  # the training path, padded the other way
+    np.testing.assert_allclose(training, reference, atol=1e-5)
+    assert len(set(np.round(reference, 4).tolist())) == len(PAIRS)  # a function of the input
+
+
+def test_cosine_head_needs_no_new_weights_and_round_trips(tiny_bert: Path, tmp_path: Path) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ranker = CrossEncoder.load(tiny_bert, precision="fp32", head="cosine")
+    assert not [w for w in caught if "new head" in str(w.message)]
+    assert not any(name.startswith("classifier") for name, _ in ranker.model.named_parameters())
+    scores = ranker.score_pairs(PAIRS)
+    ranker.save(tmp_path / "ranker")
+    loaded = CrossEncoder.load(tmp_path / "ranker")  # the head comes from the manifest
+    assert loaded.config.head == "cosine" and loaded.config == ranker.config
+    _assert_same(loaded.score_pairs(PAIRS), scores)
+
+
+def test_a_classifier_ranker_can_start_a_cosine_one(ranker: CrossEncoder, tmp_path: Path) -> None:
+    ranker.save(tmp_path / "ranker")
+    cosine = CrossEncoder.load(tmp_path / "ranker", head="cosine")  # its encoder, no classifier
+    expected = _cosine_reference(tmp_path / "ranker", PAIRS[:2], cosine.config.scale)
+    np.testing.assert_allclose(cosine.score_pairs(PAIRS[:2]), expected, atol=1e-5)

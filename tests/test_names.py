@@ -32,6 +32,9 @@ def test_the_registries_are_keyed_by_the_configs_names() -> None:
     from ar2.fusion import NORMS
 
     assert tuple(NORMS) == config.TEACHER_NORMS
+    from ar2.encoders.cross_encoder import HEADS
+
+    assert tuple(HEADS) == config.RANKER_HEADS
     assert (*PRESETS, "auto") == config.INDEX_PRESETS
     assert tuple(index.KINDS) == config.INDEX_KINDS
 
@@ -55,6 +58,9 @@ def test_every_name_is_accepted_where_it_is_checked_and_others_are_not() -> None
         (config.AR2Config, "kd_loss", config.KD_LOSSES),
         (config.TeacherConfig, "kind", config.TEACHERS),
         (config.TeacherConfig, "norm", config.TEACHER_NORMS),
+        (config.RankerConfig, "head", config.RANKER_HEADS),
+        (config.AR2Config, "ranker_head", config.RANKER_HEADS),
+        (config.PretrainConfig, "ranker_head", config.RANKER_HEADS),
     ]
     for make, field, names in checked:
         for name in names:

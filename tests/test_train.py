@@ -101,7 +101,7 @@ def test_run_writes_every_artifact(toy_run: tuple[Path, Path, Path]) -> None:
     for name in ("report.md", "report.png", "training.png", "metrics.jsonl", "dev_split.json"):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
-    assert list(report) == ["bm25", "start", "g0", "ar2-g", "ar2-g+d"]
+    assert list(report) == ["bm25", "start", "g0", "ar2-g", "ar2-g+d", "ar2-d"]
     stages = [json.loads(x)["stage"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert stages == [
         "g0-train", "dev-g-0", "d0-train", "dev-gd-0",
@@ -112,6 +112,23 @@ def test_run_writes_every_artifact(toy_run: tuple[Path, Path, Path]) -> None:
     STCrossEncoder(str(out / "ranker"), device="cpu").predict([("cats", "cats w0")])
     dev = json.loads((out / "dev_split.json").read_text())
     assert len(dev["queries"]) == 4 and "hold-out" in dev["source"]
+
+
+def test_the_ranker_alone_row_reuses_the_fused_reranks_scores(tiny_bert: Path) -> None:
+    from ar2.encoders import CrossEncoder
+    from ar2.train.report import _AlsoAlone
+    from ar2.types import Doc, Hit, Query
+
+    docs = {f"d{i}": Doc(f"d{i}", text) for i, text in enumerate(
+        ["cats eat fish", "dogs chase balls", "a", "cats and dogs", "fish"])}  # fmt: skip
+    model = CrossEncoder.load(tiny_bert, precision="fp32", head="cosine", fusion_weight=0.0)
+    ranker = _AlsoAlone(model, docs)
+    hits = [Hit(d, 10.0 - i) for i, d in enumerate(docs)]
+    fused = ranker.rerank(Query("q1", "what do cats eat"), hits)
+    assert [h.doc_id for h in fused] == list(docs)  # w = 0: the retrieval order
+    scores = model.score("what do cats eat", list(docs.values()))
+    by_ranker = [list(docs)[i] for i in np.argsort(-scores, kind="stable")]
+    assert [h.doc_id for h in ranker.alone["q1"]] == by_ranker != list(docs)
 
 
 def test_fusion_weight_is_tuned_on_dev_and_saved_with_the_ranker(
@@ -315,6 +332,32 @@ def test_ranker_from_g0_starts_from_the_warm_up_retriever(
     assert np.array_equal(d0[f"bert.{key}"], g0[key])
     start = load_file(str(model / "model.safetensors"))
     assert not np.array_equal(start[key], g0[key])  # G0 trained: a real difference
+
+
+def test_a_cosine_head_ranker_trains_saves_and_is_described(
+    toy_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    from safetensors.numpy import load_file
+
+    from ar2.encoders import CrossEncoder
+    from ar2.train.ar2 import run_ar2
+
+    data, model, base = toy_run
+    out = tmp_path / "cosine"
+    run_ar2(data, out, _toy_config(model, ranker_head="cosine", rounds=1), warm_start_from=base)
+    assert "d0" not in json.loads((out / "warm_start.json").read_text())["copied"]  # a new D0
+    for folder in ("d0/ranker", "ranker"):
+        assert not any(
+            k.startswith("classifier") for k in load_file(str(out / folder / "model.safetensors"))
+        )
+        assert CrossEncoder.load(out / folder).config.head == "cosine"
+    card = (out / "ranker" / "README.md").read_text()
+    assert "library_name: transformers" in card and "CrossEncoder.load" in card
+    assert "| head | 'cosine' |" in card
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [
+        r["stage"] for r in records if r["stage"].endswith("-ranker") or r["stage"] == "d0-train"
+    ] == ["d0-train", "round-1-ranker"]
 
 
 def test_the_index_table_sets_every_refresh_index(

@@ -37,6 +37,7 @@ TEACHERS = ("ranker", "ensemble")
 TEACHER_NORMS = ("minmax", "zscore")
 TEACHER_PARTS = ("ranker", "retriever", "bm25")
 DELIVERIES = ("best", "last")
+RANKER_HEADS = ("classifier", "cosine")
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,11 @@ class RankerConfig:
             ``(1 - w) z(retrieval score) + w z(ranker score)`` (per-query z-scores, see
             :mod:`ar2.fusion`). ``1.0`` orders by the ranker alone; ``ar2 train`` tunes it on dev
             and saves it with the ranker.
+        head: How the joint pass becomes a score (:data:`RANKER_HEADS`): ``"classifier"``, a
+            linear layer on ``[CLS]`` (a sentence-transformers ``CrossEncoder``); ``"cosine"``,
+            ``scale`` x the cosine of the mean-pooled query and document segments (our addition:
+            a bi-encoder's weights score well from the first step, docs/ar2.md).
+        scale: The ``"cosine"`` head's similarity scale (1 / temperature).
     """
 
     max_length: int = 256
@@ -87,9 +93,13 @@ class RankerConfig:
     precision: str = "auto"
     batch_size: int = 32
     fusion_weight: float = 1.0
+    head: str = "classifier"
+    scale: float = 20.0
 
     def __post_init__(self) -> None:
         check_choice("precision", self.precision, PRECISIONS)
+        check_choice("head", self.head, RANKER_HEADS)
+        check_ranges(self, at_least={}, above={"scale": 0.0})
         if not 0.0 <= self.fusion_weight <= 1.0:
             raise Ar2Error(f"fusion_weight = {self.fusion_weight}. Fix: use a value in [0, 1]")
 
@@ -321,7 +331,12 @@ class AR2Config:
         ranker_max_length: The ranker's (query, document) pair cut-off when it scores (dev and
             test reranking, the saved model); ``None``: ``query_max_length + doc_max_length``.
         scale: Similarity scale of the retriever scores (1 / temperature); 20 for cosine
-            encoders such as MiniLM, 1 for AR2's raw dot product.
+            encoders such as MiniLM, 1 for AR2's raw dot product. A ``"cosine"`` ranker
+            scales its scores by it too.
+        ranker_head: How the ranker scores a pair (:data:`RANKER_HEADS`): ``"classifier"``, a
+            new linear head on ``[CLS]`` (AR2 and sentence-transformers); ``"cosine"``, the
+            scaled cosine of the pooled query and document segments of the joint pass, which
+            keeps what the starting bi-encoder knows (our addition, docs/ar2.md).
         g0: Warm-up retriever (in-batch + BM25 hard negatives).
         d0: Warm-up ranker; ``skip_d0`` skips it (spec §9, AR2 issue #4).
         ranker: Ranker steps per round; retriever: retriever steps per round.
@@ -381,6 +396,7 @@ class AR2Config:
     train_doc_max_length: int | None = None
     ranker_max_length: int | None = None
     scale: float = 20.0
+    ranker_head: str = "classifier"
     g0: StageConfig = StageConfig(steps=100, batch_size=32, n_neg=1, lr=2e-5)
     d0: StageConfig = StageConfig(steps=100, batch_size=8, n_neg=7, lr=2e-5)
     skip_d0: bool = False
@@ -425,6 +441,7 @@ class AR2Config:
         check_choice("adv_reduction", self.adv_reduction, ADV_REDUCTIONS)
         check_choice("kd_loss", self.kd_loss, KD_LOSSES)
         check_choice("deliver", self.deliver, DELIVERIES)
+        check_choice("ranker_head", self.ranker_head, RANKER_HEADS)
         if self.mine_rank_start >= self.mine_k:
             raise ValueError(
                 f"mine_rank_start = {self.mine_rank_start} drops every one of the mine_k = "
@@ -465,6 +482,7 @@ class PretrainConfig:
         negatives_k: BM25 depth the ranker's negatives are drawn from.
         ranker_from_retriever: Start the ranker from the pretrained retriever (as
             ``ranker_from_g0`` in ``ar2 train``) rather than from ``model``.
+        ranker_head: The ranker's head, as in ``ar2 train`` (:data:`RANKER_HEADS`).
         attention_dropout: As in ``ar2 train``.
         fast_dropout: As in ``ar2 train``.
         checkpoint_every: Steps between checkpoints.
@@ -489,6 +507,7 @@ class PretrainConfig:
     ranker: StageConfig = StageConfig(steps=100, batch_size=8, n_neg=7, lr=1e-4, head_lr=1e-3)
     negatives_k: int = 30
     ranker_from_retriever: bool = True
+    ranker_head: str = "classifier"
     attention_dropout: float | None = 0.0
     fast_dropout: bool = True
     checkpoint_every: int = 50
@@ -506,6 +525,7 @@ class PretrainConfig:
             at_most={"ict_fraction": 1.0, "ict_keep": 1.0, "crop_max": 1.0,
                      "word_delete": 0.9, "attention_dropout": 0.9},
         )  # fmt: skip
+        check_choice("ranker_head", self.ranker_head, RANKER_HEADS)
         if self.crop_min > self.crop_max:
             raise ValueError(
                 f"crop_min = {self.crop_min} is above crop_max = {self.crop_max}; "

@@ -88,8 +88,11 @@ class CrossEncoderRanker:
 
     def rerank(self, query: Query, hits: Sequence[Hit]) -> list[Hit]:
         """``hits`` reordered by the ranker, fused with their scores by its ``fusion_weight``."""
-        scores = self.model.score(query.text, [self.docs[h.doc_id] for h in hits])
-        return fusion.rerank(hits, scores, self.model.config.fusion_weight)
+        return fusion.rerank(hits, self.scores(query, hits), self.model.config.fusion_weight)
+
+    def scores(self, query: Query, hits: Sequence[Hit]) -> np.ndarray:
+        """The ranker's raw scores of ``hits``, ``(len(hits),)``."""
+        return self.model.score(query.text, [self.docs[h.doc_id] for h in hits])
 
 
 class SearchPipeline:

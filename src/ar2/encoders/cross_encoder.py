@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from ar2.encoders._runtime import (
     pick_device,
     use_bf16,
 )
+from ar2.encoders.pooling import mean_pool
 from ar2.types import Doc
 
 if TYPE_CHECKING:
@@ -31,15 +32,49 @@ if TYPE_CHECKING:
 _IDENTITY = "torch.nn.modules.linear.Identity"
 
 
+def classifier_logits(model: Any, batch: dict[str, Any], boundary: Any, scale: float) -> Any:
+    """The ``"classifier"`` head: a sequence-classification model's one logit, ``(n,)``."""
+    return model(**batch).logits[:, 0]
+
+
+def cosine_logits(model: Any, batch: dict[str, Any], boundary: Any, scale: float) -> Any:
+    """The ``"cosine"`` head: ``scale · cos(mean(query segment), mean(document segment))`` of
+    one joint pass, ``(n,)``. Tokens before ``boundary`` (``(n,)``, the first document token)
+    are the query's, ``[CLS]`` and the first ``[SEP]`` included, as a bi-encoder pools them;
+    token types are all 0, as the bi-encoder saw them. With attention kept inside each segment
+    this is the bi-encoder's score, so a bi-encoder's weights rank well before any step."""
+    torch = require("torch")
+    mask = batch["attention_mask"]  # (n, seq)
+    types = torch.zeros_like(batch["input_ids"])  # (n, seq)
+    hidden = model(input_ids=batch["input_ids"], attention_mask=mask, token_type_ids=types)
+    hidden = hidden.last_hidden_state  # (n, seq, dim)
+    positions = torch.arange(mask.shape[1], device=mask.device)[None]  # (1, seq)
+    query = mean_pool(hidden, mask * (positions < boundary[:, None]))  # (n, dim)
+    doc = mean_pool(hidden, mask * (positions >= boundary[:, None]))  # (n, dim)
+    return scale * torch.nn.functional.cosine_similarity(query, doc, dim=-1)
+
+
+HEADS: dict[str, tuple[str, Callable[..., Any]]] = {
+    "classifier": ("sequence-classification", classifier_logits),
+    "cosine": ("base", cosine_logits),
+}
+"""Ranker heads by name: the model class they load (``_hf.load_tokenizer_and_model``'s task)
+and the function from a tokenized batch to logits."""
+
+
 class CrossEncoder:
-    """Sequence classification with one label over ``[CLS] query [SEP] title text [SEP]``.
+    """A joint pass over ``[CLS] query [SEP] title text [SEP]``, one relevance logit per pair.
 
-    ``score`` returns raw logits (higher is more relevant). Saved folders load as they are with
-    ``sentence_transformers.CrossEncoder(path)``, whose ``predict`` then returns the same logits
-    (the saved activation is the identity).
+    ``score`` returns raw logits (higher is more relevant). The head is a setting
+    (``RankerConfig.head``, :data:`HEADS`):
 
-    Loading a plain encoder (for example all-MiniLM-L6-v2, as no pretrained cross-encoder is
-    available offline) adds a new linear head, initialised N(0, 0.02) with zero bias.
+    - ``"classifier"`` (the default): sequence classification with one label. Saved folders load
+      as they are with ``sentence_transformers.CrossEncoder(path)``, whose ``predict`` then
+      returns the same logits (the saved activation is the identity). Loading a plain encoder
+      (for example all-MiniLM-L6-v2, as no pretrained cross-encoder is available offline) adds
+      a new linear head, initialised N(0, 0.02) with zero bias.
+    - ``"cosine"``: no new weights; the scaled cosine of the pooled query and document segments
+      (:func:`cosine_logits`). Saved folders hold a plain encoder and ``manifest.json``.
 
     Example:
         >>> ranker = CrossEncoder.load(tiny_model_dir)  # doctest: +SKIP
@@ -68,17 +103,18 @@ class CrossEncoder:
         saved = manifest.get("config", {}) if manifest.get("kind") == "cross_encoder" else {}
         config = dataclasses.replace(RankerConfig(**saved), **overrides)  # a bi-encoder's: unused
         config = _hf.fit_lengths(path, config, ("max_length",), overrides)
-        if warn_new_head and not _is_one_label_classifier(path):
+        task = HEADS[config.head][0]
+        new_head = task == "sequence-classification" and not _is_one_label_classifier(path)
+        if warn_new_head and new_head:
             warnings.warn(
                 f"{path} has no one-label classification head: a new head is initialised. "
                 "Train the ranker before trusting its scores.",
                 stacklevel=2,
             )
+        kwargs = {"num_labels": 1, "ignore_mismatched_sizes": True} if task != "base" else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tokenizer, model = _hf.load_tokenizer_and_model(
-                path, task="sequence-classification", num_labels=1, ignore_mismatched_sizes=True
-            )
+            tokenizer, model = _hf.load_tokenizer_and_model(path, task=task, **kwargs)
         return cls(model, tokenizer, config, source=str(path.resolve()))
 
     def score(self, query: str, docs: Sequence[Doc | str]) -> np.ndarray:
@@ -97,6 +133,7 @@ class CrossEncoder:
             max_length=self.config.max_length,
         )
         ids, types = enc["input_ids"], enc.get("token_type_ids")
+        boundary = _boundaries(enc, torch, "cpu")  # (n,)
         out = np.empty(len(pairs), dtype=np.float32)
         bf16 = use_bf16(self.config.precision, self.device)
         with eval_mode(self.model):
@@ -106,8 +143,8 @@ class CrossEncoder:
                     [ids[i] for i in rows], self.tokenizer.pad_token_id, self.device, batch_types
                 )
                 with torch.inference_mode(), autocast(self.device, bf16):
-                    logits = self.model(**batch).logits  # (batch, 1)
-                out[rows] = logits[:, 0].float().cpu().numpy()
+                    logits = self._head(batch, boundary[rows].to(self.device))  # (batch,)
+                out[rows] = logits.float().cpu().numpy()
         return out
 
     def logits(
@@ -122,17 +159,24 @@ class CrossEncoder:
             truncation="longest_first",
             max_length=max_length or self.config.max_length,
             return_tensors="pt",
-        ).to(self.device)
+        )
+        boundary = _boundaries(batch, require("torch"), self.device)  # (n,)
+        batch = batch.to(self.device)
         with autocast(self.device, use_bf16(self.config.precision, self.device)):
-            return self.model(**batch).logits[:, 0].float()  # (n,)
+            return self._head(dict(batch), boundary).float()  # (n,)
+
+    def _head(self, batch: dict[str, Any], boundary: Any) -> Any:
+        return HEADS[self.config.head][1](self.model, batch, boundary, self.config.scale)
 
     def doc_text(self, doc: Doc | str) -> str:
         """The document side of a pair: ``title + title_sep + text``."""
         return doc.full_text(self.config.title_sep) if isinstance(doc, Doc) else doc
 
     def save(self, path: str | Path) -> None:
-        """Save atomically as a Hugging Face folder ``sentence_transformers.CrossEncoder`` loads."""
-        self.model.config.sentence_transformers = {"activation_fn": _IDENTITY, "version": "ar2"}
+        """Save atomically as a Hugging Face folder (with the classifier head, one
+        ``sentence_transformers.CrossEncoder`` loads)."""
+        if self.config.head == "classifier":
+            self.model.config.sentence_transformers = {"activation_fn": _IDENTITY, "version": "ar2"}
         with atomic_dir(path) as tmp:
             self.model.save_pretrained(str(tmp), safe_serialization=True)
             self.tokenizer.save_pretrained(str(tmp))
@@ -146,6 +190,13 @@ class CrossEncoder:
             "source": self.source,
             "config": dataclasses.asdict(self.config),
         }
+
+
+def _boundaries(enc: Any, torch: Any, device: str) -> Any:
+    """Each pair's first document token (``sequence_ids`` = 1), as a ``(n,)`` tensor."""
+    rows = [enc.sequence_ids(i) for i in range(len(enc["input_ids"]))]
+    first = [ids.index(1) if 1 in ids else len(ids) for ids in rows]
+    return torch.tensor(first, device=device)
 
 
 def _is_one_label_classifier(path: Path) -> bool:

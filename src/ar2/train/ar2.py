@@ -242,7 +242,11 @@ def _warmup_ranker(ctx: RunContext) -> CrossEncoder:
     require("torch").manual_seed(cfg.seed)  # the new head's initialisation is part of the run
     start = out / "g0" / "retriever" if cfg.ranker_from_g0 else cfg.ranker_model
     ranker = CrossEncoder.load(  # a new head is the plan here: D0 or the rounds train it
-        start, max_length=ranker_length(cfg, start), warn_new_head=False
+        start,
+        max_length=ranker_length(cfg, start),
+        head=cfg.ranker_head,
+        scale=cfg.scale,
+        warn_new_head=False,
     )
     if not cfg.skip_d0:
         groups = read_groups(out / "mined" / "round-0")

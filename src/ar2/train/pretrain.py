@@ -202,7 +202,13 @@ def _pretrain_ranker(
         return CrossEncoder.load(final)
     require("torch").manual_seed(cfg.seed)  # the new head's initialisation is part of the run
     start = out / "retriever" if cfg.ranker_from_retriever else cfg.model
-    ranker = CrossEncoder.load(start, max_length=cfg.ranker_max_length, warn_new_head=False)
+    ranker = CrossEncoder.load(
+        start,
+        max_length=cfg.ranker_max_length,
+        head=cfg.ranker_head,
+        scale=cfg.scale,
+        warn_new_head=False,
+    )
     name, stage = "pretrain-ranker", cfg.ranker
 
     def loss(step: int) -> Any:

@@ -5,20 +5,29 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from ar2 import fusion
 from ar2._io import atomic_write_bytes
 from ar2.config import AR2Config
 from ar2.encoders import BiEncoder, CrossEncoder
+from ar2.pipeline import CrossEncoderRanker
 from ar2.train.data import TrainData
+from ar2.types import Doc, Hit, Query, Run
 
 if TYPE_CHECKING:
     from ar2.index import FaissIndex
 
 log = logging.getLogger(__name__)
 
-SYSTEMS = ("bm25", "start", "g0", "ar2-g", "ar2-g+d")
+SYSTEMS = ("bm25", "start", "g0", "ar2-g", "ar2-g+d", "ar2-d")
+CHAIN = ("start", "g0", "ar2-g", "ar2-g+d")
+"""The stages the report tests each against the one before (ar2-d, the ranker alone, is a
+row beside them)."""
 
 
 def final_report(
@@ -53,7 +62,7 @@ def final_report(
     from ar2.comparison import EvalJob, score_and_report
 
     job = EvalJob(data_dir, "test", SYSTEMS, out, reranker=str(out / "ranker"),
-                  rerank_k=cfg.rerank_k, chain=SYSTEMS[1:])  # fmt: skip
+                  rerank_k=cfg.rerank_k, chain=CHAIN)  # fmt: skip
     results = score_and_report(job, runs, (data.test, data.test_qrels), data.corpus, info)
     _cards(data_dir, out, cfg, results, chosen)
     return results
@@ -78,7 +87,7 @@ def _test_runs(
     out: Path, data: TrainData, final: BiEncoder, cfg: AR2Config
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     from ar2.index import FaissIndex
-    from ar2.pipeline import CrossEncoderRanker, SearchPipeline
+    from ar2.pipeline import SearchPipeline
     from ar2.retrievers import bm25, dense
 
     start = BiEncoder.load(cfg.retriever_model, query_max_length=cfg.query_max_length,
@@ -91,16 +100,33 @@ def _test_runs(
         "ar2-g": dense(final, FaissIndex.load(out / "index", mmap=True)),
     }
     runs = {name: r.retrieve(data.test, 100) for name, r in retrievers.items()}
-    ranker = CrossEncoderRanker(CrossEncoder.load(out / "ranker"), data.docs)
+    ranker = _AlsoAlone(CrossEncoder.load(out / "ranker"), data.docs)
     runs["ar2-g+d"] = SearchPipeline(retrievers["ar2-g"], ranker, cfg.rerank_k).run(
         data.test, 100, progress=True
     )
+    runs["ar2-d"] = {qid: fusion.with_tail(ranker.alone.get(qid, []), hits[cfg.rerank_k :])
+                     for qid, hits in runs["ar2-g"].items()}  # fmt: skip
     info = {"bm25": "bm25s over the corpus"} | _dense_info(retrievers, data)
     weight = ranker.model.config.fusion_weight
     info["ar2-g+d"] = (
         f"ar2-g, top {cfg.rerank_k} reranked by (1 - w) z(G) + w z(D), w = {weight} (tuned on dev)"
     )
+    info["ar2-d"] = f"ar2-g, top {cfg.rerank_k} reranked by the ranker alone (w = 1)"
     return runs, info
+
+
+class _AlsoAlone(CrossEncoderRanker):
+    """Reranks as its ranker's fusion weight says, and keeps the order of the ranker alone
+    (``w = 1``) from the same scores: ar2-d costs no second pass."""
+
+    def __init__(self, model: CrossEncoder, docs: Mapping[str, Doc]) -> None:
+        super().__init__(model, docs)
+        self.alone: Run = {}
+
+    def scores(self, query: Query, hits: Sequence[Hit]) -> np.ndarray:
+        scores = super().scores(query, hits)
+        self.alone[query.id] = fusion.rerank(hits, scores, 1.0)
+        return scores
 
 
 def _dense_info(retrievers: dict[str, Any], data: TrainData) -> dict[str, Any]:

@@ -33,8 +33,8 @@ G0_FIELDS = (
     "fast_dropout", "mine_rank_start", "mine_relative_margin",
 )  # fmt: skip
 D0_FIELDS = (
-    "ranker_model", "ranker_from_g0", "ranker_max_length", "d0", "skip_d0", "rerank_k",
-    "tune_fusion",
+    "ranker_model", "ranker_from_g0", "ranker_max_length", "ranker_head", "d0", "skip_d0",
+    "rerank_k", "tune_fusion",
 )  # fmt: skip
 G0_PATHS = (
     "dev_split.json", "g0", "mined/bm25", "mined/round-0", "indexes/round-0",
