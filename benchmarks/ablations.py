@@ -51,8 +51,10 @@ ARMS: dict[str, dict[str, Any]] = {
     "inbatch": {"in_batch": True},
     "margin_mse": {"kd_loss": "margin_mse"},
     "nway_kl": {"kd_loss": "nway_kl"},
-    "cosine": {"ranker_head": "cosine",
-               "d0": {"steps": 150, "epochs": None, "lr": 3e-5, "head_lr": None}},
+    "cosine": {
+        "ranker_head": "cosine",
+        "d0": {"steps": 150, "epochs": None, "lr": 3e-5, "head_lr": None},
+    },
 }
 SYSTEMS = ("ar2-g", "ar2-g+d")
 MEASURE = "nDCG@10"

@@ -7,7 +7,8 @@ nDCG@10 on dev and test for: the retriever alone (G), the ranker alone on the to
 for w = 0, 0.1 ... 1; test uses the w that is best on dev. Usage:
 
     .venv/bin/python benchmarks/ranker_study.py RUN_DIR --init minilm|g0 \\
-        --groups round-0|bm25 --steps 100 --lr 1e-4 --head-lr 1e-3 [--json OUT.json]
+        --groups round-0|bm25 --steps 100 --lr 1e-4 --head-lr 1e-3 [--head cosine] \\
+        [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ MEASURE = "nDCG@10"
 def train_ranker(args: argparse.Namespace, docs: dict) -> CrossEncoder:
     init = None if args.init == "minilm" else args.run / "g0" / "retriever"
     torch.manual_seed(args.seed)
-    ranker = CrossEncoder.load(init, max_length=args.max_length)
+    ranker = CrossEncoder.load(init, max_length=args.max_length, head=args.head)
     groups = read_groups(args.run / "mined" / args.groups)
     cfg = StageConfig(args.steps, args.batch_size, args.n_neg, args.lr, head_lr=args.head_lr)
     stepper = Stepper(ranker.model, cfg, args.steps)
@@ -68,6 +69,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--head-lr", type=float, default=1e-3)
     p.add_argument("--max-length", type=int, default=192)
+    p.add_argument("--head", choices=["classifier", "cosine"], default="classifier")
     p.add_argument("--rerank-k", type=int, default=20)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--no-dropout", action="store_true")
