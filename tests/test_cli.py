@@ -83,6 +83,30 @@ def test_eval_writes_the_report_contract(
     assert protocol["split"] == "test" and protocol["queries_judged"] == 3
 
 
+def test_eval_fusion_weight_overrides_the_rerankers(
+    toy_beir: Path, tiny_ranker: Path, tmp_path: Path
+) -> None:
+    def ranked(weight: str) -> tuple[list[list[float]], dict]:
+        """BM25's scores down each query's reranked list, and the eval's job record."""
+        out = tmp_path / weight
+        code = main(["-q", "eval", str(toy_beir), "--systems", "bm25", "--out", str(out),
+                     "--reranker", str(tiny_ranker), "--rerank-k", "5",
+                     "--fusion-weight", weight])  # fmt: skip
+        assert code == 0
+        bm25 = {q: {h.doc_id: h.score for h in hits}
+                for q, hits in read_run(out / "runs" / "bm25.trec").items()}  # fmt: skip
+        reranked = read_run(out / "runs" / "bm25+rerank.trec")
+        down = [[bm25[q][h.doc_id] for h in hits] for q, hits in sorted(reranked.items())]
+        return down, json.loads((out / "manifest.json").read_text())["job"]
+
+    down, job = ranked("0")  # w = 0: BM25's order (ties in any order)
+    assert all(s == sorted(s, reverse=True) for s in down) and job["fusion_weight"] == 0.0
+    down, job = ranked("1")  # w = 1: the ranker's
+    assert any(s != sorted(s, reverse=True) for s in down) and job["fusion_weight"] == 1.0
+    result = _ar2("eval", str(toy_beir), "--out", str(tmp_path / "x"), "--fusion-weight", "2")
+    assert result.returncode == 2 and "must be in [0, 1], got 2" in result.stderr
+
+
 def test_index_then_search_bm25_and_dense(toy_beir: Path, tiny_bert: Path, tmp_path: Path) -> None:
     bm25_dir, dense_dir = tmp_path / "bm25", tmp_path / "dense"
     assert _ar2("index", str(toy_beir), "--kind", "bm25", "--out", str(bm25_dir)).returncode == 0

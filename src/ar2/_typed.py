@@ -161,6 +161,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def unit_fraction(text: str) -> float:
+    """An argparse type: see the error."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
 def port_number(text: str) -> int:
     """An argparse type: see the error."""
     value = int(text)

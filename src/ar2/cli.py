@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ar2 import __version__
-from ar2._typed import non_negative_int, port_number, positive_int
+from ar2._typed import non_negative_int, port_number, positive_int, unit_fraction
 from ar2.config import (
     INDEX_KINDS,
     INDEX_PRESETS,
@@ -118,6 +118,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         depth=args.depth,
         reranker=args.reranker,
         rerank_k=args.rerank_k,
+        fusion_weight=args.fusion_weight,
         precision=args.precision,
         index=IndexConfig(preset=args.preset),
         overwrite=args.overwrite,
@@ -339,6 +340,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--depth", type=positive_int, default=100, help="hits retrieved per query")
     p.add_argument("--reranker", help="cross-encoder folder: adds a <system>+rerank row each")
     p.add_argument("--rerank-k", type=positive_int, default=100, help="hits reranked per query")
+    p.add_argument("--fusion-weight", type=unit_fraction, metavar="W",
+                   help="rerank by (1 - W) z(G) + W z(D) instead of the reranker's saved weight "
+                        "(1: the ranker alone)")  # fmt: skip
     p.add_argument("--preset", default="flat", choices=INDEX_PRESETS)
     _add_precision(p)
     p.set_defaults(func=cmd_eval)

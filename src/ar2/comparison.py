@@ -38,6 +38,7 @@ class EvalJob:
     depth: int = 100
     reranker: str | None = None
     rerank_k: int = 100
+    fusion_weight: float | None = None  # None: the reranker's saved weight
     precision: str = "auto"
     index: IndexConfig = IndexConfig()
     overwrite: bool = False
@@ -156,7 +157,10 @@ def _ranker(job: EvalJob, corpus: list[Doc]) -> Any:
     from ar2.encoders import CrossEncoder
     from ar2.pipeline import CrossEncoderRanker
 
-    model = CrossEncoder.load(job.reranker, precision=job.precision)
+    weight: dict[str, Any] = (
+        {} if job.fusion_weight is None else {"fusion_weight": job.fusion_weight}
+    )
+    model = CrossEncoder.load(job.reranker, precision=job.precision, **weight)
     return CrossEncoderRanker(model, {d.id: d for d in corpus})
 
 
