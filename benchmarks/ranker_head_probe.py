@@ -117,7 +117,7 @@ def train(args: argparse.Namespace, dev: Dev) -> None:
     opt = torch.optim.AdamW(ranker.model.parameters(), lr=args.lr, weight_decay=0.0)
     warm = max(1, args.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (args.steps - s) / (args.steps - warm)))
+        opt, lambda s: min((s + 1) / warm, max(0.0, (args.steps - s) / max(1, args.steps - warm)))
     )
     evals = {int(x) for x in args.evals.split(",")}
     order: list[int] = []

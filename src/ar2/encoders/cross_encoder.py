@@ -41,8 +41,9 @@ def cosine_logits(model: Any, batch: dict[str, Any], boundary: Any, scale: float
     """The ``"cosine"`` head: ``scale · cos(mean(query segment), mean(document segment))`` of
     one joint pass, ``(n,)``. Tokens before ``boundary`` (``(n,)``, the first document token)
     are the query's, ``[CLS]`` and the first ``[SEP]`` included, as a bi-encoder pools them;
-    token types are all 0, as the bi-encoder saw them. With attention kept inside each segment
-    this is the bi-encoder's score, so a bi-encoder's weights rank well before any step."""
+    token types are all 0, as the bi-encoder saw them. Were attention kept inside each segment
+    (positions restarted, a ``[CLS]`` each) this would be the bi-encoder's score: a
+    bi-encoder's weights rank well before any step (``benchmarks/ranker_head_probe.py``)."""
     torch = require("torch")
     mask = batch["attention_mask"]  # (n, seq)
     types = torch.zeros_like(batch["input_ids"])  # (n, seq)
