@@ -360,6 +360,42 @@ def test_a_cosine_head_ranker_trains_saves_and_is_described(
     ] == ["d0-train", "round-1-ranker"]
 
 
+def test_checkpoint_averaging_delivers_the_mean_of_the_last_rounds(
+    toy_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    from safetensors.numpy import load_file
+
+    from ar2.train.ar2 import run_ar2
+
+    data, model, base = toy_run
+    out = tmp_path / "avg"
+    cfg = _toy_config(model, average_rounds=2, deliver="last")
+    run_ar2(data, out, cfg, warm_start_from=base)
+    rounds = [load_file(str(out / "rounds" / r / "retriever" / "model.safetensors")) for r in "12"]
+    delivered = load_file(str(out / "retriever" / "model.safetensors"))
+    assert delivered.keys() == rounds[0].keys()
+    moved = 0
+    for key, value in delivered.items():
+        if value.dtype.kind == "f":  # by hand: the mean of rounds 1 and 2
+            np.testing.assert_allclose(value, (rounds[0][key] + rounds[1][key]) / 2, atol=1e-6)
+            moved += not np.array_equal(rounds[0][key], rounds[1][key])
+    assert moved  # the rounds differ: the mean is neither of them
+    query_tower = out / "retriever" / "query"  # AR2 trains separate towers: both averaged
+    if query_tower.is_dir():
+        q_rounds = [load_file(str(out / "rounds" / r / "retriever" / "query" / "model.safetensors"))
+                    for r in "12"]  # fmt: skip
+        for key, value in load_file(str(query_tower / "model.safetensors")).items():
+            if value.dtype.kind == "f":
+                np.testing.assert_allclose(
+                    value, (q_rounds[0][key] + q_rounds[1][key]) / 2, atol=1e-6
+                )
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    avg = [r for r in records if r["stage"] == "dev-avg"]
+    assert len(avg) == 1 and avg[0]["rounds"] == [1, 2] and 0 <= avg[0]["dev"]["G"] <= 1
+    assert (out / "indexes" / "averaged").is_dir()
+    assert "its retriever averaged over rounds [1, 2]" in (out / "report.md").read_text()
+
+
 def test_the_index_table_sets_every_refresh_index(
     toy_run: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:

@@ -376,6 +376,10 @@ class AR2Config:
             ``index/``, and ar2-g, ar2-g+d in the report): ``"best"``, the round (0 = G0 and
             D0) whose retriever scored highest on dev (ties: the later), with that round's
             ranker and fusion weight; ``"last"``, the last round's, whatever dev said.
+        average_rounds: Checkpoint averaging (JaColBERTv2.5, Clavié 2024): the run delivers
+            the uniform average of the weights of the retrievers of the last N rounds up to
+            the delivered one (round 0 = G0), indexed and measured on dev (``dev-avg`` in
+            ``metrics.jsonl``); 1 delivers the round's own retriever.
         attention_dropout: Dropout on the attention probabilities of both models while they
             train; ``None`` keeps the model's own (0.1 for MiniLM). At 0 a CPU runs the fused
             attention kernel (:mod:`ar2.encoders.dropout`; speed and dev effect in
@@ -421,6 +425,7 @@ class AR2Config:
     tune_fusion: bool = True
     checkpoint_every: int = 50
     deliver: str = "best"
+    average_rounds: int = 1
     attention_dropout: float | None = None
     fast_dropout: bool = False
     index: IndexConfig = IndexConfig()
@@ -430,7 +435,7 @@ class AR2Config:
             self,
             at_least={"rounds": 0, "mine_k": 1, "mine_rank_start": 0, "query_max_length": 1,
                       "doc_max_length": 1, "ranker_max_length": 1, "dev_queries": 1,
-                      "rerank_k": 1, "checkpoint_every": 1, "adv_lambda": 0.0,
+                      "rerank_k": 1, "checkpoint_every": 1, "adv_lambda": 0.0, "average_rounds": 1,
                       "attention_dropout": 0.0},
             above={"scale": 0.0, "kd_temperature": 0.0, "dev_fraction": 0.0,
                    "mine_relative_margin": 0.0},

@@ -64,6 +64,7 @@ def run_ar2(
     new or empty ``out`` starts a run); ``overwrite`` starts again in an ``out`` that holds
     something else (a run included). Everything is checked before ``config.json`` is written.
     """
+    from ar2.train.average import averaged_retriever
     from ar2.train.report import final_report
 
     if resume and overwrite:
@@ -92,9 +93,11 @@ def run_ar2(
         chosen = delivered_round(ctx.metrics.records, cfg)
         if chosen != cfg.rounds:
             retriever, ranker = _round_models(out, chosen)
+        averaged = averaged_retriever(ctx, chosen)
         report = distributed.on_main(
-            final_report, data_dir, out, data, retriever, ranker, cfg, chosen
-        )
+            final_report, data_dir, out, data, averaged or retriever, ranker, cfg, chosen,
+            averaged is not None,
+        )  # fmt: skip
     return report or {}
 
 

@@ -93,6 +93,8 @@ def plan(cfg: AR2Config, data: TrainData, lengths: Lengths) -> dict[str, Work]:
             teacher = 0.0 if cfg.retriever_loss == "contrastive" else pairs(cfg.retriever)
             work[f"round-{r}-retriever"] = Work(retriever_steps(cfg.retriever), teacher)
         work[f"dev-g-{r}"], work[f"dev-gd-{r}"] = refresh(), dev_rerank
+    if cfg.average_rounds > 1 and cfg.rounds > 0:
+        work["dev-avg"] = Work(infer=index + len(data.dev) * q)  # the averaged retriever
     test = len(data.test) * (q + ranked * lengths.pair("index"))
     work["final"] = Work(infer=index + test)  # the start model's index, test queries, rerank
     return work

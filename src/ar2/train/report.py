@@ -16,6 +16,7 @@ from ar2._io import atomic_write_bytes
 from ar2.config import AR2Config
 from ar2.encoders import BiEncoder, CrossEncoder
 from ar2.pipeline import CrossEncoderRanker
+from ar2.train.average import INDEX, averaged_rounds
 from ar2.train.data import TrainData
 from ar2.types import Doc, Hit, Query, Run
 
@@ -38,9 +39,11 @@ def final_report(
     ranker: CrossEncoder,
     cfg: AR2Config,
     delivered: int | None = None,
+    averaged: bool = False,
 ) -> dict[str, Any]:
     """Save ``retriever/``, ``ranker/``, ``index/`` (the models of round ``delivered``, by
-    default the last); compare the systems on test; plot."""
+    default the last; ``averaged``: ``retriever`` is the average of the last rounds', indexed
+    in ``indexes/averaged``, :mod:`ar2.train.average`); compare the systems on test; plot."""
     from ar2.index import FaissIndex
     from ar2.train.rounds import fusion_weight
 
@@ -49,7 +52,7 @@ def final_report(
     ranker.config = dataclasses.replace(ranker.config, fusion_weight=fusion_weight(out, chosen))
     ranker.save(out / "ranker")
     final = BiEncoder.load(out / "retriever")
-    index = FaissIndex.load(out / "indexes" / f"round-{chosen}", mmap=True)
+    index = FaissIndex.load(out / "indexes" / (INDEX if averaged else f"round-{chosen}"), mmap=True)
     index.save(out / "index", {"encoder": final.describe()}, docs=data.corpus)
     plot_training(out)
     if not data.test:
@@ -58,7 +61,9 @@ def final_report(
     info["training"] = _training_note(out, data, cfg) | {
         "delivered": f"round {chosen} of {cfg.rounds} (deliver = {cfg.deliver!r}: "
         + ("the best dev G)" if cfg.deliver == "best" else "the last round)")
-    }
+        + (f"; its retriever averaged over rounds {averaged_rounds(chosen, cfg.average_rounds)}"
+           if averaged else "")
+    }  # fmt: skip
     from ar2.comparison import EvalJob, score_and_report
 
     job = EvalJob(data_dir, "test", SYSTEMS, out, reranker=str(out / "ranker"),

@@ -89,8 +89,9 @@ def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncod
     distributed.on_main(write_mined, folder, groups, provenance, is_answer is not None, flt)
 
 
-def refresh_index(ctx: RunContext, r: int, retriever: BiEncoder) -> FaissIndex:
-    """Round ``r``'s index (spec §4.1 steps 1-2): each rank encodes its share of the corpus to
+def refresh_index(ctx: RunContext, r: int | str, retriever: BiEncoder) -> FaissIndex:
+    """Round ``r``'s index (``indexes/round-R``, or ``indexes/R`` when ``r`` is a name such as
+    ``"averaged"``; spec §4.1 steps 1-2): each rank encodes its share of the corpus to
     a ``.npy`` file, rank 0 builds the index from the files and saves it, and every rank maps
     the saved index (one copy in memory per machine, however many ranks it runs). An index
     already saved (a run killed before its mining ended) is the same retriever's: kept.
@@ -102,9 +103,10 @@ def refresh_index(ctx: RunContext, r: int, retriever: BiEncoder) -> FaissIndex:
 
     corpus, main = ctx.data.corpus, distributed.world().main
     folder = ctx.out / "indexes"
-    path, parts_dir = folder / f"round-{r}", folder / f".round-{r}.parts"
+    name = r if isinstance(r, str) else f"round-{r}"
+    path, parts_dir = folder / name, folder / f".{name}.parts"
     saved = path.is_dir()  # written atomically: every rank sees it whole or not at all
-    distributed.on_main(_remove_leftovers, folder, f".round-{r}.")
+    distributed.on_main(_remove_leftovers, folder, f".{name}.")
     if not saved:
         parts_dir.mkdir(parents=True, exist_ok=True)
 
