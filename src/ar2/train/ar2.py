@@ -31,6 +31,7 @@ from ar2.data.training import TrainingGroup, read_groups
 from ar2.encoders import BiEncoder, CrossEncoder
 from ar2.errors import Ar2Error
 from ar2.train import steps
+from ar2.train.average import averaged_retriever, retriever_of_round
 from ar2.train.checks import check_index, check_settings, ranker_length
 from ar2.train.data import TrainData, data_differences, data_record, load_train_data
 from ar2.train.estimate import estimate
@@ -64,7 +65,6 @@ def run_ar2(
     new or empty ``out`` starts a run); ``overwrite`` starts again in an ``out`` that holds
     something else (a run included). Everything is checked before ``config.json`` is written.
     """
-    from ar2.train.average import averaged_retriever
     from ar2.train.report import final_report
 
     if resume and overwrite:
@@ -124,10 +124,8 @@ def delivered_round(records: list[dict[str, Any]], cfg: AR2Config) -> int:
 
 def _round_models(out: Path, r: int) -> tuple[BiEncoder, CrossEncoder]:
     """Round ``r``'s saved retriever and ranker (round 0: G0 and D0)."""
-    if r == 0:
-        return BiEncoder.load(out / "g0" / "retriever"), CrossEncoder.load(out / "d0" / "ranker")
-    folder = out / "rounds" / str(r)
-    return BiEncoder.load(folder / "retriever"), CrossEncoder.load(folder / "ranker")
+    ranker = out / "d0" / "ranker" if r == 0 else out / "rounds" / str(r) / "ranker"
+    return BiEncoder.load(retriever_of_round(out, r)), CrossEncoder.load(ranker)
 
 
 def _claim(

@@ -43,6 +43,18 @@ def retriever_of_round(out: Path, r: int) -> Path:
     return out / "g0" / "retriever" if r == 0 else out / "rounds" / str(r) / "retriever"
 
 
+def average_encoders(encoders: Sequence[BiEncoder]) -> BiEncoder:
+    """The last of ``encoders``, its weights replaced in place by the mean of all of theirs;
+    it has separate towers when any of them has (a shared one counts as both)."""
+    merged = encoders[-1]
+    towers = ["doc_model"] if all(e.shared for e in encoders) else ["doc_model", "query_model"]
+    if len(towers) == 2:
+        merged.untie()
+    for tower in towers:
+        getattr(merged, tower).load_state_dict(average_state([getattr(e, tower) for e in encoders]))
+    return merged
+
+
 def averaged_retriever(ctx: RunContext, chosen: int) -> BiEncoder | None:
     """The average of the retrievers of :func:`averaged_rounds`, saved to
     ``averaged/retriever`` and indexed (``indexes/averaged``), with its dev G written as
@@ -51,17 +63,11 @@ def averaged_retriever(ctx: RunContext, chosen: int) -> BiEncoder | None:
     if len(rounds) == 1:
         return None
     final = ctx.out / INDEX / "retriever"
-    if not final.is_dir():
-        encoders = [BiEncoder.load(retriever_of_round(ctx.out, r)) for r in rounds]
-        merged = encoders[-1]
-        towers = ("doc_model",) if all(e.shared for e in encoders) else ("doc_model", "query_model")
-        if len(towers) == 2:
-            merged.untie()
-        for tower in towers:
-            getattr(merged, tower).load_state_dict(
-                average_state([getattr(e, tower) for e in encoders])
-            )
-        distributed.on_main(merged.save, final)
+    if not final.is_dir():  # averaged once, on rank 0
+        paths = [retriever_of_round(ctx.out, r) for r in rounds]
+        distributed.on_main(
+            lambda: average_encoders([BiEncoder.load(p) for p in paths]).save(final)
+        )
     averaged = BiEncoder.load(final)
     _measure(ctx, averaged, rounds)
     return averaged
@@ -69,19 +75,13 @@ def averaged_retriever(ctx: RunContext, chosen: int) -> BiEncoder | None:
 
 def _measure(ctx: RunContext, retriever: BiEncoder, rounds: list[int]) -> None:
     """Index the averaged retriever and write its dev G (once: a resumed run keeps both)."""
-    from ar2.evaluate import evaluate
     from ar2.retrievers import dense
-    from ar2.train.rounds import refresh_index, split_queries
+    from ar2.train.rounds import dev_retrieval, refresh_index
 
     if "dev-avg" in ctx.metrics.seen:
         return
     began = time.perf_counter()
-    index = refresh_index(ctx, INDEX, retriever)
-    run = split_queries(
-        lambda queries: dense(retriever, index).retrieve(queries, 100), ctx.data.dev
-    )
-    measure = ctx.cfg.eval_measure
-    dev = {"G": evaluate(run, ctx.data.dev_qrels, [measure])[measure]}
+    _, dev = dev_retrieval(ctx, dense(retriever, refresh_index(ctx, INDEX, retriever)))
     seconds = round(time.perf_counter() - began, 2)
     ctx.metrics.write({"stage": "dev-avg", "round": rounds[-1], "rounds": rounds, "dev": dev,
                        "seconds": seconds})  # fmt: skip

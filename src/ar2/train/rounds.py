@@ -55,7 +55,6 @@ def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncod
 
     When the training queries carry answers, answer-bearing candidates are dropped from the
     negatives and counted in the groups' manifest (:func:`ar2.mining.write_mined`)."""
-    from ar2.evaluate import evaluate
     from ar2.mining import answer_check, false_negative_filter, mine, write_mined
     from ar2.retrievers import dense as dense_retriever
 
@@ -74,9 +73,8 @@ def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncod
         return {g.query.id: g for g in mined}
 
     groups = list(split_queries(mine_share, data.train).values())  # in the single-process order
-    dev_run = split_queries(lambda queries: dense.retrieve(queries, 100), data.dev)
+    dev_run, dev = dev_retrieval(ctx, dense)
     distributed.on_main(write_run, dev_run, out / "dev_runs" / f"round-{r}.trec")
-    dev = {"G": evaluate(dev_run, data.dev_qrels, [cfg.eval_measure])[cfg.eval_measure]}
     seconds = round(time.perf_counter() - began, 2)  # index refresh, mining and dev retrieval
     metrics.write({"stage": f"dev-g-{r}", "round": r, "dev": dev, "groups": len(groups),
                    "seconds": seconds})  # fmt: skip
@@ -87,6 +85,15 @@ def mine_round(ctx: RunContext, r: int, retriever: BiEncoder, ranker: CrossEncod
 
     # marks the round as mined
     distributed.on_main(write_mined, folder, groups, provenance, is_answer is not None, flt)
+
+
+def dev_retrieval(ctx: RunContext, dense: Any) -> tuple[Run, dict[str, float]]:
+    """The dev queries' top 100 from the ``dense`` retriever, and their G (``eval_measure``)."""
+    from ar2.evaluate import evaluate
+
+    run = split_queries(lambda queries: dense.retrieve(queries, 100), ctx.data.dev)
+    measure = ctx.cfg.eval_measure
+    return run, {"G": evaluate(run, ctx.data.dev_qrels, [measure])[measure]}
 
 
 def refresh_index(ctx: RunContext, r: int | str, retriever: BiEncoder) -> FaissIndex:
