@@ -14,10 +14,12 @@ same rounds, with the same retriever steps and documents per step (batch × (1 +
 - ``margin_mse``, ``nway_kl``: AR2 with that distillation term;
 - ``cosine``: AR2 with the ``"cosine"`` ranker head, its D0 retrained (150 steps at 3e-5).
 
-Then, for ``ar2-g`` and ``ar2-g+d`` (test nDCG@10), each arm's mean ± sd over seeds, and its
-difference from ``--reference`` (default ``ar2``) by a paired two-sided t-test over the
-per-query values of all seeds (query × seed pairs), Holm-corrected over the table; the dev G
-of the last round is listed beside. Written to ``OUT/ablations.md`` and ``OUT/ablations.json``.
+Then, for ``ar2-g``, ``ar2-g+d`` and ``ar2-d`` (the ranker alone, where the reports have it;
+test nDCG@10), each arm's mean ± sd over seeds, and its difference from ``--reference``
+(default ``ar2``) by a paired two-sided t-test over the per-query values of all seeds (query ×
+seed pairs), Holm-corrected over the table; the dev G of the last round is listed beside. A
+second table tests each arm's ar2-g against its g0, the retriever the round started from.
+Written to ``OUT/ablations.md`` and ``OUT/ablations.json``.
 
     .venv/bin/python benchmarks/ablations.py runs/presets13/new-seed42 runs/presets13/new-seed43 \\
         runs/presets13/new-seed44 --arms ar2,ensemble,ance --set retriever.steps=30 \\
@@ -56,7 +58,8 @@ ARMS: dict[str, dict[str, Any]] = {
         "d0": {"steps": 150, "epochs": None, "lr": 3e-5, "head_lr": None},
     },
 }
-SYSTEMS = ("ar2-g", "ar2-g+d")
+SYSTEMS = ("ar2-g", "ar2-g+d", "ar2-d")
+"""The rows of the table; ``ar2-d`` (the ranker alone) where every run's report has it."""
 MEASURE = "nDCG@10"
 
 
@@ -108,12 +111,33 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {sd:.4f}"
 
 
+def reported(runs: dict[str, dict[int, Path]]) -> list[str]:
+    """The :data:`SYSTEMS` that every run's report measured (older runs lack ``ar2-d``)."""
+    paths = [run for by_seed in runs.values() for run in by_seed.values()]
+    return [s for s in SYSTEMS if all(s in read_per_query(run) for run in paths)]
+
+
+def against_g0(runs: dict[str, dict[int, Path]]) -> tuple[str, list[dict[str, Any]]]:
+    """Each arm's ar2-g against its own g0 (the round's start), paired over query × seed."""
+    lines = ["| arm | g0 mean | ar2-g mean | ar2-g − g0 | p |", "|---|---:|---:|---:|---:|"]
+    rows = []
+    for arm, by_seed in runs.items():
+        per_q = {s: {MEASURE: pooled(by_seed, s)} for s in ("g0", "ar2-g")}
+        row = compare(per_q, "g0", [MEASURE])[0] | {"arm": arm}
+        g0, ar2 = (statistics.mean(per_q[s][MEASURE].values()) for s in ("g0", "ar2-g"))
+        lines.append(f"| {arm} | {g0:.4f} | {ar2:.4f} | {row['mean_diff']:+.4f} | "
+                     f"{row['p_value']:.3g} |")  # fmt: skip
+        rows.append(row)
+    return "\n".join(lines), rows
+
+
 def table(runs: dict[str, dict[int, Path]], reference: str) -> tuple[str, list[dict[str, Any]]]:
     """The markdown table and the test rows: arms × systems against ``reference``."""
+    systems = reported(runs)
     per_q = {f"{arm} {s}": {MEASURE: pooled(by_seed, s)} for arm, by_seed in runs.items()
-             for s in SYSTEMS}  # fmt: skip
+             for s in systems}  # fmt: skip
     rows = []
-    for system in SYSTEMS:
+    for system in systems:
         subset = {f"{arm} {system}": per_q[f"{arm} {system}"] for arm in runs}
         rows += compare(subset, f"{reference} {system}", [MEASURE])
     tests = {row["system"]: row for row in rows}
@@ -122,7 +146,7 @@ def table(runs: dict[str, dict[int, Path]], reference: str) -> tuple[str, list[d
         "| dev G (last round), mean |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for system in SYSTEMS:
+    for system in systems:
         for arm, by_seed in runs.items():
             means = [
                 statistics.mean(read_per_query(r)[system][MEASURE].values())
@@ -164,11 +188,14 @@ def main() -> None:
                 base, arm, args.sets, args.data, out
             )
     text, rows = table(runs, args.reference)
+    g0_text, g0_rows = against_g0(runs)
+    text += "\n\nEach arm's round against its start (test, pooled over seeds):\n\n" + g0_text
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "ablations.md", text + "\n")
     record = {"sets": args.sets, "runs": {a: {str(s): str(r) for s, r in by.items()}
-              for a, by in runs.items()}, "rows": rows, "seconds": seconds}  # fmt: skip
+              for a, by in runs.items()}, "rows": rows, "against_g0": g0_rows,
+              "seconds": seconds}  # fmt: skip
     atomic_write_text(args.out / "ablations.json", json.dumps(record, indent=1) + "\n")
 
 
