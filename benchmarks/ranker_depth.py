@@ -36,7 +36,7 @@ from ar2.evaluate import compare, per_query
 from ar2.fusion import rerank, with_tail
 from ar2.pipeline import CrossEncoderRanker
 from ar2.retrievers import dense_from_folder
-from ar2.types import Qrels, Query, Run
+from ar2.types import Doc, Qrels, Query, Run
 
 MEASURE = "nDCG@10"
 
@@ -46,16 +46,17 @@ def last_round(run: Path) -> int:
     return max(int(p.stem.split("-")[1]) for p in (run / "dev_runs").glob("round-*.trec"))
 
 
-def split_inputs(run: Path, data: Path, split: str) -> tuple[list[Query], Qrels, Run]:
-    """The split's queries, qrels and the delivered retriever's run of them (100 deep)."""
+def split_inputs(run: Path, data: Path, split: str) -> tuple[list[Doc], list[Query], Qrels, Run]:
+    """The corpus, the split's queries and qrels, and the delivered retriever's run of them
+    (100 deep)."""
     if split == "dev":
-        _, queries, qrels = load_beir(data, "train")
+        docs, queries, qrels = load_beir(data, "train")
         ids = set(json.loads((run / "dev_split.json").read_text())["queries"])
         dev = read_run(run / "dev_runs" / f"round-{last_round(run)}.trec")
-        return [q for q in queries if q.id in ids], {q: qrels[q] for q in ids}, dev
-    _, queries, qrels = load_beir(data, split)
+        return docs, [q for q in queries if q.id in ids], {q: qrels[q] for q in ids}, dev
+    docs, queries, qrels = load_beir(data, split)
     queries = [q for q in queries if q.id in qrels]
-    return queries, qrels, dense_from_folder(run / "index").retrieve(queries, 100)
+    return docs, queries, qrels, dense_from_folder(run / "index").retrieve(queries, 100)
 
 
 def depth_runs(
@@ -78,9 +79,8 @@ def measure_run(
     run: Path, data: Path, split: str, depths: list[int]
 ) -> dict[str, dict[str, float]]:
     """``system -> query -> nDCG@10`` for one run on one split."""
-    docs, _, _ = load_beir(data, split if split != "dev" else "train")
+    docs, queries, qrels, retrieved = split_inputs(run, data, split)
     ranker = CrossEncoderRanker(CrossEncoder.load(run / "ranker"), {d.id: d for d in docs})
-    queries, qrels, retrieved = split_inputs(run, data, split)
     return {
         system: per_query(ranked, qrels, [MEASURE])[MEASURE]
         for system, ranked in depth_runs(ranker, queries, retrieved, depths).items()
