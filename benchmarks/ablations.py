@@ -29,6 +29,7 @@ Written to ``OUT/ablations.md`` and ``OUT/ablations.json``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -39,7 +40,7 @@ from ar2._io import atomic_write_text
 from ar2._overrides import apply_overrides
 from ar2.config import load_ar2_config
 from ar2.evaluate import compare
-from ar2.report import read_per_query
+from ar2.report import read_per_query as _read_per_query
 from ar2.train.ar2 import run_ar2
 
 NO_RANKER: dict[str, Any] = {"retriever_loss": "contrastive", "ranker": {"steps": 0}}
@@ -61,6 +62,7 @@ ARMS: dict[str, dict[str, Any]] = {
 SYSTEMS = ("ar2-g", "ar2-g+d", "ar2-d")
 """The rows of the table; ``ar2-d`` (the ranker alone) where every run's report has it."""
 MEASURE = "nDCG@10"
+read_per_query = functools.cache(_read_per_query)  # each run's per_query.tsv, read once
 
 
 def arm_config(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

@@ -4,9 +4,9 @@ Not a test. Issue 14 asks that the ranker alone, reordering the retriever's top 
 weight 1), score at least the retriever alone. A run's report measures the ranker alone at its
 ``rerank_k`` only (20 in the presets). For each finished ``ar2 train`` RUN (one per seed):
 
-- dev: the run of the last round's retriever on the held-out dev queries
-  (``dev_runs/round-R.trec``, R = the last round, 100 deep), so use runs that deliver their
-  last round (``deliver = "last"``);
+- dev: the run of the delivered round's retriever on the held-out dev queries
+  (``dev_runs/round-R.trec``, R the round ``deliver`` chose, 100 deep); a run that delivers
+  an average of rounds (``average_rounds > 1``) keeps no such run and is refused;
 - test: the delivered index (``RUN/index``) searched for the test queries, 100 deep
   (``--splits dev`` skips it: about 30,000 pairs to score per run).
 
@@ -29,21 +29,30 @@ from pathlib import Path
 from typing import Any
 
 from ar2._io import atomic_write_text
+from ar2.config import load_ar2_config
 from ar2.data.beir import load_beir
 from ar2.data.trec import read_run
 from ar2.encoders import CrossEncoder
 from ar2.evaluate import compare, per_query
-from ar2.fusion import rerank, with_tail
+from ar2.fusion import fused_run
 from ar2.pipeline import CrossEncoderRanker
 from ar2.retrievers import dense_from_folder
+from ar2.train.ar2 import delivered_round
+from ar2.train.run_config import read_run_config
+from ar2.train.stage import MetricsLog
 from ar2.types import Doc, Qrels, Query, Run
 
 MEASURE = "nDCG@10"
 
 
-def last_round(run: Path) -> int:
-    """The last round with a dev run (``dev_runs/round-R.trec``)."""
-    return max(int(p.stem.split("-")[1]) for p in (run / "dev_runs").glob("round-*.trec"))
+def delivered(run: Path) -> int:
+    """The round whose retriever and ranker ``run`` delivered (:func:`delivered_round`)."""
+    saved = read_run_config(run / "config.json")
+    saved.pop("data", None)  # the run's data record, not a setting
+    cfg = load_ar2_config(saved, str(run))
+    if cfg.average_rounds > 1:
+        raise SystemExit(f"{run}: delivers an average of rounds, whose dev run is not kept")
+    return delivered_round(MetricsLog(run / "metrics.jsonl").records, cfg)
 
 
 def split_inputs(run: Path, data: Path, split: str) -> tuple[list[Doc], list[Query], Qrels, Run]:
@@ -52,7 +61,7 @@ def split_inputs(run: Path, data: Path, split: str) -> tuple[list[Doc], list[Que
     if split == "dev":
         docs, queries, qrels = load_beir(data, "train")
         ids = set(json.loads((run / "dev_split.json").read_text())["queries"])
-        dev = read_run(run / "dev_runs" / f"round-{last_round(run)}.trec")
+        dev = read_run(run / "dev_runs" / f"round-{delivered(run)}.trec")
         return docs, [q for q in queries if q.id in ids], {q: qrels[q] for q in ids}, dev
     docs, queries, qrels = load_beir(data, split)
     queries = [q for q in queries if q.id in qrels]
@@ -67,11 +76,8 @@ def depth_runs(
     deepest = max(depths)
     scored = {q.id: ranker.scores(q, retrieved[q.id][:deepest]) for q in queries}
     for k in depths:
-        runs[f"ranker@{k}"] = {
-            q.id: with_tail(rerank(hits[:k], scored[q.id][:k], 1.0), hits[k:])
-            for q in queries
-            for hits in [retrieved[q.id]]
-        }
+        head = {q: (retrieved[q][:k], scores[:k]) for q, scores in scored.items()}
+        runs[f"ranker@{k}"] = fused_run(head, retrieved, 1.0)
     return runs
 
 
