@@ -11,6 +11,8 @@ same rounds, with the same retriever steps and documents per step (batch × (1 +
 - ``ance``: negatives re-mined every round, no ranker (ANCE-style control), same loss;
 - ``lambda0``, ``lambda0.3``: the AR2 loss with λ = 0 (distillation only) and λ = 0.3;
 - ``inbatch``: the AR2 loss plus the in-batch term (``in_batch = true``, our addition);
+- ``kd``: the control's loss (in-batch + group cross-entropy) plus L_KD, no L_ADV
+  (``in_batch = true``, λ = 0);
 - ``margin_mse``, ``nway_kl``: AR2 with that distillation term;
 - ``cosine``: AR2 with the ``"cosine"`` ranker head, its D0 retrained (150 steps at 3e-5).
 
@@ -52,6 +54,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "lambda0": {"adv_lambda": 0.0},
     "lambda0.3": {"adv_lambda": 0.3},
     "inbatch": {"in_batch": True},
+    "kd": {"in_batch": True, "adv_lambda": 0.0},  # the control's cross-entropy + L_KD, no L_ADV
     "margin_mse": {"kd_loss": "margin_mse"},
     "nway_kl": {"kd_loss": "nway_kl"},
     "cosine": {

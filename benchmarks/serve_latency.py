@@ -52,31 +52,44 @@ CLIENTS = 4
 TARGETS = {"dense p50 ms": 20.0, "dense+rerank20 p50 ms": 300.0, "dense HTTP overhead": 1.5}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_query_args(parser: argparse.ArgumentParser) -> None:
+    """The run and the queries a per-query benchmark reads (also ``onnx_backend.py``'s)."""
     parser.add_argument("run", nargs="?", default="runs/quick", help="run folder (runs/quick)")
     parser.add_argument("--data", default="data/scifact", help="BEIR folder for the queries")
     parser.add_argument("--split", default="test", help="queries of this qrels split (test)")
     parser.add_argument("--queries", type=int, default=None, help="only the first N queries")
-    parser.add_argument("--out", help="also write every timing as JSON")
+    parser.add_argument("--out", help="also write the results as JSON")
+
+
+def judged_queries(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
+    """The split's judged queries (the first ``--queries``) and their qrels."""
+    from ar2.data.beir import load_qrels, load_queries
+
+    qrels = load_qrels(Path(args.data) / "qrels" / f"{args.split}.tsv")
+    queries = [q for q in load_queries(Path(args.data) / "queries.jsonl") if q.id in qrels]
+    queries = queries[: args.queries]
+    return queries, {q.id: qrels[q.id] for q in queries}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_query_args(parser)
     parser.add_argument("--url", help="query this running `ar2 serve RUN` instead of starting one")
+    parser.add_argument("--backend", default="auto", help="`ar2 serve --backend` (auto)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
 
-    from ar2.data.beir import load_qrels, load_queries
     from ar2.serve import SearchService
     from ar2.types import Query
 
-    qrels = load_qrels(Path(args.data) / "qrels" / f"{args.split}.tsv")
-    queries = [q for q in load_queries(Path(args.data) / "queries.jsonl") if q.id in qrels]
-    queries = queries[: args.queries]
+    queries, _ = judged_queries(args)
     print(f"{len(queries)} queries; loading {args.run} in-process and in `ar2 serve`", flush=True)
-    service = SearchService.load(args.run)
+    service = SearchService.load(args.run, backend=args.backend)
     texts = [q.text for q in queries]
-    with served(args.run, args.url) as url, http_client(url) as client:
+    with served(args.run, args.url, args.backend) as url, http_client(url) as client:
         host, port = url.removeprefix("http://").rsplit(":", 1)
         conn = http.client.HTTPConnection(host, int(port), timeout=60)
         took: list[float] = []
@@ -200,8 +213,8 @@ def http_qps(url: str, texts: list[str], mode: str, rerank_k: int) -> float:
 class served:
     """``ar2 serve RUN --port 0`` in a subprocess; the context value is its base URL."""
 
-    def __init__(self, run: str, url: str | None = None) -> None:
-        self.run, self.url = run, url
+    def __init__(self, run: str, url: str | None = None, backend: str = "auto") -> None:
+        self.run, self.url, self.backend = run, url, backend
         self.proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> str:
@@ -213,6 +226,7 @@ class served:
         # nobody reads fills after ~900 requests and then blocks the server's event loop.
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log")
         cmd = [sys.executable, "-m", "ar2.cli", "serve", self.run, "--port", "0"]
+        cmd += ["--backend", self.backend]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, text=True)
         match = None
         for _ in range(1200):
@@ -247,6 +261,7 @@ def report(results: dict[str, Any], args: argparse.Namespace, n: int) -> None:
     setup = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "run": args.run,
+        "backend": args.backend,
         "queries": n,
         "k": K,
         "cpus": len(os.sched_getaffinity(0)),

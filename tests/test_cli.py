@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -125,6 +126,32 @@ def test_index_then_search_bm25_and_dense(toy_beir: Path, tiny_bert: Path, tmp_p
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 8
     assert not list(tmp_path.glob(".ar2-vectors-*"))  # the on-disk vectors are cleaned up
+    if importlib.util.find_spec("onnxruntime"):  # the default (auto) ran ONNX: torch agrees
+        on_torch = _ar2("search", str(dense_dir), "fish", "-k", "8", "--backend", "torch")
+        assert on_torch.returncode == 0, on_torch.stderr
+        assert _ids(on_torch.stdout) == _ids(result.stdout)
+
+
+@pytest.mark.parametrize("quantize", ["int8", "binary"])
+def test_a_quantized_index_answers_as_the_flat_one(
+    toy_beir: Path, tiny_bert: Path, tmp_path: Path, quantize: str
+) -> None:
+    """8 documents, k x refine >= 8: every code is re-scored, so the answer is exact."""
+    printed = {}
+    for name, extra in (("flat", []), (quantize, ["--quantize", quantize])):
+        built = _ar2("index", str(toy_beir), "--kind", "dense", "--model", str(tiny_bert),
+                     "--out", str(tmp_path / name), *extra)  # fmt: skip
+        assert built.returncode == 0, built.stderr
+        result = _ar2("search", str(tmp_path / name), "cats eat fish", "-k", "5")
+        assert result.returncode == 0, result.stderr
+        printed[name] = result.stdout
+    assert _ids(printed[quantize]) == _ids(printed["flat"])
+    manifest = json.loads((tmp_path / quantize / "manifest.json").read_text())
+    assert manifest["factory"] == {"int8": "SQ8", "binary": "LSH"}[quantize]
+
+
+def _ids(printed: str) -> list[str]:
+    return [line.split()[2] for line in printed.splitlines()]
 
 
 def test_dense_index_holds_the_encoders_vectors(toy_beir: Path, tiny_bert: Path, tmp_path: Path):
@@ -188,6 +215,21 @@ def test_a_bad_corpus_line_fails_before_any_encoding(
         (["eval", "{toy}", "--split", "dev", "--out", "{out}"], "dev"),
         (["search", "{toy}", "cats"], "not an ar2 index"),
         (["index", "{toy}", "--kind", "dense", "--refine", "-1", "--out", "{out}"], "refine"),
+        (
+            [
+                "index",
+                "{toy}",
+                "--kind",
+                "dense",
+                "--preset",
+                "hnsw",
+                "--quantize",
+                "binary",
+                "--out",
+                "{out}",
+            ],
+            "quantize = 'binary' does not apply to the preset 'hnsw'",
+        ),
         (["eval", "{toy}", "--measures", "nDCG@ten", "--out", "{out}"], "unknown measure"),
         (["eval", "{toy}", "--systems", "dense:{toy}", "--out", "{out}"], "not a model folder"),
     ],

@@ -37,6 +37,9 @@ def test_the_registries_are_keyed_by_the_configs_names() -> None:
     assert tuple(HEADS) == config.RANKER_HEADS
     assert (*PRESETS, "auto") == config.INDEX_PRESETS
     assert tuple(index.KINDS) == config.INDEX_KINDS
+    from ar2.index.factory import QUANTIZERS
+
+    assert tuple(QUANTIZERS) == config.INDEX_QUANTIZERS == tuple(config.QUANTIZABLE)
 
 
 def test_the_cli_offers_exactly_the_configs_names() -> None:
@@ -45,6 +48,9 @@ def test_the_cli_offers_exactly_the_configs_names() -> None:
     assert _choices("eval", "--preset") == config.INDEX_PRESETS
     for command in ("index", "eval"):
         assert _choices(command, "--precision") == config.PRECISIONS
+    assert _choices("index", "--quantize") == config.INDEX_QUANTIZERS
+    for command in ("search", "serve"):
+        assert _choices(command, "--backend") == config.BACKENDS
 
 
 def test_every_name_is_accepted_where_it_is_checked_and_others_are_not() -> None:

@@ -18,6 +18,8 @@ _EXTRA_OF = {
     "matplotlib": "eval",
     "fastapi": "serve",
     "uvicorn": "serve",
+    "onnxruntime": "onnx",
+    "onnx": "onnx",
 }
 
 

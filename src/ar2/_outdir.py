@@ -36,6 +36,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from ar2._io import OLD_NAME, TEMP_NAME, remove_path
 from ar2.errors import Ar2Error
@@ -114,11 +115,20 @@ PRETRAIN_CONFIG = "pretrain.json"
 """The settings and data of an ``ar2 pretrain`` run (not ``config.json``: the run folder is
 no model folder)."""
 
+DISTILL_CONFIG = "distill.json"
+"""The settings and the run of an ``ar2 distill-query`` output."""
+
+
+def _is_distill(path: Path) -> bool:
+    return (path / DISTILL_CONFIG).is_file()
+
+
 KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
     "index": ("an ar2 index (`ar2 index`)", _is_index),
     "eval": ("an ar2 eval report (`ar2 eval`)", _is_eval),
     "run": ("an ar2 training run (`ar2 train`)", _is_run),
     "pretrain": ("an ar2 pretraining run (`ar2 pretrain`)", _is_pretrain),
+    "distill": ("an ar2 query-tower distillation (`ar2 distill-query`)", _is_distill),
 }
 """Output kinds: a description and a test that a folder is one."""
 
@@ -239,6 +249,32 @@ def claim(
         if is_kind(path, kind) or (path.is_dir() and is_empty(path)):
             remove_leftovers(path, inside=True)
         yield path
+
+
+def resumed_record(
+    out: Path, name: str, what: str, resume: bool, overwrite: bool
+) -> dict[str, Any] | None:
+    """The record ``out/name`` of the output being resumed (``None``: nothing to resume, or
+    ``overwrite``); without ``resume`` an existing one is refused (``what`` names it)."""
+    saved = out / name
+    if not saved.is_file() or overwrite:
+        return None
+    if not resume:
+        raise Ar2Error(
+            f"{out} holds {what}. Fix: pass --resume to continue it, --overwrite to start it "
+            "again, or a new --out"
+        )
+    return json.loads(saved.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+
+
+def changed_settings(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
+    """The settings of ``want`` whose saved value in ``have`` differs.
+
+    Example:
+        >>> changed_settings({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": 4})
+        ['b', 'c']
+    """
+    return sorted(k for k in want if have.get(k) != want[k])
 
 
 def clear_folder(path: Path) -> None:

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from ar2 import __version__
-from ar2._typed import non_negative_int, port_number, positive_int, unit_fraction
+from ar2._typed import from_dict, non_negative_int, port_number, positive_int, unit_fraction
 from ar2.config import (
+    BACKENDS,
     INDEX_KINDS,
     INDEX_PRESETS,
+    INDEX_QUANTIZERS,
     PRECISIONS,
     AR2Config,
     IndexConfig,
@@ -78,25 +80,28 @@ def _index_config(args: argparse.Namespace) -> IndexConfig:
     """The dense index settings of ``ar2 index``, checked before anything is read."""
     try:
         return IndexConfig(
-            args.preset, args.factory, ram_budget_gb=args.ram_budget_gb, refine=args.refine
-        )
+            args.preset, args.factory, ram_budget_gb=args.ram_budget_gb, refine=args.refine,
+            quantize=args.quantize,
+        )  # fmt: skip
     except ValueError as err:
         raise Ar2Error(f"ar2 index: {err}. Fix: see `ar2 index --help`") from err
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     """Print the top hits of one query against an index folder."""
+    from ar2.encoders.onnx_runtime import resolve_backend
     from ar2.index.base import iter_docs
     from ar2.pipeline import CrossEncoderRanker, SearchPipeline
     from ar2.retrievers import from_folder
 
-    [retriever] = from_folder(args.index_dir).values()  # the index's own kind
+    backend = resolve_backend(args.backend)
+    [retriever] = from_folder(args.index_dir, backend=backend).values()  # the index's own kind
     docs = {d.id: d for d in iter_docs(args.index_dir)}
     ranker = None
     if args.reranker:
         from ar2.encoders import CrossEncoder
 
-        ranker = CrossEncoderRanker(CrossEncoder.load(args.reranker), docs)
+        ranker = CrossEncoderRanker(CrossEncoder.load(args.reranker, backend=backend), docs)
     hits = SearchPipeline(retriever, ranker, args.rerank_k).search(args.query, args.k)
     for rank, hit in enumerate(hits, start=1):
         title = docs[hit.doc_id].title if hit.doc_id in docs else ""
@@ -243,19 +248,47 @@ def _pretrain_config(args: argparse.Namespace) -> PretrainConfig:
     return load_pretrain_config(data, source)
 
 
+def cmd_distill_query(args: argparse.Namespace) -> int:
+    """A query tower of fewer layers trained to give a run's query vectors (ScalingNote)."""
+    import dataclasses
+
+    from ar2._overrides import apply_overrides
+    from ar2.config import DistillConfig, config_tables
+    from ar2.train.distill import run_distill
+
+    data = dataclasses.asdict(DistillConfig(layers=args.layers))
+    data = apply_overrides(data, args.set, DistillConfig) if args.set else data
+    kinds = config_tables(DistillConfig)
+    source = "ar2 distill-query" + (f" with --set {' '.join(args.set)}" if args.set else "")
+    fields = {k: from_dict(kinds[k], v, source) if k in kinds else v for k, v in data.items()}
+    cfg = from_dict(DistillConfig, fields, source)
+    r = run_distill(Path(args.run), Path(args.out), cfg, args.resume, args.overwrite)
+    for split in ("dev", "test"):
+        if split in r:
+            s = r[split]
+            print(f"{split:5} nDCG@10 teacher {s['teacher']:.4f}  student {s['student']:.4f}  "
+                  f"({s['diff']:+.4f}, p = {s['p']:.3g}, {s['queries']} queries)")  # fmt: skip
+    t = r["latency_ms_p50"]
+    print(f"one query (torch, p50): teacher {t['teacher']} ms, student {t['student']} ms")
+    print(f"\nserve it: ar2 serve {args.run} --retriever {Path(args.out) / 'retriever'}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a run or an index over HTTP until Ctrl-C or SIGTERM (then finish what is running)."""
     from ar2._optional import require
 
     require("fastapi", "serve")
+    from ar2.encoders.onnx_runtime import resolve_backend
     from ar2.serve import SearchService, create_app
     from ar2.serve.security import parse_allowed_hosts
     from ar2.serve.server import default_allowed_hosts, is_loopback, listen, server, url_of
 
     hosts = None if args.allowed_hosts is None else parse_allowed_hosts(args.allowed_hosts)
+    backend = resolve_backend(args.backend)  # settings first, then the port, then the loading
     sock = listen(args.host, args.port)  # fail fast, before minutes of loading
     log.info("loading %s", args.path)
-    service = SearchService.load(args.path, args.reranker, args.retriever, args.rerank_k)
+    service = SearchService.load(args.path, args.reranker, args.retriever, args.rerank_k, backend)
     if not is_loopback(sock):
         log.warning("listening on %s: anyone who can reach it can search", args.host)
     if args.rerank_k and not service.has_ranker:
@@ -263,14 +296,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "--rerank-k %d ignored: %s has no ranker (pass --reranker)", args.rerank_k, args.path
         )
     rerank = f"; rerank top {service.default_rerank_k}" if service.has_ranker else ""
-    modes = ", ".join(service.modes)
-    print(f"ar2 serve: {url_of(sock)}/ ({len(service.docs)} documents; {modes}{rerank})")
+    modes, runs_on = ", ".join(service.modes), _runs_on(service.info()["backends"])
+    print(f"ar2 serve: {url_of(sock)}/ ({len(service.docs)} documents; {modes}{rerank}{runs_on})")
     if args.docs:
         log.info("/docs and /redoc load Swagger UI and ReDoc from cdn.jsdelivr.net")
     sys.stdout.flush()
     app = create_app(service, allowed_hosts=hosts or default_allowed_hosts(sock), docs=args.docs)
     server(app, quiet=args.quiet).run(sockets=[sock])
     return 0
+
+
+def _runs_on(backends: dict[str, Any]) -> str:
+    """``; on onnx`` (where the models run), or nothing when no model runs per query."""
+    names = sorted({b["backend"] for b in backends.values() if b})
+    return f"; on {', '.join(names)}" if names else ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -284,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_pretrain(sub)
     _add_train(sub)
+    _add_distill_query(sub)
     _add_serve(sub)
     return parser
 
@@ -309,8 +349,14 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
         "--refine",
         type=int,
         default=10,
-        help="compressed indexes (ivfpq): re-score the top k x N hits with the exact vectors "
-        "kept on disk; 0: off (default 10)",
+        help="compressed indexes (ivfpq, --quantize): re-score the top k x N hits with the "
+        "exact vectors kept on disk; 0: off (default 10)",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=INDEX_QUANTIZERS,
+        help="store codes, not float32 vectors: int8 (4x smaller; presets flat, ivf, hnsw) or "
+        "binary (the signs, 32x smaller; flat)",
     )
     _add_precision(p)
     p.set_defaults(func=cmd_index)
@@ -323,6 +369,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=positive_int, default=10, help="hits to print (default 10)")
     p.add_argument("--reranker", help="cross-encoder folder to rerank with")
     p.add_argument("--rerank-k", type=positive_int, default=50, help="hits to rerank (default 50)")
+    _add_backend(p)
     p.set_defaults(func=cmd_search)
 
 
@@ -361,6 +408,21 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     _add_overwrite(p, "start again in an --out that holds a pretraining run or other files")
     p.set_defaults(func=cmd_pretrain)
+
+
+def _add_distill_query(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "distill-query",
+        help="a smaller query tower for a trained run (its index stays): faster queries",
+    )
+    p.add_argument("run", help="a finished `ar2 train` run folder")
+    p.add_argument("--out", required=True, help="folder for retriever/, report.md, report.json")
+    p.add_argument("--layers", type=positive_int, default=3, help="layers kept (default 3)")
+    change = "change a setting (pseudo_queries=20000, stage.steps=1000), repeatable"
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=change)
+    p.add_argument("--resume", action="store_true", help="continue the distillation in --out")
+    _add_overwrite(p, "start again in an --out that holds a distillation or other files")
+    p.set_defaults(func=cmd_distill_query)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -417,12 +479,24 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="hits reranked by default (a run's own setting otherwise; 0: none)",
     )
     p.add_argument("--retriever", help="encoder folder for an index whose encoder was moved")
+    _add_backend(p)
     p.set_defaults(func=cmd_serve)
 
 
 def _add_overwrite(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help=f"{what}; without it such an --out is refused"
+    )
+
+
+def _add_backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="where queries are encoded and pairs scored: auto (the default) is onnx when "
+        "onnxruntime is installed (pip install 'ar2[onnx]'), else torch; onnx-int8 quantizes "
+        "the weights",
     )
 
 

@@ -28,6 +28,10 @@ from ar2.errors import Ar2Error
 # tests/test_names.py checks (encoders.pooling.POOLERS, losses.ADV_REDUCTIONS,
 # index.factory.PRESETS, index.KINDS).
 PRECISIONS = ("auto", "bf16", "fp32")
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+"""Where inference runs (:mod:`ar2.encoders.onnx_runtime`): ``torch``; ``onnx`` (ONNX Runtime,
+fp32); ``onnx-int8`` (weights quantized to int8); ``auto``: ``onnx`` when ``onnxruntime`` is
+installed, else ``torch``."""
 POOLINGS = ("mean", "cls")
 RETRIEVER_LOSSES = ("ar2", "contrastive")
 ADV_REDUCTIONS = ("sum", "mean_per_query")
@@ -106,6 +110,10 @@ class RankerConfig:
 
 INDEX_PRESETS = ("flat", "ivf", "hnsw", "ivfpq", "auto")
 """The names :class:`IndexConfig` accepts (``ar2.index.factory.PRESETS`` plus ``auto``)."""
+INDEX_QUANTIZERS = ("int8", "binary")
+"""The codes :class:`IndexConfig` ``quantize`` accepts (``ar2.index.factory.QUANTIZERS``)."""
+QUANTIZABLE = {"int8": ("flat", "ivf", "hnsw"), "binary": ("flat",)}
+"""The presets each quantizer applies to (IVF-PQ is compressed already)."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,11 @@ class IndexConfig:
         refine: for a compressed index (IVF-PQ, SQ), re-score the top ``k x refine``
             candidates with the exact float32 vectors kept beside it on disk; 0 turns it off.
             On 1M hard vectors IVF-PQ's recall@10 went from 0.55 to 0.99 with 10.
+        quantize: store codes instead of float32 vectors in the preset's index
+            (:data:`INDEX_QUANTIZERS`): ``"int8"``, one byte per dimension (FAISS's scalar
+            quantizer, ``SQ8``: flat, IVF or HNSW), 4x smaller; ``"binary"``, one bit per
+            dimension (the sign, searched by Hamming distance: FAISS's ``LSH`` without
+            rotation, flat only), 32x smaller. Candidates are re-scored exactly (``refine``).
     """
 
     preset: str = "flat"
@@ -136,10 +149,20 @@ class IndexConfig:
     ram_budget_gb: float | None = None
     ef_construction: int = 128
     refine: int = 10
+    quantize: str | None = None
 
     def __post_init__(self) -> None:
         if self.factory is None:
             check_choice("index preset", self.preset, INDEX_PRESETS)
+        if self.quantize is not None:
+            check_choice("quantize", self.quantize, INDEX_QUANTIZERS)
+            presets = QUANTIZABLE[self.quantize]
+            if self.factory is not None or self.preset not in (*presets, "auto"):
+                what = f"factory {self.factory!r}" if self.factory else f"preset {self.preset!r}"
+                raise ValueError(
+                    f"quantize = {self.quantize!r} does not apply to the {what}; it applies to "
+                    f"the presets {', '.join(presets)}"
+                )
         for name in ("nprobe", "ef_search", "ef_construction"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} = {getattr(self, name)} must be at least 1")
@@ -536,6 +559,45 @@ class PretrainConfig:
                 f"crop_min = {self.crop_min} is above crop_max = {self.crop_max}; "
                 "set crop_min <= crop_max"
             )
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """``ar2 distill-query``: a query tower of fewer layers that learns the run's query vectors
+    (ScalingNote's query-tower distillation); the document index stays.
+
+    Attributes:
+        layers: Transformer layers the student keeps of the teacher's, evenly spread with the
+            first and the last kept (:func:`ar2.train.distill.kept_layers`), each initialised
+            from the teacher's.
+        seed: Seeds the pseudo-queries, the batches and the dropout.
+        pseudo_queries: Sentences of the corpus (as ICT's pseudo-queries, :mod:`ar2.data.pseudo`)
+            added to the run's training queries as texts to learn from; no label is read.
+        stage: The student's training: ``steps`` updates of ``batch_size`` texts at ``lr``
+            (``n_neg`` unused).
+        latency_queries: Queries encoded one at a time, by the teacher and by the student, for
+            the report's latency.
+        checkpoint_every: Steps between checkpoints.
+        attention_dropout: As in ``ar2 train`` (0: the fused attention kernel on CPU).
+        fast_dropout: As in ``ar2 train``.
+    """
+
+    layers: int = 3
+    seed: int = 42
+    pseudo_queries: int = 20_000
+    stage: StageConfig = StageConfig(steps=1000, batch_size=64, n_neg=0, lr=1e-4)
+    latency_queries: int = 100
+    checkpoint_every: int = 200
+    attention_dropout: float | None = 0.0
+    fast_dropout: bool = True
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            self,
+            at_least={"layers": 1, "pseudo_queries": 0, "latency_queries": 1,
+                      "checkpoint_every": 1, "attention_dropout": 0.0},
+            at_most={"attention_dropout": 0.9},
+        )  # fmt: skip
 
 
 STAGES = ("g0", "d0", "ranker", "retriever")

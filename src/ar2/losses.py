@@ -23,6 +23,8 @@ The losses, each a scalar to minimise:
 - :func:`ar2_distillation`: ``L_KD = mean_b -sum_j Q_bj log P_bj`` (Eqs. 11-12).
 - :func:`ar2_adversarial`: ``L_ADV = sum_b sum_j reward_bj log P_bj`` (Eqs. 8-10).
 - :func:`ar2_retriever_loss`: the G-step, ``lambda L_ADV + (1 - lambda) L_KD``.
+- :func:`vector_distillation`: a smaller query tower learning the full one's vectors
+  (ScalingNote's query-tower distillation; ``ar2 distill-query``).
 
 L_KD is one of :data:`KD_LOSSES`, chosen by name (``kd_loss`` in the config):
 
@@ -408,6 +410,36 @@ def ar2_retriever_loss(
     adv = ar2_adversarial(retriever_scores, ranker_scores, reduction=reduction)  # ()
     kd_term = distil(retriever_scores, ranker_scores, temperature=temperature)  # ()
     return adv_lambda * adv + (1.0 - adv_lambda) * kd_term  # ()
+
+
+def vector_distillation(*, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Query-tower distillation (ScalingNote, "Scaling up Retrievers with Large Language Models
+    for Real-World Dense Retrieval"): the student's vector of each query learns the teacher's,
+    by a squared-error and a cosine term,
+    ``mean_b ||s_b - t_b||^2 + mean_b (1 - cos(s_b, t_b))``. The document index, built by the
+    teacher's document tower, stays as it is.
+
+    Args:
+        student: ``(B, d)`` the student's query vectors.
+        teacher: ``(B, d)`` the teacher's vectors of the same queries (no gradient reaches them).
+
+    Returns:
+        The scalar loss.
+
+    Example:
+        >>> s = torch.tensor([[1.0, 0.0]]); t = torch.tensor([[0.0, 1.0]])
+        >>> vector_distillation(student=s, teacher=t).item()  # ||s - t||^2 = 2, 1 - cos = 1
+        3.0
+    """
+    if student.shape != teacher.shape or student.dim() != 2:
+        raise ValueError(
+            f"student and teacher must both be (B, d); got {tuple(student.shape)} and "
+            f"{tuple(teacher.shape)}"
+        )
+    target = teacher.detach()  # (batch, d)
+    squared = (student - target).pow(2).sum(-1)  # (batch,)
+    cosine = F.cosine_similarity(student, target, dim=-1)  # (batch,)
+    return squared.mean() + (1.0 - cosine).mean()  # ()
 
 
 def _get_kd(name: str) -> Callable[..., torch.Tensor]:

@@ -146,10 +146,13 @@ class Retrievers:
                 log.warning("dense:%s: %s. Fix: %s", model or "default", note, fix)
 
 
-def dense_from_folder(path: str | Path, encoder_dir: str | Path | None = None) -> DenseRetriever:
+def dense_from_folder(
+    path: str | Path, encoder_dir: str | Path | None = None, backend: str = "torch"
+) -> DenseRetriever:
     """A dense index folder and the encoder its manifest names, with the same settings
     (queries are encoded as the documents were); ``encoder_dir`` replaces the encoder's path
-    (a run folder that was moved)."""
+    (a run folder that was moved); ``backend`` is where queries are encoded
+    (:data:`ar2.encoders.onnx_runtime.BACKENDS`)."""
     from ar2.encoders import BiEncoder
     from ar2.index import FaissIndex, read_manifest
 
@@ -160,23 +163,25 @@ def dense_from_folder(path: str | Path, encoder_dir: str | Path | None = None) -
             f"{path}: its encoder {source} does not exist (moved or deleted). "
             "Fix: pass the encoder folder it was built with (--retriever PATH)"
         )
-    return dense(BiEncoder.load(source, **encoder_info["config"]), FaissIndex.load(path))
+    encoder = BiEncoder.load(source, backend=backend, **encoder_info["config"])
+    return dense(encoder, FaissIndex.load(path))
 
 
 def from_folder(
     path: str | Path,
     docs: Mapping[str, Doc] | None = None,
     encoder_dir: str | Path | None = None,
+    backend: str = "torch",
 ) -> dict[str, Retriever]:
     """The retrievers an index folder serves, by kind: its own (``bm25`` or ``dense``), and
     for a dense index with ``docs`` given, ``bm25`` over them (default settings, as ``ar2
     eval``'s baseline) and ``hybrid``. ``encoder_dir`` replaces the encoder path the manifest
-    names (a run folder that was moved)."""
+    names (a run folder that was moved); ``backend`` is where queries are encoded."""
     from ar2.index import BM25Index, read_manifest
 
     if read_manifest(path).get("kind") == "bm25":
         return {"bm25": bm25(BM25Index.load(path))}
-    found: dict[str, Retriever] = {"dense": dense_from_folder(path, encoder_dir)}
+    found: dict[str, Retriever] = {"dense": dense_from_folder(path, encoder_dir, backend)}
     if docs is None:
         return found
     if not docs:

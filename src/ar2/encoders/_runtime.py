@@ -7,14 +7,11 @@ import os
 from collections.abc import Iterator, Sequence
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ar2._optional import require
-
-if TYPE_CHECKING:
-    import torch
 
 
 @cache
@@ -81,14 +78,16 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[n
         yield order[start : start + batch_size]
 
 
-def pad_batch(
-    ids: Sequence[Sequence[int]],
-    pad_id: int,
-    device: str,
-    type_ids: Sequence[Sequence[int]] | None = None,
-) -> dict[str, torch.Tensor]:
-    """Right-pad token id lists into ``input_ids``, ``attention_mask`` (and ``token_type_ids``)."""
-    torch = require("torch")
+def pad_arrays(
+    ids: Sequence[Sequence[int]], pad_id: int, type_ids: Sequence[Sequence[int]] | None = None
+) -> dict[str, np.ndarray]:
+    """Right-pad token id lists into int64 ``input_ids``, ``attention_mask`` (and
+    ``token_type_ids``) arrays of shape ``(batch, width)``.
+
+    Example:
+        >>> pad_arrays([[5, 6], [7]], 0)["attention_mask"].tolist()
+        [[1, 1], [1, 0]]
+    """
     width = max(len(x) for x in ids)
     input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)  # (batch, width)
     mask = np.zeros((len(ids), width), dtype=np.int64)  # (batch, width)
@@ -101,4 +100,4 @@ def pad_batch(
     batch = {"input_ids": input_ids, "attention_mask": mask}
     if type_ids is not None:
         batch["token_type_ids"] = types
-    return {name: torch.from_numpy(array).to(device) for name, array in batch.items()}
+    return batch

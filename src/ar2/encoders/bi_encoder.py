@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Iterator, Sequence, Sized
+from contextlib import nullcontext
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from ar2.encoders._runtime import (
     autocast,
     eval_mode,
     length_sorted_batches,
-    pad_batch,
+    pad_arrays,
     pick_device,
     use_bf16,
 )
@@ -28,6 +29,8 @@ from ar2.types import Doc, Query
 
 if TYPE_CHECKING:
     import torch
+
+    from ar2.encoders.onnx_runtime import OnnxGraph
 
 QUERY_TOWER = "query_encoder"
 """Sub-folder holding the query tower when the towers are separate."""
@@ -71,6 +74,7 @@ class BiEncoder:
         self.config = config
         self.source = source
         self.cuts = {"queries": Cuts(), "documents": Cuts(distinct=False)}  # cut so far
+        self.query_graph: OnnxGraph | None = None  # set by use_backend: queries run in ONNX
 
     @property
     def shared(self) -> bool:
@@ -91,8 +95,11 @@ class BiEncoder:
         return self
 
     @classmethod
-    def load(cls, path: str | Path | None = None, **overrides: Any) -> BiEncoder:
-        """Load a local folder (default: bundled all-MiniLM-L6-v2); ``overrides`` set config.
+    def load(
+        cls, path: str | Path | None = None, *, backend: str = "torch", **overrides: Any
+    ) -> BiEncoder:
+        """Load a local folder (default: bundled all-MiniLM-L6-v2); ``overrides`` set config;
+        ``backend`` is where queries are encoded (:meth:`use_backend`).
 
         Settings come from the folder: an ar2 manifest, else a sentence-transformers config
         (whose ``max_seq_length`` cuts queries and documents alike, as sentence-transformers
@@ -110,7 +117,26 @@ class BiEncoder:
         query_model = None
         if (path / QUERY_TOWER / "config.json").is_file():
             query_model = _hf.load_tokenizer_and_model(path / QUERY_TOWER)[1]
-        return cls(doc_model, tokenizer, config, query_model, source=str(path.resolve()))
+        encoder = cls(doc_model, tokenizer, config, query_model, source=str(path.resolve()))
+        return encoder.use_backend(backend) if backend != "torch" else encoder
+
+    def use_backend(self, backend: str) -> BiEncoder:
+        """Encode queries through ``backend`` (:data:`~ar2.encoders.onnx_runtime.BACKENDS`):
+        ``torch``, or an ONNX Runtime graph of the query tower with its pooling (exported and
+        checked against torch once, then cached). Documents stay on torch. Training must not
+        use a graph: it is a copy of the weights at the time of the call."""
+        from ar2.encoders import onnx_runtime
+
+        backend = onnx_runtime.resolve_backend(backend)
+        self.query_graph = None
+        if backend != "torch":
+            self.query_graph = onnx_runtime.graph_for(onnx_runtime.query_spec(self), backend)
+        return self
+
+    def backend(self) -> dict[str, Any]:
+        """Where queries are encoded, for a service's manifest: ``torch``, or the ONNX graph's
+        record (its file and its check against torch)."""
+        return self.query_graph.describe() if self.query_graph else {"backend": "torch"}
 
     def query_text(self, query: str | Query) -> str:
         """The exact string the query tower sees (prefix included)."""
@@ -136,8 +162,9 @@ class BiEncoder:
     def encode_queries(self, queries: Iterable[str | Query], progress: bool = False) -> np.ndarray:
         """Encode query strings (or :class:`Query` objects) into ``(n, dim)`` float32 vectors."""
         texts = (self.query_text(q) for q in queries)
-        bar = _progress(queries, progress)
-        return self._encode(self.query_model, texts, self.config.query_max_length, bar, "queries")
+        bar, limit = _progress(queries, progress), self.config.query_max_length
+        model = self.query_graph or self.query_model
+        return self._encode(model, texts, limit, bar, "queries")
 
     def encode_docs(self, docs: Iterable[Doc | str], progress: bool = False) -> np.ndarray:
         """Encode documents (``title + title_sep + text``) into ``(n, dim)`` float32 vectors."""
@@ -227,7 +254,8 @@ class BiEncoder:
     def _encode(
         self, model: Any, texts: Iterable[str], max_len: int, bar: Any, kind: str
     ) -> np.ndarray:
-        with eval_mode(model), bar:
+        """``model``: a torch tower, or an :class:`OnnxGraph` of one."""
+        with nullcontext() if _is_graph(model) else eval_mode(model), bar:
             chunks = _chunks(texts, _CHUNK)
             parts = [self._encode_chunk(model, c, max_len, bar, kind) for c in chunks]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
@@ -235,20 +263,25 @@ class BiEncoder:
     def _encode_chunk(
         self, model: Any, texts: list[str], max_len: int, bar: Any, kind: str
     ) -> np.ndarray:
-        torch = require("torch")
         ids = self._token_ids(texts, max_len, kind)
         out = np.empty((len(texts), self.dim), dtype=np.float32)  # (n, dim)
-        pool, bf16 = get_pooler(self.config.pooling), use_bf16(self.config.precision, self.device)
         for rows in length_sorted_batches([len(x) for x in ids], self.config.batch_size):
-            batch = pad_batch([ids[i] for i in rows], self.tokenizer.pad_token_id, self.device)
-            with torch.inference_mode(), autocast(self.device, bf16):
-                hidden = model(**batch).last_hidden_state  # (batch, seq, dim)
-            vectors = pool(hidden.float(), batch["attention_mask"])  # (batch, dim)
-            if self.config.normalize:
-                vectors = torch.nn.functional.normalize(vectors, dim=-1)
-            out[rows] = vectors.cpu().numpy()
+            batch = pad_arrays([ids[i] for i in rows], self.tokenizer.pad_token_id)
+            out[rows] = model.run(batch) if _is_graph(model) else self._vectors(model, batch)
             bar.update(len(rows))
         return out
+
+    def _vectors(self, model: Any, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """``(n, dim)`` vectors of a padded batch through a torch tower."""
+        torch = require("torch")
+        tensors = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
+        bf16 = use_bf16(self.config.precision, self.device)
+        with torch.inference_mode(), autocast(self.device, bf16):
+            hidden = model(**tensors).last_hidden_state  # (batch, seq, dim)
+        vectors = get_pooler(self.config.pooling)(hidden.float(), tensors["attention_mask"])
+        if self.config.normalize:
+            vectors = torch.nn.functional.normalize(vectors, dim=-1)  # (batch, dim)
+        return vectors.cpu().numpy()  # type: ignore[no-any-return]
 
     def _token_ids(self, texts: list[str], max_len: int, kind: str) -> list[list[int]]:
         """Token ids cut to ``max_len`` as the tokenizer's own truncation cuts them; what was
@@ -306,6 +339,10 @@ def _progress(items: Iterable[Any], show: bool) -> Any:
     tqdm = require("tqdm").tqdm
     total = len(items) if isinstance(items, Sized) else None
     return tqdm(desc="encoding", unit="text", total=total, disable=not show)
+
+
+def _is_graph(model: Any) -> bool:
+    return hasattr(model, "session")  # an OnnxGraph (importing it would import onnxruntime)
 
 
 def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:

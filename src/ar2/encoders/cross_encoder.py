@@ -19,7 +19,7 @@ from ar2.encoders._runtime import (
     autocast,
     eval_mode,
     length_sorted_batches,
-    pad_batch,
+    pad_arrays,
     pick_device,
     use_bf16,
 )
@@ -28,6 +28,8 @@ from ar2.types import Doc
 
 if TYPE_CHECKING:
     import torch
+
+    from ar2.encoders.onnx_runtime import OnnxGraph
 
 _IDENTITY = "torch.nn.modules.linear.Identity"
 
@@ -89,14 +91,20 @@ class CrossEncoder:
         self.tokenizer = tokenizer
         self.config = config
         self.source = source
+        self.graph: OnnxGraph | None = None  # set by use_backend: scoring runs in ONNX Runtime
 
     @classmethod
     def load(
-        cls, path: str | Path | None = None, *, warn_new_head: bool = True, **overrides: Any
+        cls,
+        path: str | Path | None = None,
+        *,
+        warn_new_head: bool = True,
+        backend: str = "torch",
+        **overrides: Any,
     ) -> CrossEncoder:
         """Load a local folder (default: all-MiniLM-L6-v2 with a new head). A folder without a
         one-label head gets a new one, with a warning unless ``warn_new_head`` is False (a
-        caller that trains the head next)."""
+        caller that trains the head next). ``backend``: see :meth:`use_backend`."""
         from ar2.encoders.bi_encoder import default_model_path
 
         path = _hf.check_model_dir(path or default_model_path())
@@ -116,7 +124,8 @@ class CrossEncoder:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tokenizer, model = _hf.load_tokenizer_and_model(path, task=task, **kwargs)
-        return cls(model, tokenizer, config, source=str(path.resolve()))
+        ranker = cls(model, tokenizer, config, source=str(path.resolve()))
+        return ranker.use_backend(backend) if backend != "torch" else ranker
 
     def score(self, query: str, docs: Sequence[Doc | str]) -> np.ndarray:
         """Relevance logits of ``docs`` for ``query``: float32 array of shape ``(len(docs),)``."""
@@ -126,27 +135,52 @@ class CrossEncoder:
         """Logits for many (query, document text) pairs, length-sorted into batches."""
         if not pairs:  # a query with no hits (the tokenizer fails on an empty batch)
             return np.zeros(0, dtype=np.float32)
-        torch = require("torch")
+        ids, types, boundary = self._tokenize(pairs)
+        out = np.empty(len(pairs), dtype=np.float32)
+        for rows in length_sorted_batches([len(x) for x in ids], self.config.batch_size):
+            batch_types = [types[i] for i in rows] if types is not None else None
+            batch = pad_arrays([ids[i] for i in rows], self.tokenizer.pad_token_id, batch_types)
+            out[rows] = self._forward(batch, boundary[rows])
+        return out
+
+    def pair_arrays(self, pairs: Sequence[tuple[str, str]]) -> dict[str, np.ndarray]:
+        """One padded batch of pairs as arrays: ``input_ids``, ``attention_mask``,
+        ``token_type_ids`` (where the tokenizer makes them), ``(n, width)``, and ``boundary``,
+        ``(n,)``, each pair's first document token."""
+        ids, types, boundary = self._tokenize(pairs)
+        return pad_arrays(ids, self.tokenizer.pad_token_id, types) | {"boundary": boundary}
+
+    def use_backend(self, backend: str) -> CrossEncoder:
+        """Score through ``backend`` (:data:`~ar2.encoders.onnx_runtime.BACKENDS`): ``torch``,
+        or an ONNX Runtime graph of the model and its head (exported and checked against
+        torch once, then cached)."""
+        from ar2.encoders import onnx_runtime
+
+        backend = onnx_runtime.resolve_backend(backend)
+        self.graph = None
+        if backend != "torch":
+            self.graph = onnx_runtime.graph_for(onnx_runtime.ranker_spec(self), backend)
+        return self
+
+    def _tokenize(self, pairs: Sequence[tuple[str, str]]) -> tuple[Any, Any, np.ndarray]:
         enc = self.tokenizer(
             [q for q, _ in pairs],
             [d for _, d in pairs],
             truncation="longest_first",
             max_length=self.config.max_length,
         )
-        ids, types = enc["input_ids"], enc.get("token_type_ids")
-        boundary = _boundaries(enc, torch, "cpu")  # (n,)
-        out = np.empty(len(pairs), dtype=np.float32)
+        return enc["input_ids"], enc.get("token_type_ids"), _boundaries(enc)
+
+    def _forward(self, batch: dict[str, np.ndarray], boundary: np.ndarray) -> np.ndarray:
+        """``(n,)`` logits of a padded batch, through the ONNX graph or torch."""
+        if self.graph is not None:
+            return self.graph.run(batch | {"boundary": boundary})
+        torch = require("torch")
+        tensors = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
         bf16 = use_bf16(self.config.precision, self.device)
-        with eval_mode(self.model):
-            for rows in length_sorted_batches([len(x) for x in ids], self.config.batch_size):
-                batch_types = [types[i] for i in rows] if types is not None else None
-                batch = pad_batch(
-                    [ids[i] for i in rows], self.tokenizer.pad_token_id, self.device, batch_types
-                )
-                with torch.inference_mode(), autocast(self.device, bf16):
-                    logits = self._head(batch, boundary[rows].to(self.device))  # (batch,)
-                out[rows] = logits.float().cpu().numpy()
-        return out
+        with eval_mode(self.model), torch.inference_mode(), autocast(self.device, bf16):
+            logits = self._head(tensors, torch.from_numpy(boundary).to(self.device))  # (n,)
+        return logits.float().cpu().numpy()  # type: ignore[no-any-return]
 
     def logits(
         self, pairs: Sequence[tuple[str, str]], max_length: int | None = None
@@ -161,7 +195,7 @@ class CrossEncoder:
             max_length=max_length or self.config.max_length,
             return_tensors="pt",
         )
-        boundary = _boundaries(batch, require("torch"), self.device)  # (n,)
+        boundary = require("torch").from_numpy(_boundaries(batch)).to(self.device)  # (n,)
         batch = batch.to(self.device)
         with autocast(self.device, use_bf16(self.config.precision, self.device)):
             return self._head(dict(batch), boundary).float()  # (n,)
@@ -192,12 +226,16 @@ class CrossEncoder:
             "config": dataclasses.asdict(self.config),
         }
 
+    def backend(self) -> dict[str, Any]:
+        """Where scoring runs, for a service's manifest: ``torch``, or the ONNX graph's record
+        (its file and its check against torch)."""
+        return self.graph.describe() if self.graph is not None else {"backend": "torch"}
 
-def _boundaries(enc: Any, torch: Any, device: str) -> Any:
-    """Each pair's first document token (``sequence_ids`` = 1), as a ``(n,)`` tensor."""
+
+def _boundaries(enc: Any) -> np.ndarray:
+    """Each pair's first document token (``sequence_ids`` = 1), ``(n,)`` int64."""
     rows = [enc.sequence_ids(i) for i in range(len(enc["input_ids"]))]
-    first = [ids.index(1) if 1 in ids else len(ids) for ids in rows]
-    return torch.tensor(first, device=device)
+    return np.array([ids.index(1) if 1 in ids else len(ids) for ids in rows], dtype=np.int64)
 
 
 def _is_one_label_classifier(path: Path) -> bool:

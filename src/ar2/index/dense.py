@@ -16,7 +16,7 @@ from ar2._optional import require
 from ar2.config import IndexConfig
 from ar2.errors import Ar2Error
 from ar2.index.base import base_manifest, read_ids, read_manifest, write_docs, write_ids
-from ar2.index.factory import choose, compresses, faiss_metric
+from ar2.index.factory import choose, compresses, faiss_metric, hamming
 from ar2.types import Doc, Hit
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class FaissIndex:
         if n != len(ids):
             raise ValueError(f"{n} vectors but {len(ids)} ids")
         factory, auto = choose(config, n, d)
-        index = faiss.index_factory(d, factory, faiss_metric(metric))
+        index = faiss.index_factory(d, factory, faiss_metric(metric, factory))
         if getattr(index, "do_polysemous_training", False):
             # on by default for PQ8 codes, only for polysemous (Hamming) search, which ar2
             # never uses; it costs 10-15 s per build and leaves the search results unchanged
@@ -143,7 +143,7 @@ class FaissIndex:
             scores, rows = self._refine(queries, k)
         else:
             scores, rows = self.index.search(queries, k)
-            if self.metric == "l2":
+            if self.metric == "l2" or hamming(self.factory):
                 scores = -scores  # higher is better everywhere in ar2
         return [
             [Hit(self.ids[r], float(s)) for r, s in zip(row, score) if r >= 0]

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ar2._optional import require
-from ar2.config import IndexConfig
+from ar2.config import QUANTIZABLE, IndexConfig
 from ar2.errors import Ar2Error
 
 
@@ -29,6 +29,38 @@ PRESETS: dict[str, Callable[[int, int], str]] = {
     "hnsw": lambda n, d: "HNSW32",
     "ivfpq": lambda n, d: f"IVF{_nlist(n)},PQ{_pq_m(d)}x8",
 }
+
+
+def _sq8(factory: str) -> str:
+    # Flat -> SQ8, IVFn,Flat -> IVFn,SQ8, HNSW32 -> HNSW32,SQ8 (an HNSW graph over SQ8 codes)
+    if factory == "Flat":
+        return "SQ8"
+    return f"{factory},SQ8" if factory.startswith("HNSW") else factory.replace(",Flat", ",SQ8")
+
+
+QUANTIZERS: dict[str, Callable[[str], str]] = {
+    "int8": _sq8,
+    "binary": lambda f: "LSH",  # FAISS's LSH with nbits = d, no rotation: the signs
+}
+"""A preset's factory string made to store codes (``IndexConfig.quantize``).
+
+Example:
+    >>> [QUANTIZERS["int8"](PRESETS[p](10_000, 384)) for p in ("flat", "ivf", "hnsw")]
+    ['SQ8', 'IVF256,SQ8', 'HNSW32,SQ8']
+    >>> QUANTIZERS["int8"]("IVF32,Flat")
+    'IVF32,SQ8'
+"""
+
+
+def hamming(factory: str) -> bool:
+    """Whether FAISS searches this index by Hamming distance (binary codes): it is built with
+    the L2 metric, FAISS's only one for it, and its distances are turned into scores.
+
+    Example:
+        >>> hamming("LSH"), hamming("SQ8")
+        (True, False)
+    """
+    return factory.split(",")[-1].startswith("LSH")
 
 
 EXACT_UP_TO = 300_000
@@ -107,7 +139,7 @@ def check_factory(config: IndexConfig, n: int, d: int, metric: str = "ip") -> st
     factory = factory_for(config, n, d)
     what = f"--factory {factory!r}" if config.factory else f"{factory} (preset {config.preset!r})"
     try:
-        index = faiss.index_factory(d, factory, faiss_metric(metric))
+        index = faiss.index_factory(d, factory, faiss_metric(metric, factory))
     except RuntimeError as err:
         reason = str(err).strip().splitlines()[-1].split(": ", 1)[-1][:120]
         raise Ar2Error(
@@ -139,9 +171,12 @@ def _training_minimum(index: Any) -> int:
     return max(need + [2 ** int(p.pq.nbits) for p in parts if hasattr(p, "pq")])
 
 
-def faiss_metric(metric: str) -> int:
+def faiss_metric(metric: str, factory: str = "") -> int:
+    """FAISS's metric for ``metric`` (``ip`` or ``l2``); L2 for a Hamming index."""
     faiss = require("faiss")
-    return faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2  # type: ignore[no-any-return]
+    if metric == "ip" and not hamming(factory):
+        return faiss.METRIC_INNER_PRODUCT  # type: ignore[no-any-return]
+    return faiss.METRIC_L2  # type: ignore[no-any-return]
 
 
 def choose(config: IndexConfig, n: int, d: int) -> tuple[str, dict[str, Any] | None]:
@@ -153,4 +188,7 @@ def choose(config: IndexConfig, n: int, d: int) -> tuple[str, dict[str, Any] | N
         budget = ram_budget(config)
         preset, reason = auto_preset(n, d, budget)
         auto = {"preset": preset, "reason": reason, "ram_budget_bytes": budget}
-    return PRESETS[preset](n, d), auto  # IndexConfig checked the name
+    factory = PRESETS[preset](n, d)  # IndexConfig checked the name
+    if config.quantize and preset in QUANTIZABLE[config.quantize]:  # auto may pick ivfpq
+        factory = QUANTIZERS[config.quantize](factory)
+    return factory, auto

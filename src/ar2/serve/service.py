@@ -98,20 +98,22 @@ class SearchService:
         reranker: str | Path | None = None,
         retriever: str | Path | None = None,
         rerank_k: int | None = None,
+        backend: str = "torch",
     ) -> SearchService:
         """Load a finished ``ar2 train`` run folder or an ``ar2 index`` folder.
 
         A run serves its final retriever and index, BM25 over the index's documents, and its
         ranker with the ``rerank_k`` it was evaluated with. ``reranker`` adds (or replaces) the
         ranker; ``retriever`` replaces the encoder path an index's manifest names; ``rerank_k``
-        replaces the default depth of reranking.
+        replaces the default depth of reranking; ``backend`` is where queries are encoded and
+        pairs scored (:data:`ar2.encoders.onnx_runtime.BACKENDS`), recorded in :meth:`info`.
         """
         path = Path(path)
         if not path.is_dir():
             raise Ar2Error(f"{path}: no such folder. Fix: give a run folder or an index folder")
         if (path / "config.json").is_file() and not (path / "manifest.json").is_file():
-            return _load_run(path, reranker, retriever, rerank_k)
-        return _load_index(path, reranker, retriever, rerank_k)
+            return _load_run(path, reranker, retriever, rerank_k, backend)
+        return _load_index(path, reranker, retriever, rerank_k, backend)
 
     def search(
         self, queries: Sequence[Query], k: int, mode: str | None = None, rerank_k: int | None = None
@@ -179,6 +181,7 @@ def _load_run(
     reranker: str | Path | None,
     retriever: str | Path | None,
     rerank_k: int | None,
+    backend: str,
 ) -> SearchService:
     from ar2.retrievers import from_folder
 
@@ -192,11 +195,13 @@ def _load_run(
     encoder_dir = Path(retriever) if retriever else run / "retriever"
     ranker_dir = Path(reranker) if reranker else run / "ranker"
     # a ranker asked for must load (a typo is an error); the run's own is optional
-    ranker = _load_ranker(ranker_dir, docs) if reranker or ranker_dir.is_dir() else None
-    retrievers = from_folder(run / "index", docs, encoder_dir)
+    wanted = reranker or ranker_dir.is_dir()
+    ranker = _load_ranker(ranker_dir, docs, backend) if wanted else None
+    retrievers = from_folder(run / "index", docs, encoder_dir, backend)
     info = {
         "source": {"kind": "run", "path": str(run.resolve())},
         "manifests": _manifests(run / "index", encoder_dir, ranker_dir if ranker else None),
+        "backends": _backends(retrievers, ranker),
         "training": {"config": config, "results": _results(run)},
     }
     rerank_k = config.get("rerank_k") if rerank_k is None else rerank_k
@@ -208,23 +213,25 @@ def _load_index(
     reranker: str | Path | None,
     retriever: str | Path | None,
     rerank_k: int | None,
+    backend: str,
 ) -> SearchService:
     from ar2.index import read_manifest
     from ar2.retrievers import from_folder
 
     manifest = read_manifest(index_dir)
     docs = _stored_docs(index_dir)
-    retrievers = from_folder(index_dir, docs, retriever)
-    ranker = _load_ranker(Path(reranker), docs) if reranker else None
+    retrievers = from_folder(index_dir, docs, retriever, backend)
+    ranker = _load_ranker(Path(reranker), docs, backend) if reranker else None
     encoder = retriever or manifest.get("encoder", {}).get("source")
     info = {
         "source": {"kind": "index", "path": str(index_dir.resolve())},
         "manifests": _manifests(index_dir, encoder, reranker),
+        "backends": _backends(retrievers, ranker),
     }
     return SearchService(docs, retrievers, ranker, rerank_k, info)
 
 
-def _load_ranker(path: Path, docs: dict[str, Doc]) -> Ranker:
+def _load_ranker(path: Path, docs: dict[str, Doc], backend: str) -> Ranker:
     """A cross-encoder over ``docs``, reranking with the fusion weight in its manifest."""
     from ar2.encoders import CrossEncoder
     from ar2.pipeline import CrossEncoderRanker
@@ -234,7 +241,18 @@ def _load_ranker(path: Path, docs: dict[str, Doc]) -> Ranker:
             f"{path}: a ranker reads the documents, but the index stores none. "
             "Fix: rebuild the index with `ar2 index` (it stores corpus.jsonl)"
         )
-    return CrossEncoderRanker(CrossEncoder.load(path), docs)
+    return CrossEncoderRanker(CrossEncoder.load(path, backend=backend), docs)
+
+
+def _backends(retrievers: Mapping[str, Retriever], ranker: Ranker | None) -> dict[str, Any]:
+    """Where the query encoder and the ranker run (``None`` where a part is absent)."""
+    dense = retrievers.get("dense")
+    encoder = getattr(dense, "encoder", None)
+    model = getattr(ranker, "model", None)
+    return {
+        "query_encoder": encoder.backend() if encoder is not None else None,
+        "ranker": model.backend() if model is not None else None,
+    }
 
 
 def _stored_docs(index_dir: Path) -> dict[str, Doc]:
@@ -278,7 +296,8 @@ def _versions() -> dict[str, str]:
     from importlib import metadata
 
     found = {}
-    names = ("torch", "transformers", "faiss-cpu", "faiss-gpu", "bm25s", "fastapi", "uvicorn")
+    names = ("torch", "transformers", "onnxruntime", "faiss-cpu", "faiss-gpu", "bm25s", "fastapi",
+             "uvicorn")  # fmt: skip
     for name in names:
         try:
             found[name] = metadata.version(name)

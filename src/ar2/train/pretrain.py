@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import random
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ from typing import Any
 from ar2 import distributed
 from ar2._io import atomic_write_json
 from ar2._optional import require
-from ar2._outdir import PRETRAIN_CONFIG, claim, clear_folder
+from ar2._outdir import PRETRAIN_CONFIG, changed_settings, claim, clear_folder, resumed_record
 from ar2.config import PretrainConfig
 from ar2.data.pseudo import ict_pair, pseudo_pair, sentences
 from ar2.encoders import BiEncoder, CrossEncoder
@@ -87,22 +86,16 @@ def run_pretrain(
 
 def _check_resume(out: Path, record: dict[str, Any], resume: bool, overwrite: bool) -> None:
     """Refuse to resume other settings or another corpus; refuse to start over a run."""
-    saved = out / PRETRAIN_CONFIG
-    if not saved.is_file() or overwrite:
+    have = resumed_record(out, PRETRAIN_CONFIG, "a pretraining run", resume, overwrite)
+    if have is None:
         return
-    if not resume:
-        raise Ar2Error(
-            f"{out} holds a pretraining run. Fix: pass --resume to continue it, --overwrite to "
-            "start it again, or a new --out"
-        )
-    have = json.loads(saved.read_text(encoding="utf-8"))
     changed = data_differences(have.get("data", {}), record["data"])
     if changed:
         raise Ar2Error(
             f"{out}: --resume on another corpus than the run's ({', '.join(changed)} differ "
             f"from {have['data'].get('path')}). Fix: resume on that corpus, or a new --out"
         )
-    differ = sorted(k for k in record["config"] if have["config"].get(k) != record["config"][k])
+    differ = changed_settings(have["config"], record["config"])
     if differ:
         raise Ar2Error(
             f"{out}: --resume with other settings ({', '.join(differ)}). Fix: resume with the "

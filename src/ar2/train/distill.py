@@ -1,0 +1,247 @@
+"""``run_distill``: a smaller query tower that gives a run's query vectors (``ar2 distill-query``).
+
+ScalingNote ("Scaling up Retrievers with Large Language Models for Real-World Dense
+Retrieval") distils the query tower alone into a smaller model: documents are encoded once,
+offline, by the large tower, and only the query side must be fast. Here the student is the
+run's query tower cut to ``layers`` of its transformer layers (:func:`kept_layers`), each
+initialised from the teacher's, trained on :func:`ar2.losses.vector_distillation` to give the
+teacher's vector of each text:
+
+- the run's training queries (its dev queries left out: they measure the student);
+- ``pseudo_queries`` sentences of the corpus (:func:`ar2.data.pseudo.sentences`), as ICT uses
+  them as queries. No label is read.
+
+The student is saved with the run's own document tower as a retriever with separate towers,
+so the run's index serves it unchanged: ``ar2 serve RUN --retriever OUT/retriever``. The report
+compares the teacher and the student on the run's dev queries and the test split (nDCG@10,
+the same index, a paired t-test) and times one query's encoding by each.
+
+Folder::
+
+    distill.json  texts.jsonl  teacher.npy  metrics.jsonl  checkpoints/  retriever/
+    report.json  report.md
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import io
+import json
+import logging
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ar2._io import atomic_write_bytes, atomic_write_json, atomic_write_lines, atomic_write_text
+from ar2._optional import require
+from ar2._outdir import DISTILL_CONFIG, changed_settings, claim, clear_folder, resumed_record
+from ar2.config import DistillConfig
+from ar2.data.pseudo import sentences
+from ar2.encoders import BiEncoder
+from ar2.errors import Ar2Error
+from ar2.train.stage import MetricsLog, stage_record, train_stage
+from ar2.types import Query
+
+log = logging.getLogger("ar2.train")
+
+STAGE = "distill-query"
+MEASURE = "nDCG@10"
+
+
+def kept_layers(total: int, keep: int) -> list[int]:
+    """The ``keep`` layers of ``total`` the student starts from: evenly spread, the first and
+    the last among them.
+
+    Example:
+        >>> kept_layers(6, 3), kept_layers(6, 2), kept_layers(6, 1), kept_layers(6, 6)
+        ([0, 2, 5], [0, 5], [5], [0, 1, 2, 3, 4, 5])
+    """
+    if not 1 <= keep <= total:
+        raise Ar2Error(f"layers = {keep}: the query tower has {total}. Fix: choose 1 to {total}")
+    if keep == 1:
+        return [total - 1]
+    return [round(i * (total - 1) / (keep - 1)) for i in range(keep)]
+
+
+def student_tower(tower: Any, keep: int) -> Any:
+    """A copy of a BERT-like ``tower`` with the layers of :func:`kept_layers` only."""
+    torch = require("torch")
+    layers = getattr(getattr(tower, "encoder", None), "layer", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise Ar2Error(
+            f"{type(tower).__name__} has no encoder.layer list to cut. Fix: distil a BERT-like "
+            "encoder (BERT, MiniLM, RoBERTa)"
+        )
+    chosen = kept_layers(len(layers), keep)
+    student = copy.deepcopy(tower)
+    student.encoder.layer = torch.nn.ModuleList([student.encoder.layer[i] for i in chosen])
+    student.config.num_hidden_layers = keep
+    return student
+
+
+def run_distill(
+    run: Path, out: Path, cfg: DistillConfig, resume: bool = False, overwrite: bool = False
+) -> dict:
+    """Distil ``run``'s query tower into ``out`` (see the module); returns the report."""
+    if resume and overwrite:
+        raise Ar2Error("--resume and --overwrite together. Fix: pass one of them")
+    if not (run / "retriever").is_dir() or not (run / "index" / "manifest.json").is_file():
+        raise Ar2Error(
+            f"{run}: not a finished ar2 train run (no retriever/ and index/). "
+            f"Fix: give a run folder, or finish it with `ar2 train DATA --out {run} --resume`"
+        )
+    data_dir = Path(json.loads((run / "config.json").read_text())["data"]["path"])
+    with contextlib.ExitStack() as held:
+        out = held.enter_context(claim(out, "distill", [run, data_dir], overwrite))
+        record = {"config": dataclasses.asdict(cfg), "run": str(run.resolve())}
+        _check_resume(out, record, resume, overwrite)
+        if overwrite:
+            clear_folder(out)
+        atomic_write_json(out / DISTILL_CONFIG, record)
+        teacher = BiEncoder.load(run / "retriever")
+        texts = _texts(out, run, data_dir, cfg)
+        targets = _teacher_vectors(out, teacher, texts)
+        student = _train(out, teacher, texts, targets, cfg)
+        return _report(out, run, data_dir, teacher, student, cfg)
+
+
+def _check_resume(out: Path, record: dict[str, Any], resume: bool, overwrite: bool) -> None:
+    """Refuse to start over a distillation, or to resume one of other settings or run."""
+    what = "a query-tower distillation"
+    have = resumed_record(out, DISTILL_CONFIG, what, resume, overwrite)
+    if have is None or have == record:
+        return
+    differ = changed_settings(have["config"], record["config"])
+    named = ", ".join(differ) or f"the run ({have.get('run')})"
+    raise Ar2Error(
+        f"{out}: --resume with other settings ({named}). Fix: resume with the settings "
+        "of its distill.json, --overwrite to start again, or a new --out"
+    )
+
+
+def _texts(out: Path, run: Path, data_dir: Path, cfg: DistillConfig) -> list[str]:
+    """The training queries (not the run's dev ones) and the pseudo-queries, kept on disk."""
+    from ar2.data.beir import load_corpus, load_qrels, load_queries
+
+    file = out / "texts.jsonl"
+    if file.is_file():
+        return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines()]
+    dev = set(json.loads((run / "dev_split.json").read_text())["queries"])
+    train = load_qrels(data_dir / "qrels" / "train.tsv")
+    queries = [q.text for q in load_queries(data_dir / "queries.jsonl")
+               if q.id in train and q.id not in dev]  # fmt: skip
+    pool = [s for d in load_corpus(data_dir / "corpus.jsonl") for s in sentences(d.text)]
+    rng = random.Random(f"{cfg.seed}/pseudo-queries")
+    pseudo = rng.sample(pool, min(cfg.pseudo_queries, len(pool)))
+    texts = queries + pseudo
+    atomic_write_lines(file, (json.dumps(t, ensure_ascii=False) for t in texts))
+    log.info("distilling on %d training queries and %d pseudo-queries", len(queries), len(pseudo))
+    return texts
+
+
+def _teacher_vectors(out: Path, teacher: BiEncoder, texts: list[str]) -> np.ndarray:
+    file = out / "teacher.npy"
+    if not file.is_file():
+        buffer = io.BytesIO()
+        np.save(buffer, teacher.encode_queries(texts, progress=True))
+        atomic_write_bytes(file, buffer.getvalue())
+    return np.load(file)
+
+
+def _train(
+    out: Path, teacher: BiEncoder, texts: list[str], targets: np.ndarray, cfg: DistillConfig
+) -> BiEncoder:
+    final = out / "retriever"
+    if final.is_dir():
+        return BiEncoder.load(final)
+    torch = require("torch")
+    from ar2 import losses
+    from ar2.train import steps
+
+    tower = student_tower(teacher.query_model, cfg.layers)
+    student = BiEncoder(teacher.doc_model, teacher.tokenizer, teacher.config, tower,
+                        source=teacher.source)  # fmt: skip
+    size = cfg.stage.batch_size
+
+    def loss(step: int) -> Any:
+        rows = steps.epoch_picks(len(texts), size, cfg.seed, STAGE, step)
+        vectors = student.embed_queries([texts[i] for i in rows])  # (B, dim)
+        target = torch.from_numpy(targets[rows]).to(vectors.device)  # (B, dim)
+        return losses.vector_distillation(student=vectors, teacher=target)
+
+    stage_log = train_stage(out, STAGE, {"query": tower}, cfg.stage, loss, cfg)
+    student.save(final)
+    MetricsLog(out / "metrics.jsonl").write(stage_record(STAGE, 0, "query", stage_log))
+    return BiEncoder.load(final)
+
+
+def _report(
+    out: Path, run: Path, data_dir: Path, teacher: BiEncoder, student: BiEncoder,
+    cfg: DistillConfig,
+) -> dict[str, Any]:  # fmt: skip
+    from ar2.data.beir import load_qrels, load_queries
+    from ar2.evaluate import compare, per_query
+    from ar2.index import FaissIndex
+    from ar2.pipeline import DenseRetriever
+
+    index = FaissIndex.load(run / "index")
+    queries = {q.id: q for q in load_queries(data_dir / "queries.jsonl")}
+    dev_ids = json.loads((run / "dev_split.json").read_text())["queries"]
+    splits = {"dev": load_qrels(data_dir / "qrels" / "train.tsv")}
+    splits["dev"] = {q: splits["dev"][q] for q in dev_ids if q in splits["dev"]}
+    if (data_dir / "qrels" / "test.tsv").is_file():
+        splits["test"] = load_qrels(data_dir / "qrels" / "test.tsv")
+    results: dict[str, Any] = {"layers": cfg.layers, "teacher_layers": _depth(teacher)}
+    for split, qrels in splits.items():
+        asked = [queries[q] for q in qrels if q in queries]
+        values = {
+            name: per_query(DenseRetriever(enc, index).retrieve(asked, 10), qrels, [MEASURE])
+            for name, enc in (("teacher", teacher), ("student", student))
+        }
+        [row] = compare(values, "teacher", [MEASURE])
+        results[split] = {name: statistics.fmean(v[MEASURE].values()) for name, v in values.items()}
+        results[split] |= {"diff": row["mean_diff"], "p": row["p_value"], "queries": len(asked)}
+    sample = [queries[q] for q in dev_ids[: cfg.latency_queries] if q in queries]
+    results["latency_ms_p50"] = {"teacher": _latency(teacher, sample),
+                                 "student": _latency(student, sample)}  # fmt: skip
+    atomic_write_json(out / "report.json", results)
+    atomic_write_text(out / "report.md", _markdown(results, out))
+    return results
+
+
+def _depth(encoder: BiEncoder) -> int:
+    return int(encoder.query_model.config.num_hidden_layers)
+
+
+def _latency(encoder: BiEncoder, queries: list[Query]) -> float:
+    """p50 ms of one query's encoding, on torch (``ar2 serve --backend`` may be faster)."""
+    times = []
+    for q in [*queries[:5], *queries]:  # five to warm up
+        began = time.perf_counter()
+        encoder.encode_queries([q.text])
+        times.append(1000 * (time.perf_counter() - began))
+    return round(statistics.median(times[5:]), 2)
+
+
+def _markdown(r: dict[str, Any], out: Path) -> str:
+    lines = [
+        f"# Query-tower distillation: {r['teacher_layers']} layers -> {r['layers']}", "",
+        f"| split | queries | teacher {MEASURE} | student {MEASURE} | diff | p |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    for split in ("dev", "test"):
+        if split in r:
+            s = r[split]
+            lines.append(f"| {split} | {s['queries']} | {s['teacher']:.4f} | {s['student']:.4f} "
+                         f"| {s['diff']:+.4f} | {s['p']:.3g} |")  # fmt: skip
+    t = r["latency_ms_p50"]
+    lines += ["", f"One query's encoding (torch, p50): teacher {t['teacher']} ms, student "
+              f"{t['student']} ms.", "",
+              f"Serve it: `ar2 serve RUN --retriever {out / 'retriever'}`"]  # fmt: skip
+    return "\n".join(lines) + "\n"
