@@ -75,7 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_query_args(parser)
     parser.add_argument("--url", help="query this running `ar2 serve RUN` instead of starting one")
-    parser.add_argument("--backend", default="auto", help="`ar2 serve --backend` (auto)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx", "onnx-int8"),
+                        help="`ar2 serve --backend` (auto, its default)")  # fmt: skip
     return parser.parse_args(argv)
 
 

@@ -22,8 +22,11 @@ def _ar2(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def tiny_ranker(tiny_bert: Path, tmp_path: Path) -> Path:
+    import torch
+
     from ar2.encoders import CrossEncoder
 
+    torch.manual_seed(0)  # the new head: the same whatever ran before (a tie-free order)
     with pytest.warns(UserWarning, match="new head"):
         ranker = CrossEncoder.load(tiny_bert)
     ranker.save(tmp_path / "ranker")

@@ -145,6 +145,22 @@ def test_resume_and_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         run_distill(tmp_path / "data", tmp_path / "x", CFG)
 
 
+def test_a_run_whose_dev_split_is_a_dev_file(tmp_path: Path) -> None:
+    """A collection with qrels/dev.tsv: the run's dev split is that file's queries."""
+    run, data = _tiny_train_run(tmp_path)
+    lines = (data / "qrels" / "train.tsv").read_text().splitlines()
+    dev = [line for line in lines[1:] if line.startswith(("t4q", "t7q"))]
+    (data / "qrels" / "dev.tsv").write_text("\n".join([lines[0], *dev]) + "\n")
+    (data / "qrels" / "train.tsv").write_text(
+        "\n".join([lines[0], *(x for x in lines[1:] if x not in dev)]) + "\n"
+    )
+    ids = [line.split("\t")[0] for line in dev]
+    (run / "dev_split.json").write_text(json.dumps({"source": "qrels/dev.tsv", "queries": ids}))
+    cfg = DistillConfig(layers=1, pseudo_queries=10, stage=StageConfig(steps=3, batch_size=8))
+    report = run_distill(run, tmp_path / "d", cfg)
+    assert report["dev"]["queries"] == len(ids) == 6
+
+
 def test_the_command_line(tmp_path: Path) -> None:
     from ar2.cli import main
 

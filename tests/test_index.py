@@ -702,8 +702,9 @@ def test_quantized_codes_rescored_give_exact_scores(
     config = IndexConfig(preset=preset, quantize=quantize, refine=refine)
     index = FaissIndex.build(docs, ids, config)
     assert index.factory == factory and index.refines
-    codes = faiss.downcast_index(index.index).sa_code_size() if preset == "flat" else None
-    assert codes in (None, bytes_per_vector)
+    storage = faiss.downcast_index(index.index)
+    storage = faiss.downcast_index(storage.storage) if preset == "hnsw" else storage
+    assert storage.sa_code_size() == bytes_per_vector
     hits = index.search(queries, K)
     assert _recall(hits, exact[0]) >= 0.95
     for q, row in zip(queries, hits):
@@ -743,6 +744,7 @@ def test_binary_codes_alone_rank_by_hamming_distance(data) -> None:
         ),
         ({"quantize": "int8", "preset": "ivfpq"}, "applies to the presets flat, ivf, hnsw"),
         ({"quantize": "int8", "factory": "IVF8,Flat"}, "does not apply to the factory 'IVF8,Flat'"),
+        ({"quantize": "int8", "preset": "auto"}, "applies to the presets flat, ivf, hnsw"),
         ({"quantize": "int4"}, "quantize"),
     ],
 )

@@ -43,9 +43,10 @@ def _docs(n: int = 40) -> list[Doc]:
     return [Doc(f"d{i}", " ".join(rng.choice(WORDS, size=3 + i % 9))) for i in range(n)]
 
 
-@pytest.mark.parametrize("towers", ["shared", "separate"])
+@pytest.mark.parametrize("towers", ["shared", "separate", "dot"])
 def test_query_vectors_match_torch(tiny_bert: Path, towers: str) -> None:
-    encoder = BiEncoder.load(tiny_bert, precision="fp32", batch_size=2, query_max_length=12)
+    encoder = BiEncoder.load(tiny_bert, precision="fp32", batch_size=2, query_max_length=12,
+                             normalize=towers != "dot")  # fmt: skip
     if towers == "separate":  # the graph must hold the query tower, not the document one
         _perturb(encoder.untie().query_model, seed=3)
     expected = encoder.encode_queries(QUERIES)
@@ -53,6 +54,9 @@ def test_query_vectors_match_torch(tiny_bert: Path, towers: str) -> None:
     got = encoder.encode_queries(QUERIES)
     assert got.dtype == np.float32 and got.shape == expected.shape
     assert _cosines(got, expected).min() >= 0.9999
+    lengths = np.linalg.norm(expected, axis=1)  # a dot-product model's scores need them too
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), lengths, rtol=1e-4)
+    assert (towers == "dot") == (np.abs(lengths - 1).max() > 0.01)
     assert encoder.backend()["backend"] == "onnx"
     assert encoder.backend()["check"]["min_cosine"] >= onnx_runtime.MIN_COSINE
     assert encoder.cuts["queries"].cut == 1  # the long query, counted as torch counts it
@@ -103,19 +107,22 @@ def test_graphs_are_cached_by_weights(tiny_bert: Path, monkeypatch: pytest.Monke
     assert BiEncoder.load(tiny_bert).use_backend("onnx").backend()["path"] == first
     monkeypatch.undo()
     _perturb(encoder.query_model, seed=7)  # new weights: a new graph, never the stale one
-    second = encoder.use_backend("onnx")
-    assert second.backend()["path"] != first
-    expected = BiEncoder.use_backend(encoder, "torch").encode_queries(QUERIES)
-    assert _cosines(second.use_backend("onnx").encode_queries(QUERIES), expected).min() >= 0.9999
+    assert encoder.use_backend("onnx").backend()["path"] != first
+    expected = encoder.use_backend("torch").encode_queries(QUERIES)
+    assert _cosines(encoder.use_backend("onnx").encode_queries(QUERIES), expected).min() >= 0.9999
 
 
 def test_a_graph_that_disagrees_is_refused_and_not_cached(
     tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(onnx_runtime, "vector_agreement", lambda a, b: {"min_cosine": 0.5})
+    monkeypatch.setattr(
+        onnx_runtime,
+        "vector_agreement",
+        lambda a, b: {"min_cosine": 0.5, "max_relative_error": 1.0},
+    )
     encoder = BiEncoder.load(tiny_bert, precision="fp32")
     _perturb(encoder.query_model, seed=11)  # weights no other test exported
-    with pytest.raises(Ar2Error, match="disagrees with torch.*Fix: serve with --backend torch"):
+    with pytest.raises(Ar2Error, match="disagrees with torch.*Fix: use --backend torch"):
         encoder.use_backend("onnx")
     assert encoder.query_graph is None
     key = onnx_runtime._key(onnx_runtime.query_spec(encoder), "onnx")
@@ -135,6 +142,8 @@ def test_int8_is_recorded_with_its_agreement(tiny_bert: Path) -> None:
 
 def test_backend_names(monkeypatch: pytest.MonkeyPatch) -> None:
     assert onnx_runtime.resolve_backend("auto") == "onnx"
+    assert onnx_runtime.resolve_backend("auto", device="cuda") == "torch"  # the GPU stays
+    assert onnx_runtime.resolve_backend("onnx", device="cuda") == "onnx"  # asked for: a CPU copy
     monkeypatch.setattr(onnx_runtime.importlib.util, "find_spec", lambda name: None)
     assert onnx_runtime.resolve_backend("auto") == "torch"
     assert onnx_runtime.resolve_backend("torch") == "torch"
@@ -162,3 +171,30 @@ def test_the_service_records_and_answers_the_same(tiny_run: Path) -> None:
                 np.testing.assert_allclose(
                     [h.score for h in got[qid]], [h.score for h in want[qid]], atol=1e-3
                 )
+
+
+def test_a_failed_export_is_one_error_or_under_auto_a_warning(
+    tiny_bert: Path,
+    tiny_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from ar2.cli import main
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("Exporting the operator 'aten::frobnicate' is not supported")
+
+    monkeypatch.setattr(onnx_runtime, "_export", broken)
+    encoder = BiEncoder.load(tiny_bert, precision="fp32")
+    _perturb(encoder.query_model, seed=13)  # weights with no cached graph
+    with pytest.raises(Ar2Error, match="export of the query model failed.*frobnicate.*Fix: use"):
+        encoder.use_backend("onnx")
+    with caplog.at_level("WARNING", logger="ar2"):
+        assert encoder.use_backend("auto").query_graph is None
+    assert "the model stays on torch" in caplog.text
+    assert list(onnx_runtime.cache_dir().glob(".*.tmp")) == []  # nothing half-written
+    monkeypatch.setenv("AR2_CACHE", str(tmp_path))  # the run's graph is not cached there
+    index = str(tiny_run / "index")
+    assert main(["search", index, "cats", "--backend", "onnx"]) == 2
+    assert main(["search", index, "cats"]) == 0  # auto: on torch, with the warning

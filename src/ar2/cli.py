@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ar2 import __version__
-from ar2._typed import from_dict, non_negative_int, port_number, positive_int, unit_fraction
+from ar2._typed import non_negative_int, port_number, positive_int, unit_fraction
 from ar2.config import (
     BACKENDS,
     INDEX_KINDS,
@@ -94,7 +94,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from ar2.pipeline import CrossEncoderRanker, SearchPipeline
     from ar2.retrievers import from_folder
 
-    backend = resolve_backend(args.backend)
+    backend = args.backend
+    resolve_backend(backend)  # before any loading
     [retriever] = from_folder(args.index_dir, backend=backend).values()  # the index's own kind
     docs = {d.id: d for d in iter_docs(args.index_dir)}
     ranker = None
@@ -253,15 +254,13 @@ def cmd_distill_query(args: argparse.Namespace) -> int:
     import dataclasses
 
     from ar2._overrides import apply_overrides
-    from ar2.config import DistillConfig, config_tables
+    from ar2.config import DistillConfig, load_tables
     from ar2.train.distill import run_distill
 
     data = dataclasses.asdict(DistillConfig(layers=args.layers))
     data = apply_overrides(data, args.set, DistillConfig) if args.set else data
-    kinds = config_tables(DistillConfig)
     source = "ar2 distill-query" + (f" with --set {' '.join(args.set)}" if args.set else "")
-    fields = {k: from_dict(kinds[k], v, source) if k in kinds else v for k, v in data.items()}
-    cfg = from_dict(DistillConfig, fields, source)
+    cfg = load_tables(DistillConfig, data, source)
     r = run_distill(Path(args.run), Path(args.out), cfg, args.resume, args.overwrite)
     for split in ("dev", "test"):
         if split in r:
@@ -285,10 +284,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ar2.serve.server import default_allowed_hosts, is_loopback, listen, server, url_of
 
     hosts = None if args.allowed_hosts is None else parse_allowed_hosts(args.allowed_hosts)
-    backend = resolve_backend(args.backend)  # settings first, then the port, then the loading
+    resolve_backend(args.backend)  # settings first, then the port, then the loading
     sock = listen(args.host, args.port)  # fail fast, before minutes of loading
     log.info("loading %s", args.path)
-    service = SearchService.load(args.path, args.reranker, args.retriever, args.rerank_k, backend)
+    service = SearchService.load(
+        args.path, args.reranker, args.retriever, args.rerank_k, args.backend
+    )
     if not is_loopback(sock):
         log.warning("listening on %s: anyone who can reach it can search", args.host)
     if args.rerank_k and not service.has_ranker:
@@ -418,7 +419,7 @@ def _add_distill_query(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="a finished `ar2 train` run folder")
     p.add_argument("--out", required=True, help="folder for retriever/, report.md, report.json")
     p.add_argument("--layers", type=positive_int, default=3, help="layers kept (default 3)")
-    change = "change a setting (pseudo_queries=20000, stage.steps=1000), repeatable"
+    change = "change a setting (pseudo_queries=5000, stage.steps=500), repeatable"
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=change)
     p.add_argument("--resume", action="store_true", help="continue the distillation in --out")
     _add_overwrite(p, "start again in an --out that holds a distillation or other files")

@@ -18,10 +18,12 @@ import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ar2._typed import check_choice, check_ranges, from_dict, kind_of
 from ar2.errors import Ar2Error
+
+T = TypeVar("T")
 
 # The names of each family of variants, kept here (a module light enough for the CLI to read)
 # and nowhere else: the registries of their implementations are keyed by them, which
@@ -157,7 +159,7 @@ class IndexConfig:
         if self.quantize is not None:
             check_choice("quantize", self.quantize, INDEX_QUANTIZERS)
             presets = QUANTIZABLE[self.quantize]
-            if self.factory is not None or self.preset not in (*presets, "auto"):
+            if self.factory is not None or self.preset not in presets:  # auto sizes floats
                 what = f"factory {self.factory!r}" if self.factory else f"preset {self.preset!r}"
                 raise ValueError(
                     f"quantize = {self.quantize!r} does not apply to the {what}; it applies to "
@@ -584,8 +586,8 @@ class DistillConfig:
 
     layers: int = 3
     seed: int = 42
-    pseudo_queries: int = 20_000
-    stage: StageConfig = StageConfig(steps=1000, batch_size=64, n_neg=0, lr=1e-4)
+    pseudo_queries: int = 5_000
+    stage: StageConfig = StageConfig(steps=500, batch_size=64, n_neg=0, lr=1e-4)
     latency_queries: int = 100
     checkpoint_every: int = 200
     attention_dropout: float | None = 0.0
@@ -647,8 +649,19 @@ def load_pretrain_config(data: dict[str, Any], source: str = "config") -> Pretra
         >>> load_pretrain_config({"retriever": {"steps": 10}}).retriever.steps
         10
     """
-    kinds = config_tables(PretrainConfig)
+    return load_tables(PretrainConfig, data, source)
+
+
+def load_tables(root: type[T], data: dict[str, Any], source: str = "config") -> T:
+    """Build dataclass ``root`` from nested data: its tables (:func:`config_tables`) become
+    their dataclasses, each checked as :func:`ar2._typed.from_dict` checks.
+
+    Example:
+        >>> load_tables(DistillConfig, {"layers": 2, "stage": {"steps": 10}}).stage.steps
+        10
+    """
+    kinds = config_tables(root)
     fields = {
         k: from_dict(kinds[k], v, f"{source} [{k}]") if k in kinds else v for k, v in data.items()
     }
-    return from_dict(PretrainConfig, fields, source)
+    return from_dict(root, fields, source)

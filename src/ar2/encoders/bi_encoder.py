@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator, Sequence, Sized
 from contextlib import nullcontext
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -127,10 +128,10 @@ class BiEncoder:
         use a graph: it is a copy of the weights at the time of the call."""
         from ar2.encoders import onnx_runtime
 
-        backend = onnx_runtime.resolve_backend(backend)
         self.query_graph = None
-        if backend != "torch":
-            self.query_graph = onnx_runtime.graph_for(onnx_runtime.query_spec(self), backend)
+        self.query_graph = onnx_runtime.attach(
+            partial(onnx_runtime.query_spec, self), backend, self.device
+        )
         return self
 
     def backend(self) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -156,10 +157,10 @@ class CrossEncoder:
         torch once, then cached)."""
         from ar2.encoders import onnx_runtime
 
-        backend = onnx_runtime.resolve_backend(backend)
         self.graph = None
-        if backend != "torch":
-            self.graph = onnx_runtime.graph_for(onnx_runtime.ranker_spec(self), backend)
+        self.graph = onnx_runtime.attach(
+            partial(onnx_runtime.ranker_spec, self), backend, self.device
+        )
         return self
 
     def _tokenize(self, pairs: Sequence[tuple[str, str]]) -> tuple[Any, Any, np.ndarray]:

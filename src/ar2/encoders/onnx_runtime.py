@@ -27,8 +27,10 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -42,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ar2 import __version__
-from ar2._io import atomic_dir, atomic_write_json
+from ar2._io import atomic_write_json, make_temp_dir, remove_path
 from ar2._optional import require
 from ar2.config import BACKENDS
 from ar2.encoders._runtime import eval_mode, pad_arrays
@@ -53,6 +55,10 @@ log = logging.getLogger("ar2")
 OPSET = 17
 MIN_COSINE = 0.9999
 """The least cosine between an fp32 graph's query vector and torch's."""
+MAX_RELATIVE_ERROR = 1e-3
+"""The largest ``||graph - torch|| / ||torch||`` of an fp32 graph's query vector."""
+INT8_MIN_COSINE = 0.99
+"""Below this an int8 graph is still used (it was asked for), with a warning."""
 MAX_LOGIT_ERROR = 1e-3
 """The largest difference between an fp32 graph's ranker logit and torch's, per unit of the
 probe logits' range (at least 1)."""
@@ -66,25 +72,42 @@ PROBE_TEXTS = (
 """Texts of several lengths for the check (a padded batch, so masks are exercised)."""
 
 
-def resolve_backend(backend: str) -> str:
-    """``auto`` made concrete (``onnx`` when ``onnxruntime`` is importable, else ``torch``); an
-    ONNX backend without ``onnxruntime`` is an :class:`Ar2Error` that names the extra.
+def resolve_backend(backend: str, device: str = "cpu") -> str:
+    """``auto`` made concrete (``onnx`` when ONNX Runtime is installed and the models run on
+    the CPU, else ``torch``); an ONNX backend without the ``onnx`` extra is an
+    :class:`Ar2Error` that names it.
 
     Example:
-        >>> resolve_backend("torch")
-        'torch'
+        >>> resolve_backend("torch"), resolve_backend("auto", device="cuda")
+        ('torch', 'torch')
     """
     if backend not in BACKENDS:
         raise Ar2Error(f"backend {backend!r} is unknown. Fix: choose one of {', '.join(BACKENDS)}")
-    found = importlib.util.find_spec("onnxruntime") is not None
+    found = all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
     if backend == "auto":
-        return "onnx" if found else "torch"
+        return "onnx" if found and device == "cpu" else "torch"
     if backend != "torch" and not found:
         raise Ar2Error(
-            f"backend {backend!r} needs onnxruntime, which is not installed. "
+            f"backend {backend!r} needs onnxruntime and onnx, which are not installed. "
             "Fix: pip install 'ar2[onnx]', or use the torch backend"
         )
     return backend
+
+
+def attach(make_spec: Callable[[], GraphSpec], backend: str, device: str) -> OnnxGraph | None:
+    """The graph ``backend`` asks for (``None``: torch). Under ``auto`` a graph that cannot be
+    exported, or disagrees with torch, leaves the model on torch with a warning; asked for by
+    name, it is an :class:`Ar2Error`."""
+    concrete = resolve_backend(backend, device)
+    if concrete == "torch":
+        return None
+    try:
+        return graph_for(make_spec(), concrete)
+    except Ar2Error as err:
+        if backend != "auto":
+            raise
+        log.warning("%s; the model stays on torch", err)
+        return None
 
 
 def cache_dir() -> Path:
@@ -94,23 +117,26 @@ def cache_dir() -> Path:
 
 
 class OnnxGraph:
-    """An ONNX Runtime session on CPU over one exported graph, fed numpy arrays.
+    """An ONNX Runtime session on CPU over one exported graph, fed numpy arrays; ``record``
+    is what its cache folder's ``manifest.json`` says of it.
 
     Only the inputs the graph declares are fed (the exporter drops inputs a head ignores,
     such as the boundary for a classifier head).
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, path: Path, record: dict[str, Any] | None = None) -> None:
         ort = require("onnxruntime", "onnx")
-        self.folder = folder
-        self.record: dict[str, Any] = json.loads((folder / "manifest.json").read_text())
+        self.path, self.record = path, record or {}
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only
-        self.session = ort.InferenceSession(
-            str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.inputs = tuple(i.name for i in self.session.get_inputs())
+
+    @classmethod
+    def cached(cls, folder: Path) -> OnnxGraph:
+        """The graph of a cache folder (``model.onnx`` and ``manifest.json``)."""
+        return cls(folder / "model.onnx", json.loads((folder / "manifest.json").read_text()))
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The graph's one output for ``feeds`` (extra feeds are left out)."""
@@ -120,7 +146,7 @@ class OnnxGraph:
     def describe(self) -> dict[str, Any]:
         """What a manifest records: the backend, the graph's file and its check against torch."""
         keys = ("backend", "role", "opset", "check", "onnxruntime", "torch")
-        return {k: self.record[k] for k in keys} | {"path": str(self.folder / "model.onnx")}
+        return {k: self.record.get(k) for k in keys} | {"path": str(self.path)}
 
 
 @dataclass(frozen=True)
@@ -140,37 +166,63 @@ class GraphSpec:
 
 def graph_for(spec: GraphSpec, backend: str) -> OnnxGraph:
     """The cached graph of ``spec`` for ``backend`` (``onnx`` or ``onnx-int8``), exported and
-    checked first if there is none. Raises :class:`Ar2Error` if an fp32 graph disagrees with
-    torch."""
-    require("onnxruntime", "onnx")
+    checked first if there is none. Raises :class:`Ar2Error` if the export fails or an fp32
+    graph disagrees with torch; nothing is cached then."""
     folder = cache_dir() / _key(spec, backend)
     if not (folder / "manifest.json").is_file():
-        began = time.perf_counter()
         log.info("exporting the %s model to ONNX (once; cached in %s)", spec.role, folder)
-        with atomic_dir(folder) as tmp:
-            _export(spec, tmp / "model.onnx")
-            if backend == "onnx-int8":
-                _quantize(tmp / "model.onnx")
-            check = spec.agreement(_reference(spec), _run_file(tmp / "model.onnx", spec.probe))
-            if backend == "onnx" and not spec.passes(check):
-                raise Ar2Error(
-                    f"the ONNX export of the {spec.role} model disagrees with torch ({check}). "
-                    "Fix: serve with --backend torch, and report the model and versions"
-                )
-            atomic_write_json(tmp / "manifest.json", _record(spec, backend, check, began))
-    return OnnxGraph(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = make_temp_dir(folder)
+        try:
+            _build(spec, backend, tmp)
+            try:
+                os.replace(tmp, folder)
+            except OSError:  # another process cached the same graph meanwhile: use theirs
+                if not (folder / "manifest.json").is_file():
+                    raise
+        finally:
+            remove_path(tmp)
+    return OnnxGraph.cached(folder)
+
+
+def _build(spec: GraphSpec, backend: str, tmp: Path) -> None:
+    """Export, quantize, check and record the graph in folder ``tmp``."""
+    began = time.perf_counter()
+    try:
+        _export(spec, tmp / "model.onnx")
+        if backend == "onnx-int8":
+            _quantize(tmp / "model.onnx")
+        check = spec.agreement(_reference(spec), OnnxGraph(tmp / "model.onnx").run(spec.probe))
+    except Exception as err:  # the exporter's and ONNX Runtime's many failures
+        raise Ar2Error(
+            f"the ONNX export of the {spec.role} model failed ({type(err).__name__}: "
+            f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}). "
+            "Fix: use --backend torch, and report the model and versions"
+        ) from err
+    if not spec.passes(check):
+        if backend == "onnx":
+            raise Ar2Error(
+                f"the ONNX export of the {spec.role} model disagrees with torch ({check}). "
+                "Fix: use --backend torch, and report the model and versions"
+            )
+        log.warning("the int8 %s model departs from torch's: %s", spec.role, check)
+    atomic_write_json(tmp / "manifest.json", _record(spec, backend, check, began))
 
 
 def vector_agreement(reference: np.ndarray, graph: np.ndarray) -> dict[str, float]:
-    """The least cosine between each graph vector and torch's.
+    """The least cosine between each graph vector and torch's, and the largest error in
+    length relative to torch's vector (a dot-product model's scores depend on both).
 
     Example:
         >>> vector_agreement(np.array([[1.0, 0.0]]), np.array([[1.0, 1.0]]))
-        {'min_cosine': 0.707107}
+        {'min_cosine': 0.707107, 'max_relative_error': 1.0}
     """
     num = (reference * graph).sum(-1)
-    den = np.linalg.norm(reference, axis=-1) * np.linalg.norm(graph, axis=-1)
-    return {"min_cosine": round(float((num / np.maximum(den, 1e-12)).min()), 6)}
+    norms = np.linalg.norm(reference, axis=-1)
+    den = norms * np.linalg.norm(graph, axis=-1)
+    error = np.linalg.norm(reference - graph, axis=-1) / np.maximum(norms, 1e-12)
+    return {"min_cosine": round(float((num / np.maximum(den, 1e-12)).min()), 6),
+            "max_relative_error": round(float(error.max()), 6)}  # fmt: skip
 
 
 def logit_agreement(reference: np.ndarray, graph: np.ndarray) -> dict[str, float]:
@@ -192,8 +244,10 @@ def _key(spec: GraphSpec, backend: str) -> str:
     for name, tensor in sorted(spec.module.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    config = getattr(getattr(spec.module, "model", None), "config", None)
     header = {"role": spec.role, "backend": backend, "settings": spec.settings, "opset": OPSET,
-              "torch": torch.__version__, "ar2": __version__}  # fmt: skip
+              "torch": torch.__version__, "onnxruntime": require("onnxruntime").__version__,
+              "ar2": __version__, "model": config.to_dict() if config else None}  # fmt: skip
     digest.update(json.dumps(header, sort_keys=True).encode())
     return f"{spec.role}-{digest.hexdigest()[:24]}"
 
@@ -206,17 +260,16 @@ def _export(spec: GraphSpec, path: Path) -> None:
     module = spec.module
     with eval_mode(module), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer warnings
-        try:
+        if "dynamo" in inspect.signature(torch.onnx.export).parameters:  # TorchScript's, kept
             torch.onnx.export(
                 module, args, str(path), input_names=list(names), output_names=[spec.output],
                 dynamic_axes=axes | {spec.output: {0: "batch"}}, opset_version=OPSET,
                 dynamo=False,
             )  # fmt: skip
-        except TypeError:  # a torch without the TorchScript exporter
-            shapes = {n: {k: torch.export.Dim.AUTO for k in a} for n, a in axes.items()}
+        else:  # an older torch: the TorchScript exporter is the only one
             torch.onnx.export(
                 module, args, str(path), input_names=list(names), output_names=[spec.output],
-                dynamic_shapes=shapes, dynamo=True,
+                dynamic_axes=axes | {spec.output: {0: "batch"}}, opset_version=OPSET,
             )  # fmt: skip
 
 
@@ -241,13 +294,6 @@ def _reference(spec: GraphSpec) -> np.ndarray:
     return out.float().cpu().numpy()  # type: ignore[no-any-return]
 
 
-def _run_file(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    ort = require("onnxruntime", "onnx")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = {i.name for i in session.get_inputs()}
-    return np.asarray(session.run(None, {k: v for k, v in feeds.items() if k in names})[0])
-
-
 def _record(spec: GraphSpec, backend: str, check: dict[str, float], began: float) -> dict:
     versions = {}
     for name in ("onnxruntime", "torch"):
@@ -263,6 +309,10 @@ def _record(spec: GraphSpec, backend: str, check: dict[str, float], began: float
         "export_seconds": round(time.perf_counter() - began, 2),
         **versions,
     }
+
+
+def _vectors_pass(check: dict[str, float]) -> bool:
+    return check["min_cosine"] >= MIN_COSINE and check["max_relative_error"] <= MAX_RELATIVE_ERROR
 
 
 def query_spec(encoder: Any) -> GraphSpec:
@@ -291,9 +341,10 @@ def query_spec(encoder: Any) -> GraphSpec:
         return pad_arrays(ids, encoder.tokenizer.pad_token_id)
 
     settings = {"pooling": encoder.config.pooling, "normalize": normalize}
-    return GraphSpec("query", QueryGraph(encoder.query_model.float()), batch(PROBE_TEXTS[:2]),
+    tower = copy.deepcopy(encoder.query_model).cpu().float()  # the model in use stays as it is
+    return GraphSpec("query", QueryGraph(tower), batch(PROBE_TEXTS[:2]),
                      batch(PROBE_TEXTS), "vector", settings, vector_agreement,
-                     lambda c: c["min_cosine"] >= MIN_COSINE)  # fmt: skip
+                     _vectors_pass)  # fmt: skip
 
 
 def ranker_spec(ranker: Any) -> GraphSpec:
@@ -317,7 +368,7 @@ def ranker_spec(ranker: Any) -> GraphSpec:
     pairs = [(q, d) for q in PROBE_TEXTS for d in PROBE_TEXTS[1:]]
     example = ranker.pair_arrays(pairs[:2])
     settings = {"head": ranker.config.head, "scale": scale}
-    module = RankerGraph(ranker.model.float(), tuple(example))
+    module = RankerGraph(copy.deepcopy(ranker.model).cpu().float(), tuple(example))
     return GraphSpec("ranker", module, example, ranker.pair_arrays(pairs),
                      "logit", settings, logit_agreement,
                      lambda c: c["max_error"] <= MAX_LOGIT_ERROR)  # fmt: skip

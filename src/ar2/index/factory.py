@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ar2._optional import require
-from ar2.config import QUANTIZABLE, IndexConfig
+from ar2.config import IndexConfig
 from ar2.errors import Ar2Error
 
 
@@ -189,6 +189,6 @@ def choose(config: IndexConfig, n: int, d: int) -> tuple[str, dict[str, Any] | N
         preset, reason = auto_preset(n, d, budget)
         auto = {"preset": preset, "reason": reason, "ram_budget_bytes": budget}
     factory = PRESETS[preset](n, d)  # IndexConfig checked the name
-    if config.quantize and preset in QUANTIZABLE[config.quantize]:  # auto may pick ivfpq
+    if config.quantize:  # IndexConfig refused the presets it does not apply to
         factory = QUANTIZERS[config.quantize](factory)
     return factory, auto

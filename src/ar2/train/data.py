@@ -87,6 +87,15 @@ def load_train_data(
     return TrainData(corpus, docs, train, train_qrels, dev, dev_qrels, test, test_qrels)
 
 
+def dev_split_qrels(data_dir: Path, record: dict[str, Any]) -> Qrels:
+    """The judgements of a run's dev queries, from its ``dev_split.json`` ``record``:
+    ``qrels/dev.tsv``, or those of the train queries it held out."""
+    if record.get("source") == "qrels/dev.tsv":
+        return load_qrels(data_dir / "qrels" / "dev.tsv")
+    train = load_qrels(data_dir / "qrels" / "train.tsv")
+    return {q: train[q] for q in record["queries"] if q in train}
+
+
 def _same_split(file: Path, record: dict[str, Any]) -> None:
     """Refuse a dev split other than the one a run (resumed or warm-started) already holds: its
     models were trained without the dev queries, which must stay out of training."""

@@ -27,12 +27,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import io
 import json
 import logging
 import random
 import statistics
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ from ar2.config import DistillConfig
 from ar2.data.pseudo import sentences
 from ar2.encoders import BiEncoder
 from ar2.errors import Ar2Error
+from ar2.train.data import dev_split_qrels
 from ar2.train.stage import MetricsLog, stage_record, train_stage
 from ar2.types import Query
 
@@ -99,7 +102,8 @@ def run_distill(
     data_dir = Path(json.loads((run / "config.json").read_text())["data"]["path"])
     with contextlib.ExitStack() as held:
         out = held.enter_context(claim(out, "distill", [run, data_dir], overwrite))
-        record = {"config": dataclasses.asdict(cfg), "run": str(run.resolve())}
+        record = {"config": dataclasses.asdict(cfg), "run": str(run.resolve()),
+                  "retriever": _fingerprint(run / "retriever")}  # fmt: skip
         _check_resume(out, record, resume, overwrite)
         if overwrite:
             clear_folder(out)
@@ -118,7 +122,7 @@ def _check_resume(out: Path, record: dict[str, Any], resume: bool, overwrite: bo
     if have is None or have == record:
         return
     differ = changed_settings(have["config"], record["config"])
-    named = ", ".join(differ) or f"the run ({have.get('run')})"
+    named = ", ".join(differ) or f"the run's retriever ({have.get('run')})"
     raise Ar2Error(
         f"{out}: --resume with other settings ({named}). Fix: resume with the settings "
         "of its distill.json, --overwrite to start again, or a new --out"
@@ -127,7 +131,7 @@ def _check_resume(out: Path, record: dict[str, Any], resume: bool, overwrite: bo
 
 def _texts(out: Path, run: Path, data_dir: Path, cfg: DistillConfig) -> list[str]:
     """The training queries (not the run's dev ones) and the pseudo-queries, kept on disk."""
-    from ar2.data.beir import load_corpus, load_qrels, load_queries
+    from ar2.data.beir import iter_corpus, load_qrels, load_queries
 
     file = out / "texts.jsonl"
     if file.is_file():
@@ -136,13 +140,43 @@ def _texts(out: Path, run: Path, data_dir: Path, cfg: DistillConfig) -> list[str
     train = load_qrels(data_dir / "qrels" / "train.tsv")
     queries = [q.text for q in load_queries(data_dir / "queries.jsonl")
                if q.id in train and q.id not in dev]  # fmt: skip
-    pool = [s for d in load_corpus(data_dir / "corpus.jsonl") for s in sentences(d.text)]
     rng = random.Random(f"{cfg.seed}/pseudo-queries")
-    pseudo = rng.sample(pool, min(cfg.pseudo_queries, len(pool)))
+    stream = (
+        s for d in iter_corpus(data_dir / "corpus.jsonl", warn=False) for s in sentences(d.text)
+    )
+    pseudo = reservoir(stream, cfg.pseudo_queries, rng)
     texts = queries + pseudo
     atomic_write_lines(file, (json.dumps(t, ensure_ascii=False) for t in texts))
     log.info("distilling on %d training queries and %d pseudo-queries", len(queries), len(pseudo))
     return texts
+
+
+def reservoir(items: Iterable[str], k: int, rng: random.Random) -> list[str]:
+    """A uniform sample of ``k`` of ``items`` in one pass, holding ``k`` (Vitter's algorithm R).
+
+    Example:
+        >>> reservoir(iter("abcdef"), 3, random.Random(0))
+        ['f', 'b', 'c']
+        >>> reservoir(iter("ab"), 3, random.Random(0))
+        ['a', 'b']
+    """
+    kept: list[str] = []
+    for i, item in enumerate(items):
+        if i < k:
+            kept.append(item)
+        elif (j := rng.randrange(i + 1)) < k:
+            kept[j] = item
+    return kept
+
+
+def _fingerprint(folder: Path) -> str:
+    """A hash of the model weights in ``folder`` (its query tower's included)."""
+    digest = hashlib.sha256()
+    for file in sorted(folder.rglob("*.safetensors")):
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _teacher_vectors(out: Path, teacher: BiEncoder, texts: list[str]) -> np.ndarray:
@@ -192,9 +226,9 @@ def _report(
 
     index = FaissIndex.load(run / "index")
     queries = {q.id: q for q in load_queries(data_dir / "queries.jsonl")}
-    dev_ids = json.loads((run / "dev_split.json").read_text())["queries"]
-    splits = {"dev": load_qrels(data_dir / "qrels" / "train.tsv")}
-    splits["dev"] = {q: splits["dev"][q] for q in dev_ids if q in splits["dev"]}
+    split = json.loads((run / "dev_split.json").read_text())
+    dev_ids = split["queries"]
+    splits = {"dev": dev_split_qrels(data_dir, split)}
     if (data_dir / "qrels" / "test.tsv").is_file():
         splits["test"] = load_qrels(data_dir / "qrels" / "test.tsv")
     results: dict[str, Any] = {"layers": cfg.layers, "teacher_layers": _depth(teacher)}
