@@ -162,6 +162,9 @@ def test_the_service_records_and_answers_the_same(tiny_run: Path) -> None:
     backends = onnx_service.info()["backends"]
     assert backends["query_encoder"]["backend"] == backends["ranker"]["backend"] == "onnx"
     assert torch_service.info()["backends"]["query_encoder"] == {"backend": "torch"}
+    auto = SearchService.load(tiny_run, backend="auto").info()["backends"]
+    assert auto["query_encoder"]["backend"] == "onnx"  # 5.9x faster for one query
+    assert auto["ranker"] == {"backend": "torch"}  # 20 pairs: ONNX Runtime was slower
     for mode in ("dense", "hybrid"):
         for rerank_k in (0, 5):
             want = torch_service.search(queries, 5, mode, rerank_k)

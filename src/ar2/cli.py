@@ -495,9 +495,9 @@ def _add_backend(p: argparse.ArgumentParser) -> None:
         "--backend",
         default="auto",
         choices=BACKENDS,
-        help="where queries are encoded and pairs scored: auto (the default) is onnx when "
-        "onnxruntime is installed (pip install 'ar2[onnx]'), else torch; onnx-int8 quantizes "
-        "the weights",
+        help="where queries are encoded and pairs scored: auto (the default) encodes queries "
+        "on onnx when onnxruntime is installed (pip install 'ar2[onnx]') and scores pairs on "
+        "torch; onnx-int8 quantizes the weights",
     )
 
 

@@ -154,12 +154,13 @@ class CrossEncoder:
     def use_backend(self, backend: str) -> CrossEncoder:
         """Score through ``backend`` (:data:`~ar2.encoders.onnx_runtime.BACKENDS`): ``torch``,
         or an ONNX Runtime graph of the model and its head (exported and checked against
-        torch once, then cached)."""
+        torch once, then cached). ``auto`` keeps torch: 20 pairs scored 0.89x as fast on
+        ONNX Runtime (``docs/benchmarks.md``); ask for ``onnx`` or ``onnx-int8`` by name."""
         from ar2.encoders import onnx_runtime
 
         self.graph = None
         self.graph = onnx_runtime.attach(
-            partial(onnx_runtime.ranker_spec, self), backend, self.device
+            partial(onnx_runtime.ranker_spec, self), backend, self.device, auto=False
         )
         return self
 

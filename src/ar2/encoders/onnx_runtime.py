@@ -94,10 +94,16 @@ def resolve_backend(backend: str, device: str = "cpu") -> str:
     return backend
 
 
-def attach(make_spec: Callable[[], GraphSpec], backend: str, device: str) -> OnnxGraph | None:
-    """The graph ``backend`` asks for (``None``: torch). Under ``auto`` a graph that cannot be
-    exported, or disagrees with torch, leaves the model on torch with a warning; asked for by
-    name, it is an :class:`Ar2Error`."""
+def attach(
+    make_spec: Callable[[], GraphSpec], backend: str, device: str, auto: bool = True
+) -> OnnxGraph | None:
+    """The graph ``backend`` asks for (``None``: torch). ``auto`` is ONNX Runtime only for a
+    model that ``auto`` says it is faster for (``docs/benchmarks.md``: one query's encoding
+    5.9x faster; the ranker's 20 pairs 0.89x, so the ranker stays on torch under ``auto``).
+    Under ``auto`` a graph that cannot be exported, or disagrees with torch, leaves the model
+    on torch with a warning; asked for by name, it is an :class:`Ar2Error`."""
+    if backend == "auto" and not auto:
+        return None
     concrete = resolve_backend(backend, device)
     if concrete == "torch":
         return None
