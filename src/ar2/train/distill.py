@@ -226,9 +226,9 @@ def _report(
 
     index = FaissIndex.load(run / "index")
     queries = {q.id: q for q in load_queries(data_dir / "queries.jsonl")}
-    split = json.loads((run / "dev_split.json").read_text())
-    dev_ids = split["queries"]
-    splits = {"dev": dev_split_qrels(data_dir, split)}
+    dev_record = json.loads((run / "dev_split.json").read_text())
+    dev_ids = dev_record["queries"]
+    splits = {"dev": dev_split_qrels(data_dir, dev_record)}
     if (data_dir / "qrels" / "test.tsv").is_file():
         splits["test"] = load_qrels(data_dir / "qrels" / "test.tsv")
     results: dict[str, Any] = {"layers": cfg.layers, "teacher_layers": _depth(teacher)}
