@@ -38,7 +38,8 @@ Run from the repository root (bash scripts/setup.sh installs what it needs):
 Every ar2 system (``ar2``: the preset; each ``--variant NAME:KEY=VALUE,...``: the preset with
 those overrides) and ST are timed in turn, ``--steps`` steps each per round, ``--repeats``
 rounds. A variant may also set ``threads=N``: its steps run with N intra-op threads
-(``torch.set_num_threads``), the rest with torch's default.
+(``torch.set_num_threads``), the rest with torch's default; and ``sdpa=math`` or
+``sdpa=flash``: its steps run with that scaled-dot-product attention kernel only.
 """
 
 from __future__ import annotations
@@ -182,14 +183,39 @@ def with_threads(n: int, step: Callable[[], float]) -> Callable[[], float]:
     return run
 
 
+def with_sdpa(backend: str, step: Callable[[], float]) -> Callable[[], float]:
+    """``step`` with torch's scaled-dot-product attention limited to ``backend`` (the variant
+    setting ``sdpa=math`` or ``sdpa=flash``): which attention kernel the encoders run."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    chosen = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION}[backend]
+
+    def run() -> float:
+        with sdpa_kernel([chosen]), torch.enable_grad():
+            return step()
+
+    return run
+
+
+RUNTIME_KEYS = ("threads", "sdpa")  # variant settings that are not config fields
+
+
 def _is_threads(override: str) -> bool:
-    return override.replace(" ", "").startswith("threads=")
+    return override.replace(" ", "").split("=", 1)[0] in RUNTIME_KEYS
+
+
+def _runtime(overrides: list[str], key: str) -> str | None:
+    """The last ``key=VALUE`` among a variant's settings (not a config field)."""
+    found = [x.split("=", 1)[1].strip() for x in overrides
+             if x.replace(" ", "").split("=", 1)[0] == key]  # fmt: skip
+    return found[-1] if found else None
 
 
 def _threads(overrides: list[str]) -> int | None:
     """The last ``threads=N`` among a variant's settings (not a config field)."""
-    found = [int(x.split("=", 1)[1]) for x in overrides if _is_threads(x)]
-    return found[-1] if found else None
+    found = _runtime(overrides, "threads")
+    return int(found) if found else None
 
 
 def time_ar2(step: Callable[[], float], n: int) -> list[float]:
@@ -432,6 +458,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             n_threads = threads[name]
             if n_threads:
                 systems[name] = with_threads(n_threads, systems[name])
+            sdpa = _runtime(sets[name], "sdpa")
+            if sdpa:
+                systems[name] = with_sdpa(sdpa, systems[name])
         flops, work = stage_flops(stage, cfg, batch, models)
         enc = models.get("retriever") or models["ranker"]
         if not args.no_st:

@@ -93,6 +93,36 @@ def write_train_toy(root: Path) -> Path:
     return root
 
 
+def tiny_train_run(root: Path, filler_docs: int = 0) -> tuple[Path, Path]:
+    """A finished-run folder over the training toy (retriever, flat index with its documents,
+    config, dev split), the toy's corpus grown by ``filler_docs`` documents of filler words;
+    returns the run and the data folder."""
+    import random
+
+    from ar2.encoders import BiEncoder
+    from ar2.index import FaissIndex
+    from ar2.types import Doc
+
+    data = write_train_toy(root / "data")
+    rng = random.Random(0)
+    with (data / "corpus.jsonl").open("a") as f:
+        for i in range(filler_docs):
+            words = rng.choices([*FILLER, *(f"w{j}" for j in range(40))], k=6)
+            f.write(json.dumps({"_id": f"f{i}", "title": "", "text": " ".join(words)}) + "\n")
+    run = root / "run"
+    bert = build_tiny_bert(root / "bert", dropout=0.0)  # a student's only noise: its layers
+    BiEncoder.load(bert, precision="fp32").save(run / "retriever")
+    encoder = BiEncoder.load(run / "retriever")
+    docs = [Doc(d["_id"], d["text"], d["title"]) for d in
+            map(json.loads, (data / "corpus.jsonl").read_text().splitlines())]  # fmt: skip
+    index = FaissIndex.build(encoder.encode_docs(docs), [d.id for d in docs])
+    index.save(run / "index", {"encoder": encoder.describe()}, docs=docs)
+    config = {"seed": 0, "g0": {}, "rounds": 1, "data": {"path": str(data)}}
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "dev_split.json").write_text(json.dumps({"queries": ["t2q0", "t3q1", "t5q2", "t9q1"]}))
+    return run, data
+
+
 def build_tiny_bert(path: Path, seed: int = 0, dropout: float = 0.1) -> Path:
     """A random-initialised 2-layer, 32-dim BERT with a word-level vocabulary, saved to ``path``."""
     import torch

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 from ar2 import losses  # noqa: E402
 from ar2.encoders import BiEncoder  # noqa: E402
 from ar2.train.distill import kept_layers, run_distill, student_tower  # noqa: E402
-from conftest import build_tiny_bert, write_train_toy  # noqa: E402
+from conftest import build_tiny_bert, tiny_train_run  # noqa: E402
 
 
 def test_the_loss_is_the_hand_computed_one() -> None:
@@ -50,26 +50,6 @@ def test_the_student_starts_from_the_kept_layers(tmp_path: Path) -> None:
         student_tower(tower, 3)
 
 
-def _tiny_train_run(root: Path) -> tuple[Path, Path]:
-    """A finished-run folder over the training toy: retriever, index, config, dev split."""
-    from ar2.index import FaissIndex
-    from ar2.types import Doc
-
-    data = write_train_toy(root / "data")
-    run = root / "run"
-    bert = build_tiny_bert(root / "bert", dropout=0.0)  # the student's only noise: its layers
-    BiEncoder.load(bert, precision="fp32").save(run / "retriever")
-    encoder = BiEncoder.load(run / "retriever")
-    docs = [Doc(d["_id"], d["text"], d["title"]) for d in
-            map(json.loads, (data / "corpus.jsonl").read_text().splitlines())]  # fmt: skip
-    index = FaissIndex.build(encoder.encode_docs(docs), [d.id for d in docs])
-    index.save(run / "index", {"encoder": encoder.describe()}, docs=docs)
-    config = {"seed": 0, "g0": {}, "rounds": 1, "data": {"path": str(data)}}
-    (run / "config.json").write_text(json.dumps(config))
-    (run / "dev_split.json").write_text(json.dumps({"queries": ["t2q0", "t3q1", "t5q2", "t9q1"]}))
-    return run, data
-
-
 CFG = DistillConfig(
     layers=1,
     pseudo_queries=40,
@@ -80,7 +60,7 @@ CFG = DistillConfig(
 
 
 def test_distillation_learns_the_teachers_vectors_and_keeps_the_index(tmp_path: Path) -> None:
-    run, _ = _tiny_train_run(tmp_path)
+    run, _ = tiny_train_run(tmp_path)
     out = tmp_path / "distilled"
     report = run_distill(run, out, CFG)
     teacher = BiEncoder.load(run / "retriever")
@@ -108,7 +88,7 @@ def test_the_run_s_index_serves_the_student(tmp_path: Path) -> None:
     from ar2.retrievers import dense_from_folder
     from ar2.types import Query
 
-    run, _ = _tiny_train_run(tmp_path)
+    run, _ = tiny_train_run(tmp_path)
     run_distill(run, tmp_path / "d", CFG)
     served = dense_from_folder(run / "index", tmp_path / "d" / "retriever")
     assert served.encoder.query_model.config.num_hidden_layers == 1
@@ -116,7 +96,7 @@ def test_the_run_s_index_serves_the_student(tmp_path: Path) -> None:
 
 
 def test_resume_and_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    run, _ = _tiny_train_run(tmp_path)
+    run, _ = tiny_train_run(tmp_path)
     out = tmp_path / "d"
     real = losses.vector_distillation
 
@@ -147,7 +127,7 @@ def test_resume_and_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 def test_a_run_whose_dev_split_is_a_dev_file(tmp_path: Path) -> None:
     """A collection with qrels/dev.tsv: the run's dev split is that file's queries."""
-    run, data = _tiny_train_run(tmp_path)
+    run, data = tiny_train_run(tmp_path)
     lines = (data / "qrels" / "train.tsv").read_text().splitlines()
     dev = [line for line in lines[1:] if line.startswith(("t4q", "t7q"))]
     (data / "qrels" / "dev.tsv").write_text("\n".join([lines[0], *dev]) + "\n")
@@ -164,7 +144,7 @@ def test_a_run_whose_dev_split_is_a_dev_file(tmp_path: Path) -> None:
 def test_the_command_line(tmp_path: Path) -> None:
     from ar2.cli import main
 
-    run, _ = _tiny_train_run(tmp_path)
+    run, _ = tiny_train_run(tmp_path)
     args = ["distill-query", str(run), "--out", str(tmp_path / "d"), "--layers", "1",
             "--set", "stage.steps=5", "--set", "pseudo_queries=10"]  # fmt: skip
     assert main(args) == 0

@@ -123,12 +123,21 @@ def _is_distill(path: Path) -> bool:
     return (path / DISTILL_CONFIG).is_file()
 
 
+JPQ_CONFIG = "jpq.json"
+"""The settings and the run of an ``ar2 jpq`` output."""
+
+
+def _is_jpq(path: Path) -> bool:
+    return (path / JPQ_CONFIG).is_file()
+
+
 KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
     "index": ("an ar2 index (`ar2 index`)", _is_index),
     "eval": ("an ar2 eval report (`ar2 eval`)", _is_eval),
     "run": ("an ar2 training run (`ar2 train`)", _is_run),
     "pretrain": ("an ar2 pretraining run (`ar2 pretrain`)", _is_pretrain),
     "distill": ("an ar2 query-tower distillation (`ar2 distill-query`)", _is_distill),
+    "jpq": ("an ar2 JPQ compression (`ar2 jpq`)", _is_jpq),
 }
 """Output kinds: a description and a test that a folder is one."""
 

@@ -273,6 +273,32 @@ def cmd_distill_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jpq(args: argparse.Namespace) -> int:
+    """A run's index compressed to ``m`` bytes a document, its query tower and centroids
+    trained together (JPQ)."""
+    import dataclasses
+
+    from ar2._overrides import apply_overrides
+    from ar2.config import JPQConfig, load_tables
+    from ar2.train.jpq import SYSTEMS, run_jpq
+
+    data = dataclasses.asdict(JPQConfig(m=args.m))
+    data = apply_overrides(data, args.set, JPQConfig) if args.set else data
+    source = "ar2 jpq" + (f" with --set {' '.join(args.set)}" if args.set else "")
+    cfg = load_tables(JPQConfig, data, source)
+    r = run_jpq(Path(args.run), Path(args.out), cfg, args.resume, args.overwrite)
+    sizes = r["bytes_per_doc"]
+    print("bytes/doc  " + "  ".join(f"{name} {sizes[name]}" for name in SYSTEMS))
+    for split in ("dev", "test"):
+        if split in r:
+            s, tests = r[split]["nDCG@10"], r[split]["tests"]
+            print(f"{split:5} nDCG@10 " + "  ".join(f"{name} {s[name]:.4f}" for name in SYSTEMS)
+                  + "  (" + ", ".join(f"{k} {t['diff']:+.4f} p = {t['p']:.3g}"
+                                      for k, t in tests.items()) + ")")  # fmt: skip
+    print(f"\nserve it: ar2 serve {Path(args.out) / 'index'}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a run or an index over HTTP until Ctrl-C or SIGTERM (then finish what is running)."""
     from ar2._optional import require
@@ -325,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(sub)
     _add_train(sub)
     _add_distill_query(sub)
+    _add_jpq(sub)
     _add_serve(sub)
     return parser
 
@@ -424,6 +451,22 @@ def _add_distill_query(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the distillation in --out")
     _add_overwrite(p, "start again in an --out that holds a distillation or other files")
     p.set_defaults(func=cmd_distill_query)
+
+
+def _add_jpq(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "jpq",
+        help="compress a trained run's index to M bytes a document (JPQ: the query tower and "
+        "the PQ centroids trained together)",
+    )
+    p.add_argument("run", help="a finished `ar2 train` run folder")
+    p.add_argument("--out", required=True, help="folder for index/, retriever/, posthoc/, report")
+    p.add_argument("--m", type=positive_int, default=48, help="bytes per document (default 48)")
+    change = "change a setting (negatives=200, stage.steps=200, stage.head_lr=1e-4), repeatable"
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=change)
+    p.add_argument("--resume", action="store_true", help="continue the JPQ run in --out")
+    _add_overwrite(p, "start again in an --out that holds a JPQ run or other files")
+    p.set_defaults(func=cmd_jpq)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

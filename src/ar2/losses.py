@@ -25,6 +25,8 @@ The losses, each a scalar to minimise:
 - :func:`ar2_retriever_loss`: the G-step, ``lambda L_ADV + (1 - lambda) L_KD``.
 - :func:`vector_distillation`: a smaller query tower learning the full one's vectors
   (ScalingNote's query-tower distillation; ``ar2 distill-query``).
+- :func:`rank_weighted_pairwise`: ADORE's and JPQ's ΔMRR-weighted pairwise loss over the
+  results of a search (``ar2 jpq``).
 
 L_KD is one of :data:`KD_LOSSES`, chosen by name (``kd_loss`` in the config):
 
@@ -440,6 +442,57 @@ def vector_distillation(*, student: torch.Tensor, teacher: torch.Tensor) -> torc
     squared = (student - target).pow(2).sum(-1)  # (batch,)
     cosine = F.cosine_similarity(student, target, dim=-1)  # (batch,)
     return squared.mean() + (1.0 - cosine).mean()  # ()
+
+
+def rank_weighted_pairwise(
+    *, scores: torch.Tensor, relevant: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The ranking-oriented pairwise loss of ADORE and JPQ (Zhan et al. 2021, "Optimizing Dense
+    Retrieval Model Training with Hard Negatives", Eq. 8; "Jointly Optimizing Query Encoder
+    and Product Quantization", §4.3): RankNet's pairwise loss, each pair weighted by how much
+    swapping it changes the reciprocal rank (LambdaRank's ΔMRR).
+
+    Each query's candidates are in rank order: column ``c`` is rank ``c + 1`` in the search
+    that found them (relevant documents it missed come after its results). For each pair of a
+    relevant candidate ``i`` and an irrelevant one ``j``,
+    ``l_ij = |1 / rank_j - 1 / rank_i| * log(1 + exp(s_j - s_i))``; the loss is the mean of
+    ``l_ij`` over each query's pairs, then over the queries that have both kinds.
+
+    Args:
+        scores: ``(B, C)`` the model's scores of each query's candidates, in rank order.
+        relevant: ``(B, C)`` bool, the relevant candidates.
+        valid: ``(B, C)`` bool, the real candidates (``False``: padding); default all.
+
+    Returns:
+        The scalar loss (0 with a gradient when no query has a pair).
+
+    Example:
+        >>> s = torch.tensor([[1.0, 2.0, 0.0]]); rel = torch.tensor([[False, True, False]])
+        >>> # pairs (rank 2, rank 1): |1 - 1/2| softplus(1 - 2); (rank 2, rank 3): |1/3 - 1/2|
+        >>> # softplus(0 - 2); mean of the two: (0.5 * 0.31326 + 0.16667 * 0.12693) / 2
+        >>> round(rank_weighted_pairwise(scores=s, relevant=rel).item(), 5)
+        0.08889
+    """
+    if scores.dim() != 2 or relevant.shape != scores.shape:
+        raise ValueError(
+            f"scores and relevant must both be (B, C); got {tuple(scores.shape)} and "
+            f"{tuple(relevant.shape)}"
+        )
+    valid = torch.ones_like(relevant) if valid is None else valid  # (batch, C)
+    ranks = torch.arange(1, scores.shape[1] + 1, device=scores.device)  # (C,)
+    inverse = 1.0 / ranks.to(scores.dtype)  # (C,)
+    pos = relevant & valid  # (batch, C)
+    neg = ~relevant & valid  # (batch, C)
+    pairs = pos[:, :, None] & neg[:, None, :]  # (batch, C_i, C_j)
+    weight = (inverse[None, :] - inverse[:, None]).abs()  # (C_i, C_j)
+    diff = scores[:, None, :] - scores[:, :, None]  # (batch, C_i, C_j): s_j - s_i
+    terms = torch.where(pairs, weight * F.softplus(diff), 0.0)  # (batch, C_i, C_j)
+    count = pairs.sum(dim=(1, 2))  # (batch,)
+    has = count > 0  # (batch,)
+    if not bool(has.any()):
+        return scores.sum() * 0.0  # ()
+    per_query = terms.sum(dim=(1, 2))[has] / count[has]  # (queries with pairs,)
+    return per_query.mean()  # ()
 
 
 def _get_kd(name: str) -> Callable[..., torch.Tensor]:

@@ -120,7 +120,7 @@ class FaissIndex:
         if compresses(factory):
             built.vectors = source
         if not index.is_trained:
-            index.train(_as_float32(_rows(source, _training_rows(n))))
+            index.train(_as_float32(_rows(source, training_rows(n))))
         for start in range(0, n, ADD_CHUNK):
             rows = _rows(source, slice(start, start + ADD_CHUNK))
             built.add(rows, ids[start : start + ADD_CHUNK])
@@ -304,7 +304,7 @@ def _rows(source: Any, rows: slice | np.ndarray, keep_mapped: bool = False) -> n
     return np.asarray(source[rows], dtype=np.float32)
 
 
-def _training_rows(n: int) -> Any:
+def training_rows(n: int) -> Any:
     """All rows, or ``TRAIN_SAMPLE`` evenly spaced ones (FAISS wants 39-256 per centroid)."""
     if n <= TRAIN_SAMPLE:
         return slice(0, n)

@@ -24,10 +24,7 @@ Folder::
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -42,12 +39,13 @@ import numpy as np
 
 from ar2._io import atomic_write_bytes, atomic_write_json, atomic_write_lines, atomic_write_text
 from ar2._optional import require
-from ar2._outdir import DISTILL_CONFIG, changed_settings, claim, clear_folder, resumed_record
+from ar2._outdir import DISTILL_CONFIG
 from ar2.config import DistillConfig
 from ar2.data.pseudo import sentences
 from ar2.encoders import BiEncoder
 from ar2.errors import Ar2Error
 from ar2.train.data import dev_split_qrels
+from ar2.train.derived import derived_output
 from ar2.train.stage import MetricsLog, stage_record, train_stage
 from ar2.types import Query
 
@@ -92,41 +90,15 @@ def run_distill(
     run: Path, out: Path, cfg: DistillConfig, resume: bool = False, overwrite: bool = False
 ) -> dict:
     """Distil ``run``'s query tower into ``out`` (see the module); returns the report."""
-    if resume and overwrite:
-        raise Ar2Error("--resume and --overwrite together. Fix: pass one of them")
-    if not (run / "retriever").is_dir() or not (run / "index" / "manifest.json").is_file():
-        raise Ar2Error(
-            f"{run}: not a finished ar2 train run (no retriever/ and index/). "
-            f"Fix: give a run folder, or finish it with `ar2 train DATA --out {run} --resume`"
-        )
-    data_dir = Path(json.loads((run / "config.json").read_text())["data"]["path"])
-    with contextlib.ExitStack() as held:
-        out = held.enter_context(claim(out, "distill", [run, data_dir], overwrite))
-        record = {"config": dataclasses.asdict(cfg), "run": str(run.resolve()),
-                  "retriever": _fingerprint(run / "retriever")}  # fmt: skip
-        _check_resume(out, record, resume, overwrite)
-        if overwrite:
-            clear_folder(out)
-        atomic_write_json(out / DISTILL_CONFIG, record)
+    with derived_output(run, out, "distill", DISTILL_CONFIG, cfg, resume, overwrite) as (
+        out,
+        data_dir,
+    ):
         teacher = BiEncoder.load(run / "retriever")
         texts = _texts(out, run, data_dir, cfg)
         targets = _teacher_vectors(out, teacher, texts)
         student = _train(out, teacher, texts, targets, cfg)
         return _report(out, run, data_dir, teacher, student, cfg)
-
-
-def _check_resume(out: Path, record: dict[str, Any], resume: bool, overwrite: bool) -> None:
-    """Refuse to start over a distillation, or to resume one of other settings or run."""
-    what = "a query-tower distillation"
-    have = resumed_record(out, DISTILL_CONFIG, what, resume, overwrite)
-    if have is None or have == record:
-        return
-    differ = changed_settings(have["config"], record["config"])
-    named = ", ".join(differ) or f"the run's retriever ({have.get('run')})"
-    raise Ar2Error(
-        f"{out}: --resume with other settings ({named}). Fix: resume with the settings "
-        "of its distill.json, --overwrite to start again, or a new --out"
-    )
 
 
 def _texts(out: Path, run: Path, data_dir: Path, cfg: DistillConfig) -> list[str]:
@@ -167,16 +139,6 @@ def reservoir(items: Iterable[str], k: int, rng: random.Random) -> list[str]:
         elif (j := rng.randrange(i + 1)) < k:
             kept[j] = item
     return kept
-
-
-def _fingerprint(folder: Path) -> str:
-    """A hash of the model weights in ``folder`` (its query tower's included)."""
-    digest = hashlib.sha256()
-    for file in sorted(folder.rglob("*.safetensors")):
-        with open(file, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _teacher_vectors(out: Path, teacher: BiEncoder, texts: list[str]) -> np.ndarray:

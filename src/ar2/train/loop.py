@@ -200,11 +200,17 @@ def seed_step(seed: int, stage: str, step: int) -> random.Random:
     return rng
 
 
+HEADS = ("classifier", "centroids")
+"""Top-level modules trained at a stage's ``head_lr``: the ranker's new classifier, and the
+PQ centroids ``ar2 jpq`` trains beside the query tower."""
+
+
 def _param_groups(model: Any, cfg: StageConfig) -> list[dict[str, Any]]:
-    """AdamW groups: decay vs no decay (LayerNorm, bias), and the new head at ``head_lr``."""
+    """AdamW groups: decay vs no decay (LayerNorm, bias), and the new head (:data:`HEADS`) at
+    ``head_lr``."""
     groups: dict[tuple[bool, bool], list[Any]] = {}
     for name, param in model.named_parameters():
-        key = (_no_decay(name), cfg.head_lr is not None and name.startswith("classifier."))
+        key = (_no_decay(name), cfg.head_lr is not None and name.split(".")[0] in HEADS)
         groups.setdefault(key, []).append(param)
     return [
         {

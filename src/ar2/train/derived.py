@@ -1,0 +1,71 @@
+"""Outputs made from a finished ``ar2 train`` run (``ar2 distill-query``, ``ar2 jpq``): the
+run is checked, the output folder claimed, and its settings recorded with a hash of the run's
+retriever, so that a resume with other settings, or over a retrained run, is refused."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ar2._io import atomic_write_json
+from ar2._outdir import changed_settings, claim, clear_folder, resumed_record
+from ar2.errors import Ar2Error
+
+
+@contextlib.contextmanager
+def derived_output(
+    run: Path, out: Path, kind: str, record_file: str, cfg: Any, resume: bool, overwrite: bool
+) -> Iterator[tuple[Path, Path]]:
+    """Hold ``out`` (an output of ``kind``, :data:`ar2._outdir.KINDS`) for work on ``run``;
+    yields the output folder and the run's data folder. ``record_file`` keeps the settings
+    ``cfg`` (a dataclass), the run and its retriever's hash."""
+    if resume and overwrite:
+        raise Ar2Error("--resume and --overwrite together. Fix: pass one of them")
+    if not (run / "retriever").is_dir() or not (run / "index" / "manifest.json").is_file():
+        raise Ar2Error(
+            f"{run}: not a finished ar2 train run (no retriever/ and index/). "
+            f"Fix: give a run folder, or finish it with `ar2 train DATA --out {run} --resume`"
+        )
+    data_dir = Path(json.loads((run / "config.json").read_text())["data"]["path"])
+    with claim(out, kind, [run, data_dir], overwrite) as held:
+        record = {"config": dataclasses.asdict(cfg), "run": str(run.resolve()),
+                  "retriever": fingerprint(run / "retriever")}  # fmt: skip
+        _check_resume(held, record_file, kind, record, resume, overwrite)
+        if overwrite:
+            clear_folder(held)
+        atomic_write_json(held / record_file, record)
+        yield held, data_dir
+
+
+def _check_resume(
+    out: Path, record_file: str, kind: str, record: dict[str, Any], resume: bool, overwrite: bool
+) -> None:
+    """Refuse to start over such an output, or to resume one of other settings or run."""
+    from ar2._outdir import KINDS
+
+    what = KINDS[kind][0].split(" (")[0].replace("an ar2 ", "a ")
+    have = resumed_record(out, record_file, what, resume, overwrite)
+    if have is None or have == record:
+        return
+    differ = changed_settings(have["config"], record["config"])
+    named = ", ".join(differ) or f"the run's retriever ({have.get('run')})"
+    raise Ar2Error(
+        f"{out}: --resume with other settings ({named}). Fix: resume with the settings "
+        f"of its {record_file}, --overwrite to start again, or a new --out"
+    )
+
+
+def fingerprint(folder: Path) -> str:
+    """A hash of the model weights in ``folder`` (its query tower's included): an output made
+    from a run's model refuses to resume over a retrained one."""
+    digest = hashlib.sha256()
+    for file in sorted(folder.rglob("*.safetensors")):
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()

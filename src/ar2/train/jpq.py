@@ -1,0 +1,375 @@
+"""``run_jpq``: a run's query tower and PQ centroids trained together (``ar2 jpq``).
+
+JPQ (Zhan et al., "Jointly Optimizing Query Encoder and Product Quantization to Improve
+Retrieval Performance", CIKM 2021) compresses a dense index and then trains the query side
+against the compressed documents, so that the compression loses little:
+
+1. The run's document vectors are compressed once by FAISS's OPQ + PQ (``OPQ{m},PQ{m}x8``):
+   a rotation, ``m`` codebooks of 256 centroids each, and ``m`` bytes of codes per document.
+   Searched with the run's own query tower, this is the post-hoc baseline (``posthoc/``).
+2. The rotation and the codes stay fixed. The query tower and the centroids train together:
+   each step encodes a batch of training queries, searches the PQ index as it stands for the
+   top ``negatives`` documents (ADORE's dynamic negatives), adds the relevant documents the
+   search missed, and scores the candidates against their reconstructions from the centroids,
+   so that the gradient reaches both. The loss is the ΔMRR-weighted pairwise loss of ADORE and
+   JPQ (:func:`ar2.losses.rank_weighted_pairwise`).
+3. After each update the centroids are written back into the FAISS index, which the next
+   step searches and the run saves (``index/``).
+
+Only training code imports this module (it imports torch at the top; ``import ar2`` does not).
+The document tower and the codes never change: the index holds ``m`` bytes per document and
+no float vectors. Where we differ from JPQ's code: the model is a cosine one, so scores are
+the run's ``scale`` times the dot product (JPQ's RoBERTa gives large dot products unscaled);
+the gradient clipping covers the centroids too; the training queries are the run's (its dev
+queries left out); there is no IVF layer (JPQ's has one list, so none in effect).
+
+Folder::
+
+    jpq.json  metrics.jsonl  checkpoints/  posthoc/  retriever/  index/  report.json  report.md
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ar2._io import atomic_write_json, atomic_write_text
+from ar2._optional import require
+from ar2._outdir import JPQ_CONFIG
+from ar2.config import IndexConfig, JPQConfig
+from ar2.encoders import BiEncoder
+from ar2.errors import Ar2Error
+from ar2.index import FaissIndex, read_manifest
+from ar2.index.dense import training_rows
+from ar2.index.factory import compresses, faiss_metric
+from ar2.train.data import dev_split_qrels
+from ar2.train.derived import derived_output
+from ar2.train.stage import MetricsLog, stage_record, train_stage
+
+log = logging.getLogger("ar2.train")
+
+STAGE = "jpq"
+MEASURE = "nDCG@10"
+SYSTEMS = ("uncompressed", "opq-pq", "jpq")
+
+
+def pq_factory(m: int) -> str:
+    """The FAISS factory string of an OPQ rotation and ``m`` 8-bit sub-quantizers.
+
+    Example:
+        >>> pq_factory(48)
+        'OPQ48,PQ48x8'
+    """
+    return f"OPQ{m},PQ{m}x8"
+
+
+@dataclasses.dataclass
+class PQParts:
+    """What JPQ reads of a FAISS ``OPQ,PQ`` index: its parts as numpy arrays.
+
+    Attributes:
+        rotation: ``(d, d)`` the OPQ matrix ``A``; a vector is searched as ``A x``.
+        centroids: ``(m, 256, d / m)`` the codebooks.
+        codes: ``(n, m)`` each document's centroid in each codebook.
+    """
+
+    rotation: np.ndarray
+    centroids: np.ndarray
+    codes: np.ndarray
+
+    @classmethod
+    def of(cls, index: Any) -> PQParts:
+        """The parts of a FAISS ``IndexPreTransform(OPQMatrix, IndexPQ)``."""
+        faiss = require("faiss")
+        transform = faiss.downcast_VectorTransform(index.chain.at(0))
+        rotation = faiss.vector_to_array(transform.A).reshape(transform.d_out, transform.d_in)
+        pq_index = faiss.downcast_index(index.index)
+        pq = pq_index.pq
+        centroids = faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub)
+        codes = faiss.vector_to_array(pq_index.codes).reshape(pq_index.ntotal, pq.code_size)
+        return cls(rotation, centroids, codes)
+
+
+def set_centroids(index: Any, centroids: np.ndarray) -> None:
+    """Write ``centroids`` ``(m, 256, d / m)`` into a FAISS ``OPQ,PQ`` index, in place."""
+    faiss = require("faiss")
+    pq = faiss.downcast_index(index.index).pq
+    faiss.copy_array_to_vector(np.ascontiguousarray(centroids, np.float32).ravel(), pq.centroids)
+    if pq.transposed_centroids.size():  # a cached layout of the centroids, if FAISS made one
+        pq.sync_transposed_centroids()
+
+
+def run_jpq(
+    run: Path, out: Path, cfg: JPQConfig, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
+    """Compress ``run``'s index and train JPQ into ``out`` (see the module); the report."""
+    with derived_output(run, out, "jpq", JPQ_CONFIG, cfg, resume, overwrite) as (out, data_dir):
+        retriever = BiEncoder.load(run / "retriever")
+        exact = FaissIndex.load(run / "index")
+        posthoc = _posthoc(out, exact, read_manifest(run / "index").get("encoder", {}), cfg)
+        scale = float(json.loads((run / "config.json").read_text()).get("scale", 20.0))
+        student, index = _train(out, run, data_dir, retriever, posthoc, cfg, scale)
+        systems = {"uncompressed": (retriever, exact), "opq-pq": (retriever, posthoc),
+                   "jpq": (student, index)}  # fmt: skip
+        return _report(out, run, data_dir, systems, cfg)
+
+
+def float_vectors(index: FaissIndex) -> np.ndarray:
+    """The ``(n, d)`` float32 document vectors of an uncompressed index, or the ones a
+    compressed index keeps on disk for re-scoring."""
+    from ar2 import _npy
+
+    if isinstance(index.vectors, _npy.NpyParts):
+        return index.vectors.read(slice(0, len(index.ids)))
+    if index.vectors is not None:
+        return np.asarray(index.vectors, dtype=np.float32)
+    faiss = require("faiss")
+    ivf = faiss.try_extract_index_ivf(index.index)
+    if ivf is not None:
+        ivf.make_direct_map()
+    if compresses(index.factory):
+        raise Ar2Error(
+            f"the run's index is a {index.factory} index without its float vectors, so JPQ has "
+            "nothing to compress. Fix: rebuild the run's index uncompressed (--preset flat)"
+        )
+    return index.index.reconstruct_n(0, index.index.ntotal)  # type: ignore[no-any-return]
+
+
+def _posthoc(out: Path, exact: FaissIndex, encoder: dict[str, Any], cfg: JPQConfig) -> FaissIndex:
+    """FAISS's OPQ + PQ of the run's vectors (the baseline, and JPQ's codes), kept on disk."""
+    folder = out / "posthoc"
+    if (folder / "manifest.json").is_file():
+        return FaissIndex.load(folder)
+    vectors = float_vectors(exact)
+    if vectors.shape[1] % cfg.m:
+        raise Ar2Error(
+            f"m = {cfg.m} does not divide the vectors' dimension {vectors.shape[1]}. Fix: "
+            f"--set m=N with N a divisor of {vectors.shape[1]} (bytes per document)"
+        )
+    if len(vectors) < 256:
+        raise Ar2Error(
+            f"{len(vectors)} documents: 8-bit PQ needs at least 256 to train its codebooks. "
+            "Fix: compress a larger collection (a small one fits uncompressed)"
+        )
+    factory = pq_factory(cfg.m)
+    log.info("compressing %d vectors with %s", len(vectors), factory)
+    faiss = require("faiss")
+    index = faiss.index_factory(vectors.shape[1], factory, faiss_metric(exact.metric))
+    _train_quietly(index, vectors[training_rows(len(vectors))])
+    index.add(vectors)
+    config = IndexConfig(factory=factory, refine=0)
+    posthoc = FaissIndex(index, list(exact.ids), exact.metric, factory, config)
+    posthoc.save(folder, {"encoder": encoder, "jpq": {"m": cfg.m, "trained": False}})
+    return posthoc
+
+
+def _train_quietly(index: Any, sample: np.ndarray) -> None:
+    """Train an ``OPQ,PQ`` index on ``sample``; FAISS's line per OPQ iteration about a small
+    sample (under 39 points per centroid) becomes one warning."""
+    faiss = require("faiss")
+    pq = faiss.downcast_index(index.index).pq
+    if len(sample) < 39 * pq.ksub:
+        log.warning(
+            "%d vectors train %d centroids per codebook (FAISS advises at least %d): the "
+            "post-hoc codebooks are fit on few points, as on any small collection",
+            len(sample), pq.ksub, 39 * pq.ksub,
+        )  # fmt: skip
+    pq.cp.min_points_per_centroid = 1
+    faiss.downcast_VectorTransform(index.chain.at(0)).pq = pq  # OPQ trains with these settings
+    index.train(sample)
+
+
+def _train(
+    out: Path, run: Path, data_dir: Path, retriever: BiEncoder, posthoc: FaissIndex,
+    cfg: JPQConfig, scale: float,
+) -> tuple[BiEncoder, FaissIndex]:  # fmt: skip
+    final, saved = out / "retriever", out / "index"
+    if final.is_dir() and (saved / "manifest.json").is_file():
+        return BiEncoder.load(final), FaissIndex.load(saved)
+    faiss = require("faiss")
+    from ar2 import losses
+    from ar2.train import steps
+
+    queries, positives = _training_queries(run, data_dir, posthoc.ids)
+    parts = PQParts.of(posthoc.index)
+    index = faiss.clone_index(posthoc.index)
+    model = JPQModel(copy.deepcopy(retriever.query_model), parts)
+    student = BiEncoder(retriever.doc_model, retriever.tokenizer, retriever.config, model.query,
+                        source=retriever.source)  # fmt: skip
+    model.to(student.device)
+    size = min(cfg.stage.batch_size, len(queries))
+
+    def loss(step: int) -> Any:
+        set_centroids(index, model.centroids.detach().cpu().numpy())  # the index as trained
+        rows = steps.epoch_picks(len(queries), size, cfg.seed, STAGE, step)
+        vectors = student.embed_queries([queries[i] for i in rows])  # (B, d)
+        _, found = index.search(vectors.detach().float().cpu().numpy(), cfg.negatives)  # (B, K)
+        candidates, relevant, valid = _candidates(found, [positives[i] for i in rows])
+        rows_t, relevant_t, valid_t = (torch.from_numpy(a).to(student.device)
+                                       for a in (candidates, relevant, valid))  # fmt: skip
+        scores = scale * model.scores(vectors, rows_t)  # (B, C)
+        return losses.rank_weighted_pairwise(scores=scores, relevant=relevant_t, valid=valid_t)
+
+    stage_log = train_stage(out, STAGE, {"jpq": model}, cfg.stage, loss, cfg)
+    set_centroids(index, model.centroids.detach().cpu().numpy())
+    student.save(final)
+    trained = FaissIndex(index, list(posthoc.ids), posthoc.metric, posthoc.factory,
+                         posthoc.config)  # fmt: skip
+    student = BiEncoder.load(final)
+    _save_index(trained, saved, student, data_dir, cfg)
+    MetricsLog(out / "metrics.jsonl").write(stage_record(STAGE, 0, "jpq", stage_log))
+    return student, FaissIndex.load(saved)
+
+
+class JPQModel(torch.nn.Module):
+    """What JPQ trains: the query tower (``query``) and the centroids (``centroids``,
+    ``(m, 256, d / m)``). The rotation ``(d, d)`` and the codes ``(n, m)`` are fixed buffers,
+    left out of checkpoints (the post-hoc index holds them)."""
+
+    rotation: torch.Tensor
+    codes: torch.Tensor
+
+    def __init__(self, query: Any, parts: PQParts) -> None:
+        super().__init__()
+        self.query = query
+        self.centroids = torch.nn.Parameter(torch.from_numpy(parts.centroids.copy()))
+        self.register_buffer("rotation", torch.from_numpy(parts.rotation.copy()), False)
+        self.register_buffer("codes", torch.from_numpy(parts.codes.astype(np.int64)), False)
+
+    def scores(self, vectors: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """``(B, C)`` dot products of query vectors ``(B, d)`` with the reconstructions of the
+        candidate documents (``(B, C)`` row numbers) in the rotated space FAISS searches."""
+        m = self.centroids.shape[0]
+        codes = self.codes[candidates]  # (B, C, m)
+        books = torch.arange(m, device=codes.device)  # (m,)
+        recon = self.centroids[books, codes].flatten(2)  # (B, C, d)
+        rotated = vectors.float() @ self.rotation.T  # (B, d)
+        return torch.einsum("bd,bcd->bc", rotated, recon)  # (B, C)
+
+
+def _candidates(
+    found: np.ndarray, positives: list[list[int]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each query's candidates in rank order: the search's results ``found`` ``(B, K)``, then
+    the relevant rows it missed. Returns rows, relevance and validity, each ``(B, C)``.
+
+    Example:
+        >>> rows, rel, valid = _candidates(np.array([[5, 7, -1]]), [[7, 2]])
+        >>> rows.tolist(), rel.tolist(), valid.tolist()
+        ([[5, 7, 2]], [[False, True, True]], [[True, True, True]])
+    """
+    lists = []
+    for row, pos in zip(found, positives):
+        got = [int(r) for r in row if r >= 0]
+        lists.append(got + [p for p in pos if p not in set(got)])
+    width = max(len(x) for x in lists)
+    rows = np.zeros((len(lists), width), np.int64)
+    valid = np.zeros((len(lists), width), bool)
+    relevant = np.zeros((len(lists), width), bool)
+    for b, (got, pos) in enumerate(zip(lists, positives)):
+        rows[b, : len(got)] = got
+        valid[b, : len(got)] = True
+        relevant[b, : len(got)] = np.isin(got, pos)
+    return rows, relevant, valid
+
+
+def _training_queries(
+    run: Path, data_dir: Path, ids: list[str]
+) -> tuple[list[str], list[list[int]]]:
+    """The run's training queries (its dev queries left out) with the rows of their relevant
+    documents in the index."""
+    from ar2.data.beir import load_qrels, load_queries
+
+    dev = set(json.loads((run / "dev_split.json").read_text())["queries"])
+    qrels = load_qrels(data_dir / "qrels" / "train.tsv")
+    row = {doc: i for i, doc in enumerate(ids)}
+    texts, positives = [], []
+    for q in load_queries(data_dir / "queries.jsonl"):
+        rel = [row[d] for d, grade in qrels.get(q.id, {}).items() if grade > 0 and d in row]
+        if q.id not in dev and rel:
+            texts.append(q.text)
+            positives.append(rel)
+    if not texts:
+        raise Ar2Error(
+            f"{data_dir / 'qrels' / 'train.tsv'}: no training query outside the run's dev split "
+            "has a relevant document in the index. Fix: train on a collection with train qrels"
+        )
+    log.info("JPQ trains on %d queries", len(texts))
+    return texts, positives
+
+
+def _save_index(
+    index: FaissIndex, folder: Path, student: BiEncoder, data_dir: Path, cfg: JPQConfig
+) -> None:
+    """The trained index with its documents; its manifest names the trained query tower."""
+    from ar2.data.beir import iter_corpus
+
+    docs = iter_corpus(data_dir / "corpus.jsonl", warn=False)
+    extra = {"encoder": student.describe(), "truncation": student.truncation(),
+             "jpq": {"m": cfg.m, "trained": True, "config": dataclasses.asdict(cfg)}}  # fmt: skip
+    index.save(folder, extra, docs)
+
+
+def _report(
+    out: Path, run: Path, data_dir: Path, systems: dict[str, tuple[BiEncoder, FaissIndex]],
+    cfg: JPQConfig,
+) -> dict[str, Any]:  # fmt: skip
+    from ar2.data.beir import load_qrels, load_queries
+    from ar2.evaluate import compare, per_query
+    from ar2.pipeline import DenseRetriever
+
+    queries = {q.id: q for q in load_queries(data_dir / "queries.jsonl")}
+    splits = {"dev": dev_split_qrels(data_dir, json.loads((run / "dev_split.json").read_text()))}
+    if (data_dir / "qrels" / "test.tsv").is_file():
+        splits["test"] = load_qrels(data_dir / "qrels" / "test.tsv")
+    results: dict[str, Any] = {"m": cfg.m, "bytes_per_doc": _sizes(systems)}
+    for split, qrels in splits.items():
+        asked = [queries[q] for q in qrels if q in queries]
+        values = {
+            name: per_query(DenseRetriever(enc, index).retrieve(asked, 10), qrels, [MEASURE])
+            for name, (enc, index) in systems.items()
+        }
+        means = {name: statistics.fmean(v[MEASURE].values()) for name, v in values.items()}
+        tests = {}
+        for a, b in (("jpq", "uncompressed"), ("opq-pq", "uncompressed"), ("jpq", "opq-pq")):
+            [row] = compare({a: values[a], b: values[b]}, b, [MEASURE])
+            tests[f"{a} - {b}"] = {"diff": row["mean_diff"], "p": row["p_value"]}
+        results[split] = {"queries": len(asked), MEASURE: means, "tests": tests}
+    atomic_write_json(out / "report.json", results)
+    atomic_write_text(out / "report.md", _markdown(results, out))
+    return results
+
+
+def _sizes(systems: dict[str, tuple[BiEncoder, FaissIndex]]) -> dict[str, int]:
+    """Bytes of each system's codes per document (FAISS's ``sa_code_size``): what the index
+    holds per document, beside fixed parts (the rotation and centroids: ``4 (d^2 + 256 d)``
+    bytes in all)."""
+    return {name: int(index.index.sa_code_size()) for name, (_, index) in systems.items()}
+
+
+def _markdown(r: dict[str, Any], out: Path) -> str:
+    size = r["bytes_per_doc"]
+    lines = [
+        f"# JPQ: {r['m']} bytes per document", "",
+        "| split | queries | " + " | ".join(f"{s} {MEASURE}" for s in SYSTEMS)
+        + " | jpq - uncompressed (p) | opq-pq - uncompressed (p) | jpq - opq-pq (p) |",
+        "|---|---:|" + "---:|" * (len(SYSTEMS) + 3),
+    ]  # fmt: skip
+    for split in ("dev", "test"):
+        if split in r:
+            s = r[split]
+            cells = [f"{s[MEASURE][name]:.4f}" for name in SYSTEMS]
+            cells += [f"{t['diff']:+.4f} ({t['p']:.3g})" for t in s["tests"].values()]
+            lines.append(f"| {split} | {s['queries']} | " + " | ".join(cells) + " |")
+    lines += ["", "Index bytes per document: "
+              + ", ".join(f"{name} {size[name]}" for name in SYSTEMS) + ".", "",
+              f"Serve it: `ar2 serve {out / 'index'}`"]  # fmt: skip
+    return "\n".join(lines) + "\n"
