@@ -1,5 +1,7 @@
-"""``ar2 jpq`` over several seeds: each system's mean ± sd, and paired tests over every
-(seed, query) pair.
+"""``ar2 jpq`` over several seeds: each system's mean ± sd, and paired t-tests over every
+(seed, query) pair (the protocol of ``benchmarks/ablations.py``) and over the queries, each
+the mean of its seeds (the stricter one here: two of the three systems are the same in every
+seed, so the pooled test counts their queries three times).
 
 Each folder is an ``ar2 jpq`` output of the same run, with its own ``seed`` (the batches and
 the dropout). The three systems of its report are evaluated again per query on the split:
@@ -73,18 +75,29 @@ def main() -> None:
                for m in MEASURES}
         for name in ("uncompressed", "opq-pq", "jpq")
     }  # fmt: skip
-    for a, b in PAIRS:
-        rows = compare({a: pooled[a], b: pooled[b]}, b, MEASURES)
-        result["tests"][f"{a} - {b}"] = {r["measure"]: {"diff": r["mean_diff"], "p": r["p_value"]}
-                                         for r in rows}  # fmt: skip
-    print(f"{args.split}, {len(seeds)} seeds, paired over {len(next(iter(pooled['jpq'].values())))}"
-          " (seed, query) pairs")  # fmt: skip
+    averaged = {  # each query's mean over the seeds: a test over the queries themselves
+        name: {m: {q: statistics.fmean(v[name][m][q] for v in seeds.values())
+                   for q in next(iter(seeds.values()))[name][m]} for m in MEASURES}
+        for name in ("uncompressed", "opq-pq", "jpq")
+    }  # fmt: skip
+    result["tests_over_query_means"] = {}
+    for key, values in (("tests", pooled), ("tests_over_query_means", averaged)):
+        for a, b in PAIRS:
+            rows = compare({a: values[a], b: values[b]}, b, MEASURES)
+            result[key][f"{a} - {b}"] = {r["measure"]: {"diff": r["mean_diff"],
+                                         "p": r["p_value"]} for r in rows}  # fmt: skip
+    print(f"{args.split}, {len(seeds)} seeds")
     for name, ms in result["systems"].items():
         print(f"  {name:13}" + "  ".join(f"{m} {v['mean']:.4f} ± {v['sd']:.4f}"
                                           for m, v in ms.items()))  # fmt: skip
-    for pair, ms in result["tests"].items():
-        print(f"  {pair:25}" + "  ".join(f"{m} {v['diff']:+.4f} (p = {v['p']:.2g})"
-                                          for m, v in ms.items()))  # fmt: skip
+    for key, what in (
+        ("tests", "paired over the (seed, query) pairs"),
+        ("tests_over_query_means", "paired over the queries, each its seeds' mean"),
+    ):
+        print(f"  {what}:")
+        for pair, ms in result[key].items():
+            print(f"    {pair:25}" + "  ".join(f"{m} {v['diff']:+.4f} (p = {v['p']:.2g})"
+                                              for m, v in ms.items()))  # fmt: skip
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
 

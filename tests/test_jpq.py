@@ -5,6 +5,7 @@ refusals."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -79,6 +80,7 @@ def test_the_model_scores_what_faiss_scores() -> None:
     assert parts.codes.shape == (300, 4)
     model = JPQModel(torch.nn.Identity(), parts)
     queries = vectors[:5] + 0.1
+    faiss.downcast_index(index.index).pq.sync_transposed_centroids()  # the cached layout too
     for _ in range(2):
         got, rows = index.search(queries, 20)  # (5, 20)
         ours = model.scores(torch.from_numpy(queries), torch.from_numpy(rows)).detach().numpy()
@@ -182,9 +184,13 @@ def test_resume_and_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     )
     with pytest.raises(Ar2Error, match="m = 5 does not divide the vectors' dimension 32"):
         run_jpq(run, tmp_path / "x", JPQConfig(m=5))
+    assert not (tmp_path / "x").exists()  # refused before anything is written: the same --out
+    run_jpq(run, tmp_path / "x", dataclasses.replace(CFG, stage=StageConfig(steps=2)))
 
 
-def test_too_few_documents_and_the_command_line(tmp_path: Path) -> None:
+def test_too_few_documents_and_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from ar2.cli import main
 
     small, _ = tiny_train_run(tmp_path / "small")
@@ -195,5 +201,16 @@ def test_too_few_documents_and_the_command_line(tmp_path: Path) -> None:
             "--set", "stage.steps=3", "--set", "negatives=10"]  # fmt: skip
     assert main(args) == 0
     assert json.loads((tmp_path / "j" / "jpq.json").read_text())["config"]["stage"]["steps"] == 3
+    capsys.readouterr()
     assert main(["jpq", str(run), "--out", str(tmp_path / "e"), "--set", "negativs=5"]) == 2
+    assert "negativs" in capsys.readouterr().err
     assert main(["jpq", str(tmp_path / "big" / "data"), "--out", str(tmp_path / "f")]) == 2
+    assert "not a finished ar2 train run" in capsys.readouterr().err
+
+
+def test_epochs_size_the_training(tmp_path: Path) -> None:
+    run, _ = tiny_train_run(tmp_path, filler_docs=260)
+    stage = StageConfig(steps=100, batch_size=8, n_neg=0, lr=1e-3, head_lr=1e-2, epochs=2)
+    run_jpq(run, tmp_path / "j", dataclasses.replace(CFG, stage=stage))
+    [line] = (tmp_path / "j" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(line)["steps"] == 6  # 2 passes over 24 training queries (28 less 4 dev)

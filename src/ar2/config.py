@@ -614,9 +614,9 @@ class JPQConfig:
         negatives: Documents retrieved from the PQ index for each training query at each step
             (ADORE's dynamic negatives; JPQ's ``loss_neg_topK``, 200).
         seed: Seeds the batches and the dropout.
-        stage: ``steps`` updates of ``batch_size`` training queries; ``lr`` is the query
-            tower's rate, ``head_lr`` the centroids' (JPQ: 1e-4 at 48 sub-vectors);
-            ``n_neg`` unused.
+        stage: ``steps`` updates of ``batch_size`` training queries (with ``epochs``, the
+            steps that many passes take, at most ``steps``); ``lr`` is the query tower's
+            rate, ``head_lr`` the centroids' (JPQ: 1e-4 at 48 sub-vectors); ``n_neg`` unused.
         checkpoint_every: Steps between checkpoints.
         attention_dropout: As in ``ar2 train`` (0: the fused attention kernel on CPU).
         fast_dropout: As in ``ar2 train``.

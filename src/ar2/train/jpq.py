@@ -48,7 +48,7 @@ from ar2.config import IndexConfig, JPQConfig
 from ar2.encoders import BiEncoder
 from ar2.errors import Ar2Error
 from ar2.index import FaissIndex, read_manifest
-from ar2.index.dense import training_rows
+from ar2.index.dense import ADD_CHUNK, training_rows
 from ar2.index.factory import compresses, faiss_metric
 from ar2.train.data import dev_split_qrels
 from ar2.train.derived import derived_output
@@ -111,6 +111,7 @@ def run_jpq(
     run: Path, out: Path, cfg: JPQConfig, resume: bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
     """Compress ``run``'s index and train JPQ into ``out`` (see the module); the report."""
+    _check_settings(run, cfg)
     with derived_output(run, out, "jpq", JPQ_CONFIG, cfg, resume, overwrite) as (out, data_dir):
         retriever = BiEncoder.load(run / "retriever")
         exact = FaissIndex.load(run / "index")
@@ -120,6 +121,27 @@ def run_jpq(
         systems = {"uncompressed": (retriever, exact), "opq-pq": (retriever, posthoc),
                    "jpq": (student, index)}  # fmt: skip
         return _report(out, run, data_dir, systems, cfg)
+
+
+def _check_settings(run: Path, cfg: JPQConfig) -> None:
+    """Refuse settings that the run's index cannot take, before anything is written."""
+    manifest = read_manifest(run / "index") if (run / "index" / "manifest.json").is_file() else {}
+    dim, count, metric = manifest.get("dim"), manifest.get("count"), manifest.get("metric")
+    if isinstance(dim, int) and dim % cfg.m:
+        raise Ar2Error(
+            f"m = {cfg.m} does not divide the vectors' dimension {dim}. Fix: --set m=N with N "
+            f"a divisor of {dim} (bytes per document)"
+        )
+    if isinstance(count, int) and count < 256:
+        raise Ar2Error(
+            f"{count} documents: 8-bit PQ needs at least 256 to train its codebooks. "
+            "Fix: compress a larger collection (a small one fits uncompressed)"
+        )
+    if metric not in (None, "ip"):
+        raise Ar2Error(
+            f"{run / 'index'}: a {metric} index; JPQ trains inner products. Fix: use a run "
+            "whose index is searched by inner product (ar2's default)"
+        )
 
 
 def float_vectors(index: FaissIndex) -> np.ndarray:
@@ -149,22 +171,13 @@ def _posthoc(out: Path, exact: FaissIndex, encoder: dict[str, Any], cfg: JPQConf
     if (folder / "manifest.json").is_file():
         return FaissIndex.load(folder)
     vectors = float_vectors(exact)
-    if vectors.shape[1] % cfg.m:
-        raise Ar2Error(
-            f"m = {cfg.m} does not divide the vectors' dimension {vectors.shape[1]}. Fix: "
-            f"--set m=N with N a divisor of {vectors.shape[1]} (bytes per document)"
-        )
-    if len(vectors) < 256:
-        raise Ar2Error(
-            f"{len(vectors)} documents: 8-bit PQ needs at least 256 to train its codebooks. "
-            "Fix: compress a larger collection (a small one fits uncompressed)"
-        )
     factory = pq_factory(cfg.m)
     log.info("compressing %d vectors with %s", len(vectors), factory)
     faiss = require("faiss")
     index = faiss.index_factory(vectors.shape[1], factory, faiss_metric(exact.metric))
     _train_quietly(index, vectors[training_rows(len(vectors))])
-    index.add(vectors)
+    for start in range(0, len(vectors), ADD_CHUNK):
+        index.add(vectors[start : start + ADD_CHUNK])
     config = IndexConfig(factory=factory, refine=0)
     posthoc = FaissIndex(index, list(exact.ids), exact.metric, factory, config)
     posthoc.save(folder, {"encoder": encoder, "jpq": {"m": cfg.m, "trained": False}})
@@ -172,8 +185,10 @@ def _posthoc(out: Path, exact: FaissIndex, encoder: dict[str, Any], cfg: JPQConf
 
 
 def _train_quietly(index: Any, sample: np.ndarray) -> None:
-    """Train an ``OPQ,PQ`` index on ``sample``; FAISS's line per OPQ iteration about a small
-    sample (under 39 points per centroid) becomes one warning."""
+    """Train an ``OPQ,PQ`` index on ``sample`` as ``index.train`` does, with FAISS's line per
+    k-means run about a small sample (under 39 points per centroid) made one warning: the
+    rotation is trained with a quantizer of its own, then the index's quantizer with FAISS's
+    default iterations."""
     faiss = require("faiss")
     pq = faiss.downcast_index(index.index).pq
     if len(sample) < 39 * pq.ksub:
@@ -182,9 +197,14 @@ def _train_quietly(index: Any, sample: np.ndarray) -> None:
             "post-hoc codebooks are fit on few points, as on any small collection",
             len(sample), pq.ksub, 39 * pq.ksub,
         )  # fmt: skip
+    opq = faiss.downcast_VectorTransform(index.chain.at(0))
+    own = faiss.ProductQuantizer(pq.d, pq.M, pq.nbits)  # OPQ sets its iterations on it
+    own.cp.min_points_per_centroid = 1
+    opq.pq = own
+    opq.train(sample)
+    opq.pq = None
     pq.cp.min_points_per_centroid = 1
-    faiss.downcast_VectorTransform(index.chain.at(0)).pq = pq  # OPQ trains with these settings
-    index.train(sample)
+    index.train(sample)  # the rotation is trained: the index's quantizer, on rotated vectors
 
 
 def _train(
@@ -218,21 +238,24 @@ def _train(
         scores = scale * model.scores(vectors, rows_t)  # (B, C)
         return losses.rank_weighted_pairwise(scores=scores, relevant=relevant_t, valid=valid_t)
 
-    stage_log = train_stage(out, STAGE, {"jpq": model}, cfg.stage, loss, cfg)
+    stage = dataclasses.replace(cfg.stage, steps=cfg.stage.steps_for(len(queries)))
+    stage_log = train_stage(out, STAGE, {"jpq": model}, stage, loss, cfg)
     set_centroids(index, model.centroids.detach().cpu().numpy())
     student.save(final)
     trained = FaissIndex(index, list(posthoc.ids), posthoc.metric, posthoc.factory,
                          posthoc.config)  # fmt: skip
     student = BiEncoder.load(final)
+    metrics = out / "metrics.jsonl"
+    if not metrics.is_file():  # a run killed after it wrote this line resumes without it
+        MetricsLog(metrics).write(stage_record(STAGE, 0, "jpq", stage_log))
     _save_index(trained, saved, student, data_dir, cfg)
-    MetricsLog(out / "metrics.jsonl").write(stage_record(STAGE, 0, "jpq", stage_log))
     return student, FaissIndex.load(saved)
 
 
 class JPQModel(torch.nn.Module):
     """What JPQ trains: the query tower (``query``) and the centroids (``centroids``,
-    ``(m, 256, d / m)``). The rotation ``(d, d)`` and the codes ``(n, m)`` are fixed buffers,
-    left out of checkpoints (the post-hoc index holds them)."""
+    ``(m, 256, d / m)``). The rotation ``(d, d)`` and the codes ``(n, m)``, one byte each,
+    are fixed buffers, left out of checkpoints (the post-hoc index holds them)."""
 
     rotation: torch.Tensor
     codes: torch.Tensor
@@ -242,13 +265,13 @@ class JPQModel(torch.nn.Module):
         self.query = query
         self.centroids = torch.nn.Parameter(torch.from_numpy(parts.centroids.copy()))
         self.register_buffer("rotation", torch.from_numpy(parts.rotation.copy()), False)
-        self.register_buffer("codes", torch.from_numpy(parts.codes.astype(np.int64)), False)
+        self.register_buffer("codes", torch.from_numpy(parts.codes.copy()), False)  # uint8
 
     def scores(self, vectors: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """``(B, C)`` dot products of query vectors ``(B, d)`` with the reconstructions of the
         candidate documents (``(B, C)`` row numbers) in the rotated space FAISS searches."""
         m = self.centroids.shape[0]
-        codes = self.codes[candidates]  # (B, C, m)
+        codes = self.codes[candidates].long()  # (B, C, m)
         books = torch.arange(m, device=codes.device)  # (m,)
         recon = self.centroids[books, codes].flatten(2)  # (B, C, d)
         rotated = vectors.float() @ self.rotation.T  # (B, d)
