@@ -186,13 +186,12 @@ def with_threads(n: int, step: Callable[[], float]) -> Callable[[], float]:
 def with_sdpa(backend: str, step: Callable[[], float]) -> Callable[[], float]:
     """``step`` with torch's scaled-dot-product attention limited to ``backend`` (the variant
     setting ``sdpa=math`` or ``sdpa=flash``): which attention kernel the encoders run."""
-    import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     chosen = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION}[backend]
 
     def run() -> float:
-        with sdpa_kernel([chosen]), torch.enable_grad():
+        with sdpa_kernel([chosen]):
             return step()
 
     return run
@@ -201,7 +200,7 @@ def with_sdpa(backend: str, step: Callable[[], float]) -> Callable[[], float]:
 RUNTIME_KEYS = ("threads", "sdpa")  # variant settings that are not config fields
 
 
-def _is_threads(override: str) -> bool:
+def _is_runtime(override: str) -> bool:
     return override.replace(" ", "").split("=", 1)[0] in RUNTIME_KEYS
 
 
@@ -440,7 +439,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     sets = variant_sets(args)
     threads = {name: _threads(overrides) for name, overrides in sets.items()}
-    configs = {name: load_config(args.preset, [x for x in overrides if not _is_threads(x)])
+    configs = {name: load_config(args.preset, [x for x in overrides if not _is_runtime(x)])
                for name, overrides in sets.items()}  # fmt: skip
     cfg = configs["ar2"]
     bf16 = use_bf16(args.precision, "cpu")

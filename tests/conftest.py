@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,6 +92,19 @@ def write_train_toy(root: Path) -> Path:
         lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q, d, s in rows]
         (root / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
     return root
+
+
+def killed_at(calls: int, real: Any) -> Any:
+    """``real`` (a function of keyword arguments) that raises ``KeyboardInterrupt`` on its
+    call number ``calls + 1``: a kill in the middle of a training stage."""
+    count = iter(range(10**9))
+
+    def wrapped(**kwargs: Any) -> Any:
+        if next(count) == calls:
+            raise KeyboardInterrupt
+        return real(**kwargs)
+
+    return wrapped
 
 
 def tiny_train_run(root: Path, filler_docs: int = 0) -> tuple[Path, Path]:

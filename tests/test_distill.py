@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 from ar2 import losses  # noqa: E402
 from ar2.encoders import BiEncoder  # noqa: E402
 from ar2.train.distill import kept_layers, run_distill, student_tower  # noqa: E402
-from conftest import build_tiny_bert, tiny_train_run  # noqa: E402
+from conftest import build_tiny_bert, killed_at, tiny_train_run  # noqa: E402
 
 
 def test_the_loss_is_the_hand_computed_one() -> None:
@@ -98,21 +98,13 @@ def test_the_run_s_index_serves_the_student(tmp_path: Path) -> None:
 def test_resume_and_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run, _ = tiny_train_run(tmp_path)
     out = tmp_path / "d"
-    real = losses.vector_distillation
-
-    def killed_at_25(**kwargs: object) -> object:
-        if killed_at_25.calls == 25:  # type: ignore[attr-defined]
-            raise KeyboardInterrupt
-        killed_at_25.calls += 1  # type: ignore[attr-defined]
-        return real(**kwargs)  # type: ignore[arg-type]
-
-    killed_at_25.calls = 0  # type: ignore[attr-defined]
-    monkeypatch.setattr(losses, "vector_distillation", killed_at_25)
+    monkeypatch.setattr(losses, "vector_distillation", killed_at(25, losses.vector_distillation))
     with pytest.raises(KeyboardInterrupt):
         run_distill(run, out, CFG)
     monkeypatch.undo()
     assert (out / "checkpoints" / "distill-query").is_dir() and not (out / "retriever").exists()
-    with pytest.raises(Ar2Error, match="holds a query-tower distillation. Fix: pass --resume"):
+    held = r"holds an ar2 query-tower distillation \(`ar2 distill-query`\)\. Fix: pass --resume"
+    with pytest.raises(Ar2Error, match=held):
         run_distill(run, out, CFG)
     other = DistillConfig(layers=2, stage=CFG.stage, pseudo_queries=40)
     with pytest.raises(Ar2Error, match=r"--resume with other settings \(.*layers"):

@@ -24,7 +24,7 @@ from ar2 import losses  # noqa: E402
 from ar2.encoders import BiEncoder  # noqa: E402
 from ar2.index import FaissIndex  # noqa: E402
 from ar2.train.jpq import JPQModel, PQParts, pq_factory, run_jpq, set_centroids  # noqa: E402
-from conftest import tiny_train_run  # noqa: E402
+from conftest import killed_at, tiny_train_run  # noqa: E402
 
 
 def _hand_loss(scores: list[list[float]], relevant: list[list[bool]], valid: list[list[bool]]):
@@ -95,7 +95,7 @@ CFG = JPQConfig(m=8, negatives=20, stage=StageConfig(steps=30, batch_size=8, n_n
                 head_lr=1e-2), checkpoint_every=15)  # fmt: skip
 
 
-def _rank_loss(encoder: BiEncoder, index: FaissIndex, data: Path) -> float:
+def _mrr(encoder: BiEncoder, index: FaissIndex, data: Path) -> float:
     """The mean reciprocal rank of the training queries' positives in ``index``."""
     from ar2.data.beir import load_qrels, load_queries
     from ar2.pipeline import DenseRetriever
@@ -123,7 +123,7 @@ def test_jpq_trains_the_centroids_and_the_query_tower_only(tmp_path: Path) -> No
     np.testing.assert_allclose(student.encode_docs(docs), teacher.encode_docs(docs), atol=1e-6)
     assert not np.allclose(student.encode_queries(docs), teacher.encode_queries(docs))
     # the training queries' positives rank higher than under the post-hoc compression
-    assert _rank_loss(student, trained, data) > _rank_loss(teacher, posthoc, data)
+    assert _mrr(student, trained, data) > _mrr(teacher, posthoc, data)
     assert report["bytes_per_doc"] == {"uncompressed": 4 * 32, "opq-pq": 8, "jpq": 8}
     assert set(report["dev"]["nDCG@10"]) == {"uncompressed", "opq-pq", "jpq"}
     assert report["dev"]["queries"] == 4 and report["test"]["queries"] == 2
@@ -153,21 +153,14 @@ def test_the_index_serves_with_its_query_tower(tmp_path: Path) -> None:
 def test_resume_and_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run, _ = tiny_train_run(tmp_path, filler_docs=260)
     out = tmp_path / "j"
-    real = losses.rank_weighted_pairwise
-
-    def killed_at_20(**kwargs: object) -> object:
-        if killed_at_20.calls == 20:  # type: ignore[attr-defined]
-            raise KeyboardInterrupt
-        killed_at_20.calls += 1  # type: ignore[attr-defined]
-        return real(**kwargs)  # type: ignore[arg-type]
-
-    killed_at_20.calls = 0  # type: ignore[attr-defined]
-    monkeypatch.setattr(losses, "rank_weighted_pairwise", killed_at_20)
+    kill = killed_at(20, losses.rank_weighted_pairwise)
+    monkeypatch.setattr(losses, "rank_weighted_pairwise", kill)
     with pytest.raises(KeyboardInterrupt):
         run_jpq(run, out, CFG)
     monkeypatch.undo()
     assert (out / "checkpoints" / "jpq").is_dir() and not (out / "index").exists()
-    with pytest.raises(Ar2Error, match="holds a JPQ compression. Fix: pass --resume"):
+    held = r"holds an ar2 JPQ compression \(`ar2 jpq`\)\. Fix: pass --resume"
+    with pytest.raises(Ar2Error, match=held):
         run_jpq(run, out, CFG)
     other = JPQConfig(m=4, negatives=20, stage=CFG.stage, checkpoint_every=15)
     with pytest.raises(Ar2Error, match=r"--resume with other settings \(m"):

@@ -249,18 +249,32 @@ def _pretrain_config(args: argparse.Namespace) -> PretrainConfig:
     return load_pretrain_config(data, source)
 
 
-def cmd_distill_query(args: argparse.Namespace) -> int:
-    """A query tower of fewer layers trained to give a run's query vectors (ScalingNote)."""
+def _settings(base: Any, sets: list[str], command: str) -> Any:
+    """The settings dataclass ``base`` with ``--set KEY=VALUE`` overrides, checked; errors
+    name the command and the overrides.
+
+    Example:
+        >>> from ar2.config import DistillConfig
+        >>> _settings(DistillConfig(layers=2), ["stage.steps=7"], "ar2 distill-query").stage.steps
+        7
+    """
     import dataclasses
 
     from ar2._overrides import apply_overrides
-    from ar2.config import DistillConfig, load_tables
+    from ar2.config import load_tables
+
+    data = dataclasses.asdict(base)
+    data = apply_overrides(data, sets, type(base)) if sets else data
+    source = command + (f" with --set {' '.join(sets)}" if sets else "")
+    return load_tables(type(base), data, source)
+
+
+def cmd_distill_query(args: argparse.Namespace) -> int:
+    """A query tower of fewer layers trained to give a run's query vectors (ScalingNote)."""
+    from ar2.config import DistillConfig
     from ar2.train.distill import run_distill
 
-    data = dataclasses.asdict(DistillConfig(layers=args.layers))
-    data = apply_overrides(data, args.set, DistillConfig) if args.set else data
-    source = "ar2 distill-query" + (f" with --set {' '.join(args.set)}" if args.set else "")
-    cfg = load_tables(DistillConfig, data, source)
+    cfg = _settings(DistillConfig(layers=args.layers), args.set, "ar2 distill-query")
     r = run_distill(Path(args.run), Path(args.out), cfg, args.resume, args.overwrite)
     for split in ("dev", "test"):
         if split in r:
@@ -276,16 +290,10 @@ def cmd_distill_query(args: argparse.Namespace) -> int:
 def cmd_jpq(args: argparse.Namespace) -> int:
     """A run's index compressed to ``m`` bytes a document, its query tower and centroids
     trained together (JPQ)."""
-    import dataclasses
-
-    from ar2._overrides import apply_overrides
-    from ar2.config import JPQConfig, load_tables
+    from ar2.config import JPQConfig
     from ar2.train.jpq import SYSTEMS, run_jpq
 
-    data = dataclasses.asdict(JPQConfig(m=args.m))
-    data = apply_overrides(data, args.set, JPQConfig) if args.set else data
-    source = "ar2 jpq" + (f" with --set {' '.join(args.set)}" if args.set else "")
-    cfg = load_tables(JPQConfig, data, source)
+    cfg = _settings(JPQConfig(m=args.m), args.set, "ar2 jpq")
     r = run_jpq(Path(args.run), Path(args.out), cfg, args.resume, args.overwrite)
     sizes = r["bytes_per_doc"]
     print("bytes/doc  " + "  ".join(f"{name} {sizes[name]}" for name in SYSTEMS))
@@ -465,7 +473,7 @@ def _add_jpq(sub: argparse._SubParsersAction) -> None:
     change = "change a setting (negatives=200, stage.steps=200, stage.head_lr=1e-4), repeatable"
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=change)
     p.add_argument("--resume", action="store_true", help="continue the JPQ run in --out")
-    _add_overwrite(p, "start again in an --out that holds a JPQ run or other files")
+    _add_overwrite(p, "start again in an --out that holds a JPQ compression or other files")
     p.set_defaults(func=cmd_jpq)
 
 

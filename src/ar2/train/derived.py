@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ar2._io import atomic_write_json
-from ar2._outdir import changed_settings, claim, clear_folder, resumed_record
+from ar2._outdir import KINDS, changed_settings, claim, clear_folder, resumed_record
 from ar2.errors import Ar2Error
 
 
@@ -46,10 +46,7 @@ def _check_resume(
     out: Path, record_file: str, kind: str, record: dict[str, Any], resume: bool, overwrite: bool
 ) -> None:
     """Refuse to start over such an output, or to resume one of other settings or run."""
-    from ar2._outdir import KINDS
-
-    what = KINDS[kind][0].split(" (")[0].replace("an ar2 ", "a ")
-    have = resumed_record(out, record_file, what, resume, overwrite)
+    have = resumed_record(out, record_file, KINDS[kind][0], resume, overwrite)
     if have is None or have == record:
         return
     differ = changed_settings(have["config"], record["config"])
@@ -58,6 +55,18 @@ def _check_resume(
         f"{out}: --resume with other settings ({named}). Fix: resume with the settings "
         f"of its {record_file}, --overwrite to start again, or a new --out"
     )
+
+
+def run_splits(run: Path, data_dir: Path) -> dict[str, dict[str, dict[str, int]]]:
+    """The qrels an output made from ``run`` is measured on: the run's dev split, and the
+    collection's test split where it has one."""
+    from ar2.data.beir import load_qrels
+    from ar2.train.data import dev_split_qrels
+
+    splits = {"dev": dev_split_qrels(data_dir, json.loads((run / "dev_split.json").read_text()))}
+    if (data_dir / "qrels" / "test.tsv").is_file():
+        splits["test"] = load_qrels(data_dir / "qrels" / "test.tsv")
+    return splits
 
 
 def fingerprint(folder: Path) -> str:

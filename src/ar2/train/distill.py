@@ -44,8 +44,7 @@ from ar2.config import DistillConfig
 from ar2.data.pseudo import sentences
 from ar2.encoders import BiEncoder
 from ar2.errors import Ar2Error
-from ar2.train.data import dev_split_qrels
-from ar2.train.derived import derived_output
+from ar2.train.derived import derived_output, run_splits
 from ar2.train.stage import MetricsLog, stage_record, train_stage
 from ar2.types import Query
 
@@ -181,18 +180,15 @@ def _report(
     out: Path, run: Path, data_dir: Path, teacher: BiEncoder, student: BiEncoder,
     cfg: DistillConfig,
 ) -> dict[str, Any]:  # fmt: skip
-    from ar2.data.beir import load_qrels, load_queries
+    from ar2.data.beir import load_queries
     from ar2.evaluate import compare, per_query
     from ar2.index import FaissIndex
     from ar2.pipeline import DenseRetriever
 
     index = FaissIndex.load(run / "index")
     queries = {q.id: q for q in load_queries(data_dir / "queries.jsonl")}
-    dev_record = json.loads((run / "dev_split.json").read_text())
-    dev_ids = dev_record["queries"]
-    splits = {"dev": dev_split_qrels(data_dir, dev_record)}
-    if (data_dir / "qrels" / "test.tsv").is_file():
-        splits["test"] = load_qrels(data_dir / "qrels" / "test.tsv")
+    splits = run_splits(run, data_dir)
+    dev_ids = json.loads((run / "dev_split.json").read_text())["queries"]
     results: dict[str, Any] = {"layers": cfg.layers, "teacher_layers": _depth(teacher)}
     for split, qrels in splits.items():
         asked = [queries[q] for q in qrels if q in queries]

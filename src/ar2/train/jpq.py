@@ -50,8 +50,7 @@ from ar2.errors import Ar2Error
 from ar2.index import FaissIndex, read_manifest
 from ar2.index.dense import ADD_CHUNK, training_rows
 from ar2.index.factory import compresses, faiss_metric
-from ar2.train.data import dev_split_qrels
-from ar2.train.derived import derived_output
+from ar2.train.derived import derived_output, run_splits
 from ar2.train.stage import MetricsLog, stage_record, train_stage
 
 log = logging.getLogger("ar2.train")
@@ -153,15 +152,14 @@ def float_vectors(index: FaissIndex) -> np.ndarray:
         return index.vectors.read(slice(0, len(index.ids)))
     if index.vectors is not None:
         return np.asarray(index.vectors, dtype=np.float32)
-    faiss = require("faiss")
-    ivf = faiss.try_extract_index_ivf(index.index)
-    if ivf is not None:
-        ivf.make_direct_map()
     if compresses(index.factory):
         raise Ar2Error(
             f"the run's index is a {index.factory} index without its float vectors, so JPQ has "
             "nothing to compress. Fix: rebuild the run's index uncompressed (--preset flat)"
         )
+    ivf = require("faiss").try_extract_index_ivf(index.index)
+    if ivf is not None:
+        ivf.make_direct_map()  # IVF reconstructs by id only with it
     return index.index.reconstruct_n(0, index.index.ntotal)  # type: ignore[no-any-return]
 
 
@@ -249,7 +247,7 @@ def _train(
     if not metrics.is_file():  # a run killed after it wrote this line resumes without it
         MetricsLog(metrics).write(stage_record(STAGE, 0, "jpq", stage_log))
     _save_index(trained, saved, student, data_dir, cfg)
-    return student, FaissIndex.load(saved)
+    return student, trained
 
 
 class JPQModel(torch.nn.Module):
@@ -345,21 +343,20 @@ def _report(
     out: Path, run: Path, data_dir: Path, systems: dict[str, tuple[BiEncoder, FaissIndex]],
     cfg: JPQConfig,
 ) -> dict[str, Any]:  # fmt: skip
-    from ar2.data.beir import load_qrels, load_queries
+    from ar2.data.beir import load_queries
     from ar2.evaluate import compare, per_query
-    from ar2.pipeline import DenseRetriever
 
     queries = {q.id: q for q in load_queries(data_dir / "queries.jsonl")}
-    splits = {"dev": dev_split_qrels(data_dir, json.loads((run / "dev_split.json").read_text()))}
-    if (data_dir / "qrels" / "test.tsv").is_file():
-        splits["test"] = load_qrels(data_dir / "qrels" / "test.tsv")
     results: dict[str, Any] = {"m": cfg.m, "bytes_per_doc": _sizes(systems)}
-    for split, qrels in splits.items():
+    for split, qrels in run_splits(run, data_dir).items():
         asked = [queries[q] for q in qrels if q in queries]
-        values = {
-            name: per_query(DenseRetriever(enc, index).retrieve(asked, 10), qrels, [MEASURE])
-            for name, (enc, index) in systems.items()
-        }
+        vectors: dict[int, np.ndarray] = {}  # one encoding per encoder: two systems share one
+        values = {}
+        for name, (enc, index) in systems.items():
+            if id(enc) not in vectors:
+                vectors[id(enc)] = enc.encode_queries(asked)
+            hits = index.search(vectors[id(enc)], 10)
+            values[name] = per_query({q.id: h for q, h in zip(asked, hits)}, qrels, [MEASURE])
         means = {name: statistics.fmean(v[MEASURE].values()) for name, v in values.items()}
         tests = {}
         for a, b in (("jpq", "uncompressed"), ("opq-pq", "uncompressed"), ("jpq", "opq-pq")):
