@@ -3,11 +3,13 @@ models as `ar2 train`'s start."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -226,3 +228,118 @@ def test_pseudo_batches_are_seeded_and_their_negatives_are_bm25_neighbours(
     again = batches.batch("s", 0, 4, 2)
     assert again == batch and batches.batch("s", 1, 4, 2) != batch
     assert batches.batch("s", 0, 4, 0).group_size == 1  # in-batch negatives only
+
+
+# --- the label-free teacher (kd_weight) ----------------------------------------------------
+
+
+def test_kd_weight_needs_bm25_negatives_and_fails_in_one_line(tmp_path: Path) -> None:
+    from ar2.config import PretrainConfig, StageConfig
+
+    with pytest.raises(ValueError, match="retriever.n_neg >= 1"):
+        PretrainConfig(kd_weight=1.0)
+    with pytest.raises(ValueError, match="set kd_weight > 0"):
+        PretrainConfig(pair_weight=0.0)
+    PretrainConfig(kd_weight=1.0, retriever=StageConfig(steps=2, batch_size=2, n_neg=1))
+    result = subprocess.run(
+        [sys.executable, "-m", "ar2.cli", "pretrain", str(_corpus(tmp_path / "data")), "--out",
+         str(tmp_path / "o"), "--set", "kd_weight=1"], capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "retriever.n_neg" in result.stderr and not (tmp_path / "o").exists()
+
+
+@pytest.fixture(scope="module")
+def teacher_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Any]:
+    from ar2.config import PretrainConfig, StageConfig
+    from ar2.data.beir import load_corpus
+    from ar2.train.pretrain import PseudoBatches
+    from conftest import build_tiny_bert
+
+    root = tmp_path_factory.mktemp("kd")
+    corpus = load_corpus(_corpus(root / "data") / "corpus.jsonl")
+    stage = StageConfig(steps=2, batch_size=3, n_neg=2, lr=1e-4)
+    cfg = PretrainConfig(model=str(build_tiny_bert(root / "tiny")), kd_weight=0.7,
+                         teacher_bm25=0.4, retriever=stage, negatives_k=5,
+                         query_max_length=16, doc_max_length=24)  # fmt: skip
+    batches = PseudoBatches(corpus, corpus, cfg)
+    return cfg, batches, batches.batch("kd", 0, 3, 2)
+
+
+def test_the_label_free_teacher_mixes_the_start_model_and_bm25_by_hand(
+    teacher_setup: tuple[Any, Any, Any],
+) -> None:
+    from ar2.encoders import BiEncoder
+    from ar2.fusion import minmax
+    from ar2.train.pretrain import label_free_teacher
+
+    cfg, batches, batch = teacher_setup
+    teacher = label_free_teacher(batches, cfg)
+    assert teacher.ranker is None  # no ranker is loaded or run
+    got = teacher.batch_scores(batch, cfg).numpy()  # (3, 3)
+    start = BiEncoder.load(cfg.model, query_max_length=cfg.query_max_length)
+    q, d = start.encode_queries(batch.queries), start.encode_docs(batch.docs)
+    m = batch.group_size
+    for b, query in enumerate(batch.queries):
+        dense = d[b * m : (b + 1) * m] @ q[b]
+        lexical = batches.bm25().score(query.text, [x.id for x in batch.docs[b * m : (b + 1) * m]])
+        by_hand = 10.0 * (0.6 * minmax(dense) + 0.4 * minmax(lexical))  # TeacherConfig.scale
+        np.testing.assert_allclose(got[b], by_hand, atol=1e-4)
+
+
+def test_the_distilled_loss_is_the_in_batch_nll_plus_the_weighted_kd_by_hand(
+    teacher_setup: tuple[Any, Any, Any],
+) -> None:
+    import torch
+
+    from ar2.encoders import BiEncoder
+    from ar2.train.pretrain import distilled_loss
+
+    cfg, _, batch = teacher_setup
+    encoder = BiEncoder.load(cfg.model, query_max_length=cfg.query_max_length)
+    target = torch.tensor([[3.0, 1.0, 0.0], [0.5, 2.0, 1.0], [0.0, 0.0, 4.0]])
+
+    class Fixed:
+        def batch_scores(self, batch: Any, run_cfg: Any) -> Any:
+            return target
+
+    got = float(distilled_loss(encoder, Fixed(), batch, cfg).detach())  # type: ignore[arg-type]
+    q = encoder.encode_queries(batch.queries).astype(np.float64)
+    d = encoder.encode_docs(batch.docs).astype(np.float64)
+    s = cfg.scale * q @ d.T  # (3, 9): every passage of the batch
+    nll = np.mean([np.log(np.exp(s[b]).sum()) - s[b, 3 * b] for b in range(3)])
+    kd = 0.0
+    for b in range(3):
+        group = s[b, 3 * b : 3 * b + 3]
+        p_teacher = np.exp(target[b].numpy()) / np.exp(target[b].numpy()).sum()
+        kd -= (p_teacher * (group - np.log(np.exp(group).sum()))).sum() / 3
+    assert got == pytest.approx(nll + 0.7 * kd, rel=2e-3)
+    alone = dataclasses.replace(cfg, pair_weight=0.0)  # the teacher alone: no label used
+    got = float(distilled_loss(encoder, Fixed(), batch, alone).detach())  # type: ignore[arg-type]
+    assert got == pytest.approx(0.7 * kd, rel=2e-3)
+
+
+def test_a_pretrain_with_kd_weight_scores_every_step_with_the_teacher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ar2.config import PretrainConfig, StageConfig
+    from ar2.train import pretrain
+    from conftest import build_tiny_bert
+
+    calls = []
+    original = pretrain.distilled_loss
+
+    def spy(*args: Any) -> Any:
+        calls.append(args[1].weights)
+        return original(*args)
+
+    monkeypatch.setattr(pretrain, "distilled_loss", spy)
+    cfg = PretrainConfig(model=str(build_tiny_bert(tmp_path / "tiny")), kd_weight=1.0,
+                         retriever=StageConfig(steps=3, batch_size=4, n_neg=1, lr=1e-4),
+                         ranker=StageConfig(steps=0, batch_size=2, n_neg=1, lr=1e-4),
+                         check_queries=3, check_docs=10, query_max_length=16,
+                         doc_max_length=24, ranker_max_length=40)  # fmt: skip
+    pretrain.run_pretrain(_corpus(tmp_path / "data"), tmp_path / "run", cfg)
+    assert calls == [{"ranker": 0.0, "retriever": 0.5, "bm25": 0.5}] * 3
+    record = json.loads((tmp_path / "run" / "pretrain.json").read_text())
+    assert record["config"]["kd_weight"] == 1.0

@@ -510,6 +510,17 @@ class PretrainConfig:
         ranker: The ranker's stage: listwise CE over the pseudo-positive and ``n_neg``
             negatives from BM25's top ``negatives_k`` for the pseudo-query (its source left out).
         negatives_k: BM25 depth the ranker's negatives are drawn from.
+        kd_weight: Weight of a distillation term in the retriever's loss (0: none, the
+            default): the retriever's scores over each pseudo-query's group (its positive and
+            ``retriever.n_neg`` BM25 negatives) learn the softmax of a label-free teacher,
+            the start model (frozen) and BM25 mixed per query after min-max normalisation
+            (:class:`ar2.train.teacher.Teacher` without a ranker; AR2's L_KD, paper Eq. 11).
+            On SciFact's training queries that mix is 0.057 nDCG@10 above the start model
+            alone (docs/ar2.md). Needs ``retriever.n_neg >= 1``.
+        teacher_bm25: BM25's weight in that teacher; the start model has the rest.
+        pair_weight: Weight of the pseudo-positive's in-batch NLL beside ``kd_weight``'s term
+            (1; 0: the teacher alone, the pseudo-pair's label unused). Without ``kd_weight``
+            the NLL is the whole loss.
         ranker_from_retriever: Start the ranker from the pretrained retriever (as
             ``ranker_from_g0`` in ``ar2 train``) rather than from ``model``.
         ranker_head: The ranker's head, as in ``ar2 train`` (:data:`RANKER_HEADS`).
@@ -536,6 +547,9 @@ class PretrainConfig:
     retriever: StageConfig = StageConfig(steps=200, batch_size=32, n_neg=0, lr=2e-5)
     ranker: StageConfig = StageConfig(steps=100, batch_size=8, n_neg=7, lr=1e-4, head_lr=1e-3)
     negatives_k: int = 30
+    kd_weight: float = 0.0
+    teacher_bm25: float = 0.5
+    pair_weight: float = 1.0
     ranker_from_retriever: bool = True
     ranker_head: str = "classifier"
     attention_dropout: float | None = 0.0
@@ -550,17 +564,33 @@ class PretrainConfig:
             at_least={"query_max_length": 1, "doc_max_length": 1, "ranker_max_length": 1,
                       "ict_fraction": 0.0, "ict_keep": 0.0, "word_delete": 0.0,
                       "negatives_k": 1, "checkpoint_every": 1, "check_queries": 0,
-                      "check_docs": 1, "attention_dropout": 0.0},
+                      "check_docs": 1, "attention_dropout": 0.0, "kd_weight": 0.0,
+                      "teacher_bm25": 0.0, "pair_weight": 0.0},
             above={"scale": 0.0, "crop_min": 0.0},
             at_most={"ict_fraction": 1.0, "ict_keep": 1.0, "crop_max": 1.0,
-                     "word_delete": 0.9, "attention_dropout": 0.9},
+                     "word_delete": 0.9, "attention_dropout": 0.9, "teacher_bm25": 1.0},
         )  # fmt: skip
+        if self.kd_weight > 0 and self.retriever.n_neg < 1:
+            raise ValueError(
+                f"kd_weight = {self.kd_weight} distils over each pseudo-query's group, and "
+                "retriever.n_neg = 0 gives it none; set retriever.n_neg >= 1 (BM25 negatives)"
+            )
+        if self.kd_weight == 0 and self.pair_weight != 1.0:
+            raise ValueError(
+                f"pair_weight = {self.pair_weight} weighs the pairs' loss against kd_weight's, "
+                "and kd_weight = 0; set kd_weight > 0, or leave pair_weight at 1"
+            )
         check_choice("ranker_head", self.ranker_head, RANKER_HEADS)
         if self.crop_min > self.crop_max:
             raise ValueError(
                 f"crop_min = {self.crop_min} is above crop_max = {self.crop_max}; "
                 "set crop_min <= crop_max"
             )
+
+    @property
+    def train_doc_max_length(self) -> int:
+        """The documents' cut-off inside training batches (``doc_max_length`` here)."""
+        return self.doc_max_length
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ from ``RUN/ranker``).
 
 1. The retriever: in-batch contrastive loss over pseudo-pairs (each batch draws documents in a
    seeded per-epoch order; the loss is G0's, with ``retriever.n_neg`` BM25 negatives per
-   pair: 0 by default).
+   pair: 0 by default). With ``kd_weight`` it also distils a label-free teacher, the start
+   model and BM25 mixed (:func:`label_free_teacher`), over each pair's group.
 2. The ranker, started from the pretrained retriever: listwise CE over each pseudo-positive
    and negatives drawn from BM25's top ``negatives_k`` for the pseudo-query, its source
    document left out.
@@ -30,13 +31,13 @@ import logging
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ar2 import distributed
+from ar2 import distributed, losses
 from ar2._io import atomic_write_json
 from ar2._optional import require
 from ar2._outdir import PRETRAIN_CONFIG, changed_settings, claim, clear_folder, resumed_record
-from ar2.config import PretrainConfig
+from ar2.config import PretrainConfig, TeacherConfig
 from ar2.data.pseudo import ict_pair, pseudo_pair, sentences
 from ar2.encoders import BiEncoder, CrossEncoder
 from ar2.errors import Ar2Error
@@ -44,7 +45,11 @@ from ar2.mining import sample_negatives
 from ar2.train import steps
 from ar2.train.data import data_differences, data_record
 from ar2.train.stage import TOWERS, MetricsLog, model_of, stage_record, train_stage
+from ar2.train.teacher import Teacher
 from ar2.types import Doc, Query
+
+if TYPE_CHECKING:
+    from ar2.index import BM25Index
 
 log = logging.getLogger("ar2.train")
 
@@ -159,12 +164,42 @@ class PseudoBatches:
                 group_docs += [self.by_id[d] for d in sample_negatives(pool, n_neg, rng)]
         return steps.Batch([q for q, _ in made], group_docs).shard(distributed.world())
 
-    def _negatives(self, texts: list[str]) -> list[list[Any]]:
+    def bm25(self) -> BM25Index:
+        """BM25 over the corpus (built once): the negatives' source and a teacher's part."""
         from ar2.index import BM25Index
 
         if self._bm25 is None:
             self._bm25 = BM25Index.build(self._corpus)
-        return self._bm25.search(texts, self.cfg.negatives_k + 1)  # type: ignore[no-any-return]
+        return self._bm25
+
+    def _negatives(self, texts: list[str]) -> list[list[Any]]:
+        return self.bm25().search(texts, self.cfg.negatives_k + 1)  # type: ignore[no-any-return]
+
+
+def label_free_teacher(batches: PseudoBatches, cfg: PretrainConfig) -> Teacher:
+    """The teacher of ``kd_weight``: the start model (frozen) and BM25, each min-max
+    normalised over a pseudo-query's group and mixed ``1 - teacher_bm25 : teacher_bm25``; it
+    reads no label and needs no ranker."""
+    mix_cfg = TeacherConfig(kind="ensemble", ranker=0.0, retriever=1.0 - cfg.teacher_bm25,
+                            bm25=cfg.teacher_bm25, norm="minmax")  # fmt: skip
+    start = BiEncoder.load(cfg.model, query_max_length=cfg.query_max_length)
+    return Teacher(None, mix_cfg, mix_cfg.weights(), start, batches.bm25())
+
+
+def distilled_loss(encoder: BiEncoder, teacher: Teacher, batch: steps.Batch,
+                   cfg: PretrainConfig) -> Any:  # fmt: skip
+    """The retriever's loss with ``kd_weight``: ``pair_weight`` · each pseudo-positive's NLL
+    among every passage of the batch (the loss without it) plus ``kd_weight`` · L_KD, the
+    cross-entropy of the retriever's group scores to the teacher's softmax (paper Eq. 11)."""
+    scores, in_batch = steps.group_scores(
+        encoder, batch, cfg.scale, cfg.doc_max_length, in_batch=cfg.pair_weight > 0
+    )  # (B, M), (B, W·B·M) or None
+    target = teacher.batch_scores(batch, cfg)  # (B, M), constant
+    loss = cfg.kd_weight * losses.ar2_distillation(scores, target)  # ()
+    if in_batch is None:
+        return loss
+    nll = losses.in_batch_nll(in_batch, group=batch.group_size, offset=batch.offset)  # ()
+    return cfg.pair_weight * nll + loss  # ()
 
 
 def _pretrain_retriever(
@@ -175,9 +210,12 @@ def _pretrain_retriever(
         return BiEncoder.load(final)
     encoder = BiEncoder.load(cfg.model, query_max_length=cfg.query_max_length)
     name, stage = "pretrain-retriever", cfg.retriever
+    teacher = label_free_teacher(batches, cfg) if cfg.kd_weight > 0 else None
 
     def loss(step: int) -> Any:
         batch = batches.batch(name, step, stage.batch_size, stage.n_neg)
+        if teacher is not None:
+            return distilled_loss(encoder, teacher, batch, cfg)
         return steps.contrastive_retriever_loss(encoder, batch, cfg.scale, cfg.doc_max_length)
 
     with distributed.data_parallel(encoder, TOWERS):

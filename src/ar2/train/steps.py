@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ar2 import distributed, losses
 from ar2.config import AR2Config, StageConfig
@@ -20,6 +20,17 @@ from ar2.types import Doc, Query
 
 if TYPE_CHECKING:
     from ar2.train.teacher import Teacher
+
+
+class Lengths(Protocol):
+    """The cut-offs of training batches: :class:`~ar2.config.AR2Config` and
+    :class:`~ar2.config.PretrainConfig` have them."""
+
+    @property
+    def query_max_length(self) -> int: ...
+
+    @property
+    def train_doc_max_length(self) -> int | None: ...
 
 
 class Batch(NamedTuple):
@@ -216,6 +227,6 @@ def ar2_shard_loss(
     return loss + losses.in_batch_nll(in_batch_scores, group=group, offset=offset)  # ()
 
 
-def train_pair_length(cfg: AR2Config) -> int | None:
+def train_pair_length(cfg: Lengths) -> int | None:
     """The ranker's pair cut-off in training: query + ``train_doc_max_length`` tokens, if set."""
     return cfg.train_doc_max_length and cfg.query_max_length + cfg.train_doc_max_length

@@ -29,7 +29,7 @@ import numpy as np
 from ar2 import distributed
 from ar2._io import atomic_write_json
 from ar2._optional import require
-from ar2.config import TEACHER_PARTS, AR2Config, TeacherConfig
+from ar2.config import TEACHER_PARTS, TeacherConfig
 from ar2.data.trec import read_run
 from ar2.encoders import BiEncoder, CrossEncoder
 from ar2.fusion import fused_run, mix
@@ -38,7 +38,7 @@ from ar2.types import Doc, Hit, Query, Run
 if TYPE_CHECKING:
     from ar2.index import BM25Index
     from ar2.train.stage import RunContext
-    from ar2.train.steps import Batch
+    from ar2.train.steps import Batch, Lengths
 
 
 def grid(step: float = 0.1) -> list[dict[str, float]]:
@@ -62,34 +62,45 @@ class Teacher:
     ``cfg.scale · Σ w_i norm(part_i)`` over the parts of weight > 0.
     """
 
-    ranker: CrossEncoder
+    ranker: CrossEncoder | None
     cfg: TeacherConfig
     weights: dict[str, float] | None = None
     prior: BiEncoder | None = None
     bm25: BM25Index | None = None
 
-    def batch_scores(self, batch: Batch, run_cfg: AR2Config) -> Any:
-        """``(B, M)`` teacher scores of each query's group (no gradient)."""
-        from ar2.train.steps import ranker_scores, train_pair_length
-
+    def batch_scores(self, batch: Batch, run_cfg: Lengths) -> Any:
+        """``(B, M)`` teacher scores of each query's group (no gradient); ``run_cfg`` gives
+        the training cut-offs (an :class:`~ar2.config.AR2Config` or a
+        :class:`~ar2.config.PretrainConfig`). A part of weight 0 is not computed, so an
+        ensemble without the ranker needs none (``ar2 pretrain``'s teacher)."""
         torch = require("torch")
-        self.ranker.model.eval()
+        weights = self.weights or {"ranker": 1.0}
         with torch.no_grad():
-            logits = ranker_scores(self.ranker, batch, train_pair_length(run_cfg))  # (B, M)
-            if self.weights is None:
-                return logits
-            parts = {"ranker": logits.float().cpu().numpy()}
-            if self.weights.get("retriever", 0) > 0:
+            parts = {}
+            if weights.get("ranker", 0) > 0:
+                parts["ranker"] = self._ranker_scores(batch, run_cfg)  # (B, M)
+                if self.weights is None:
+                    return parts["ranker"]
+            if weights.get("retriever", 0) > 0:
                 parts["retriever"] = self._prior_scores(batch, run_cfg)
-            if self.weights.get("bm25", 0) > 0:
+            if weights.get("bm25", 0) > 0:
                 parts["bm25"] = self._bm25_scores(batch)
+        arrays = {k: v if isinstance(v, np.ndarray) else v.float().cpu().numpy()
+                  for k, v in parts.items()}  # fmt: skip
         rows = [
-            mix({k: v[b] for k, v in parts.items()}, self.weights, self.cfg.norm, self.cfg.scale)
+            mix({k: v[b] for k, v in arrays.items()}, weights, self.cfg.norm, self.cfg.scale)
             for b in range(len(batch.queries))
         ]
-        return torch.tensor(np.stack(rows), dtype=logits.dtype)  # (B, M)
+        return torch.tensor(np.stack(rows), dtype=torch.float32)  # (B, M)
 
-    def _prior_scores(self, batch: Batch, run_cfg: AR2Config) -> np.ndarray:
+    def _ranker_scores(self, batch: Batch, run_cfg: Lengths) -> Any:
+        from ar2.train.steps import ranker_scores, train_pair_length
+
+        assert self.ranker is not None, "a teacher with a ranker weight needs the ranker"
+        self.ranker.model.eval()
+        return ranker_scores(self.ranker, batch, train_pair_length(run_cfg))  # (B, M)
+
+    def _prior_scores(self, batch: Batch, run_cfg: Lengths) -> np.ndarray:
         assert self.prior is not None, "an ensemble with a retriever weight needs the prior"
         q = self.prior.embed_queries(batch.queries)  # (B, dim)
         d = self.prior.embed_docs(batch.docs, run_cfg.train_doc_max_length)  # (B * M, dim)
