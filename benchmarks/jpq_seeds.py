@@ -8,8 +8,14 @@ the dropout). The three systems of its report are evaluated again per query on t
 ``uncompressed`` (the run's retriever and flat index), ``opq-pq`` (FAISS's post-hoc OPQ + PQ,
 the same in every seed: FAISS seeds its clustering itself) and ``jpq``.
 
+With ``--ranker`` (test split only) the run's ranker also reranks each retriever's top
+``rerank_k`` (the run's) fused with it, ``(1 - w) z(G) + w z(D)``: ``uncompressed+d`` with the
+ranker's saved ``w`` (the run's ``ar2-g+d``), and ``jpq+d`` with ``w`` tuned for the JPQ
+retriever on the run's dev split, by the run's ``eval_measure`` (with ``tune_fusion``; else
+the saved ``w``).
+
     .venv/bin/python benchmarks/jpq_seeds.py runs/jpq15/m48 runs/jpq15/m48-seed43 \\
-        runs/jpq15/m48-seed44 --split test --out jpq_seeds.json
+        runs/jpq15/m48-seed44 --split test --out jpq_seeds.json [--ranker]
 """
 
 from __future__ import annotations
@@ -18,13 +24,18 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+from typing import Any
 
 MEASURES = ["nDCG@10", "R@100"]
 PAIRS = (("jpq", "uncompressed"), ("opq-pq", "uncompressed"), ("jpq", "opq-pq"))
+RANKER_PAIRS = (("jpq+d", "uncompressed+d"), ("jpq+d", "jpq"), ("uncompressed+d", "uncompressed"))
 
 
-def per_seed(folder: Path, split: str) -> dict[str, dict[str, dict[str, float]]]:
-    """``system -> measure -> query -> value`` for one ``ar2 jpq`` output."""
+def per_seed(
+    folder: Path, split: str, ranker: bool = False, cache: dict | None = None
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``system -> measure -> query -> value`` for one ``ar2 jpq`` output (``cache`` keeps the
+    systems that are the same in every seed)."""
     from ar2.data.beir import load_qrels, load_queries
     from ar2.encoders import BiEncoder
     from ar2.evaluate import per_query
@@ -35,21 +46,54 @@ def per_seed(folder: Path, split: str) -> dict[str, dict[str, dict[str, float]]]
     record = json.loads((folder / "jpq.json").read_text())
     run = Path(record["run"])
     data = Path(json.loads((run / "config.json").read_text())["data"]["path"])
-    if split == "dev":
-        qrels = dev_split_qrels(data, json.loads((run / "dev_split.json").read_text()))
-    else:
-        qrels = load_qrels(data / "qrels" / f"{split}.tsv")
-    asked = [q for q in load_queries(data / "queries.jsonl") if q.id in qrels]
+    dev = dev_split_qrels(data, json.loads((run / "dev_split.json").read_text()))
+    qrels = dev if split == "dev" else load_qrels(data / "qrels" / f"{split}.tsv")
+    queries = load_queries(data / "queries.jsonl")
     systems = {
         "uncompressed": (run / "retriever", run / "index"),
         "opq-pq": (run / "retriever", folder / "posthoc"),
         "jpq": (folder / "retriever", folder / "index"),
     }
-    values = {}
+    values, cache = {}, {} if cache is None else cache
     for name, (model, index) in systems.items():
         retriever = DenseRetriever(BiEncoder.load(model), FaissIndex.load(index))
+        asked = [q for q in queries if q.id in qrels]
         values[name] = per_query(retriever.retrieve(asked, 100), qrels, MEASURES)
+        key = (name, str(run))  # the uncompressed system is the same for every seed of a run
+        if ranker and name != "opq-pq" and (name == "jpq" or key not in cache):
+            cache[key] = _fused(retriever, run, data, (queries, dev, qrels), name == "jpq")
+        if ranker and name != "opq-pq":
+            weight, fused = cache[key]
+            print(f"  {folder} {name}+d: fusion weight {weight}")
+            values[f"{name}+d"] = fused
     return values
+
+
+def _fused(retriever: Any, run: Path, data: Path, sets: tuple, tune: bool) -> tuple[float, dict]:
+    """The fusion weight (``tune``: tuned on dev for ``retriever`` as ``ar2 train`` tunes it;
+    else the ranker's saved one) and the per-query values of ``retriever``'s run reranked by
+    ``run``'s ranker with it (``sets``: all queries, dev qrels, test qrels)."""
+    from ar2.data.beir import load_corpus
+    from ar2.encoders import CrossEncoder
+    from ar2.evaluate import per_query
+    from ar2.fusion import fused_run, tune_weight
+    from ar2.train.rounds import score_heads
+    from ar2.train.run_config import read_run_config
+
+    queries, dev, qrels = sets
+    config = read_run_config(run / "config.json")
+    ranker, k = CrossEncoder.load(run / "ranker"), config["rerank_k"]
+    docs = {d.id: d for d in load_corpus(data / "corpus.jsonl")}
+    weight = ranker.config.fusion_weight
+    if tune and config["tune_fusion"]:
+        asked = [q for q in queries if q.id in dev]
+        found = retriever.retrieve(asked, 100)
+        scored = score_heads(found, asked, ranker, docs, k, "dev")
+        weight, _ = tune_weight(scored, found, dev, config["eval_measure"])
+    asked = [q for q in queries if q.id in qrels]
+    found = retriever.retrieve(asked, 100)
+    fused = fused_run(score_heads(found, asked, ranker, docs, k, "test"), found, weight)
+    return weight, per_query(fused, qrels, MEASURES)
 
 
 def main() -> None:
@@ -57,13 +101,19 @@ def main() -> None:
     p.add_argument("folders", nargs="+", type=Path, help="ar2 jpq outputs, one per seed")
     p.add_argument("--split", default="test")
     p.add_argument("--out", type=Path)
+    p.add_argument("--ranker", action="store_true", help="add uncompressed+d and jpq+d")
     args = p.parse_args()
+    if args.ranker and args.split != "test":
+        p.error("--ranker tunes the fusion weight on the run's dev split: use --split test")
 
     from ar2.evaluate import compare
 
-    seeds = {str(f): per_seed(f, args.split) for f in args.folders}
+    cache: dict = {}
+    seeds = {str(f): per_seed(f, args.split, args.ranker, cache) for f in args.folders}
+    names = list(next(iter(seeds.values())))
+    pairs = PAIRS + (RANKER_PAIRS if args.ranker else ())
     result: dict = {"split": args.split, "folders": list(seeds), "systems": {}, "tests": {}}
-    for name in ("uncompressed", "opq-pq", "jpq"):
+    for name in names:
         result["systems"][name] = {}
         for m in MEASURES:
             means = [statistics.fmean(v[name][m].values()) for v in seeds.values()]
@@ -73,16 +123,16 @@ def main() -> None:
     pooled = {
         name: {m: {f"{s}/{q}": x for s, v in seeds.items() for q, x in v[name][m].items()}
                for m in MEASURES}
-        for name in ("uncompressed", "opq-pq", "jpq")
+        for name in names
     }  # fmt: skip
     averaged = {  # each query's mean over the seeds: a test over the queries themselves
         name: {m: {q: statistics.fmean(v[name][m][q] for v in seeds.values())
                    for q in next(iter(seeds.values()))[name][m]} for m in MEASURES}
-        for name in ("uncompressed", "opq-pq", "jpq")
+        for name in names
     }  # fmt: skip
     result["tests_over_query_means"] = {}
     for key, values in (("tests", pooled), ("tests_over_query_means", averaged)):
-        for a, b in PAIRS:
+        for a, b in pairs:
             rows = compare({a: values[a], b: values[b]}, b, MEASURES)
             result[key][f"{a} - {b}"] = {r["measure"]: {"diff": r["mean_diff"],
                                          "p": r["p_value"]} for r in rows}  # fmt: skip

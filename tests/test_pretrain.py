@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from ar2.cli import main
+from ar2.config import TeacherConfig
 from ar2.data.pseudo import crop, crop_pair, ict_pair, pseudo_pair, sentences
 from ar2.types import Doc
 
@@ -240,6 +241,8 @@ def test_kd_weight_needs_bm25_negatives_and_fails_in_one_line(tmp_path: Path) ->
         PretrainConfig(kd_weight=1.0)
     with pytest.raises(ValueError, match="set kd_weight > 0"):
         PretrainConfig(pair_weight=0.0)
+    with pytest.raises(ValueError, match="set kd_weight > 0"):
+        PretrainConfig(teacher_bm25=0.9)
     PretrainConfig(kd_weight=1.0, retriever=StageConfig(steps=2, batch_size=2, n_neg=1))
     result = subprocess.run(
         [sys.executable, "-m", "ar2.cli", "pretrain", str(_corpus(tmp_path / "data")), "--out",
@@ -247,6 +250,10 @@ def test_kd_weight_needs_bm25_negatives_and_fails_in_one_line(tmp_path: Path) ->
     )  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "retriever.n_neg" in result.stderr and not (tmp_path / "o").exists()
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    return (x - x.min()) / (x.max() - x.min())
 
 
 @pytest.fixture(scope="module")
@@ -261,42 +268,55 @@ def teacher_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, A
     stage = StageConfig(steps=2, batch_size=3, n_neg=2, lr=1e-4)
     cfg = PretrainConfig(model=str(build_tiny_bert(root / "tiny")), kd_weight=0.7,
                          teacher_bm25=0.4, retriever=stage, negatives_k=5,
-                         query_max_length=16, doc_max_length=24)  # fmt: skip
+                         query_max_length=16, doc_max_length=9)  # fmt: skip
     batches = PseudoBatches(corpus, corpus, cfg)
     return cfg, batches, batches.batch("kd", 0, 3, 2)
 
 
 def test_the_label_free_teacher_mixes_the_start_model_and_bm25_by_hand(
-    teacher_setup: tuple[Any, Any, Any],
+    teacher_setup: tuple[Any, Any, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from ar2.encoders import BiEncoder
-    from ar2.fusion import minmax
     from ar2.train.pretrain import label_free_teacher
 
+    monkeypatch.setenv("AR2_PRECISION", "fp32")  # both sides in fp32 on any CPU
     cfg, batches, batch = teacher_setup
     teacher = label_free_teacher(batches, cfg)
     assert teacher.ranker is None  # no ranker is loaded or run
     got = teacher.batch_scores(batch, cfg).numpy()  # (3, 3)
-    start = BiEncoder.load(cfg.model, query_max_length=cfg.query_max_length)
+    start = BiEncoder.load(cfg.model, query_max_length=16, doc_max_length=9)  # the training cut
+    whole = BiEncoder.load(cfg.model).encode_docs(batch.docs)
+    assert not np.allclose(start.encode_docs(batch.docs), whole)  # 9 tokens cut some of them
     q, d = start.encode_queries(batch.queries), start.encode_docs(batch.docs)
     m = batch.group_size
     for b, query in enumerate(batch.queries):
         dense = d[b * m : (b + 1) * m] @ q[b]
         lexical = batches.bm25().score(query.text, [x.id for x in batch.docs[b * m : (b + 1) * m]])
-        by_hand = 10.0 * (0.6 * minmax(dense) + 0.4 * minmax(lexical))  # TeacherConfig.scale
+        by_hand = 10.0 * (0.6 * _minmax(dense) + 0.4 * _minmax(lexical))  # TeacherConfig.scale
         np.testing.assert_allclose(got[b], by_hand, atol=1e-4)
 
 
+def test_a_teacher_without_a_ranker_that_would_need_one_is_refused() -> None:
+    from ar2.errors import Ar2Error
+    from ar2.train.teacher import Teacher
+
+    with pytest.raises(Ar2Error, match="Fix:"):
+        Teacher(None, TeacherConfig())  # AR2's teacher is the ranker
+    with pytest.raises(Ar2Error, match="Fix:"):
+        Teacher(None, TeacherConfig(), {"ranker": 0.2, "retriever": 0.8, "bm25": 0.0})
+
+
 def test_the_distilled_loss_is_the_in_batch_nll_plus_the_weighted_kd_by_hand(
-    teacher_setup: tuple[Any, Any, Any],
+    teacher_setup: tuple[Any, Any, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import torch
 
     from ar2.encoders import BiEncoder
     from ar2.train.pretrain import distilled_loss
 
+    monkeypatch.setenv("AR2_PRECISION", "fp32")
     cfg, _, batch = teacher_setup
-    encoder = BiEncoder.load(cfg.model, query_max_length=cfg.query_max_length)
+    encoder = BiEncoder.load(cfg.model, query_max_length=16)
     target = torch.tensor([[3.0, 1.0, 0.0], [0.5, 2.0, 1.0], [0.0, 0.0, 4.0]])
 
     class Fixed:
@@ -304,8 +324,9 @@ def test_the_distilled_loss_is_the_in_batch_nll_plus_the_weighted_kd_by_hand(
             return target
 
     got = float(distilled_loss(encoder, Fixed(), batch, cfg).detach())  # type: ignore[arg-type]
-    q = encoder.encode_queries(batch.queries).astype(np.float64)
-    d = encoder.encode_docs(batch.docs).astype(np.float64)
+    cut = BiEncoder.load(cfg.model, query_max_length=16, doc_max_length=9)  # the training cut
+    q = cut.encode_queries(batch.queries).astype(np.float64)
+    d = cut.encode_docs(batch.docs).astype(np.float64)
     s = cfg.scale * q @ d.T  # (3, 9): every passage of the batch
     nll = np.mean([np.log(np.exp(s[b]).sum()) - s[b, 3 * b] for b in range(3)])
     kd = 0.0
@@ -314,9 +335,10 @@ def test_the_distilled_loss_is_the_in_batch_nll_plus_the_weighted_kd_by_hand(
         p_teacher = np.exp(target[b].numpy()) / np.exp(target[b].numpy()).sum()
         kd -= (p_teacher * (group - np.log(np.exp(group).sum()))).sum() / 3
     assert got == pytest.approx(nll + 0.7 * kd, rel=2e-3)
-    alone = dataclasses.replace(cfg, pair_weight=0.0)  # the teacher alone: no label used
-    got = float(distilled_loss(encoder, Fixed(), batch, alone).detach())  # type: ignore[arg-type]
-    assert got == pytest.approx(0.7 * kd, rel=2e-3)
+    for pair_weight in (0.5, 0.0):  # 0: the teacher alone, no NLL term
+        weighed = dataclasses.replace(cfg, pair_weight=pair_weight)
+        got = float(distilled_loss(encoder, Fixed(), batch, weighed).detach())  # type: ignore[arg-type]
+        assert got == pytest.approx(pair_weight * nll + 0.7 * kd, rel=2e-3)
 
 
 def test_a_pretrain_with_kd_weight_scores_every_step_with_the_teacher(
@@ -343,3 +365,22 @@ def test_a_pretrain_with_kd_weight_scores_every_step_with_the_teacher(
     assert calls == [{"ranker": 0.0, "retriever": 0.5, "bm25": 0.5}] * 3
     record = json.loads((tmp_path / "run" / "pretrain.json").read_text())
     assert record["config"]["kd_weight"] == 1.0
+
+
+def test_a_run_saved_before_the_teacher_settings_resumes_with_their_defaults(
+    pretrained: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from ar2._outdir import LOCK_NAME
+
+    data, model, out = pretrained
+    older = tmp_path / "older"
+    shutil.copytree(out, older, ignore=shutil.ignore_patterns(LOCK_NAME))
+    record = json.loads((older / "pretrain.json").read_text())
+    for key in ("kd_weight", "teacher_bm25", "pair_weight"):  # what a run of before wrote
+        del record["config"][key]
+    (older / "pretrain.json").write_text(json.dumps(record))
+    argv = _cmd(data, model, older)[3:]
+    assert main([*argv, "--resume"]) == 0
+    assert main([*argv, "--resume", "--set", "kd_weight=1", "--set", "retriever.n_neg=1"]) == 2

@@ -512,15 +512,16 @@ class PretrainConfig:
         negatives_k: BM25 depth the ranker's negatives are drawn from.
         kd_weight: Weight of a distillation term in the retriever's loss (0: none, the
             default): the retriever's scores over each pseudo-query's group (its positive and
-            ``retriever.n_neg`` BM25 negatives) learn the softmax of a label-free teacher,
-            the start model (frozen) and BM25 mixed per query after min-max normalisation
-            (:class:`ar2.train.teacher.Teacher` without a ranker; AR2's L_KD, paper Eq. 11).
-            On SciFact's training queries that mix is 0.057 nDCG@10 above the start model
-            alone (docs/ar2.md). Needs ``retriever.n_neg >= 1``.
+            ``retriever.n_neg`` BM25 negatives) learn the softmax of a teacher that reads no
+            query or judgement, the start model (frozen) and BM25 mixed per query after
+            min-max normalisation, times 10 (:func:`ar2.train.pretrain.label_free_teacher`;
+            AR2's L_KD, paper Eq. 11). On SciFact's training queries the two fused (RRF, as
+            ``ar2 eval``'s hybrid) score 0.057 nDCG@10 above the start model alone
+            (docs/benchmarks.md). Needs ``retriever.n_neg >= 1``.
         teacher_bm25: BM25's weight in that teacher; the start model has the rest.
         pair_weight: Weight of the pseudo-positive's in-batch NLL beside ``kd_weight``'s term
-            (1; 0: the teacher alone, the pseudo-pair's label unused). Without ``kd_weight``
-            the NLL is the whole loss.
+            (1; 0: the teacher alone, no NLL term; the teacher's BM25 part still sees the
+            pseudo-positive's source whole). Without ``kd_weight`` the NLL is the whole loss.
         ranker_from_retriever: Start the ranker from the pretrained retriever (as
             ``ranker_from_g0`` in ``ar2 train``) rather than from ``model``.
         ranker_head: The ranker's head, as in ``ar2 train`` (:data:`RANKER_HEADS`).
@@ -575,10 +576,11 @@ class PretrainConfig:
                 f"kd_weight = {self.kd_weight} distils over each pseudo-query's group, and "
                 "retriever.n_neg = 0 gives it none; set retriever.n_neg >= 1 (BM25 negatives)"
             )
-        if self.kd_weight == 0 and self.pair_weight != 1.0:
+        if self.kd_weight == 0 and (self.pair_weight != 1.0 or self.teacher_bm25 != 0.5):
             raise ValueError(
-                f"pair_weight = {self.pair_weight} weighs the pairs' loss against kd_weight's, "
-                "and kd_weight = 0; set kd_weight > 0, or leave pair_weight at 1"
+                f"pair_weight = {self.pair_weight} and teacher_bm25 = {self.teacher_bm25} "
+                "set kd_weight's term, and kd_weight = 0; set kd_weight > 0, or leave them "
+                "at 1 and 0.5"
             )
         check_choice("ranker_head", self.ranker_head, RANKER_HEADS)
         if self.crop_min > self.crop_max:

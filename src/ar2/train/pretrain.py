@@ -100,7 +100,8 @@ def _check_resume(out: Path, record: dict[str, Any], resume: bool, overwrite: bo
             f"{out}: --resume on another corpus than the run's ({', '.join(changed)} differ "
             f"from {have['data'].get('path')}). Fix: resume on that corpus, or a new --out"
         )
-    differ = changed_settings(have["config"], record["config"])
+    defaults = dataclasses.asdict(PretrainConfig())  # settings added since the run began
+    differ = changed_settings(defaults | have["config"], record["config"])
     if differ:
         raise Ar2Error(
             f"{out}: --resume with other settings ({', '.join(differ)}). Fix: resume with the "
@@ -140,7 +141,7 @@ class PseudoBatches:
     def __init__(self, docs: Sequence[Doc], corpus: Sequence[Doc], cfg: PretrainConfig) -> None:
         self.docs, self.cfg = docs, cfg
         self.by_id = {d.id: d for d in corpus}
-        self._bm25: Any = None
+        self._bm25: BM25Index | None = None
         self._corpus = corpus
 
     def batch(self, stage: str, step: int, size: int, n_neg: int) -> steps.Batch:
@@ -178,11 +179,15 @@ class PseudoBatches:
 
 def label_free_teacher(batches: PseudoBatches, cfg: PretrainConfig) -> Teacher:
     """The teacher of ``kd_weight``: the start model (frozen) and BM25, each min-max
-    normalised over a pseudo-query's group and mixed ``1 - teacher_bm25 : teacher_bm25``; it
-    reads no label and needs no ranker."""
+    normalised over a pseudo-query's group and mixed ``1 - teacher_bm25 : teacher_bm25``
+    (times ``TeacherConfig.scale``, 10). It reads no query or judgement and needs no ranker.
+    BM25 scores each candidate's document as the corpus holds it, so the pseudo-positive's
+    source whole (an ICT sentence or the other crop included): it knows the pair."""
     mix_cfg = TeacherConfig(kind="ensemble", ranker=0.0, retriever=1.0 - cfg.teacher_bm25,
                             bm25=cfg.teacher_bm25, norm="minmax")  # fmt: skip
-    start = BiEncoder.load(cfg.model, query_max_length=cfg.query_max_length)
+    start = None
+    if mix_cfg.retriever > 0:
+        start = BiEncoder.load(cfg.model, query_max_length=cfg.query_max_length)
     return Teacher(None, mix_cfg, mix_cfg.weights(), start, batches.bm25())
 
 
@@ -194,7 +199,7 @@ def distilled_loss(encoder: BiEncoder, teacher: Teacher, batch: steps.Batch,
     scores, in_batch = steps.group_scores(
         encoder, batch, cfg.scale, cfg.doc_max_length, in_batch=cfg.pair_weight > 0
     )  # (B, M), (B, W·B·M) or None
-    target = teacher.batch_scores(batch, cfg)  # (B, M), constant
+    target = teacher.batch_scores(batch, cfg).to(scores.device)  # (B, M), constant
     loss = cfg.kd_weight * losses.ar2_distillation(scores, target)  # ()
     if in_batch is None:
         return loss

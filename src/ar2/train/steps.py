@@ -158,7 +158,7 @@ def ar2_retriever_step_loss(
     scores, in_batch = group_scores(
         encoder, batch, cfg.scale, cfg.train_doc_max_length, cfg.in_batch
     )
-    target = teacher.batch_scores(batch, cfg)  # (B, M), constant
+    target = teacher.batch_scores(batch, cfg).to(scores.device)  # (B, M), constant
     shards = distributed.world().size
     return ar2_shard_loss(
         scores, target, cfg, in_batch_scores=in_batch, shards=shards, offset=batch.offset

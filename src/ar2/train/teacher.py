@@ -32,6 +32,7 @@ from ar2._optional import require
 from ar2.config import TEACHER_PARTS, TeacherConfig
 from ar2.data.trec import read_run
 from ar2.encoders import BiEncoder, CrossEncoder
+from ar2.errors import Ar2Error
 from ar2.fusion import fused_run, mix
 from ar2.types import Doc, Hit, Query, Run
 
@@ -59,7 +60,8 @@ class Teacher:
     """The scores the retriever learns from, for a batch of (query, candidate) groups.
 
     ``weights`` is ``None`` for AR2's teacher (the ranker's raw logits); otherwise the mix
-    ``cfg.scale · Σ w_i norm(part_i)`` over the parts of weight > 0.
+    ``cfg.scale · Σ w_i norm(part_i)`` over the parts of weight > 0. ``ranker`` may be
+    ``None`` where the mix gives it no weight (``ar2 pretrain``'s teacher).
     """
 
     ranker: CrossEncoder | None
@@ -68,11 +70,20 @@ class Teacher:
     prior: BiEncoder | None = None
     bm25: BM25Index | None = None
 
+    def __post_init__(self) -> None:
+        if self.ranker is None and (self.weights or {"ranker": 1.0}).get("ranker", 0) > 0:
+            raise Ar2Error(
+                "a teacher without a ranker, and its weights give the ranker weight. "
+                "Fix: pass the ranker, or weights with ranker = 0"
+            )
+
     def batch_scores(self, batch: Batch, run_cfg: Lengths) -> Any:
         """``(B, M)`` teacher scores of each query's group (no gradient); ``run_cfg`` gives
         the training cut-offs (an :class:`~ar2.config.AR2Config` or a
         :class:`~ar2.config.PretrainConfig`). A part of weight 0 is not computed, so an
-        ensemble without the ranker needs none (``ar2 pretrain``'s teacher)."""
+        ensemble without the ranker needs none (``ar2 pretrain``'s teacher). The ranker's
+        logits are on its device; a mix is float32 on the CPU (callers move it to the
+        student's scores)."""
         torch = require("torch")
         weights = self.weights or {"ranker": 1.0}
         with torch.no_grad():
