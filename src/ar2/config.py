@@ -576,11 +576,16 @@ class PretrainConfig:
                 f"kd_weight = {self.kd_weight} distils over each pseudo-query's group, and "
                 "retriever.n_neg = 0 gives it none; set retriever.n_neg >= 1 (BM25 negatives)"
             )
-        if self.kd_weight == 0 and (self.pair_weight != 1.0 or self.teacher_bm25 != 0.5):
+        kd_only = {
+            f.name: f.default
+            for f in dataclasses.fields(self)
+            if f.name in ("pair_weight", "teacher_bm25")
+        }
+        if self.kd_weight == 0 and any(getattr(self, k) != v for k, v in kd_only.items()):
             raise ValueError(
                 f"pair_weight = {self.pair_weight} and teacher_bm25 = {self.teacher_bm25} "
                 "set kd_weight's term, and kd_weight = 0; set kd_weight > 0, or leave them "
-                "at 1 and 0.5"
+                f"at their defaults ({kd_only})"
             )
         check_choice("ranker_head", self.ranker_head, RANKER_HEADS)
         if self.crop_min > self.crop_max:

@@ -89,17 +89,16 @@ class Teacher:
         with torch.no_grad():
             parts = {}
             if weights.get("ranker", 0) > 0:
-                parts["ranker"] = self._ranker_scores(batch, run_cfg)  # (B, M)
+                logits = self._ranker_scores(batch, run_cfg)  # (B, M)
                 if self.weights is None:
-                    return parts["ranker"]
+                    return logits
+                parts["ranker"] = logits.float().cpu().numpy()
             if weights.get("retriever", 0) > 0:
                 parts["retriever"] = self._prior_scores(batch, run_cfg)
             if weights.get("bm25", 0) > 0:
                 parts["bm25"] = self._bm25_scores(batch)
-        arrays = {k: v if isinstance(v, np.ndarray) else v.float().cpu().numpy()
-                  for k, v in parts.items()}  # fmt: skip
         rows = [
-            mix({k: v[b] for k, v in arrays.items()}, weights, self.cfg.norm, self.cfg.scale)
+            mix({k: v[b] for k, v in parts.items()}, weights, self.cfg.norm, self.cfg.scale)
             for b in range(len(batch.queries))
         ]
         return torch.tensor(np.stack(rows), dtype=torch.float32)  # (B, M)
