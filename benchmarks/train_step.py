@@ -34,6 +34,7 @@ Run from the repository root (bash scripts/setup.sh installs what it needs):
     .venv/bin/python benchmarks/train_step.py --repeats 3 --steps 2 --out step.json \
         --variant model-dropout:attention_dropout=none,fast_dropout=false
     .venv/bin/python benchmarks/train_step.py --profile g0 --set attention_dropout=none
+    .venv/bin/python benchmarks/train_step.py --profile g0 --set sdpa=math
 
 Every ar2 system (``ar2``: the preset; each ``--variant NAME:KEY=VALUE,...``: the preset with
 those overrides) and ST are timed in turn, ``--steps`` steps each per round, ``--repeats``
@@ -158,7 +159,8 @@ def ar2_step(stage: str, cfg: Any, batch: Any, precision: str) -> tuple[Callable
         model_of(encoder).train()
     for model in models.values():  # the run's dropout settings, as train_stage applies them
         if model is not models.get("ranker") or stage == "ranker":
-            for_training(model.model if stage == "ranker" else model_of(model), cfg)
+            role = "ranker" if stage == "ranker" else "retriever"
+            for_training(model.model if stage == "ranker" else model_of(model), cfg, role)
     count = iter(range(10**9))
 
     def one() -> float:
@@ -510,10 +512,15 @@ def profile(args: argparse.Namespace) -> None:
     """Where ar2's step of one stage spends its time: torch.profiler over 3 steps."""
     import torch
 
-    cfg = load_config(args.preset, args.set)
+    cfg = load_config(args.preset, [x for x in args.set if not _is_runtime(x)])
     stage_cfg = {"g0": cfg.g0, "ranker": cfg.ranker, "ar2-retriever": cfg.retriever}[args.profile]
     ours, _ = ar2_step(args.profile, cfg, fixed_batch(args.data, stage_cfg, args.seed),
                        args.precision)  # fmt: skip
+    n_threads, sdpa = _threads(args.set), _runtime(args.set, "sdpa")
+    if n_threads:
+        ours = with_threads(n_threads, ours)
+    if sdpa:
+        ours = with_sdpa(sdpa, ours)
     ours()
     acts = [torch.profiler.ProfilerActivity.CPU]
     with torch.profiler.profile(activities=acts, record_shapes=False) as prof:

@@ -44,6 +44,8 @@ TEACHER_NORMS = ("minmax", "zscore")
 TEACHER_PARTS = ("ranker", "retriever", "bm25")
 DELIVERIES = ("best", "last")
 RANKER_HEADS = ("classifier", "cosine")
+TRAIN_ATTENTION = ("auto", "torch", "flash", "math")
+"""Attention kernels for training passes (:mod:`ar2.encoders.attention`)."""
 
 
 @dataclass(frozen=True)
@@ -412,6 +414,11 @@ class AR2Config:
         fast_dropout: The other dropout layers draw their masks from 16 random bits per
             element, four to a 64-bit draw, instead of torch's Bernoulli sampler: the same rate
             (within 1/65536), another random stream, a cheaper CPU step.
+        train_attention: The attention kernel of training passes (:data:`TRAIN_ATTENTION`):
+            ``"torch"`` lets torch pick (fused on a CPU without attention dropout);
+            ``"flash"`` or ``"math"`` forces one; ``"auto"`` takes the one measured faster for
+            each model on this kind of device (:mod:`ar2.encoders.attention`). The same
+            function, rounded differently; inference keeps torch's choice.
         index: The FAISS index built at every refresh: exact (``flat``) as in the spec; a
             corpus too large for it can take ``hnsw``, ``ivfpq`` or ``auto`` (:class:`IndexConfig`).
     """
@@ -453,6 +460,7 @@ class AR2Config:
     average_rounds: int = 1
     attention_dropout: float | None = None
     fast_dropout: bool = False
+    train_attention: str = "torch"
     index: IndexConfig = IndexConfig()
 
     def __post_init__(self) -> None:
@@ -472,6 +480,7 @@ class AR2Config:
         check_choice("kd_loss", self.kd_loss, KD_LOSSES)
         check_choice("deliver", self.deliver, DELIVERIES)
         check_choice("ranker_head", self.ranker_head, RANKER_HEADS)
+        check_choice("train_attention", self.train_attention, TRAIN_ATTENTION)
         if self.mine_rank_start >= self.mine_k:
             raise ValueError(
                 f"mine_rank_start = {self.mine_rank_start} drops every one of the mine_k = "
@@ -527,6 +536,7 @@ class PretrainConfig:
         ranker_head: The ranker's head, as in ``ar2 train`` (:data:`RANKER_HEADS`).
         attention_dropout: As in ``ar2 train``.
         fast_dropout: As in ``ar2 train``.
+        train_attention: As in ``ar2 train`` (``"auto"``: the faster kernel for this device).
         checkpoint_every: Steps between checkpoints.
         check_queries: Held-out pseudo-queries of the report's check: each searches a sample
             of ``check_docs`` documents (its source among them) with the start model and the
@@ -555,6 +565,7 @@ class PretrainConfig:
     ranker_head: str = "classifier"
     attention_dropout: float | None = 0.0
     fast_dropout: bool = True
+    train_attention: str = "auto"
     checkpoint_every: int = 50
     check_queries: int = 200
     check_docs: int = 1000
@@ -588,6 +599,7 @@ class PretrainConfig:
                 f"at their defaults ({kd_only})"
             )
         check_choice("ranker_head", self.ranker_head, RANKER_HEADS)
+        check_choice("train_attention", self.train_attention, TRAIN_ATTENTION)
         if self.crop_min > self.crop_max:
             raise ValueError(
                 f"crop_min = {self.crop_min} is above crop_max = {self.crop_max}; "
@@ -619,6 +631,7 @@ class DistillConfig:
         checkpoint_every: Steps between checkpoints.
         attention_dropout: As in ``ar2 train`` (0: the fused attention kernel on CPU).
         fast_dropout: As in ``ar2 train``.
+        train_attention: As in ``ar2 train`` (``"auto"``: the faster kernel for this device).
     """
 
     layers: int = 3
@@ -629,6 +642,7 @@ class DistillConfig:
     checkpoint_every: int = 200
     attention_dropout: float | None = 0.0
     fast_dropout: bool = True
+    train_attention: str = "auto"
 
     def __post_init__(self) -> None:
         check_ranges(
@@ -637,6 +651,7 @@ class DistillConfig:
                       "checkpoint_every": 1, "attention_dropout": 0.0},
             at_most={"attention_dropout": 0.9},
         )  # fmt: skip
+        check_choice("train_attention", self.train_attention, TRAIN_ATTENTION)
 
 
 @dataclass(frozen=True)
@@ -657,6 +672,7 @@ class JPQConfig:
         checkpoint_every: Steps between checkpoints.
         attention_dropout: As in ``ar2 train`` (0: the fused attention kernel on CPU).
         fast_dropout: As in ``ar2 train``.
+        train_attention: As in ``ar2 train`` (``"auto"``: the faster kernel for this device).
     """
 
     m: int = 48
@@ -666,6 +682,7 @@ class JPQConfig:
     checkpoint_every: int = 100
     attention_dropout: float | None = 0.0
     fast_dropout: bool = True
+    train_attention: str = "auto"
 
     def __post_init__(self) -> None:
         check_ranges(
@@ -673,6 +690,7 @@ class JPQConfig:
             at_least={"m": 1, "negatives": 1, "checkpoint_every": 1, "attention_dropout": 0.0},
             at_most={"attention_dropout": 0.9},
         )
+        check_choice("train_attention", self.train_attention, TRAIN_ATTENTION)
 
 
 STAGES = ("g0", "d0", "ranker", "retriever")

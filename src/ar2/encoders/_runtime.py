@@ -24,6 +24,16 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+@cache
+def cpu_has_amx() -> bool:
+    """True when the CPU has AMX bf16 tiles (Intel Sapphire Rapids and later), read from
+    /proc/cpuinfo."""
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 def pick_device() -> str:
     """``"cuda"`` when a GPU is visible, else ``"cpu"``."""
     torch = require("torch")

@@ -215,8 +215,8 @@ def adversarial_rounds(
     """Run ``cfg.rounds`` rounds; returns the final retriever and ranker."""
     cfg = ctx.cfg
     models = {"retriever": model_of(retriever), "ranker": ranker.model}
-    for module in models.values():
-        for_training(module, cfg)
+    for role, module in models.items():
+        for_training(module, cfg, role)
     steppers = {
         "retriever": Stepper(models["retriever"], cfg.retriever, cfg.rounds * cfg.retriever.steps),
         "ranker": Stepper(models["ranker"], cfg.ranker, cfg.rounds * cfg.ranker.steps),

@@ -96,10 +96,19 @@ class RunSettings(Protocol):
     def attention_dropout(self) -> float | None: ...
     @property
     def fast_dropout(self) -> bool: ...
+    @property
+    def train_attention(self) -> str: ...
 
 
-def for_training(module: Any, cfg: RunSettings) -> Any:
-    """``module`` with the run's dropout settings (:mod:`ar2.encoders.dropout`), in place."""
+def for_training(module: Any, cfg: RunSettings, role: str = "retriever") -> Any:
+    """``module`` (a ``role``: ``"retriever"`` or ``"ranker"``) with the run's dropout
+    settings (:mod:`ar2.encoders.dropout`) and training attention kernel
+    (:mod:`ar2.encoders.attention`), in place."""
+    if cfg.train_attention != "torch":
+        from ar2.encoders.attention import resolve, train_with
+
+        device = str(next(module.parameters()).device)
+        train_with(module, resolve(cfg.train_attention, device, role))
     if cfg.attention_dropout is None and not cfg.fast_dropout:
         return module
     from ar2.encoders.dropout import for_training as set_dropout
@@ -119,7 +128,7 @@ def train_stage(
     ``run``'s seed, dropout and checkpoint interval; returns every step's loss and the stage's
     time (a resumed stage's included)."""
     [(key, module)] = models.items()
-    for_training(module, run)
+    for_training(module, run, "ranker" if key == "ranker" else "retriever")
     seed, every = run.seed, run.checkpoint_every
     stepper = Stepper(module, cfg, cfg.steps)
     ckpt = out / "checkpoints" / name
