@@ -206,3 +206,19 @@ def build_tiny_run(root: Path, bert: Path, rerank_k: int = 5) -> Path:
 def tiny_run(_tiny_bert_master: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny finished run folder shared by the serving tests (read-only)."""
     return build_tiny_run(tmp_path_factory.mktemp("run") / "run", _tiny_bert_master)
+
+
+def train_mrr(encoder: Any, index: Any, data: Path) -> float:
+    """Mean reciprocal rank of the first relevant document over the training queries of the
+    BEIR folder ``data``, searched with ``encoder`` in ``index`` (top 50)."""
+    import numpy as np
+
+    from ar2.data.beir import load_qrels, load_queries
+    from ar2.pipeline import DenseRetriever
+
+    qrels = load_qrels(data / "qrels" / "train.tsv")
+    asked = [q for q in load_queries(data / "queries.jsonl") if q.id in qrels]
+    run = DenseRetriever(encoder, index).retrieve(asked, 50)
+    ranks = [next((r + 1 for r, h in enumerate(run[q.id]) if h.doc_id in qrels[q.id]), 1e9)
+             for q in asked]  # fmt: skip
+    return float(np.mean([1 / r for r in ranks]))

@@ -24,7 +24,7 @@ from ar2 import losses  # noqa: E402
 from ar2.encoders import BiEncoder  # noqa: E402
 from ar2.index import FaissIndex  # noqa: E402
 from ar2.train.jpq import JPQModel, PQParts, pq_factory, run_jpq, set_centroids  # noqa: E402
-from conftest import killed_at, tiny_train_run  # noqa: E402
+from conftest import killed_at, tiny_train_run, train_mrr  # noqa: E402
 
 
 def _hand_loss(scores: list[list[float]], relevant: list[list[bool]], valid: list[list[bool]]):
@@ -95,19 +95,6 @@ CFG = JPQConfig(m=8, negatives=20, stage=StageConfig(steps=30, batch_size=8, n_n
                 head_lr=1e-2), checkpoint_every=15)  # fmt: skip
 
 
-def _mrr(encoder: BiEncoder, index: FaissIndex, data: Path) -> float:
-    """The mean reciprocal rank of the training queries' positives in ``index``."""
-    from ar2.data.beir import load_qrels, load_queries
-    from ar2.pipeline import DenseRetriever
-
-    qrels = load_qrels(data / "qrels" / "train.tsv")
-    asked = [q for q in load_queries(data / "queries.jsonl") if q.id in qrels]
-    run = DenseRetriever(encoder, index).retrieve(asked, 50)
-    ranks = [next((r + 1 for r, h in enumerate(run[q.id]) if h.doc_id in qrels[q.id]), 1e9)
-             for q in asked]  # fmt: skip
-    return float(np.mean([1 / r for r in ranks]))
-
-
 def test_jpq_trains_the_centroids_and_the_query_tower_only(tmp_path: Path) -> None:
     run, data = tiny_train_run(tmp_path, filler_docs=260)
     out = tmp_path / "jpq"
@@ -123,7 +110,7 @@ def test_jpq_trains_the_centroids_and_the_query_tower_only(tmp_path: Path) -> No
     np.testing.assert_allclose(student.encode_docs(docs), teacher.encode_docs(docs), atol=1e-6)
     assert not np.allclose(student.encode_queries(docs), teacher.encode_queries(docs))
     # the training queries' positives rank higher than under the post-hoc compression
-    assert _mrr(student, trained, data) > _mrr(teacher, posthoc, data)
+    assert train_mrr(student, trained, data) > train_mrr(teacher, posthoc, data)
     assert report["bytes_per_doc"] == {"uncompressed": 4 * 32, "opq-pq": 8, "jpq": 8}
     assert set(report["dev"]["nDCG@10"]) == {"uncompressed", "opq-pq", "jpq"}
     assert report["dev"]["queries"] == 4 and report["test"]["queries"] == 2

@@ -131,6 +131,14 @@ def _is_jpq(path: Path) -> bool:
     return (path / JPQ_CONFIG).is_file()
 
 
+ADORE_CONFIG = "adore.json"
+"""The settings and the run of an ``ar2 adore`` output."""
+
+
+def _is_adore(path: Path) -> bool:
+    return (path / ADORE_CONFIG).is_file()
+
+
 KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
     "index": ("an ar2 index (`ar2 index`)", _is_index),
     "eval": ("an ar2 eval report (`ar2 eval`)", _is_eval),
@@ -138,6 +146,7 @@ KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
     "pretrain": ("an ar2 pretraining run (`ar2 pretrain`)", _is_pretrain),
     "distill": ("an ar2 query-tower distillation (`ar2 distill-query`)", _is_distill),
     "jpq": ("an ar2 JPQ compression (`ar2 jpq`)", _is_jpq),
+    "adore": ("an ar2 ADORE query tower (`ar2 adore`)", _is_adore),
 }
 """Output kinds: a description and a test that a folder is one."""
 

@@ -307,6 +307,23 @@ def cmd_jpq(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adore(args: argparse.Namespace) -> int:
+    """A run's query tower trained against its fixed index, with negatives retrieved at
+    every step (ADORE)."""
+    from ar2.config import ADOREConfig
+    from ar2.train.adore import SYSTEMS, run_adore
+
+    cfg = _settings(ADOREConfig(), args.set, "ar2 adore")
+    r = run_adore(Path(args.run), Path(args.out), cfg, args.resume, args.overwrite)
+    for split in ("dev", "test"):
+        if split in r:
+            s, [t] = r[split]["nDCG@10"], r[split]["tests"].values()
+            print(f"{split:5} nDCG@10 " + "  ".join(f"{name} {s[name]:.4f}" for name in SYSTEMS)
+                  + f"  (adore - run {t['diff']:+.4f}, p = {t['p']:.3g})")  # fmt: skip
+    print(f"\nserve it: ar2 serve {Path(args.out) / 'index'}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a run or an index over HTTP until Ctrl-C or SIGTERM (then finish what is running)."""
     from ar2._optional import require
@@ -360,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_distill_query(sub)
     _add_jpq(sub)
+    _add_adore(sub)
     _add_serve(sub)
     return parser
 
@@ -475,6 +493,21 @@ def _add_jpq(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the JPQ run in --out")
     _add_overwrite(p, "start again in an --out that holds a JPQ compression or other files")
     p.set_defaults(func=cmd_jpq)
+
+
+def _add_adore(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "adore",
+        help="train a run's query tower against its fixed index, with negatives retrieved at "
+        "every step (ADORE)",
+    )
+    p.add_argument("run", help="a finished `ar2 train` run folder")
+    p.add_argument("--out", required=True, help="folder for index/, retriever/, report")
+    change = "change a setting (negatives=200, stage.steps=200, stage.lr=1e-5), repeatable"
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=change)
+    p.add_argument("--resume", action="store_true", help="continue the ADORE run in --out")
+    _add_overwrite(p, "start again in an --out that holds an ADORE output or other files")
+    p.set_defaults(func=cmd_adore)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

@@ -655,30 +655,26 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
-class JPQConfig:
-    """``ar2 jpq``: a run's query tower and the centroids of a product quantizer trained
-    together against the fixed PQ codes of its documents (JPQ, Zhan et al. 2021).
+class ADOREConfig:
+    """``ar2 adore``: a run's query tower trained against its fixed document index, with
+    negatives retrieved at every step (ADORE, Zhan et al. 2021).
 
     Attributes:
-        m: Sub-vectors (bytes per document, 8-bit codes): the index keeps ``m`` bytes of a
-            document instead of ``4 x dim`` (48 of 1,536 for MiniLM: 32x). It divides the
-            vectors' dimension.
-        negatives: Documents retrieved from the PQ index for each training query at each step
+        negatives: Documents retrieved from the index for each training query at each step
             (ADORE's dynamic negatives; JPQ's ``loss_neg_topK``, 200).
         seed: Seeds the batches and the dropout.
         stage: ``steps`` updates of ``batch_size`` training queries (with ``epochs``, the
-            steps that many passes take, at most ``steps``); ``lr`` is the query tower's
-            rate, ``head_lr`` the centroids' (JPQ: 1e-4 at 48 sub-vectors); ``n_neg`` unused.
+            steps that many passes take, at most ``steps``) at the query tower's rate ``lr``;
+            ``n_neg`` unused.
         checkpoint_every: Steps between checkpoints.
         attention_dropout: As in ``ar2 train`` (0: the fused attention kernel on CPU).
         fast_dropout: As in ``ar2 train``.
         train_attention: As in ``ar2 train`` (``"auto"``: the faster kernel for this device).
     """
 
-    m: int = 48
     negatives: int = 200
     seed: int = 42
-    stage: StageConfig = StageConfig(steps=200, batch_size=32, n_neg=0, lr=1e-5, head_lr=1e-4)
+    stage: StageConfig = StageConfig(steps=200, batch_size=32, n_neg=0, lr=1e-5)
     checkpoint_every: int = 100
     attention_dropout: float | None = 0.0
     fast_dropout: bool = True
@@ -687,10 +683,32 @@ class JPQConfig:
     def __post_init__(self) -> None:
         check_ranges(
             self,
-            at_least={"m": 1, "negatives": 1, "checkpoint_every": 1, "attention_dropout": 0.0},
+            at_least={"negatives": 1, "checkpoint_every": 1, "attention_dropout": 0.0},
             at_most={"attention_dropout": 0.9},
         )
         check_choice("train_attention", self.train_attention, TRAIN_ATTENTION)
+
+
+@dataclass(frozen=True)
+class JPQConfig(ADOREConfig):
+    """``ar2 jpq``: a run's query tower and the centroids of a product quantizer trained
+    together against the fixed PQ codes of its documents (JPQ, Zhan et al. 2021): ADORE's
+    loop (:class:`ADOREConfig`, whose settings it has) over a compressed index.
+
+    Attributes:
+        m: Sub-vectors (bytes per document, 8-bit codes): the index keeps ``m`` bytes of a
+            document instead of ``4 x dim`` (48 of 1,536 for MiniLM: 32x). It divides the
+            vectors' dimension.
+        stage: As in ADORE; ``head_lr`` is the centroids' rate (JPQ: 1e-4 at 48
+            sub-vectors).
+    """
+
+    stage: StageConfig = StageConfig(steps=200, batch_size=32, n_neg=0, lr=1e-5, head_lr=1e-4)
+    m: int = 48
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges(self, at_least={"m": 1})
 
 
 STAGES = ("g0", "d0", "ranker", "retriever")

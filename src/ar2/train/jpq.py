@@ -34,7 +34,6 @@ import copy
 import dataclasses
 import json
 import logging
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +48,14 @@ from ar2.encoders import BiEncoder
 from ar2.errors import Ar2Error
 from ar2.index import FaissIndex, read_manifest
 from ar2.index.dense import ADD_CHUNK, training_rows
-from ar2.index.factory import compresses, faiss_metric
-from ar2.train.derived import derived_output, run_splits
+from ar2.index.factory import faiss_metric
+from ar2.train.adore import MEASURE, float_vectors, measure, step_loss, training_queries
+from ar2.train.derived import derived_output
 from ar2.train.stage import MetricsLog, stage_record, train_stage
 
 log = logging.getLogger("ar2.train")
 
 STAGE = "jpq"
-MEASURE = "nDCG@10"
 SYSTEMS = ("uncompressed", "opq-pq", "jpq")
 
 
@@ -143,26 +142,6 @@ def _check_settings(run: Path, cfg: JPQConfig) -> None:
         )
 
 
-def float_vectors(index: FaissIndex) -> np.ndarray:
-    """The ``(n, d)`` float32 document vectors of an uncompressed index, or the ones a
-    compressed index keeps on disk for re-scoring."""
-    from ar2 import _npy
-
-    if isinstance(index.vectors, _npy.NpyParts):
-        return index.vectors.read(slice(0, len(index.ids)))
-    if index.vectors is not None:
-        return np.asarray(index.vectors, dtype=np.float32)
-    if compresses(index.factory):
-        raise Ar2Error(
-            f"the run's index is a {index.factory} index without its float vectors, so JPQ has "
-            "nothing to compress. Fix: rebuild the run's index uncompressed (--preset flat)"
-        )
-    ivf = require("faiss").try_extract_index_ivf(index.index)
-    if ivf is not None:
-        ivf.make_direct_map()  # IVF reconstructs by id only with it
-    return index.index.reconstruct_n(0, index.index.ntotal)  # type: ignore[no-any-return]
-
-
 def _posthoc(out: Path, exact: FaissIndex, encoder: dict[str, Any], cfg: JPQConfig) -> FaissIndex:
     """FAISS's OPQ + PQ of the run's vectors (the baseline, and JPQ's codes), kept on disk."""
     folder = out / "posthoc"
@@ -213,29 +192,22 @@ def _train(
     if final.is_dir() and (saved / "manifest.json").is_file():
         return BiEncoder.load(final), FaissIndex.load(saved)
     faiss = require("faiss")
-    from ar2 import losses
-    from ar2.train import steps
-
-    queries, positives = _training_queries(run, data_dir, posthoc.ids)
+    queries, positives = training_queries(run, data_dir, posthoc.ids)
     parts = PQParts.of(posthoc.index)
     index = faiss.clone_index(posthoc.index)
     model = JPQModel(copy.deepcopy(retriever.query_model), parts)
     student = BiEncoder(retriever.doc_model, retriever.tokenizer, retriever.config, model.query,
                         source=retriever.source)  # fmt: skip
     model.to(student.device)
-    size = min(cfg.stage.batch_size, len(queries))
 
-    def loss(step: int) -> Any:
+    def search(vectors: np.ndarray, k: int) -> np.ndarray:
         set_centroids(index, model.centroids.detach().cpu().numpy())  # the index as trained
-        rows = steps.epoch_picks(len(queries), size, cfg.seed, STAGE, step)
-        vectors = student.embed_queries([queries[i] for i in rows])  # (B, d)
-        _, found = index.search(vectors.detach().float().cpu().numpy(), cfg.negatives)  # (B, K)
-        candidates, relevant, valid = _candidates(found, [positives[i] for i in rows])
-        rows_t, relevant_t, valid_t = (torch.from_numpy(a).to(student.device)
-                                       for a in (candidates, relevant, valid))  # fmt: skip
-        scores = scale * model.scores(vectors, rows_t)  # (B, C)
-        return losses.rank_weighted_pairwise(scores=scores, relevant=relevant_t, valid=valid_t)
+        return index.search(vectors, k)[1]  # type: ignore[no-any-return]
 
+    def score(vectors: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return scale * model.scores(vectors, rows)  # (B, C)
+
+    loss = step_loss(student, queries, positives, search, score, cfg, STAGE)
     stage = dataclasses.replace(cfg.stage, steps=cfg.stage.steps_for(len(queries)))
     stage_log = train_stage(out, STAGE, {"jpq": model}, stage, loss, cfg)
     set_centroids(index, model.centroids.detach().cpu().numpy())
@@ -276,57 +248,6 @@ class JPQModel(torch.nn.Module):
         return torch.einsum("bd,bcd->bc", rotated, recon)  # (B, C)
 
 
-def _candidates(
-    found: np.ndarray, positives: list[list[int]]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each query's candidates in rank order: the search's results ``found`` ``(B, K)``, then
-    the relevant rows it missed. Returns rows, relevance and validity, each ``(B, C)``.
-
-    Example:
-        >>> rows, rel, valid = _candidates(np.array([[5, 7, -1]]), [[7, 2]])
-        >>> rows.tolist(), rel.tolist(), valid.tolist()
-        ([[5, 7, 2]], [[False, True, True]], [[True, True, True]])
-    """
-    lists = []
-    for row, pos in zip(found, positives):
-        got = [int(r) for r in row if r >= 0]
-        lists.append(got + [p for p in pos if p not in set(got)])
-    width = max(len(x) for x in lists)
-    rows = np.zeros((len(lists), width), np.int64)
-    valid = np.zeros((len(lists), width), bool)
-    relevant = np.zeros((len(lists), width), bool)
-    for b, (got, pos) in enumerate(zip(lists, positives)):
-        rows[b, : len(got)] = got
-        valid[b, : len(got)] = True
-        relevant[b, : len(got)] = np.isin(got, pos)
-    return rows, relevant, valid
-
-
-def _training_queries(
-    run: Path, data_dir: Path, ids: list[str]
-) -> tuple[list[str], list[list[int]]]:
-    """The run's training queries (its dev queries left out) with the rows of their relevant
-    documents in the index."""
-    from ar2.data.beir import load_qrels, load_queries
-
-    dev = set(json.loads((run / "dev_split.json").read_text())["queries"])
-    qrels = load_qrels(data_dir / "qrels" / "train.tsv")
-    row = {doc: i for i, doc in enumerate(ids)}
-    texts, positives = [], []
-    for q in load_queries(data_dir / "queries.jsonl"):
-        rel = [row[d] for d, grade in qrels.get(q.id, {}).items() if grade > 0 and d in row]
-        if q.id not in dev and rel:
-            texts.append(q.text)
-            positives.append(rel)
-    if not texts:
-        raise Ar2Error(
-            f"{data_dir / 'qrels' / 'train.tsv'}: no training query outside the run's dev split "
-            "has a relevant document in the index. Fix: train on a collection with train qrels"
-        )
-    log.info("JPQ trains on %d queries", len(texts))
-    return texts, positives
-
-
 def _save_index(
     index: FaissIndex, folder: Path, student: BiEncoder, data_dir: Path, cfg: JPQConfig
 ) -> None:
@@ -343,26 +264,9 @@ def _report(
     out: Path, run: Path, data_dir: Path, systems: dict[str, tuple[BiEncoder, FaissIndex]],
     cfg: JPQConfig,
 ) -> dict[str, Any]:  # fmt: skip
-    from ar2.data.beir import load_queries
-    from ar2.evaluate import compare, per_query
-
-    queries = {q.id: q for q in load_queries(data_dir / "queries.jsonl")}
+    pairs = [("jpq", "uncompressed"), ("opq-pq", "uncompressed"), ("jpq", "opq-pq")]
     results: dict[str, Any] = {"m": cfg.m, "bytes_per_doc": _sizes(systems)}
-    for split, qrels in run_splits(run, data_dir).items():
-        asked = [queries[q] for q in qrels if q in queries]
-        vectors: dict[int, np.ndarray] = {}  # one encoding per encoder: two systems share one
-        values = {}
-        for name, (enc, index) in systems.items():
-            if id(enc) not in vectors:
-                vectors[id(enc)] = enc.encode_queries(asked)
-            hits = index.search(vectors[id(enc)], 10)
-            values[name] = per_query({q.id: h for q, h in zip(asked, hits)}, qrels, [MEASURE])
-        means = {name: statistics.fmean(v[MEASURE].values()) for name, v in values.items()}
-        tests = {}
-        for a, b in (("jpq", "uncompressed"), ("opq-pq", "uncompressed"), ("jpq", "opq-pq")):
-            [row] = compare({a: values[a], b: values[b]}, b, [MEASURE])
-            tests[f"{a} - {b}"] = {"diff": row["mean_diff"], "p": row["p_value"]}
-        results[split] = {"queries": len(asked), MEASURE: means, "tests": tests}
+    results |= measure(run, data_dir, systems, pairs)
     atomic_write_json(out / "report.json", results)
     atomic_write_text(out / "report.md", _markdown(results, out))
     return results

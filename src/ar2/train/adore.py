@@ -1,0 +1,290 @@
+"""``run_adore``: a run's query tower trained against its fixed document index (``ar2 adore``).
+
+ADORE (Zhan et al., "Optimizing Dense Retrieval Model Training with Hard Negatives", SIGIR
+2021, §4.2) trains only the query encoder, against the document vectors of a finished
+retriever, which stay fixed: each step encodes a batch of training queries, searches the
+index for their top ``negatives`` documents with the query tower as it now stands (dynamic
+hard negatives, where a static list goes stale as the model moves), adds the relevant
+documents the search missed, and trains on the ΔMRR-weighted pairwise loss
+(:func:`ar2.losses.rank_weighted_pairwise`). The index does not change, so nothing is
+re-encoded: the search is exact over the run's own float vectors.
+
+JPQ (:mod:`ar2.train.jpq`) is the same loop over a product-quantized index whose centroids
+train too; :func:`step_loss` and :func:`measure` serve both.
+
+Where we differ from ADORE: the model is a cosine one, so scores are the run's ``scale``
+times the dot product (ADORE's RoBERTa gives large dot products unscaled); ADORE starts from
+STAR's model, we start from the run's delivered retriever (AR2's, or G0 where the run
+delivered round 0); the training queries are the run's (its dev queries left out).
+
+Only training code imports this module (it imports torch at the top; ``import ar2`` does not).
+
+Folder::
+
+    adore.json  metrics.jsonl  checkpoints/  retriever/  index/  report.json  report.md
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ar2._io import atomic_write_json, atomic_write_text
+from ar2._optional import require
+from ar2._outdir import ADORE_CONFIG
+from ar2.config import ADOREConfig
+from ar2.encoders import BiEncoder
+from ar2.errors import Ar2Error
+from ar2.index import FaissIndex
+from ar2.index.factory import compresses
+from ar2.train.derived import derived_output, run_splits
+from ar2.train.stage import MetricsLog, stage_record, train_stage
+
+log = logging.getLogger("ar2.train")
+
+STAGE = "adore"
+MEASURE = "nDCG@10"
+SYSTEMS = ("run", "adore")
+
+Search = Callable[[np.ndarray, int], np.ndarray]
+"""``search(vectors (B, d), k) -> (B, k)`` row numbers of the documents found (-1: none)."""
+Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``score(query vectors (B, d), candidate rows (B, C)) -> (B, C)`` the model's scores."""
+
+
+def run_adore(
+    run: Path, out: Path, cfg: ADOREConfig, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
+    """Train ``run``'s query tower against its fixed index into ``out`` (see the module);
+    returns the report."""
+    _check_index(run)
+    with derived_output(run, out, "adore", ADORE_CONFIG, cfg, resume, overwrite) as (out, data):
+        retriever = BiEncoder.load(run / "retriever")
+        exact = FaissIndex.load(run / "index")
+        scale = float(json.loads((run / "config.json").read_text()).get("scale", 20.0))
+        student = _train(out, run, data, retriever, exact, cfg, scale)
+        systems = {"run": (retriever, exact), "adore": (student, exact)}
+        report = measure(run, data, systems, [("adore", "run")])
+        atomic_write_json(out / "report.json", report)
+        atomic_write_text(out / "report.md", _markdown(report, out))
+        return report
+
+
+def step_loss(
+    student: BiEncoder,
+    queries: Sequence[str],
+    positives: Sequence[list[int]],
+    search: Search,
+    score: Score,
+    cfg: ADOREConfig,
+    stage: str = STAGE,
+) -> Callable[[int], torch.Tensor]:
+    """The loss of step ``s`` of ADORE's loop: ``cfg.stage.batch_size`` training queries
+    (``queries[i]`` with the index rows ``positives[i]`` of its relevant documents; the
+    batches are seeded by ``cfg.seed`` and ``stage``), searched with the student as it now is,
+    scored by ``score`` against their candidates in rank order."""
+    from ar2 import losses
+    from ar2.train import steps
+
+    size = min(cfg.stage.batch_size, len(queries))
+
+    def loss(step: int) -> torch.Tensor:
+        rows = steps.epoch_picks(len(queries), size, cfg.seed, stage, step)
+        vectors = student.embed_queries([queries[i] for i in rows])  # (B, d)
+        found = search(vectors.detach().float().cpu().numpy(), cfg.negatives)  # (B, K)
+        candidates, relevant, valid = candidate_lists(found, [positives[i] for i in rows])
+        rows_t, relevant_t, valid_t = (torch.from_numpy(a).to(student.device)
+                                       for a in (candidates, relevant, valid))  # fmt: skip
+        scores = score(vectors, rows_t)  # (B, C)
+        return losses.rank_weighted_pairwise(scores=scores, relevant=relevant_t, valid=valid_t)
+
+    return loss
+
+
+def candidate_lists(
+    found: np.ndarray, positives: list[list[int]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each query's candidates in rank order: the search's results ``found`` ``(B, K)``, then
+    the relevant rows it missed. Returns rows, relevance and validity, each ``(B, C)``.
+
+    Example:
+        >>> rows, rel, valid = candidate_lists(np.array([[5, 7, -1]]), [[7, 2]])
+        >>> rows.tolist(), rel.tolist(), valid.tolist()
+        ([[5, 7, 2]], [[False, True, True]], [[True, True, True]])
+    """
+    lists = []
+    for row, pos in zip(found, positives):
+        got = [int(r) for r in row if r >= 0]
+        lists.append(got + [p for p in pos if p not in set(got)])
+    width = max(len(x) for x in lists)
+    rows = np.zeros((len(lists), width), np.int64)
+    valid = np.zeros((len(lists), width), bool)
+    relevant = np.zeros((len(lists), width), bool)
+    for b, (got, pos) in enumerate(zip(lists, positives)):
+        rows[b, : len(got)] = got
+        valid[b, : len(got)] = True
+        relevant[b, : len(got)] = np.isin(got, pos)
+    return rows, relevant, valid
+
+
+def training_queries(
+    run: Path, data_dir: Path, ids: list[str]
+) -> tuple[list[str], list[list[int]]]:
+    """The run's training queries (its dev queries left out) with the rows of their relevant
+    documents in the index."""
+    from ar2.data.beir import load_qrels, load_queries
+
+    dev = set(json.loads((run / "dev_split.json").read_text())["queries"])
+    qrels = load_qrels(data_dir / "qrels" / "train.tsv")
+    row = {doc: i for i, doc in enumerate(ids)}
+    texts, positives = [], []
+    for q in load_queries(data_dir / "queries.jsonl"):
+        rel = [row[d] for d, grade in qrels.get(q.id, {}).items() if grade > 0 and d in row]
+        if q.id not in dev and rel:
+            texts.append(q.text)
+            positives.append(rel)
+    if not texts:
+        raise Ar2Error(
+            f"{data_dir / 'qrels' / 'train.tsv'}: no training query outside the run's dev split "
+            "has a relevant document in the index. Fix: train on a collection with train qrels"
+        )
+    log.info("training on %d queries", len(texts))
+    return texts, positives
+
+
+def measure(
+    run: Path,
+    data_dir: Path,
+    systems: dict[str, tuple[BiEncoder, FaissIndex]],
+    pairs: Sequence[tuple[str, str]],
+) -> dict[str, Any]:
+    """nDCG@10 of each system (an encoder and an index) on the run's dev split and the test
+    split, with a paired t-test for each ``(a, b)`` of ``pairs``: ``{split: {"queries",
+    "nDCG@10": {system: mean}, "tests": {"a - b": {"diff", "p"}}}}``."""
+    from ar2.data.beir import load_queries
+    from ar2.evaluate import compare, per_query
+
+    queries = {q.id: q for q in load_queries(data_dir / "queries.jsonl")}
+    results: dict[str, Any] = {}
+    for split, qrels in run_splits(run, data_dir).items():
+        asked = [queries[q] for q in qrels if q in queries]
+        vectors: dict[int, np.ndarray] = {}  # one encoding per encoder: two systems share one
+        values = {}
+        for name, (enc, index) in systems.items():
+            if id(enc) not in vectors:
+                vectors[id(enc)] = enc.encode_queries(asked)
+            hits = index.search(vectors[id(enc)], 10)
+            values[name] = per_query({q.id: h for q, h in zip(asked, hits)}, qrels, [MEASURE])
+        means = {name: statistics.fmean(v[MEASURE].values()) for name, v in values.items()}
+        tests = {}
+        for a, b in pairs:
+            [row] = compare({a: values[a], b: values[b]}, b, [MEASURE])
+            tests[f"{a} - {b}"] = {"diff": row["mean_diff"], "p": row["p_value"]}
+        results[split] = {"queries": len(asked), MEASURE: means, "tests": tests}
+    return results
+
+
+def float_vectors(index: FaissIndex) -> np.ndarray:
+    """The ``(n, d)`` float32 document vectors of an uncompressed index, or the ones a
+    compressed index keeps on disk for re-scoring."""
+    from ar2 import _npy
+
+    if isinstance(index.vectors, _npy.NpyParts):
+        return index.vectors.read(slice(0, len(index.ids)))
+    if index.vectors is not None:
+        return np.asarray(index.vectors, dtype=np.float32)
+    if compresses(index.factory):
+        raise Ar2Error(
+            f"the run's index is a {index.factory} index without its float vectors, so JPQ has "
+            "nothing to compress. Fix: rebuild the run's index uncompressed (--preset flat)"
+        )
+    ivf = require("faiss").try_extract_index_ivf(index.index)
+    if ivf is not None:
+        ivf.make_direct_map()  # IVF reconstructs by id only with it
+    return index.index.reconstruct_n(0, index.index.ntotal)  # type: ignore[no-any-return]
+
+
+def _check_index(run: Path) -> None:
+    """Refuse a run whose index ADORE cannot search exactly, before anything is written."""
+    path = run / "index" / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    if manifest.get("metric") not in (None, "ip"):
+        raise Ar2Error(
+            f"{run / 'index'}: a {manifest['metric']} index; ADORE trains inner products. "
+            "Fix: use a run whose index is searched by inner product (ar2's default)"
+        )
+
+
+def _train(
+    out: Path, run: Path, data_dir: Path, retriever: BiEncoder, exact: FaissIndex,
+    cfg: ADOREConfig, scale: float,
+) -> BiEncoder:  # fmt: skip
+    final = out / "retriever"
+    if final.is_dir() and (out / "index" / "manifest.json").is_file():
+        return BiEncoder.load(final)
+    faiss = require("faiss")
+    docs = float_vectors(exact)  # (n, d), fixed
+    flat = faiss.IndexFlatIP(docs.shape[1])
+    flat.add(docs)
+    doc_vectors = torch.from_numpy(docs)
+    queries, positives = training_queries(run, data_dir, exact.ids)
+    tower = copy.deepcopy(retriever.query_model)
+    student = BiEncoder(retriever.doc_model, retriever.tokenizer, retriever.config, tower,
+                        source=retriever.source)  # fmt: skip
+
+    def search(vectors: np.ndarray, k: int) -> np.ndarray:
+        return flat.search(vectors, k)[1]  # type: ignore[no-any-return]
+
+    def score(vectors: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        found = doc_vectors.to(vectors.device)[rows]  # (B, C, d)
+        return scale * torch.einsum("bd,bcd->bc", vectors.float(), found)  # (B, C)
+
+    loss = step_loss(student, queries, positives, search, score, cfg)
+    stage = dataclasses.replace(cfg.stage, steps=cfg.stage.steps_for(len(queries)))
+    stage_log = train_stage(out, STAGE, {"query": tower}, stage, loss, cfg)
+    student.save(final)
+    student = BiEncoder.load(final)
+    metrics = out / "metrics.jsonl"
+    if not metrics.is_file():  # a run killed after it wrote this line resumes without it
+        MetricsLog(metrics).write(stage_record(STAGE, 0, "adore", stage_log))
+    _save_index(exact, out / "index", student, data_dir, cfg)
+    return student
+
+
+def _save_index(
+    index: FaissIndex, folder: Path, student: BiEncoder, data_dir: Path, cfg: ADOREConfig
+) -> None:
+    """The run's index, unchanged, with its documents; its manifest names the trained query
+    tower, which ``ar2 serve`` loads beside it."""
+    from ar2.data.beir import iter_corpus
+
+    docs = iter_corpus(data_dir / "corpus.jsonl", warn=False)
+    extra = {"encoder": student.describe(), "truncation": student.truncation(),
+             "adore": {"config": dataclasses.asdict(cfg)}}  # fmt: skip
+    index.save(folder, extra, docs)
+
+
+def _markdown(r: dict[str, Any], out: Path) -> str:
+    lines = [
+        "# ADORE: the query tower trained against the run's fixed index", "",
+        f"| split | queries | run {MEASURE} | adore {MEASURE} | adore - run (p) |",
+        "|---|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    for split in ("dev", "test"):
+        if split in r:
+            s = r[split]
+            [t] = s["tests"].values()
+            means = " | ".join(f"{s[MEASURE][name]:.4f}" for name in SYSTEMS)
+            diff = f"{t['diff']:+.4f} ({t['p']:.3g})"
+            lines.append(f"| {split} | {s['queries']} | {means} | {diff} |")
+    lines += ["", f"Serve it: `ar2 serve {out / 'index'}`"]
+    return "\n".join(lines) + "\n"
