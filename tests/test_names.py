@@ -51,6 +51,7 @@ def test_the_cli_offers_exactly_the_configs_names() -> None:
     assert _choices("index", "--quantize") == config.INDEX_QUANTIZERS
     for command in ("search", "serve"):
         assert _choices(command, "--backend") == config.BACKENDS
+    assert _choices("train", "--recipe") == config.RECIPES
 
 
 def test_every_name_is_accepted_where_it_is_checked_and_others_are_not() -> None:

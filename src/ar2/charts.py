@@ -104,6 +104,9 @@ def _draw_wtl(ax: Any, per_query: PerQuery, systems: list[str], measure: str) ->
 
 DEV_KEYS = (("G", "o"), ("D", "^"), ("G+D", "s"))
 """The dev figures a run logs per round: retriever, ranker alone, fused (:mod:`ar2.fusion`)."""
+ADORE_DEV = ("dev-adore", "dev-gd-adore")
+"""The stages that log dev G, and G+D and D, after ADORE's query-tower stage
+(:mod:`ar2.train.adore`)."""
 
 
 def training_chart(records: Sequence[Mapping[str, Any]], smooth: int = 10) -> bytes:
@@ -125,11 +128,18 @@ def training_figure(records: Sequence[Mapping[str, Any]], smooth: int = 10) -> A
 
 def _draw_dev(ax: Any, records: Sequence[Mapping[str, Any]]) -> None:
     rounds: set[int] = set()
+    adore = [r for r in records if r["stage"] in ADORE_DEV]
     for key, marker in DEV_KEYS:
-        points = sorted((r["round"], r["dev"][key]) for r in records if key in r.get("dev", {}))
+        points = sorted((r["round"], r["dev"][key]) for r in records
+                        if key in r.get("dev", {}) and r not in adore)  # fmt: skip
         if points:
-            ax.plot(*zip(*points), marker=marker, label=key)
+            line = ax.plot(*zip(*points), marker=marker, label=key)
             rounds.update(p[0] for p in points)
+        after = [(r["round"], r["dev"][key]) for r in adore if key in r["dev"]]
+        if after:  # the query tower trained after the rounds: points beside the last round's
+            colour = line[0].get_color() if points else None
+            ax.plot(*zip(*after), marker="*", markersize=12, linestyle="none", color=colour,
+                    label=f"{key}, ADORE")  # fmt: skip
     ticker = require("matplotlib.ticker")
     ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.set(xlabel="round (0 = warm-ups G0, D0)", ylabel="dev metric", title="dev effectiveness")
@@ -137,7 +147,7 @@ def _draw_dev(ax: Any, records: Sequence[Mapping[str, Any]]) -> None:
         ax.set_xlim(min(rounds) - 0.3, max(rounds) + 0.3)
         low, high = ax.get_ylim()
         ax.set_ylim(low, high + 0.25 * (high - low))  # room above the lines for the legend
-        ax.legend(fontsize=8, loc="upper center", ncols=len(DEV_KEYS))
+        ax.legend(fontsize=8, loc="upper center", ncols=3)
     ax.grid(alpha=0.3)
 
 

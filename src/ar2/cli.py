@@ -21,6 +21,7 @@ from ar2.config import (
     INDEX_PRESETS,
     INDEX_QUANTIZERS,
     PRECISIONS,
+    RECIPES,
     AR2Config,
     IndexConfig,
     PretrainConfig,
@@ -164,10 +165,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_config(args: argparse.Namespace) -> AR2Config:
-    """The config of ``ar2 train``: the preset or ``--config`` file, then ``--model`` (a
-    shortcut for ``retriever_model`` and ``ranker_model``), then each ``--set KEY=VALUE`` in
-    order, so ``--set`` wins over both. A key or type error names the ``--set`` at fault; a
-    value out of range names the file and the ``--set`` settings given.
+    """The config of ``ar2 train``: the preset or ``--config`` file, then ``--recipe``'s
+    settings (:mod:`ar2.train.recipes`), then ``--model`` (a shortcut for ``retriever_model``
+    and ``ranker_model``), then each ``--set KEY=VALUE`` in order, so ``--set`` wins over all.
+    A key or type error names the ``--set`` at fault; a value out of range names the file and
+    the ``--set`` settings given.
 
     Example:
         >>> argv = ["train", "data", "--out", "o", "--preset", "toy", "--model", "m",
@@ -175,12 +177,21 @@ def _train_config(args: argparse.Namespace) -> AR2Config:
         >>> cfg = _train_config(build_parser().parse_args(argv))
         >>> cfg.g0.steps, cfg.retriever_model, cfg.ranker_model
         (80, 'm', 'r')
+        >>> argv = ["train", "data", "--out", "o", "--recipe", "adore", "--set", "adore.steps=50"]
+        >>> cfg = _train_config(build_parser().parse_args(argv))
+        >>> cfg.recipe, cfg.refresh, cfg.adore.steps
+        ('adore', False, 50)
     """
     from ar2._overrides import apply_overrides
     from ar2.config import load_ar2_config, load_config_file, preset_path
 
     source = args.config or str(preset_path(args.preset))
     data = load_config_file(source)
+    if args.recipe:
+        from ar2.train.recipes import apply
+
+        data = apply(args.recipe, data)
+        source = f"{source} with --recipe {args.recipe}"
     if args.model:
         data = data | _start_models(Path(args.model))
     if args.set:
@@ -518,6 +529,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="quick", help=f"one of {names} (default quick)")
     p.add_argument(
         "--config", help="a TOML file of AR2Config fields (or a run's config.json), not --preset"
+    )
+    p.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        help="train with this recipe's settings over the preset's (default: the preset's, "
+        "ar2); docs/recipes.md",
     )
     p.add_argument("--model", help="start both models from this folder (default: MiniLM)")
     p.add_argument(

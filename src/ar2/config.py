@@ -45,6 +45,8 @@ TEACHER_PARTS = ("ranker", "retriever", "bm25")
 DELIVERIES = ("best", "last")
 RANKER_HEADS = ("classifier", "cosine")
 TRAIN_ATTENTION = ("auto", "torch", "flash", "math")
+RECIPES = ("ar2", "star", "adore")
+"""The recipes of ``ar2 train --recipe`` (:data:`ar2.train.recipes.RECIPES`)."""
 """Attention kernels for training passes (:mod:`ar2.encoders.attention`)."""
 
 
@@ -421,6 +423,12 @@ class AR2Config:
             function, rounded differently; inference keeps torch's choice.
         index: The FAISS index built at every refresh: exact (``flat``) as in the spec; a
             corpus too large for it can take ``hnsw``, ``ivfpq`` or ``auto`` (:class:`IndexConfig`).
+        recipe: The recipe whose settings these are (:data:`RECIPES`, ``ar2 train --recipe``,
+            :mod:`ar2.train.recipes`); a run refuses settings that contradict it.
+        adore: ADORE's stage (Zhan et al. 2021) after the rounds: the delivered retriever's
+            query tower alone trains against the delivered round's fixed index, with
+            ``adore_negatives`` negatives retrieved at every step and the ΔMRR-weighted
+            pairwise loss (:mod:`ar2.train.adore`); 0 steps (the default) skips it.
     """
 
     seed: int = 42
@@ -462,6 +470,9 @@ class AR2Config:
     fast_dropout: bool = False
     train_attention: str = "torch"
     index: IndexConfig = IndexConfig()
+    recipe: str = "ar2"
+    adore: StageConfig = StageConfig(steps=0, batch_size=32, n_neg=0, lr=1e-5)
+    adore_negatives: int = 200
 
     def __post_init__(self) -> None:
         check_ranges(
@@ -469,7 +480,7 @@ class AR2Config:
             at_least={"rounds": 0, "mine_k": 1, "mine_rank_start": 0, "query_max_length": 1,
                       "doc_max_length": 1, "ranker_max_length": 1, "dev_queries": 1,
                       "rerank_k": 1, "checkpoint_every": 1, "adv_lambda": 0.0, "average_rounds": 1,
-                      "attention_dropout": 0.0},
+                      "attention_dropout": 0.0, "adore_negatives": 1},
             above={"scale": 0.0, "kd_temperature": 0.0, "dev_fraction": 0.0,
                    "mine_relative_margin": 0.0},
             at_most={"mine_relative_margin": 1.0, "adv_lambda": 1.0, "dev_fraction": 0.9,
@@ -481,6 +492,7 @@ class AR2Config:
         check_choice("deliver", self.deliver, DELIVERIES)
         check_choice("ranker_head", self.ranker_head, RANKER_HEADS)
         check_choice("train_attention", self.train_attention, TRAIN_ATTENTION)
+        check_choice("recipe", self.recipe, RECIPES)
         if self.mine_rank_start >= self.mine_k:
             raise ValueError(
                 f"mine_rank_start = {self.mine_rank_start} drops every one of the mine_k = "
@@ -742,7 +754,7 @@ def config_tables(root: type = AR2Config) -> dict[str, type]:
 
     Example:
         >>> sorted(config_tables())
-        ['d0', 'g0', 'index', 'ranker', 'retriever', 'teacher']
+        ['adore', 'd0', 'g0', 'index', 'ranker', 'retriever', 'teacher']
         >>> sorted(config_tables(PretrainConfig))
         ['ranker', 'retriever']
     """

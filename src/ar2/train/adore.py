@@ -31,6 +31,7 @@ import dataclasses
 import json
 import logging
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,12 +43,14 @@ from ar2._io import atomic_write_json, atomic_write_text
 from ar2._optional import require
 from ar2._outdir import ADORE_CONFIG
 from ar2.config import ADOREConfig
-from ar2.encoders import BiEncoder
+from ar2.encoders import BiEncoder, CrossEncoder
 from ar2.errors import Ar2Error
 from ar2.index import FaissIndex
 from ar2.index.factory import compresses
 from ar2.train.derived import derived_output, run_splits
-from ar2.train.stage import MetricsLog, stage_record, train_stage
+from ar2.train.loop import StageLog
+from ar2.train.stage import MetricsLog, RunContext, stage_record, train_stage
+from ar2.types import Qrels, Query
 
 log = logging.getLogger("ar2.train")
 
@@ -145,17 +148,33 @@ def training_queries(
 
     dev = set(json.loads((run / "dev_split.json").read_text())["queries"])
     qrels = load_qrels(data_dir / "qrels" / "train.tsv")
+    queries = [q for q in load_queries(data_dir / "queries.jsonl") if q.id not in dev]
+    return query_rows(queries, qrels, ids, data_dir / "qrels" / "train.tsv")
+
+
+def query_rows(
+    queries: Sequence[Query], qrels: Qrels, ids: Sequence[str], source: Path
+) -> tuple[list[str], list[list[int]]]:
+    """The texts of ``queries`` that have a relevant document among the index's ``ids``, with
+    the rows of those documents (``source``: where the judgements came from, for the error).
+
+    Example:
+        >>> from ar2.types import Query
+        >>> query_rows([Query("q1", "a?"), Query("q2", "b?")], {"q1": {"d2": 1}, "q2": {"d9": 1}},
+        ...            ["d1", "d2"], Path("qrels.tsv"))
+        (['a?'], [[1]])
+    """
     row = {doc: i for i, doc in enumerate(ids)}
     texts, positives = [], []
-    for q in load_queries(data_dir / "queries.jsonl"):
+    for q in queries:
         rel = [row[d] for d, grade in qrels.get(q.id, {}).items() if grade > 0 and d in row]
-        if q.id not in dev and rel:
+        if rel:
             texts.append(q.text)
             positives.append(rel)
     if not texts:
         raise Ar2Error(
-            f"{data_dir / 'qrels' / 'train.tsv'}: no training query outside the run's dev split "
-            "has a relevant document in the index. Fix: train on a collection with train qrels"
+            f"{source}: no training query outside the run's dev split has a relevant document "
+            "in the index. Fix: train on a collection with train qrels"
         )
     log.info("training on %d queries", len(texts))
     return texts, positives
@@ -231,12 +250,30 @@ def _train(
     final = out / "retriever"
     if final.is_dir() and (out / "index" / "manifest.json").is_file():
         return BiEncoder.load(final)
+    queries, positives = training_queries(run, data_dir, exact.ids)
+    student, stage_log = query_tower(out, retriever, float_vectors(exact), queries, positives,
+                                     cfg, scale)  # fmt: skip
+    student.save(final)
+    student = BiEncoder.load(final)
+    metrics = out / "metrics.jsonl"
+    if not metrics.is_file():  # a run killed after it wrote this line resumes without it
+        MetricsLog(metrics).write(stage_record(STAGE, 0, "adore", stage_log))
+    _save_index(exact, out / "index", student, data_dir, cfg)
+    return student
+
+
+def query_tower(
+    out: Path, retriever: BiEncoder, docs: np.ndarray, queries: Sequence[str],
+    positives: Sequence[list[int]], cfg: ADOREConfig, scale: float,
+) -> tuple[BiEncoder, StageLog]:  # fmt: skip
+    """ADORE's training (see the module): a copy of ``retriever``'s query tower trained against
+    the fixed document vectors ``docs`` ``(n, d)`` on ``queries`` with the index rows of their
+    relevant documents, resumable from ``out/checkpoints/adore``; the document tower is
+    ``retriever``'s, shared."""
     faiss = require("faiss")
-    docs = float_vectors(exact)  # (n, d), fixed
     flat = faiss.IndexFlatIP(docs.shape[1])
     flat.add(docs)
     doc_vectors = torch.from_numpy(docs)
-    queries, positives = training_queries(run, data_dir, exact.ids)
     tower = copy.deepcopy(retriever.query_model)
     student = BiEncoder(retriever.doc_model, retriever.tokenizer, retriever.config, tower,
                         source=retriever.source)  # fmt: skip
@@ -250,14 +287,54 @@ def _train(
 
     loss = step_loss(student, queries, positives, search, score, cfg)
     stage = dataclasses.replace(cfg.stage, steps=cfg.stage.steps_for(len(queries)))
-    stage_log = train_stage(out, STAGE, {"query": tower}, stage, loss, cfg)
+    return student, train_stage(out, STAGE, {"query": tower}, stage, loss, cfg)
+
+
+def run_stage(
+    ctx: RunContext, retriever: BiEncoder, ranker: CrossEncoder, index_name: str
+) -> BiEncoder:
+    """ADORE as the last training stage of ``ar2 train`` (``[adore]``, the ``adore`` recipe):
+    ``retriever``'s query tower trained against the run's index ``indexes/INDEX_NAME`` (the
+    delivered round's), saved in ``adore/retriever``; its dev G logged (``adore-train``,
+    ``dev-adore``), and its dev run reranked by ``ranker`` to tune the fusion weight the run
+    delivers (``dev-gd-adore``). Rank 0 trains; every rank returns the saved model."""
+    from ar2 import distributed
+    from ar2.train.rounds import dev_rerank
+
+    final = ctx.out / STAGE / "retriever"
+    if not final.is_dir():
+        distributed.on_main(_run_stage, ctx, retriever, index_name, final)
+    if "dev-gd-adore" not in ctx.metrics.seen:
+        dev_rerank(ctx, ctx.cfg.rounds, ranker, STAGE)
+    return BiEncoder.load(final)
+
+
+def _run_stage(ctx: RunContext, retriever: BiEncoder, index_name: str, final: Path) -> None:
+    from ar2.charts import ADORE_DEV
+    from ar2.data.trec import write_run
+    from ar2.evaluate import evaluate
+    from ar2.retrievers import dense
+
+    cfg, data = ctx.cfg, ctx.data
+    index = FaissIndex.load(ctx.out / "indexes" / index_name, mmap=True)
+    queries, positives = query_rows(data.train, data.train_qrels, index.ids,
+                                    Path("qrels") / "train.tsv")  # fmt: skip
+    settings = ADOREConfig(negatives=cfg.adore_negatives, seed=cfg.seed, stage=cfg.adore,
+                           checkpoint_every=cfg.checkpoint_every,
+                           attention_dropout=cfg.attention_dropout, fast_dropout=cfg.fast_dropout,
+                           train_attention=cfg.train_attention)  # fmt: skip
+    student, stage_log = query_tower(ctx.out, retriever, float_vectors(index), queries, positives,
+                                     settings, cfg.scale)  # fmt: skip
+    ctx.metrics.write(stage_record("adore-train", cfg.rounds, "retriever", stage_log))
+    began = time.perf_counter()
+    run = dense(student, index).retrieve(data.dev, 100)
+    write_run(run, ctx.out / "dev_runs" / f"{STAGE}.trec")
+    measure_ = cfg.eval_measure
+    dev = evaluate(run, data.dev_qrels, [measure_])[measure_]
+    seconds = round(time.perf_counter() - began, 2)
+    ctx.metrics.write({"stage": ADORE_DEV[0], "round": cfg.rounds, "dev": {"G": dev},
+                       "index": index_name, "seconds": seconds})  # fmt: skip
     student.save(final)
-    student = BiEncoder.load(final)
-    metrics = out / "metrics.jsonl"
-    if not metrics.is_file():  # a run killed after it wrote this line resumes without it
-        MetricsLog(metrics).write(stage_record(STAGE, 0, "adore", stage_log))
-    _save_index(exact, out / "index", student, data_dir, cfg)
-    return student
 
 
 def _save_index(

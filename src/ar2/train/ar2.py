@@ -10,6 +10,7 @@ Run folder::
 
     config.json  dev_split.json  metrics.jsonl  report.md  report.json  report.png
     g0/retriever/  d0/ranker/  mined/round-R/  rounds/R/{retriever,ranker}/
+    adore/retriever/                     # with [adore] steps (the adore recipe)
     retriever/  ranker/  index/          # the final models and index
     checkpoints/<stage>/                 # rolling training state
 """
@@ -31,7 +32,7 @@ from ar2.data.training import TrainingGroup, read_groups
 from ar2.encoders import BiEncoder, CrossEncoder
 from ar2.errors import Ar2Error
 from ar2.train import steps
-from ar2.train.average import averaged_retriever, retriever_of_round
+from ar2.train.average import INDEX, averaged_retriever, retriever_of_round
 from ar2.train.checks import check_index, check_settings, ranker_length
 from ar2.train.data import TrainData, data_differences, data_record, load_train_data
 from ar2.train.estimate import estimate
@@ -94,10 +95,14 @@ def run_ar2(
         if chosen != cfg.rounds:
             retriever, ranker = _round_models(out, chosen)
         averaged = averaged_retriever(ctx, chosen)
+        final = averaged or retriever
+        if cfg.adore.steps:  # the adore recipe: the query tower against the delivered index
+            from ar2.train.adore import run_stage
+
+            final = run_stage(ctx, final, ranker, INDEX if averaged else f"round-{chosen}")
         report = distributed.on_main(
-            final_report, data_dir, out, data, averaged or retriever, ranker, cfg, chosen,
-            averaged is not None,
-        )  # fmt: skip
+            final_report, data_dir, out, data, final, ranker, cfg, chosen, averaged is not None
+        )
     return report or {}
 
 

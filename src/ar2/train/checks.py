@@ -5,6 +5,7 @@ that FAISS cannot build or train on the corpus).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from ar2.config import AR2Config
@@ -30,12 +31,26 @@ def check_settings(cfg: AR2Config) -> None:
     if cfg.train_doc_max_length is not None:  # the ranker's training pairs: query + document
         _fits(ranker, "ranker_model", train_doc_max_length=cfg.train_doc_max_length,
               extra=cfg.query_max_length)  # fmt: skip
+    _check_recipe(cfg)
     try:
         parse_measures([cfg.eval_measure])
     except ValueError as err:
         raise Ar2Error(
             f"eval_measure: {err}. Fix: use an ir_measures name such as nDCG@10"
         ) from None
+
+
+def _check_recipe(cfg: AR2Config) -> None:
+    """Raise if ``cfg`` contradicts a setting its recipe is made of (:mod:`ar2.train.recipes`)."""
+    from ar2.train.recipes import contradictions
+
+    found = contradictions(cfg.recipe, dataclasses.asdict(cfg))
+    if found:
+        raise Ar2Error(
+            f"recipe = {cfg.recipe!r}, but {'; '.join(found)}. Fix: leave these settings to "
+            f"the recipe (ar2 train --recipe {cfg.recipe} sets them), or name the recipe they "
+            "make"
+        )
 
 
 def _fits(model: Path, role: str, extra: int = 0, **lengths: int) -> None:

@@ -49,7 +49,8 @@ def final_report(
 
     chosen = cfg.rounds if delivered is None else delivered
     retriever.save(out / "retriever")
-    ranker.config = dataclasses.replace(ranker.config, fusion_weight=fusion_weight(out, chosen))
+    weight = fusion_weight(out, chosen, "adore" if cfg.adore.steps else None)
+    ranker.config = dataclasses.replace(ranker.config, fusion_weight=weight)
     ranker.save(out / "ranker")
     final = BiEncoder.load(out / "retriever")
     index = FaissIndex.load(out / "indexes" / (INDEX if averaged else f"round-{chosen}"), mmap=True)
@@ -63,6 +64,9 @@ def final_report(
         + ("the best dev G)" if cfg.deliver == "best" else "the last round)")
         + (f"; its retriever averaged over rounds {averaged_rounds(chosen, cfg.average_rounds)}"
            if averaged else "")
+        + (f"; then its query tower trained {cfg.adore.steps} ADORE steps against that "
+           "round's index (adore/retriever)" if cfg.adore.steps else ""),
+        "recipe": cfg.recipe,
     }  # fmt: skip
     from ar2.comparison import EvalJob, score_and_report
 

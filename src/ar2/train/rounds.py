@@ -152,16 +152,18 @@ def _every_core() -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
-def dev_rerank(ctx: RunContext, r: int, ranker: CrossEncoder) -> None:
+def dev_rerank(ctx: RunContext, r: int, ranker: CrossEncoder, name: str | None = None) -> None:
     """Rerank round ``r``'s dev run with ``ranker``, tune the fusion weight, log G+D and D.
 
     The weight (:mod:`ar2.fusion`) goes to ``dev_runs/round-R.fusion.json``; ``D`` is the
-    ranker's order alone (``w = 1``), as in AR2's own reranking.
+    ranker's order alone (``w = 1``), as in AR2's own reranking. ``name``: another retriever's
+    dev run of round ``r``, ``dev_runs/NAME.trec`` (stage ``dev-gd-NAME``).
     """
     from ar2.fusion import WEIGHTS, tune_weight
 
     data, cfg, began = ctx.data, ctx.cfg, time.perf_counter()
-    run = read_run(ctx.out / "dev_runs" / f"round-{r}.trec")
+    file = name or f"round-{r}"
+    run = read_run(ctx.out / "dev_runs" / f"{file}.trec")
 
     def score(queries: Sequence[Query]) -> dict[str, tuple[list[Hit], Any]]:
         return score_heads(run, queries, ranker, data.docs, cfg.rerank_k, f"dev rerank {r}")
@@ -170,11 +172,11 @@ def dev_rerank(ctx: RunContext, r: int, ranker: CrossEncoder) -> None:
     weights = WEIGHTS if cfg.tune_fusion else (1.0,)
     best, values = tune_weight(scored, run, data.dev_qrels, cfg.eval_measure, weights)
     record = {"weight": best, cfg.eval_measure: {str(w): v for w, v in values.items()}}
-    distributed.on_main(atomic_write_json, ctx.out / "dev_runs" / f"round-{r}.fusion.json", record)
+    distributed.on_main(atomic_write_json, ctx.out / "dev_runs" / f"{file}.fusion.json", record)
     dev = {"G+D": values[best], "D": values[1.0]}
     seconds = round(time.perf_counter() - began, 2)
-    ctx.metrics.write({"stage": f"dev-gd-{r}", "round": r, "dev": dev, "fusion_weight": best,
-                       "seconds": seconds})  # fmt: skip
+    ctx.metrics.write({"stage": f"dev-gd-{name or r}", "round": r, "dev": dev,
+                       "fusion_weight": best, "seconds": seconds})  # fmt: skip
 
 
 def score_heads(
@@ -204,9 +206,10 @@ def split_queries(
     return {q.id: merged[q.id] for q in queries if q.id in merged}
 
 
-def fusion_weight(out: Path, r: int) -> float:
-    """The fusion weight tuned on dev for round ``r``."""
-    return float(json.loads((out / "dev_runs" / f"round-{r}.fusion.json").read_text())["weight"])
+def fusion_weight(out: Path, r: int, name: str | None = None) -> float:
+    """The fusion weight tuned on dev for round ``r`` (``name``: for that dev run)."""
+    file = out / "dev_runs" / f"{name or f'round-{r}'}.fusion.json"
+    return float(json.loads(file.read_text())["weight"])
 
 
 def adversarial_rounds(

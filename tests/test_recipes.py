@@ -1,0 +1,141 @@
+"""``ar2 train --recipe``: the registry's settings, configs that contradict their recipe, and
+the ADORE stage the ``adore`` recipe adds after the rounds (delivered, resumable, logged)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ar2 import config
+from ar2.errors import Ar2Error
+from ar2.train.recipes import RECIPES, apply, contradictions
+
+
+def test_the_registry_is_keyed_by_the_configs_names_and_its_settings_are_valid() -> None:
+    assert tuple(RECIPES) == config.RECIPES
+    for name in RECIPES:
+        cfg = config.load_ar2_config(apply(name, {}), name)
+        assert cfg.recipe == name
+        assert contradictions(name, _asdict(cfg)) == []
+
+
+def test_a_config_that_contradicts_its_recipe_is_refused(tiny_bert: Path) -> None:
+    from ar2.train.checks import check_settings
+
+    model = {"retriever_model": str(tiny_bert), "ranker_model": str(tiny_bert),
+             "doc_max_length": 64}  # fmt: skip
+    check_settings(config.load_ar2_config(apply("star", model)))
+    bad = config.load_ar2_config(apply("star", model) | {"refresh": True})
+    with pytest.raises(Ar2Error, match=r"recipe = 'star', but refresh = true \(the recipe sets "
+                       r"false\)\. Fix: leave these settings to the recipe"):  # fmt: skip
+        check_settings(bad)
+    named = config.load_ar2_config(model | {"recipe": "adore"})  # named, not applied
+    with pytest.raises(Ar2Error, match="retriever_loss = 'ar2'.*refresh = true.*ranker.steps = 50"):
+        check_settings(named)
+
+
+def test_the_command_line_applies_the_recipe_under_set(
+    tiny_bert: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ar2.cli import _train_config, build_parser, main
+
+    argv = ["train", "d", "--out", "o", "--preset", "toy", "--recipe", "star", "--set", "rounds=1"]
+    cfg = _train_config(build_parser().parse_args(argv))
+    assert (cfg.recipe, cfg.retriever_loss, cfg.refresh, cfg.ranker.steps, cfg.rounds) == (
+        "star", "contrastive", False, 0, 1)  # fmt: skip
+    data = tmp_path / "data"
+    from conftest import write_train_toy
+
+    write_train_toy(data)
+    out = tmp_path / "run"
+    args = ["train", str(data), "--preset", "toy", "--model", str(tiny_bert), "--out", str(out),
+            "--recipe", "star", "--set", "refresh=true"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "recipe = 'star', but refresh = true" in err and "Traceback" not in err
+    assert not (out / "g0").exists()  # refused before any training
+
+
+def test_the_adore_recipe_trains_and_delivers_the_query_tower_against_the_rounds_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The distinctive part: after the rounds, the delivered retriever's query tower moves
+    against the delivered round's index; its document tower and the index stay."""
+    pytest.importorskip("torch")
+    from ar2 import losses
+    from ar2.encoders import BiEncoder
+    from ar2.index import FaissIndex
+    from ar2.train.ar2 import run_ar2
+    from conftest import build_tiny_bert, killed_at, write_train_toy
+
+    data = write_train_toy(tmp_path / "data")
+    model = build_tiny_bert(tmp_path / "tiny", dropout=0.0)
+    raw = config.load_toml(config.preset_path("toy")) | {
+        "retriever_model": str(model), "ranker_model": str(model), "rounds": 1,
+        "deliver": "last", "adore_negatives": 10}  # fmt: skip
+    raw = apply("adore", raw)
+    raw["adore"] |= {"steps": 6, "batch_size": 4, "lr": 1e-3}
+    cfg = config.load_ar2_config(raw, "toy adore")
+    out = tmp_path / "run"
+    monkeypatch.setattr(losses, "rank_weighted_pairwise",
+                        killed_at(3, losses.rank_weighted_pairwise))  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):  # killed inside the ADORE stage
+        run_ar2(data, out, cfg)
+    monkeypatch.undo()
+    assert (out / "checkpoints" / "adore").is_dir() and not (out / "adore").exists()
+    run_ar2(data, out, cfg, resume=True)
+
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    [stage] = [r for r in records if r["stage"] == "adore-train"]
+    assert len(stage["losses"]) == 6  # 2 before the kill (checkpoint every 2), 4 after
+    [dev] = [r for r in records if r["stage"] == "dev-adore"]
+    assert dev["index"] == "round-1" and 0 <= dev["dev"]["G"] <= 1
+    [fused] = [r for r in records if r["stage"] == "dev-gd-adore"]  # the weight is ADORE's
+    tuned = json.loads((out / "dev_runs" / "adore.fusion.json").read_text())["weight"]
+    assert fused["fusion_weight"] == tuned
+    saved = json.loads((out / "ranker" / "manifest.json").read_text())
+    assert saved["config"]["fusion_weight"] == tuned
+    round_1 = BiEncoder.load(out / "rounds" / "1" / "retriever")
+    delivered = BiEncoder.load(out / "retriever")
+    texts = ["cats w1 study", "heart w25 risk"]
+    np.testing.assert_allclose(
+        delivered.encode_queries(texts),
+        BiEncoder.load(out / "adore" / "retriever").encode_queries(texts),
+        atol=1e-6,
+    )
+    assert not np.allclose(
+        delivered.encode_queries(texts), round_1.encode_queries(texts), atol=1e-4
+    )
+    np.testing.assert_allclose(delivered.encode_docs(texts), round_1.encode_docs(texts), atol=1e-6)
+    final, mined = FaissIndex.load(out / "index"), FaissIndex.load(out / "indexes" / "round-1")
+    np.testing.assert_array_equal(final.index.reconstruct_n(0, 5), mined.index.reconstruct_n(0, 5))
+    report = (out / "report.md").read_text()
+    assert "ADORE steps against that round's index" in report
+
+
+def _asdict(cfg: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(cfg)
+
+
+def test_the_training_chart_marks_the_adore_stage_beside_the_rounds() -> None:
+    pytest.importorskip("matplotlib")
+    from ar2.charts import training_figure
+
+    records = [
+        {"stage": "dev-g-0", "round": 0, "dev": {"G": 0.70}},
+        {"stage": "dev-gd-0", "round": 0, "dev": {"G+D": 0.72, "D": 0.65}},
+        {"stage": "dev-g-1", "round": 1, "dev": {"G": 0.71}},
+        {"stage": "dev-adore", "round": 1, "dev": {"G": 0.75}},
+        {"stage": "dev-gd-adore", "round": 1, "dev": {"G+D": 0.76, "D": 0.66}},
+    ]
+    ax = training_figure(records).axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines["G"].get_ydata()) == [0.70, 0.71]  # the rounds' line leaves ADORE out
+    assert list(lines["G, ADORE"].get_ydata()) == [0.75]
+    assert list(lines["G+D, ADORE"].get_xdata()) == [1]
