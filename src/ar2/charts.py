@@ -128,10 +128,10 @@ def training_figure(records: Sequence[Mapping[str, Any]], smooth: int = 10) -> A
 
 def _draw_dev(ax: Any, records: Sequence[Mapping[str, Any]]) -> None:
     rounds: set[int] = set()
+    rows = [r for r in records if r["stage"] not in ADORE_DEV]
     adore = [r for r in records if r["stage"] in ADORE_DEV]
     for key, marker in DEV_KEYS:
-        points = sorted((r["round"], r["dev"][key]) for r in records
-                        if key in r.get("dev", {}) and r not in adore)  # fmt: skip
+        points = sorted((r["round"], r["dev"][key]) for r in rows if key in r.get("dev", {}))
         if points:
             line = ax.plot(*zip(*points), marker=marker, label=key)
             rounds.update(p[0] for p in points)
@@ -147,7 +147,7 @@ def _draw_dev(ax: Any, records: Sequence[Mapping[str, Any]]) -> None:
         ax.set_xlim(min(rounds) - 0.3, max(rounds) + 0.3)
         low, high = ax.get_ylim()
         ax.set_ylim(low, high + 0.25 * (high - low))  # room above the lines for the legend
-        ax.legend(fontsize=8, loc="upper center", ncols=3)
+        ax.legend(fontsize=8, loc="upper center", ncols=len(DEV_KEYS))
     ax.grid(alpha=0.3)
 
 

@@ -480,13 +480,13 @@ def _add_distill_query(sub: argparse._SubParsersAction) -> None:
         "distill-query",
         help="a smaller query tower for a trained run (its index stays): faster queries",
     )
-    p.add_argument("run", help="a finished `ar2 train` run folder")
-    p.add_argument("--out", required=True, help="folder for retriever/, report.md, report.json")
+    _add_derived(
+        p,
+        "retriever/, report.md, report.json",
+        "pseudo_queries=5000, stage.steps=500",
+        "a distillation",
+    )
     p.add_argument("--layers", type=positive_int, default=3, help="layers kept (default 3)")
-    change = "change a setting (pseudo_queries=5000, stage.steps=500), repeatable"
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=change)
-    p.add_argument("--resume", action="store_true", help="continue the distillation in --out")
-    _add_overwrite(p, "start again in an --out that holds a distillation or other files")
     p.set_defaults(func=cmd_distill_query)
 
 
@@ -496,13 +496,13 @@ def _add_jpq(sub: argparse._SubParsersAction) -> None:
         help="compress a trained run's index to M bytes a document (JPQ: the query tower and "
         "the PQ centroids trained together)",
     )
-    p.add_argument("run", help="a finished `ar2 train` run folder")
-    p.add_argument("--out", required=True, help="folder for index/, retriever/, posthoc/, report")
+    _add_derived(
+        p,
+        "index/, retriever/, posthoc/, report",
+        "negatives=200, stage.steps=200, stage.head_lr=1e-4",
+        "a JPQ compression",
+    )
     p.add_argument("--m", type=positive_int, default=48, help="bytes per document (default 48)")
-    change = "change a setting (negatives=200, stage.steps=200, stage.head_lr=1e-4), repeatable"
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=change)
-    p.add_argument("--resume", action="store_true", help="continue the JPQ run in --out")
-    _add_overwrite(p, "start again in an --out that holds a JPQ compression or other files")
     p.set_defaults(func=cmd_jpq)
 
 
@@ -512,12 +512,12 @@ def _add_adore(sub: argparse._SubParsersAction) -> None:
         help="train a run's query tower against its fixed index, with negatives retrieved at "
         "every step (ADORE)",
     )
-    p.add_argument("run", help="a finished `ar2 train` run folder")
-    p.add_argument("--out", required=True, help="folder for index/, retriever/, report")
-    change = "change a setting (negatives=200, stage.steps=200, stage.lr=1e-5), repeatable"
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=change)
-    p.add_argument("--resume", action="store_true", help="continue the ADORE run in --out")
-    _add_overwrite(p, "start again in an --out that holds an ADORE output or other files")
+    _add_derived(
+        p,
+        "index/, retriever/, report",
+        "negatives=200, stage.steps=200, stage.lr=1e-5",
+        "an ADORE output",
+    )
     p.set_defaults(func=cmd_adore)
 
 
@@ -583,6 +583,18 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retriever", help="encoder folder for an index whose encoder was moved")
     _add_backend(p)
     p.set_defaults(func=cmd_serve)
+
+
+def _add_derived(p: argparse.ArgumentParser, outputs: str, settings: str, made: str) -> None:
+    """The arguments of a command that trains from a finished run into ``--out`` (``ar2
+    distill-query``, ``ar2 jpq``, ``ar2 adore``): the run, ``--out``, ``--set``, ``--resume``,
+    ``--overwrite``."""
+    p.add_argument("run", help="a finished `ar2 train` run folder")
+    p.add_argument("--out", required=True, help=f"folder for {outputs}")
+    change = f"change a setting ({settings}), repeatable"
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=change)
+    p.add_argument("--resume", action="store_true", help=f"continue {made} in --out")
+    _add_overwrite(p, f"start again in an --out that holds {made} or other files")
 
 
 def _add_overwrite(p: argparse.ArgumentParser, what: str) -> None:

@@ -223,8 +223,9 @@ def float_vectors(index: FaissIndex) -> np.ndarray:
         return np.asarray(index.vectors, dtype=np.float32)
     if compresses(index.factory):
         raise Ar2Error(
-            f"the run's index is a {index.factory} index without its float vectors, so JPQ has "
-            "nothing to compress. Fix: rebuild the run's index uncompressed (--preset flat)"
+            f"the run's index is a {index.factory} index without its float vectors, which "
+            "ADORE and JPQ train against. Fix: rebuild the run's index uncompressed (--preset "
+            "flat)"
         )
     ivf = require("faiss").try_extract_index_ivf(index.index)
     if ivf is not None:
@@ -295,26 +296,34 @@ def run_stage(
 ) -> BiEncoder:
     """ADORE as the last training stage of ``ar2 train`` (``[adore]``, the ``adore`` recipe):
     ``retriever``'s query tower trained against the run's index ``indexes/INDEX_NAME`` (the
-    delivered round's), saved in ``adore/retriever``; its dev G logged (``adore-train``,
-    ``dev-adore``), and its dev run reranked by ``ranker`` to tune the fusion weight the run
-    delivers (``dev-gd-adore``). Rank 0 trains; every rank returns the saved model."""
+    delivered round's), saved in ``adore/retriever`` (``adore-train``); then, as after every
+    round, its dev run and G (``dev-adore``) and that run reranked by ``ranker`` to tune the
+    fusion weight the run delivers (``dev-gd-adore``). Rank 0 trains; every rank returns the
+    saved model."""
     from ar2 import distributed
-    from ar2.train.rounds import dev_rerank
+    from ar2.charts import ADORE_DEV
+    from ar2.data.trec import write_run
+    from ar2.retrievers import dense
+    from ar2.train.rounds import dev_rerank, dev_retrieval
 
     final = ctx.out / STAGE / "retriever"
     if not final.is_dir():
-        distributed.on_main(_run_stage, ctx, retriever, index_name, final)
-    if "dev-gd-adore" not in ctx.metrics.seen:
+        distributed.on_main(_train_in_run, ctx, retriever, index_name, final)
+    student = BiEncoder.load(final)
+    if ADORE_DEV[0] not in ctx.metrics.seen:
+        began = time.perf_counter()
+        index = FaissIndex.load(ctx.out / "indexes" / index_name, mmap=True)
+        run, dev = dev_retrieval(ctx, dense(student, index))
+        distributed.on_main(write_run, run, ctx.out / "dev_runs" / f"{STAGE}.trec")
+        seconds = round(time.perf_counter() - began, 2)
+        ctx.metrics.write({"stage": ADORE_DEV[0], "round": ctx.cfg.rounds, "dev": dev,
+                           "index": index_name, "seconds": seconds})  # fmt: skip
+    if ADORE_DEV[1] not in ctx.metrics.seen:
         dev_rerank(ctx, ctx.cfg.rounds, ranker, STAGE)
-    return BiEncoder.load(final)
+    return student
 
 
-def _run_stage(ctx: RunContext, retriever: BiEncoder, index_name: str, final: Path) -> None:
-    from ar2.charts import ADORE_DEV
-    from ar2.data.trec import write_run
-    from ar2.evaluate import evaluate
-    from ar2.retrievers import dense
-
+def _train_in_run(ctx: RunContext, retriever: BiEncoder, index_name: str, final: Path) -> None:
     cfg, data = ctx.cfg, ctx.data
     index = FaissIndex.load(ctx.out / "indexes" / index_name, mmap=True)
     queries, positives = query_rows(data.train, data.train_qrels, index.ids,
@@ -326,14 +335,6 @@ def _run_stage(ctx: RunContext, retriever: BiEncoder, index_name: str, final: Pa
     student, stage_log = query_tower(ctx.out, retriever, float_vectors(index), queries, positives,
                                      settings, cfg.scale)  # fmt: skip
     ctx.metrics.write(stage_record("adore-train", cfg.rounds, "retriever", stage_log))
-    began = time.perf_counter()
-    run = dense(student, index).retrieve(data.dev, 100)
-    write_run(run, ctx.out / "dev_runs" / f"{STAGE}.trec")
-    measure_ = cfg.eval_measure
-    dev = evaluate(run, data.dev_qrels, [measure_])[measure_]
-    seconds = round(time.perf_counter() - began, 2)
-    ctx.metrics.write({"stage": ADORE_DEV[0], "round": cfg.rounds, "dev": {"G": dev},
-                       "index": index_name, "seconds": seconds})  # fmt: skip
     student.save(final)
 
 
