@@ -11,12 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-KINDS = ("g0", "ranker", "ar2", "ar2-in-batch")
+KINDS = ("g0", "ranker", "ar2", "ar2-in-batch", "dexml")
 WORDS = ["cats", "dogs", "birds", "fish", "cancer", "gene", "brain", "heart", "drug", "mice"]
 
 
 def toy_groups() -> tuple[list[Any], dict[str, Any]]:
-    """8 queries, each with a positive and 3 negatives, over 20 documents."""
+    """8 queries, each with a positive and 3 negatives, over 20 documents; q0 has a second
+    positive, d3, which is q3's positive too (so DEXML's mask has work to do)."""
     from ar2.data.training import TrainingGroup
     from ar2.types import Doc, Query
 
@@ -27,7 +28,7 @@ def toy_groups() -> tuple[list[Any], dict[str, Any]]:
     groups = [
         TrainingGroup(
             Query(f"q{i}", f"{WORDS[i % 10]} {WORDS[(i + 4) % 10]}"),
-            (f"d{i}",),
+            (f"d{i}", "d3") if i == 0 else (f"d{i}",),
             tuple(f"d{(i + j) % 20}" for j in (1, 5, 9, 13)),
         )
         for i in range(8)
@@ -59,6 +60,8 @@ def step_results(retriever_dir: str, ranker_dir: str) -> dict[str, Any]:
         with distributed.data_parallel(owner, attrs):
             if kind == "g0":
                 loss = steps.contrastive_retriever_loss(encoder, batch, cfg.scale)
+            elif kind == "dexml":
+                loss = steps.decoupled_retriever_loss(encoder, batch, cfg.scale)
             elif kind == "ranker":
                 loss = steps.ranker_loss(ranker, batch)
             else:

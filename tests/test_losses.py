@@ -20,7 +20,9 @@ from ar2.losses import (  # noqa: E402
     ar2_adversarial,
     ar2_distillation,
     ar2_retriever_loss,
+    decoupled_softmax,
     in_batch_contrastive,
+    in_batch_nll,
     listwise_ce,
 )
 from ar2.train.steps import ar2_shard_loss  # noqa: E402
@@ -89,6 +91,34 @@ def test_in_batch_contrastive_without_hard_negatives() -> None:
     # scores: q0 -> [2, 1] (target 0), q1 -> [0, 1] (target 1)
     expected = -(_log_softmax([2.0, 1.0])[0] + _log_softmax([0.0, 1.0])[1]) / 2
     assert in_batch_contrastive(_t(q), _t(d)).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_decoupled_softmax_leaves_the_other_positives_out_of_each_denominator() -> None:
+    # Row 0 has two positives (columns 0 and 2), row 1 one (column 3).
+    scores = [[2.0, 0.5, 1.0, -1.0], [0.0, 1.0, 0.5, 1.5]]
+    mask = [[True, False, True, False], [False, False, False, True]]
+
+    def term(row: list[float], keep: list[bool], col: int) -> float:
+        negatives = sum(math.exp(x) for x, pos in zip(row, keep) if not pos)
+        return -math.log(math.exp(row[col]) / (math.exp(row[col]) + negatives))
+
+    expected = ((term(scores[0], mask[0], 0) + term(scores[0], mask[0], 2)) / 2
+                + term(scores[1], mask[1], 3)) / 2  # fmt: skip
+    got = decoupled_softmax(_t(scores), positives=torch.tensor(mask))
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+    # The plain softmax keeps the other positive in the denominator: a larger loss.
+    coupled = -(_log_softmax(scores[0])[0] + _log_softmax(scores[0])[2]) / 2
+    assert coupled > (term(scores[0], mask[0], 0) + term(scores[0], mask[0], 2)) / 2
+
+
+def test_decoupled_softmax_with_one_positive_per_row_is_the_in_batch_loss() -> None:
+    scores = _t([[1.0, 0.2, -0.5, 0.3], [0.1, 0.4, 2.0, -1.0]])
+    mask = torch.zeros(2, 4, dtype=torch.bool)
+    mask[0, 0] = mask[1, 2] = True  # groups of 2: each query's positive at b * 2
+    expected = in_batch_nll(scores, group=2)
+    assert decoupled_softmax(scores, positives=mask).item() == pytest.approx(expected.item())
+    with pytest.raises(ValueError, match="at least one True"):
+        decoupled_softmax(scores, positives=torch.zeros(2, 4, dtype=torch.bool))
 
 
 def test_distillation_matches_hand_computation() -> None:

@@ -139,3 +139,94 @@ def test_the_training_chart_marks_the_adore_stage_beside_the_rounds() -> None:
     assert list(lines["G"].get_ydata()) == [0.70, 0.71]  # the rounds' line leaves ADORE out
     assert list(lines["G, ADORE"].get_ydata()) == [0.75]
     assert list(lines["G+D, ADORE"].get_xdata()) == [1]
+
+
+def test_the_dexml_step_masks_a_querys_other_positives_wherever_they_sit_in_the_batch() -> None:
+    """DEXML's distinctive part: q0's second positive d3 is q1's drawn positive. The decoupled
+    step leaves that column out of q0's denominator and counts it as q0's positive too; the
+    contrastive step (the loss without the mask) treats it as a negative."""
+    torch = pytest.importorskip("torch")
+    import math
+
+    from ar2.config import StageConfig
+    from ar2.data.training import TrainingGroup
+    from ar2.train import steps
+    from ar2.types import Doc, Query
+
+    vec = {"q0": [1.0, 0.0], "q1": [0.0, 1.0], "d0": [0.9, 0.1], "d9": [0.2, -0.3],
+           "d3": [0.6, 0.8], "d8": [-0.5, 0.4]}  # fmt: skip
+
+    class Fixed:  # an encoder whose vectors are given
+        def embed_queries(self, queries: list[Query]) -> Any:
+            return torch.tensor([vec[q.id] for q in queries], dtype=torch.float64)
+
+        def embed_docs(self, docs: list[Doc], doc_len: Any = None) -> Any:
+            return torch.tensor([vec[d.id] for d in docs], dtype=torch.float64)
+
+    docs = {d: Doc(d, d) for d in ("d0", "d3", "d8", "d9")}
+    groups = [TrainingGroup(Query("q0", "q0"), ("d0", "d3"), ("d9",)),
+              TrainingGroup(Query("q1", "q1"), ("d3",), ("d8",))]  # fmt: skip
+    stage = StageConfig(batch_size=2, n_neg=1)
+    drawn = (steps.draw_batch(groups, docs, stage, 0, "t", step) for step in range(50))
+    # a step where q0 drew d0, so d3 appears once in the batch, as q1's positive
+    batch = next(b for b in drawn if "d0" in b.ids and b.ids.count("d3") == 1)
+    scale = 2.0
+    ids = list(batch.ids)
+    s = {q.id: [scale * sum(a * b for a, b in zip(vec[q.id], vec[d])) for d in ids]
+         for q in batch.queries}  # fmt: skip
+
+    def term(row: list[float], pos: set[int], col: int) -> float:
+        neg = sum(math.exp(x) for j, x in enumerate(row) if j not in pos)
+        return math.log1p(neg / math.exp(row[col]))
+
+    p0 = {ids.index("d0"), ids.index("d3")}
+    p1 = {ids.index("d3")}
+    expected = ((term(s["q0"], p0, ids.index("d0")) + term(s["q0"], p0, ids.index("d3"))) / 2
+                + term(s["q1"], p1, ids.index("d3"))) / 2  # fmt: skip
+    got = steps.decoupled_retriever_loss(Fixed(), batch, scale)  # type: ignore[arg-type]
+    assert got.item() == pytest.approx(expected, rel=1e-9)
+    plain = steps.contrastive_retriever_loss(Fixed(), batch, scale)  # type: ignore[arg-type]
+    assert abs(plain.item() - got.item()) > 0.05
+
+
+@pytest.mark.integration
+def test_the_dexml_recipe_trains_its_round_with_the_decoupled_loss_and_resumes_after_a_kill(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("torch")
+    from safetensors.numpy import load_file
+
+    from ar2 import losses
+    from ar2.train.ar2 import run_ar2
+    from conftest import build_tiny_bert, killed_at, write_train_toy
+
+    data = write_train_toy(tmp_path / "data")
+    model = build_tiny_bert(tmp_path / "tiny", dropout=0.0)
+    raw = config.load_toml(config.preset_path("toy")) | {
+        "retriever_model": str(model), "ranker_model": str(model), "rounds": 1,
+        "deliver": "last"}  # fmt: skip
+    cfg = config.load_ar2_config(apply("dexml", raw), "toy dexml")
+    assert (cfg.retriever_loss, cfg.ranker.steps, cfg.refresh) == ("decoupled", 0, True)
+    calls: list[int] = []
+
+    def counted(**kwargs: Any) -> Any:
+        calls.append(1)
+        return real(**kwargs)
+
+    real = losses.decoupled_softmax
+    monkeypatch.setattr(losses, "decoupled_softmax", counted)
+    straight = tmp_path / "straight"
+    run_ar2(data, straight, cfg)
+    assert len(calls) == cfg.retriever.steps  # every retriever step of the round, no other
+    monkeypatch.setattr(losses, "decoupled_softmax", killed_at(2, real))
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        run_ar2(data, out, cfg)
+    monkeypatch.setattr(losses, "decoupled_softmax", real)
+    run_ar2(data, out, cfg, resume=True)
+    name = "retriever/model.safetensors"
+    want, got = load_file(str(straight / name)), load_file(str(out / name))
+    g0 = load_file(str(straight / "g0" / name))
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], atol=1e-5, err_msg=key)
+    assert any(not np.allclose(want[k], g0[k], atol=1e-6) for k in want)  # the round trained

@@ -35,7 +35,7 @@ BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 fp32); ``onnx-int8`` (weights quantized to int8); ``auto``: ``onnx`` when ``onnxruntime`` is
 installed, else ``torch``."""
 POOLINGS = ("mean", "cls")
-RETRIEVER_LOSSES = ("ar2", "contrastive")
+RETRIEVER_LOSSES = ("ar2", "contrastive", "decoupled")
 ADV_REDUCTIONS = ("sum", "mean_per_query")
 INDEX_KINDS = ("bm25", "dense")
 KD_LOSSES = ("ce", "margin_mse", "nway_kl")
@@ -45,7 +45,7 @@ TEACHER_PARTS = ("ranker", "retriever", "bm25")
 DELIVERIES = ("best", "last")
 RANKER_HEADS = ("classifier", "cosine")
 TRAIN_ATTENTION = ("auto", "torch", "flash", "math")
-RECIPES = ("ar2", "star", "adore")
+RECIPES = ("ar2", "star", "adore", "dexml")
 """The recipes of ``ar2 train --recipe`` (:data:`ar2.train.recipes.RECIPES`)."""
 """Attention kernels for training passes (:mod:`ar2.encoders.attention`)."""
 
@@ -387,7 +387,9 @@ class AR2Config:
             ranker (AR2) or an ensemble of the ranker, the previous retriever and BM25.
         in_batch: Add in-batch negatives to the AR2 retriever loss (our addition).
         retriever_loss: ``"ar2"`` (λ·L_ADV + (1−λ)·L_KD against the ranker) or
-            ``"contrastive"`` (the ANCE-style control: in-batch + mined negatives, no ranker).
+            ``"contrastive"`` (the ANCE-style control: in-batch + mined negatives, no ranker)
+            or ``"decoupled"`` (DEXML: the same passages, each positive's softmax leaving
+            out the query's other positives; :func:`ar2.losses.decoupled_softmax`).
         refresh: Re-mine negatives with the current retriever every round; ``False`` keeps
             G0's (round-0) negatives throughout (the static-negatives ablation).
         dev_queries: The most training queries held out as dev when the data has no dev

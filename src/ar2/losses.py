@@ -19,6 +19,8 @@ The losses, each a scalar to minimise:
 
 - :func:`in_batch_contrastive`: warm-up retriever G0 (DPR, ``de.py``), in-batch negatives;
   :func:`in_batch_nll` is the same on a precomputed score matrix.
+- :func:`decoupled_softmax`: DEXML's multi-positive contrastive loss, where a positive's
+  denominator leaves out the query's other positives (``retriever_loss = "decoupled"``).
 - :func:`listwise_ce`: ranker D, ``mean_b -log softmax(r_b)[0]`` (Eq. 7).
 - :func:`ar2_distillation`: ``L_KD = mean_b -sum_j Q_bj log P_bj`` (Eqs. 11-12).
 - :func:`ar2_adversarial`: ``L_ADV = sum_b sum_j reward_bj log P_bj`` (Eqs. 8-10).
@@ -157,6 +159,43 @@ def in_batch_nll(scores: torch.Tensor, *, group: int, offset: int = 0) -> torch.
     """
     rows = torch.arange(scores.shape[0], device=scores.device)  # (batch,)
     return F.cross_entropy(scores, (offset + rows) * group)  # ()
+
+
+def decoupled_softmax(scores: torch.Tensor, *, positives: torch.Tensor) -> torch.Tensor:
+    """DEXML's decoupled softmax (Gupta et al., ICLR 2024, §3, "decoupled softmax"): each
+    positive is contrasted with the negatives only, never with the query's other positives.
+
+    ``L = mean_b (1 / |P_b|) sum_{l in P_b} -log(e^{s_bl} / (e^{s_bl} + sum_{j not in P_b}
+    e^{s_bj}))``, computed as ``softplus(logsumexp_{j not in P_b} s_bj - s_bl)``. With one
+    positive per row it is :func:`in_batch_nll`; where a row holds several (a query's other
+    relevant documents among the batch's passages, or its positive drawn again for another
+    query) the softmax that DPR and G0 use would push the query away from them.
+
+    Args:
+        scores: ``(B, N)`` scores of ``B`` queries against ``N`` passages (scale applied).
+        positives: ``(B, N)`` bool, ``True`` where the passage is relevant to the query; every
+            row holds at least one.
+
+    Returns:
+        The scalar loss.
+
+    Example:
+        >>> s = torch.tensor([[1.0, 1.0, 0.0]])
+        >>> p = torch.tensor([[True, True, False]])
+        >>> round(decoupled_softmax(s, positives=p).item(), 4)  # -log(e / (e + 1)), twice
+        0.3133
+    """
+    if scores.dim() != 2 or positives.shape != scores.shape:
+        raise ValueError(
+            f"scores must be (B, N) and positives a bool mask of the same shape; got "
+            f"{tuple(scores.shape)} and {tuple(positives.shape)}"
+        )
+    counts = positives.sum(dim=-1)  # (batch,)
+    if bool((counts == 0).any()):
+        raise ValueError("every row of positives needs at least one True (its positive)")
+    negatives = scores.masked_fill(positives, float("-inf")).logsumexp(dim=-1)  # (batch,)
+    terms = F.softplus(negatives.unsqueeze(1) - scores)  # (batch, N): -log p per positive
+    return ((terms * positives).sum(dim=-1) / counts).mean()  # ()
 
 
 def listwise_ce(scores: torch.Tensor) -> torch.Tensor:

@@ -90,7 +90,7 @@ def plan(cfg: AR2Config, data: TrainData, lengths: Lengths) -> dict[str, Work]:
         if cfg.ranker.steps:  # a phase of no steps is skipped
             work[f"round-{r}-ranker"] = Work(train=pairs(cfg.ranker))
         if cfg.retriever.steps:
-            teacher = 0.0 if cfg.retriever_loss == "contrastive" else pairs(cfg.retriever)
+            teacher = pairs(cfg.retriever) if cfg.retriever_loss == "ar2" else 0.0
             work[f"round-{r}-retriever"] = Work(retriever_steps(cfg.retriever), teacher)
         work[f"dev-g-{r}"], work[f"dev-gd-{r}"] = refresh(), dev_rerank
     if cfg.average_rounds > 1 and cfg.rounds > 0:

@@ -9,7 +9,7 @@ report; they differ in what trains the retriever after G0.
 
 Example:
     >>> sorted(RECIPES)
-    ['adore', 'ar2', 'star']
+    ['adore', 'ar2', 'dexml', 'star']
     >>> apply("star", {"rounds": 1})["refresh"]
     False
     >>> contradictions("star", {"refresh": True, "retriever_loss": "contrastive",
@@ -54,6 +54,14 @@ RECIPES: dict[str, Recipe] = {
         "negatives retrieved at every step, with the ΔMRR-weighted pairwise loss (ADORE+STAR)",
         defines=_STAR,
         sizes={"adore.steps": 200},
+    ),
+    "dexml": Recipe(
+        "Gupta et al., Dual-Encoders for Extreme Multi-label Classification, ICLR 2024",
+        "the round's retriever learns from the labels alone with the decoupled softmax: each "
+        "positive is contrasted with the mined and in-batch negatives, never with the query's "
+        "other positives wherever they appear in the batch; negatives re-mined each round "
+        "from the retriever's own index (DEXML's hard-negative shortlist)",
+        defines={"retriever_loss": "decoupled", "ranker.steps": 0},
     ),
 }
 

@@ -291,8 +291,8 @@ class _Phase:
             )
             if self.name == "ranker":
                 loss = steps.ranker_loss(self.ranker, batch, steps.train_pair_length(cfg))
-            elif cfg.retriever_loss == "contrastive":  # the ANCE-style control: no ranker
-                loss = steps.contrastive_retriever_loss(
+            elif cfg.retriever_loss in steps.LABEL_LOSSES:  # the labels alone, no ranker
+                loss = steps.LABEL_LOSSES[cfg.retriever_loss](
                     self.retriever, batch, cfg.scale, cfg.train_doc_max_length
                 )
             else:

@@ -43,6 +43,8 @@ class Batch(NamedTuple):
     queries: list[Query]
     docs: list[Doc]  # (B * M,) in query-major order
     offset: int = 0
+    relevant: tuple[frozenset[str], ...] = ()  # (B,) each query's positives (doc ids)
+    ids: tuple[str, ...] = ()  # (W * B * M,) the doc ids of the whole global batch
 
     @property
     def group_size(self) -> int:
@@ -51,7 +53,10 @@ class Batch(NamedTuple):
     def shard(self, w: distributed.World) -> Batch:
         """This process's contiguous share of the queries, with their groups."""
         queries = distributed.shard(self.queries, w)
-        return Batch(queries, distributed.shard(self.docs, w), w.rank * len(queries))
+        relevant = tuple(distributed.shard(self.relevant, w)) if self.relevant else ()
+        return Batch(
+            queries, distributed.shard(self.docs, w), w.rank * len(queries), relevant, self.ids
+        )
 
 
 def draw_batch(
@@ -81,7 +86,9 @@ def draw_batch(
         positive = rng.choice(group.positives)
         negatives = sample_negatives(group.negatives, cfg.n_neg, rng)
         batch_docs.extend(docs[d] for d in (positive, *negatives))
-    return Batch([g.query for g in picked], batch_docs).shard(distributed.world())
+    relevant = tuple(frozenset(g.positives) for g in picked)
+    ids = tuple(d.id for d in batch_docs)
+    return Batch([g.query for g in picked], batch_docs, 0, relevant, ids).shard(distributed.world())
 
 
 def epoch_picks(n: int, batch_size: int, seed: int, stage: str, step: int) -> list[int]:
@@ -142,6 +149,34 @@ def contrastive_retriever_loss(
     return losses.in_batch_contrastive(
         q, d, temperature=1.0 / scale, group=batch.group_size, offset=batch.offset
     )
+
+
+def decoupled_retriever_loss(
+    encoder: BiEncoder, batch: Batch, scale: float, doc_len: int | None = None
+) -> Any:
+    """DEXML's decoupled softmax (``retriever_loss = "decoupled"``) over every passage of the
+    global batch: each query's positives, wherever they appear in it, are left out of one
+    another's denominators (:func:`ar2.losses.decoupled_softmax`)."""
+    import torch
+
+    q = encoder.embed_queries(batch.queries)  # (B, dim)
+    d = distributed.gather(encoder.embed_docs(batch.docs, doc_len))  # (W * B * M, dim)
+    rows = range(batch.offset, batch.offset + len(batch.queries))
+    own = [b * batch.group_size for b in rows]  # the column of each query's drawn positive
+    mask = [
+        [j == col or i in rel for j, i in enumerate(batch.ids)]
+        for col, rel in zip(own, batch.relevant, strict=True)
+    ]
+    positives = torch.tensor(mask, dtype=torch.bool, device=q.device)  # (B, W * B * M)
+    return losses.decoupled_softmax(scores=scale * q @ d.T, positives=positives)
+
+
+LABEL_LOSSES = {
+    "contrastive": contrastive_retriever_loss,  # the ANCE/STAR-style control
+    "decoupled": decoupled_retriever_loss,  # DEXML
+}
+"""The retriever losses of a round that read the labels alone (no ranker), by their
+``retriever_loss`` name; ``"ar2"`` is :func:`ar2_retriever_step_loss`."""
 
 
 def ranker_loss(ranker: CrossEncoder, batch: Batch, max_length: int | None = None) -> Any:
