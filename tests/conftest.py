@@ -107,6 +107,37 @@ def killed_at(calls: int, real: Any) -> Any:
     return wrapped
 
 
+def recipe_toy(root: Path, recipe: str, **tables: dict[str, Any]) -> tuple[Path, Any]:
+    """The training toy and a one-round ``toy`` config of ``recipe`` over a tiny BERT without
+    dropout, delivering its last round; ``tables`` update the config's tables."""
+    from ar2 import config
+    from ar2.train.recipes import apply
+
+    data = write_train_toy(root / "data")
+    model = build_tiny_bert(root / "tiny", dropout=0.0)
+    raw = config.load_toml(config.preset_path("toy")) | {
+        "retriever_model": str(model), "ranker_model": str(model), "rounds": 1,
+        "deliver": "last"}  # fmt: skip
+    raw = apply(recipe, raw)
+    for table, values in tables.items():
+        raw[table] = raw.get(table, {}) | values
+    return data, config.load_ar2_config(raw, f"toy {recipe}")
+
+
+def assert_same_round_retriever(run: Path, reference: Path) -> None:
+    """``run`` delivered the weights ``reference`` did, and they moved off its G0."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    name = "retriever/model.safetensors"
+    want, got = load_file(str(reference / name)), load_file(str(run / name))
+    assert want.keys() == got.keys()
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], atol=1e-5, err_msg=key)
+    g0 = load_file(str(reference / "g0" / name))
+    assert any(not np.allclose(want[k], g0[k], atol=1e-6) for k in want)  # the round trained
+
+
 def tiny_train_run(root: Path, filler_docs: int = 0) -> tuple[Path, Path]:
     """A finished-run folder over the training toy (retriever, flat index with its documents,
     config, dev split), the toy's corpus grown by ``filler_docs`` documents of filler words;

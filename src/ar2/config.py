@@ -45,7 +45,7 @@ TEACHER_PARTS = ("ranker", "retriever", "bm25")
 DELIVERIES = ("best", "last")
 RANKER_HEADS = ("classifier", "cosine")
 TRAIN_ATTENTION = ("auto", "torch", "flash", "math")
-RECIPES = ("ar2", "star", "adore", "dexml")
+RECIPES = ("ar2", "star", "adore", "dexml", "tas-b")
 """The recipes of ``ar2 train --recipe`` (:data:`ar2.train.recipes.RECIPES`)."""
 """Attention kernels for training passes (:mod:`ar2.encoders.attention`)."""
 
@@ -298,6 +298,33 @@ class StageConfig:
 
 
 @dataclass(frozen=True)
+class SamplingConfig:
+    """How the round's retriever steps draw their batches (:mod:`ar2.train.tas`; TAS-Balanced,
+    Hofstätter et al. 2021). Both off: AR2's sampling, random queries and random negatives.
+
+    Attributes:
+        topic_batches: fill each batch from one k-means topic of the training queries (then
+            another while it is not full), clustered once per round with the round's starting
+            retriever, so in-batch negatives share a topic (useful with ``in_batch = true``).
+        topics: the number of topics; ``None``: training queries / ``retriever.batch_size``.
+        balanced_margins: draw each query's negatives balanced over ``bins`` equal-width bins
+            of the teacher's margins ``T(q, p+) - T(q, p-)`` over the first ``pool`` of its
+            mined candidates (needs ``retriever_loss = "ar2"``: the teacher's scores).
+        bins: margin bins (TAS-B: 10).
+        pool: mined candidates per query the teacher scores for the draw.
+    """
+
+    topic_batches: bool = False
+    topics: int | None = None
+    balanced_margins: bool = False
+    bins: int = 10
+    pool: int = 16
+
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least={"topics": 1, "bins": 1, "pool": 1})
+
+
+@dataclass(frozen=True)
 class TeacherConfig:
     """What the retriever learns from in the AR2 rounds: the scores of its distillation target
     and its adversarial reward (:mod:`ar2.train.teacher`).
@@ -385,6 +412,9 @@ class AR2Config:
             min-max normalised scores); :data:`ar2.losses.KD_LOSSES`.
         teacher: What the retriever distils and is rewarded by (:class:`TeacherConfig`): the
             ranker (AR2) or an ensemble of the ranker, the previous retriever and BM25.
+        sampling: How the round's retriever steps draw queries and negatives
+            (:class:`SamplingConfig`): AR2's random draws, or TAS-Balanced's topic batches
+            and margin-balanced negatives.
         in_batch: Add in-batch negatives to the AR2 retriever loss (our addition).
         retriever_loss: ``"ar2"`` (λ·L_ADV + (1−λ)·L_KD against the ranker) or
             ``"contrastive"`` (the ANCE-style control: in-batch + mined negatives, no ranker)
@@ -457,6 +487,7 @@ class AR2Config:
     kd_temperature: float = 1.0
     kd_loss: str = "ce"
     teacher: TeacherConfig = TeacherConfig()
+    sampling: SamplingConfig = SamplingConfig()
     in_batch: bool = False
     retriever_loss: str = "ar2"
     refresh: bool = True
@@ -495,6 +526,12 @@ class AR2Config:
         check_choice("ranker_head", self.ranker_head, RANKER_HEADS)
         check_choice("train_attention", self.train_attention, TRAIN_ATTENTION)
         check_choice("recipe", self.recipe, RECIPES)
+        if self.sampling.balanced_margins and self.retriever_loss != "ar2":
+            raise ValueError(
+                f"[sampling] balanced_margins needs the teacher's scores, and retriever_loss = "
+                f'{self.retriever_loss!r} has no teacher; set retriever_loss = "ar2" or '
+                "balanced_margins = false"
+            )
         if self.mine_rank_start >= self.mine_k:
             raise ValueError(
                 f"mine_rank_start = {self.mine_rank_start} drops every one of the mine_k = "
@@ -756,12 +793,12 @@ def config_tables(root: type = AR2Config) -> dict[str, type]:
 
     Example:
         >>> sorted(config_tables())
-        ['adore', 'd0', 'g0', 'index', 'ranker', 'retriever', 'teacher']
+        ['adore', 'd0', 'g0', 'index', 'ranker', 'retriever', 'sampling', 'teacher']
         >>> sorted(config_tables(PretrainConfig))
         ['ranker', 'retriever']
     """
     kinds = {"StageConfig": StageConfig, "IndexConfig": IndexConfig,
-             "TeacherConfig": TeacherConfig}  # fmt: skip
+             "TeacherConfig": TeacherConfig, "SamplingConfig": SamplingConfig}  # fmt: skip
     return {f.name: kinds[f.type] for f in dataclasses.fields(root) if f.type in kinds}
 
 

@@ -9,7 +9,7 @@ report; they differ in what trains the retriever after G0.
 
 Example:
     >>> sorted(RECIPES)
-    ['adore', 'ar2', 'dexml', 'star']
+    ['adore', 'ar2', 'dexml', 'star', 'tas-b']
     >>> apply("star", {"rounds": 1})["refresh"]
     False
     >>> contradictions("star", {"refresh": True, "retriever_loss": "contrastive",
@@ -62,6 +62,22 @@ RECIPES: dict[str, Recipe] = {
         "other positives wherever they appear in the batch; negatives re-mined each round "
         "from the retriever's own index (DEXML's hard-negative shortlist)",
         defines={"retriever_loss": "decoupled", "ranker.steps": 0},
+    ),
+    "tas-b": Recipe(
+        "Hofstätter et al., Efficiently Teaching an Effective Dense Retriever with Balanced "
+        "Topic Aware Sampling, SIGIR 2021",
+        "the round's retriever distils the ranker's margins (Margin-MSE) over negatives drawn "
+        "balanced across bins of the teacher's margin, in batches drawn from one k-means topic "
+        "of the training queries, plus the labels' in-batch cross-entropy",
+        defines={
+            "retriever_loss": "ar2",
+            "adv_lambda": 0.0,
+            "kd_loss": "margin_mse",
+            "in_batch": True,
+            "sampling.topic_batches": True,
+            "sampling.balanced_margins": True,
+            "ranker.steps": 0,
+        },  # fmt: skip
     ),
 }
 

@@ -22,7 +22,7 @@ from ar2._optional import require
 from ar2.data.training import TrainingGroup, read_groups
 from ar2.data.trec import read_run, write_run
 from ar2.encoders import BiEncoder, CrossEncoder
-from ar2.train import steps
+from ar2.train import steps, tas
 from ar2.train.loop import (
     StageLog,
     Stepper,
@@ -277,6 +277,22 @@ class _Phase:
         self.stage_cfg = ctx.cfg.ranker if self.name == "ranker" else ctx.cfg.retriever
         self.teacher: Teacher | None = None  # the retriever's, for the AR2 loss
 
+    def _tas(self) -> bool:
+        sampling = self.ctx.cfg.sampling
+        return sampling.topic_batches or sampling.balanced_margins
+
+    def _topics(self) -> list[list[int]] | None:
+        """TAS-B's topics of the training queries, for the retriever's steps, if asked."""
+        if self.name != "retriever" or not self.ctx.cfg.sampling.topic_batches:
+            return None
+        return tas.topics_for_round(self.ctx.out, self.r, self.groups, self.retriever, self.ctx.cfg)
+
+    def _draw(self, stage: str, step: int) -> steps.Batch:
+        cfg = self.ctx.cfg
+        return steps.draw_batch(
+            self.groups, self.ctx.data.docs, self.stage_cfg, cfg.seed, stage, step
+        )
+
     def run(self, start: int, save: Any, log: StageLog | None = None) -> StageLog:
         """Steps ``start..steps`` (``log`` holds the steps before ``start``);
         ``save([round, phase, step], log)`` checkpoints the position."""
@@ -284,11 +300,16 @@ class _Phase:
         stage, cfg = f"round-{self.r}-{self.name}", self.ctx.cfg
         (self.ranker.model if self.name == "ranker" else model_of(self.retriever)).train()
 
+        topics = self._topics()
+
         def one(step: int) -> dict[str, float]:
             seed_step(cfg.seed, stage, step)
-            batch = steps.draw_batch(
-                self.groups, self.ctx.data.docs, self.stage_cfg, cfg.seed, stage, step
-            )
+            if self.name == "retriever" and self._tas():
+                batch, target = tas.draw(
+                    self.groups, self.ctx.data.docs, cfg, stage, step, topics, self.teacher
+                )
+            else:
+                batch, target = self._draw(stage, step), None
             if self.name == "ranker":
                 loss = steps.ranker_loss(self.ranker, batch, steps.train_pair_length(cfg))
             elif cfg.retriever_loss in steps.LABEL_LOSSES:  # the labels alone, no ranker
@@ -297,7 +318,9 @@ class _Phase:
                 )
             else:
                 assert self.teacher is not None, "the AR2 loss needs a teacher"
-                loss = steps.ar2_retriever_step_loss(self.retriever, self.teacher, batch, cfg)
+                loss = steps.ar2_retriever_step_loss(
+                    self.retriever, self.teacher, batch, cfg, target
+                )
             return {"loss": self.stepper.step(loss)}
 
         def checkpoint(step: int) -> None:

@@ -66,8 +66,11 @@ def draw_batch(
     seed: int,
     stage: str,
     step: int,
+    picks: Sequence[int] | None = None,
 ) -> Batch:
-    """The batch of ``step``: ``cfg.batch_size`` groups from a seeded per-epoch permutation.
+    """The batch of ``step``: ``cfg.batch_size`` groups from a seeded per-epoch permutation
+    (or the groups at ``picks``: :func:`ar2.train.tas.topic_picks`), each with a random
+    positive and ``cfg.n_neg`` random negatives of its pool.
 
     Every process draws the same global batch and keeps its own shard of it.
     """
@@ -79,7 +82,9 @@ def draw_batch(
             "Fix: check qrels/train.tsv against the corpus, raise mine_k (--set mine_k=200), or "
             "loosen the false-negative filters (mine_rank_start, mine_relative_margin)"
         )
-    picked = [groups[i] for i in epoch_picks(len(groups), cfg.batch_size, seed, stage, step)]
+    if picks is None:
+        picks = epoch_picks(len(groups), cfg.batch_size, seed, stage, step)
+    picked = [groups[i] for i in picks]
     rng = step_rng(seed, stage, step)
     batch_docs: list[Doc] = []
     for group in picked:
@@ -185,15 +190,18 @@ def ranker_loss(ranker: CrossEncoder, batch: Batch, max_length: int | None = Non
 
 
 def ar2_retriever_step_loss(
-    encoder: BiEncoder, teacher: Teacher, batch: Batch, cfg: AR2Config
+    encoder: BiEncoder, teacher: Teacher, batch: Batch, cfg: AR2Config, target: Any = None
 ) -> Any:
     """AR2 retriever step (spec §3.3): λ·L_ADV + (1−λ)·L_KD against the frozen teacher (the
     ranker, or an ensemble: :mod:`ar2.train.teacher`), as this process's share of the global
-    batch (:func:`ar2_shard_loss`)."""
+    batch (:func:`ar2_shard_loss`). ``target``: the teacher's ``(B, M)`` scores of the batch,
+    if the sampler computed them already (:func:`ar2.train.tas.draw`)."""
     scores, in_batch = group_scores(
         encoder, batch, cfg.scale, cfg.train_doc_max_length, cfg.in_batch
     )
-    target = teacher.batch_scores(batch, cfg).to(scores.device)  # (B, M), constant
+    if target is None:
+        target = teacher.batch_scores(batch, cfg)
+    target = target.to(scores.device)  # (B, M), constant
     shards = distributed.world().size
     return ar2_shard_loss(
         scores, target, cfg, in_batch_scores=in_batch, shards=shards, offset=batch.offset
