@@ -75,8 +75,8 @@ def plan(cfg: AR2Config, data: TrainData, lengths: Lengths) -> dict[str, Work]:
     def retriever_steps(stage: Any) -> float:
         return stage.steps * stage.batch_size * (q + (1 + stage.n_neg) * lengths.doc_train)
 
-    def pairs(stage: Any) -> float:
-        return stage.steps * stage.batch_size * (1 + stage.n_neg) * lengths.pair()
+    def pairs(stage: Any, group: int | None = None) -> float:
+        return stage.steps * stage.batch_size * (group or 1 + stage.n_neg) * lengths.pair()
 
     def refresh() -> Work:  # index, mining queries and dev queries
         return Work(infer=index + (len(data.train) + len(data.dev)) * q)
@@ -90,7 +90,8 @@ def plan(cfg: AR2Config, data: TrainData, lengths: Lengths) -> dict[str, Work]:
         if cfg.ranker.steps:  # a phase of no steps is skipped
             work[f"round-{r}-ranker"] = Work(train=pairs(cfg.ranker))
         if cfg.retriever.steps:
-            teacher = pairs(cfg.retriever) if cfg.retriever_loss == "ar2" else 0.0
+            scored = 1 + cfg.sampling.pool if cfg.sampling.balanced_margins else None  # TAS-B
+            teacher = pairs(cfg.retriever, scored) if cfg.retriever_loss == "ar2" else 0.0
             work[f"round-{r}-retriever"] = Work(retriever_steps(cfg.retriever), teacher)
         work[f"dev-g-{r}"], work[f"dev-gd-{r}"] = refresh(), dev_rerank
     if cfg.average_rounds > 1 and cfg.rounds > 0:
