@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-KINDS = ("g0", "ranker", "ar2", "ar2-in-batch", "dexml")
+KINDS = ("g0", "ranker", "ar2", "ar2-in-batch", "dexml", "tas-b")
 WORDS = ["cats", "dogs", "birds", "fish", "cancer", "gene", "brain", "heart", "drug", "mice"]
 
 
@@ -40,9 +40,9 @@ def step_results(retriever_dir: str, ranker_dir: str) -> dict[str, Any]:
     """``{kind: (loss, {param name: gradient})}`` for one step of each loss on this process's
     share of the global batch (all of it without torchrun)."""
     from ar2 import distributed
-    from ar2.config import AR2Config, StageConfig
+    from ar2.config import AR2Config, SamplingConfig, StageConfig
     from ar2.encoders import BiEncoder, CrossEncoder
-    from ar2.train import steps
+    from ar2.train import steps, tas
     from ar2.train.stage import TOWERS
     from ar2.train.teacher import Teacher
 
@@ -62,6 +62,16 @@ def step_results(retriever_dir: str, ranker_dir: str) -> dict[str, Any]:
                 loss = steps.contrastive_retriever_loss(encoder, batch, cfg.scale)
             elif kind == "dexml":
                 loss = steps.decoupled_retriever_loss(encoder, batch, cfg.scale)
+            elif kind == "tas-b":  # topic batches, balanced negatives, Margin-MSE + in-batch
+                tas_cfg = AR2Config(
+                    train_doc_max_length=None, adv_lambda=0.0, kd_loss="margin_mse",
+                    in_batch=True, retriever=StageConfig(batch_size=8, n_neg=2),
+                    sampling=SamplingConfig(topic_batches=True, balanced_margins=True, pool=3),
+                )  # fmt: skip
+                teacher = Teacher(ranker, tas_cfg.teacher)
+                topics = [[0, 2, 4, 6, 7], [1, 3, 5]]
+                drawn, target = tas.draw(groups, docs, tas_cfg, kind, 3, topics, teacher)
+                loss = steps.ar2_retriever_step_loss(encoder, teacher, drawn, tas_cfg, target)
             elif kind == "ranker":
                 loss = steps.ranker_loss(ranker, batch)
             else:

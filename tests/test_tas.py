@@ -129,3 +129,6 @@ def test_balanced_margins_without_a_teacher_are_refused_when_the_config_loads() 
     raw = {"retriever_loss": "contrastive", "sampling": {"balanced_margins": True}}
     with pytest.raises((Ar2Error, ValueError), match="balanced_margins needs the teacher"):
         config.load_ar2_config(raw)
+    small = {"retriever": {"n_neg": 7}, "sampling": {"balanced_margins": True, "pool": 4}}
+    with pytest.raises((Ar2Error, ValueError), match="pool = 4 is smaller than retriever.n_neg"):
+        config.load_ar2_config(small)

@@ -532,6 +532,12 @@ class AR2Config:
                 f'{self.retriever_loss!r} has no teacher; set retriever_loss = "ar2" or '
                 "balanced_margins = false"
             )
+        if self.sampling.balanced_margins and self.sampling.pool < self.retriever.n_neg:
+            raise ValueError(
+                f"[sampling] pool = {self.sampling.pool} is smaller than retriever.n_neg = "
+                f"{self.retriever.n_neg}: every group would repeat negatives; set pool to at "
+                "least n_neg"
+            )
         if self.mine_rank_start >= self.mine_k:
             raise ValueError(
                 f"mine_rank_start = {self.mine_rank_start} drops every one of the mine_k = "

@@ -123,8 +123,15 @@ def topics_for_round(
     out: Path, r: int, groups: Sequence[TrainingGroup], retriever: BiEncoder, cfg: AR2Config
 ) -> list[list[int]]:
     """Round ``r``'s topics over ``groups`` (``mined/topics-round-R.json``, computed with
-    ``retriever``, the round's starting one, on first use and read back after)."""
-    path = out / "mined" / f"topics-round-{r}.json"
+    ``retriever``, the round's starting one, on first use and read back after). Rank 0
+    decides and every process gets its topics, so all of them draw the same batches."""
+    return distributed.decide_on_main(_topics, out / "mined" / f"topics-round-{r}.json", r,
+                                      groups, retriever, cfg)  # fmt: skip
+
+
+def _topics(
+    path: Path, r: int, groups: Sequence[TrainingGroup], retriever: BiEncoder, cfg: AR2Config
+) -> list[list[int]]:
     ids = [g.query.id for g in groups]
     if path.is_file():
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -133,9 +140,8 @@ def topics_for_round(
     n = cfg.sampling.topics or max(1, round(len(groups) / cfg.retriever.batch_size))
     vectors = retriever.encode_queries([g.query.text for g in groups])  # (groups, dim)
     topics = cluster(vectors, n, cfg.seed)
-    if distributed.world().rank == 0:
-        atomic_write_json(path, {"kind": "tas_topics", "round": r, "topics_asked": n,
-                                 "queries": ids, "topics": topics})  # fmt: skip
+    atomic_write_json(path, {"kind": "tas_topics", "round": r, "topics_asked": n,
+                             "queries": ids, "topics": topics})  # fmt: skip
     return topics
 
 
@@ -184,16 +190,33 @@ def _balanced(
     torch = require("torch")
     w = distributed.world()
     mine = distributed.shard(list(zip(picked, positives, relevant)), w)
+    pools = [list(group.negatives[: cfg.sampling.pool]) for group, *_ in mine]
+    scores = _pool_scores(mine, pools, docs, cfg, teacher)  # each (1 + pool,)
     queries, batch_docs, rows = [], [], []
-    for group, positive, _ in mine:
-        pool = list(group.negatives[: cfg.sampling.pool])
-        scored = Batch([group.query], [docs[d] for d in (positive, *pool)])
-        scores = teacher.batch_scores(scored, cfg)[0].float().cpu()  # (1 + pool,)
-        margins = (scores[0] - scores[1:]).tolist()  # (pool,)
+    for (group, positive, _), pool, row in zip(mine, pools, scores, strict=True):
+        margins = (row[0] - row[1:]).tolist()  # (pool,)
         rng = step_rng(cfg.seed, f"{stage}/{group.query.id}", step)
         chosen = balanced_negatives(margins, cfg.retriever.n_neg, rng, cfg.sampling.bins)
         queries.append(group.query)
         batch_docs += [docs[positive], *(docs[pool[i]] for i in chosen)]
-        rows.append(scores[[0, *(i + 1 for i in chosen)]])  # (M,)
+        rows.append(row[[0, *(i + 1 for i in chosen)]])  # (M,)
     batch = Batch(queries, batch_docs, w.rank * len(queries), tuple(r for *_, r in mine))
     return batch, torch.stack(rows)  # (B, M)
+
+
+def _pool_scores(
+    mine: list[tuple[TrainingGroup, str, frozenset[str]]],
+    pools: list[list[str]],
+    docs: Mapping[str, Doc],
+    cfg: AR2Config,
+    teacher: Teacher,
+) -> list[Any]:
+    """The teacher's scores of each query's positive and pool, ``(1 + pool,)`` each: one call
+    for the whole shard when the pools are alike in length (the usual case), else one each."""
+    pairs = [[docs[d] for d in (positive, *pool)] for (_, positive, _), pool in zip(mine, pools)]
+    queries = [group.query for group, *_ in mine]
+    if len({len(p) for p in pairs}) == 1:
+        flat = [d for p in pairs for d in p]
+        return list(teacher.batch_scores(Batch(queries, flat), cfg).float().cpu())
+    return [teacher.batch_scores(Batch([q], p), cfg)[0].float().cpu()
+            for q, p in zip(queries, pairs)]  # fmt: skip
