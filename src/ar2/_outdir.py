@@ -139,6 +139,14 @@ def _is_adore(path: Path) -> bool:
     return (path / ADORE_CONFIG).is_file()
 
 
+ANNCUR_CONFIG = "anncur.json"
+"""The settings and the run of an ``ar2 anncur`` study."""
+
+
+def _is_anncur(path: Path) -> bool:
+    return (path / ANNCUR_CONFIG).is_file()
+
+
 KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
     "index": ("an ar2 index (`ar2 index`)", _is_index),
     "eval": ("an ar2 eval report (`ar2 eval`)", _is_eval),
@@ -147,6 +155,7 @@ KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
     "distill": ("an ar2 query-tower distillation (`ar2 distill-query`)", _is_distill),
     "jpq": ("an ar2 JPQ compression (`ar2 jpq`)", _is_jpq),
     "adore": ("an ar2 ADORE query tower (`ar2 adore`)", _is_adore),
+    "anncur": ("an ar2 ANNCUR study (`ar2 anncur`)", _is_anncur),
 }
 """Output kinds: a description and a test that a folder is one."""
 

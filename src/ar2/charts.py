@@ -194,6 +194,35 @@ def moving_mean(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
+def anncur_chart(rows: Sequence[Mapping[str, Any]], k: int) -> bytes:
+    """``anncur.png``: :func:`anncur_figure` as PNG bytes."""
+    return _png(anncur_figure(rows, k))
+
+
+def anncur_figure(rows: Sequence[Mapping[str, Any]], k: int) -> Any:
+    """Recall of the ranker's exact top ``k`` and nDCG@10 against ranker calls per query:
+    retrieve-then-rerank as one line, ANNCUR as one line per number of anchor documents."""
+    fig = _figure(10, 4)
+    lines: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        name = r["method"] if r["method"] != "anncur" else f"ANNCUR, k_i = {r['anchor_items']}"
+        lines.setdefault(name, []).append(r)
+    for i, (measure, label) in enumerate((("recall", f"recall of the ranker's top {k}"),
+                                          ("nDCG@10", "nDCG@10 (qrels)"))):  # fmt: skip
+        ax = fig.add_subplot(1, 2, i + 1)
+        for name, points in lines.items():
+            points = sorted(points, key=lambda r: r["calls"])
+            style = "k-o" if name == "retrieve-then-rerank" else "--^"
+            ax.plot([p["calls"] for p in points], [p[measure] for p in points], style,
+                    label=name, markersize=4)  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel("ranker calls per query")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.axes[0].legend(fontsize=8)
+    return fig
+
+
 def _figure(width: float, height: float) -> Any:
     figure = require("matplotlib.figure", extra="eval").Figure(figsize=(width, height))
     require("matplotlib.backends.backend_agg").FigureCanvasAgg(figure)

@@ -335,6 +335,18 @@ def cmd_adore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_anncur(args: argparse.Namespace) -> int:
+    """k-NN with a run's ranker alone (ANNCUR's CUR factorisation) against retrieve-then-rerank."""
+    from ar2.anncur import markdown, run_anncur
+    from ar2.config import ANNCURConfig
+
+    cfg = _settings(ANNCURConfig(), args.set, "ar2 anncur")
+    report = run_anncur(Path(args.run), Path(args.out), cfg, args.resume, args.overwrite)
+    print(markdown(report))
+    print(f"chart: {Path(args.out) / 'anncur.png'}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a run or an index over HTTP until Ctrl-C or SIGTERM (then finish what is running)."""
     from ar2._optional import require
@@ -389,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_distill_query(sub)
     _add_jpq(sub)
     _add_adore(sub)
+    _add_anncur(sub)
     _add_serve(sub)
     return parser
 
@@ -476,49 +489,52 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_distill_query(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = _add_derived(
+        sub,
         "distill-query",
-        help="a smaller query tower for a trained run (its index stays): faster queries",
-    )
-    _add_derived(
-        p,
-        "retriever/, report.md, report.json",
-        "pseudo_queries=5000, stage.steps=500",
-        "a distillation",
-    )
+        "a smaller query tower for a trained run (its index stays): faster queries",
+        ("retriever/, report.md, report.json", "pseudo_queries=5000, stage.steps=500",
+         "a distillation"),
+        cmd_distill_query,
+    )  # fmt: skip
     p.add_argument("--layers", type=positive_int, default=3, help="layers kept (default 3)")
-    p.set_defaults(func=cmd_distill_query)
 
 
 def _add_jpq(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = _add_derived(
+        sub,
         "jpq",
-        help="compress a trained run's index to M bytes a document (JPQ: the query tower and "
+        "compress a trained run's index to M bytes a document (JPQ: the query tower and "
         "the PQ centroids trained together)",
-    )
-    _add_derived(
-        p,
-        "index/, retriever/, posthoc/, report",
-        "negatives=200, stage.steps=200, stage.head_lr=1e-4",
-        "a JPQ compression",
-    )
+        ("index/, retriever/, posthoc/, report",
+         "negatives=200, stage.steps=200, stage.head_lr=1e-4", "a JPQ compression"),
+        cmd_jpq,
+    )  # fmt: skip
     p.add_argument("--m", type=positive_int, default=48, help="bytes per document (default 48)")
-    p.set_defaults(func=cmd_jpq)
 
 
 def _add_adore(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "adore",
-        help="train a run's query tower against its fixed index, with negatives retrieved at "
-        "every step (ADORE)",
-    )
     _add_derived(
-        p,
-        "index/, retriever/, report",
-        "negatives=200, stage.steps=200, stage.lr=1e-5",
-        "an ADORE output",
-    )
-    p.set_defaults(func=cmd_adore)
+        sub,
+        "adore",
+        "train a run's query tower against its fixed index, with negatives retrieved at "
+        "every step (ADORE)",
+        ("index/, retriever/, report", "negatives=200, stage.steps=200, stage.lr=1e-5",
+         "an ADORE output"),
+        cmd_adore,
+    )  # fmt: skip
+
+
+def _add_anncur(sub: argparse._SubParsersAction) -> None:
+    _add_derived(
+        sub,
+        "anncur",
+        "k-NN search with a run's ranker alone through a CUR factorisation (ANNCUR), "
+        "against retrieve-then-rerank, at each budget of ranker calls",
+        ("report (recall of the ranker's top k, nDCG@10), anncur.png",
+         "anchor_queries=50, anchor_items=100, docs=1000, queries=50", "an ANNCUR study"),
+        cmd_anncur,
+    )  # fmt: skip
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -585,16 +601,27 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
 
 
-def _add_derived(p: argparse.ArgumentParser, outputs: str, settings: str, made: str) -> None:
-    """The arguments of a command that trains from a finished run into ``--out`` (``ar2
-    distill-query``, ``ar2 jpq``, ``ar2 adore``): the run, ``--out``, ``--set``, ``--resume``,
-    ``--overwrite``."""
+def _add_derived(
+    sub: argparse._SubParsersAction,
+    name: str,
+    help: str,
+    texts: tuple[str, str, str],
+    func: Any,
+) -> argparse.ArgumentParser:
+    """The subcommand ``name`` of a command that works from a finished run into ``--out``
+    (``ar2 distill-query``, ``ar2 jpq``, ``ar2 adore``, ``ar2 anncur``): the run, ``--out``,
+    ``--set``, ``--resume``, ``--overwrite``. ``texts``: what ``--out`` holds, example
+    settings, and what the output is called."""
+    outputs, settings, made = texts
+    p = sub.add_parser(name, help=help)
     p.add_argument("run", help="a finished `ar2 train` run folder")
     p.add_argument("--out", required=True, help=f"folder for {outputs}")
     change = f"change a setting ({settings}), repeatable"
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=change)
     p.add_argument("--resume", action="store_true", help=f"continue {made} in --out")
     _add_overwrite(p, f"start again in an --out that holds {made} or other files")
+    p.set_defaults(func=func)
+    return p
 
 
 def _add_overwrite(p: argparse.ArgumentParser, what: str) -> None:

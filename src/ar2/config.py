@@ -712,6 +712,36 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class ANNCURConfig:
+    """``ar2 anncur``: k-NN search with a run's ranker alone through a CUR factorisation of
+    its scores (ANNCUR, Yadav et al. 2022), against retrieve-then-rerank (:mod:`ar2.anncur`).
+
+    Attributes:
+        anchor_queries: Training queries (``k_q``) the ranker scores against every document
+            offline; the anchor documents' scores give the CUR factorisation.
+        anchor_items: The most anchor documents (``k_i``) a query is scored against; the study
+            tries :data:`ar2.anncur.ITEMS` up to it.
+        docs: Documents searched: a seeded subset of the corpus holding every relevant
+            document of the measured queries (``None``: the whole corpus). The offline cost is
+            ``(anchor_queries + queries) x docs`` ranker calls.
+        queries: Test queries measured (a seeded sample).
+        k: The ranker's exact top ``k`` whose recall is measured.
+        seed: Seeds the queries, the documents and the anchors.
+    """
+
+    anchor_queries: int = 50
+    anchor_items: int = 100
+    docs: int | None = 1000
+    queries: int = 50
+    k: int = 10
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least={"anchor_queries": 1, "anchor_items": 1, "docs": 1,
+                                     "queries": 1, "k": 1})  # fmt: skip
+
+
+@dataclass(frozen=True)
 class ADOREConfig:
     """``ar2 adore``: a run's query tower trained against its fixed document index, with
     negatives retrieved at every step (ADORE, Zhan et al. 2021).
