@@ -33,7 +33,8 @@ def test_balanced_negatives_are_distinct_until_the_pool_runs_out() -> None:
     assert sorted(balanced_negatives([0.0, 1.0, 2.0, 3.0], 4, rng, bins=2)) == [0, 1, 2, 3]
     five = balanced_negatives([0.0, 5.0], 5, rng, bins=10)  # two passes and one more draw
     assert sorted(five[:4]) == [0, 0, 1, 1] and five[4] in (0, 1)
-    assert balanced_negatives([1.0, 1.0, 1.0], 2, rng, bins=10) != []  # one bin: no width
+    flat = balanced_negatives([1.0, 1.0, 1.0], 2, rng, bins=10)  # one bin: no width
+    assert len(flat) == len(set(flat)) == 2 and set(flat) <= {0, 1, 2}
     assert balanced_negatives([], 3, rng, bins=10) == []
 
 
@@ -48,7 +49,8 @@ def test_topic_batches_come_from_one_topic_while_it_lasts() -> None:
         else:  # the small topic whole, then another's
             assert set(first) <= set(picks)
     assert topic_picks(topics, 8, 1, "s", 3) == topic_picks(topics, 8, 1, "s", 3)
-    assert topic_picks([[0, 1], [2]], 5, 1, "s", 0).count(0) >= 1  # batch > queries: reuse
+    more = topic_picks([[0, 1], [2]], 5, 1, "s", 0)  # batch > queries: all, then reuse
+    assert len(more) == 5 and set(more[:3]) == {0, 1, 2}
 
 
 class _Teacher:

@@ -92,6 +92,24 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
 
 
+def atomic_write_npy(path: str | Path, array: Any) -> None:
+    """Write a numpy array as ``.npy`` (no pickles), atomically.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "a.npy"
+        >>> atomic_write_npy(path, np.arange(3)); np.load(path).tolist()
+        [0, 1, 2]
+    """
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array), allow_pickle=False)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 @contextmanager
 def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temp folder beside ``path``; on success it replaces ``path`` in one rename.

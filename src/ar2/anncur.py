@@ -24,7 +24,6 @@ Folder::
 from __future__ import annotations
 
 import json
-import logging
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,17 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from ar2._io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ar2._io import atomic_write_bytes, atomic_write_json, atomic_write_npy, atomic_write_text
+from ar2._optional import require
 from ar2.config import ANNCURConfig
 from ar2.types import Doc, Hit
-
-log = logging.getLogger("ar2.anncur")
 
 ITEMS = (10, 25, 50, 100, 200)
 """Anchor documents ``k_i`` the study tries (those up to ``anchor_items``)."""
 RERANK = (10, 25, 50, 100, 200)
 """Documents ``k_r`` the ranker reranks, for both methods."""
-MEASURES = ("recall", "nDCG@10")
 
 
 def item_embeddings(anchor_scores: np.ndarray, anchors: np.ndarray) -> np.ndarray:
@@ -104,25 +101,13 @@ def score_rows(
     (written atomically, so a killed study resumes at the first missing row)."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    from tqdm.auto import tqdm
-
+    tqdm = require("tqdm").tqdm
     for i, query in enumerate(tqdm(queries, desc=f"ranker x {len(docs)} docs", unit="query")):
         path = folder / f"{i:05d}.npy"
-        if path.is_file():
-            row = np.load(path)
-        else:
-            row = np.asarray(score(query, docs), dtype=np.float32)  # (N,)
-            atomic_write_bytes(path, _npy_bytes(row))
-        rows.append(row)
+        if not path.is_file():
+            atomic_write_npy(path, np.asarray(score(query, docs), dtype=np.float32))  # (N,)
+        rows.append(np.load(path))
     return np.stack(rows) if rows else np.zeros((0, len(docs)), dtype=np.float32)
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def sweep(

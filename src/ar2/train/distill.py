@@ -25,7 +25,6 @@ Folder::
 from __future__ import annotations
 
 import copy
-import io
 import json
 import logging
 import random
@@ -37,7 +36,12 @@ from typing import Any
 
 import numpy as np
 
-from ar2._io import atomic_write_bytes, atomic_write_json, atomic_write_lines, atomic_write_text
+from ar2._io import (
+    atomic_write_json,
+    atomic_write_lines,
+    atomic_write_npy,
+    atomic_write_text,
+)
 from ar2._optional import require
 from ar2._outdir import DISTILL_CONFIG
 from ar2.config import DistillConfig
@@ -143,9 +147,7 @@ def reservoir(items: Iterable[str], k: int, rng: random.Random) -> list[str]:
 def _teacher_vectors(out: Path, teacher: BiEncoder, texts: list[str]) -> np.ndarray:
     file = out / "teacher.npy"
     if not file.is_file():
-        buffer = io.BytesIO()
-        np.save(buffer, teacher.encode_queries(texts, progress=True))
-        atomic_write_bytes(file, buffer.getvalue())
+        atomic_write_npy(file, teacher.encode_queries(texts, progress=True))
     return np.load(file)
 
 

@@ -76,7 +76,8 @@ def plan(cfg: AR2Config, data: TrainData, lengths: Lengths) -> dict[str, Work]:
         return stage.steps * stage.batch_size * (q + (1 + stage.n_neg) * lengths.doc_train)
 
     def pairs(stage: Any, group: int | None = None) -> float:
-        return stage.steps * stage.batch_size * (group or 1 + stage.n_neg) * lengths.pair()
+        group = group if group is not None else 1 + stage.n_neg  # documents per query
+        return stage.steps * stage.batch_size * group * lengths.pair()
 
     def refresh() -> Work:  # index, mining queries and dev queries
         return Work(infer=index + (len(data.train) + len(data.dev)) * q)

@@ -287,12 +287,6 @@ class _Phase:
             return None
         return tas.topics_for_round(self.ctx.out, self.r, self.groups, self.retriever, self.ctx.cfg)
 
-    def _draw(self, stage: str, step: int) -> steps.Batch:
-        cfg = self.ctx.cfg
-        return steps.draw_batch(
-            self.groups, self.ctx.data.docs, self.stage_cfg, cfg.seed, stage, step
-        )
-
     def run(self, start: int, save: Any, log: StageLog | None = None) -> StageLog:
         """Steps ``start..steps`` (``log`` holds the steps before ``start``);
         ``save([round, phase, step], log)`` checkpoints the position."""
@@ -304,12 +298,12 @@ class _Phase:
 
         def one(step: int) -> dict[str, float]:
             seed_step(cfg.seed, stage, step)
+            docs = self.ctx.data.docs
             if self.name == "retriever" and self._tas():
-                batch, target = tas.draw(
-                    self.groups, self.ctx.data.docs, cfg, stage, step, topics, self.teacher
-                )
+                batch, target = tas.draw(self.groups, docs, cfg, stage, step, topics, self.teacher)
             else:
-                batch, target = self._draw(stage, step), None
+                batch = steps.draw_batch(self.groups, docs, self.stage_cfg, cfg.seed, stage, step)
+                target = None
             if self.name == "ranker":
                 loss = steps.ranker_loss(self.ranker, batch, steps.train_pair_length(cfg))
             elif cfg.retriever_loss in steps.LABEL_LOSSES:  # the labels alone, no ranker

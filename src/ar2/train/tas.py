@@ -172,15 +172,13 @@ def draw(
     picked = [groups[i] for i in picks]
     rng = step_rng(cfg.seed, stage, step)
     positives = [rng.choice(g.positives) for g in picked]
-    relevant = tuple(frozenset(g.positives) for g in picked)
     assert teacher is not None, "balanced margins need the teacher's scores"
-    return _balanced(picked, positives, relevant, docs, cfg, stage, step, teacher)
+    return _balanced(picked, positives, docs, cfg, stage, step, teacher)
 
 
 def _balanced(
     picked: list[TrainingGroup],
     positives: list[str],
-    relevant: tuple[frozenset[str], ...],
     docs: Mapping[str, Doc],
     cfg: AR2Config,
     stage: str,
@@ -189,23 +187,24 @@ def _balanced(
 ) -> tuple[Batch, Any]:
     torch = require("torch")
     w = distributed.world()
-    mine = distributed.shard(list(zip(picked, positives, relevant)), w)
-    pools = [list(group.negatives[: cfg.sampling.pool]) for group, *_ in mine]
+    mine = distributed.shard(list(zip(picked, positives)), w)
+    pools = [list(group.negatives[: cfg.sampling.pool]) for group, _ in mine]
     scores = _pool_scores(mine, pools, docs, cfg, teacher)  # each (1 + pool,)
     queries, batch_docs, rows = [], [], []
-    for (group, positive, _), pool, row in zip(mine, pools, scores, strict=True):
+    for (group, positive), pool, row in zip(mine, pools, scores, strict=True):
         margins = (row[0] - row[1:]).tolist()  # (pool,)
         rng = step_rng(cfg.seed, f"{stage}/{group.query.id}", step)
         chosen = balanced_negatives(margins, cfg.retriever.n_neg, rng, cfg.sampling.bins)
         queries.append(group.query)
         batch_docs += [docs[positive], *(docs[pool[i]] for i in chosen)]
         rows.append(row[[0, *(i + 1 for i in chosen)]])  # (M,)
-    batch = Batch(queries, batch_docs, w.rank * len(queries), tuple(r for *_, r in mine))
+    relevant = tuple(frozenset(group.positives) for group, _ in mine)
+    batch = Batch(queries, batch_docs, w.rank * len(queries), relevant)
     return batch, torch.stack(rows)  # (B, M)
 
 
 def _pool_scores(
-    mine: list[tuple[TrainingGroup, str, frozenset[str]]],
+    mine: list[tuple[TrainingGroup, str]],
     pools: list[list[str]],
     docs: Mapping[str, Doc],
     cfg: AR2Config,
@@ -213,8 +212,8 @@ def _pool_scores(
 ) -> list[Any]:
     """The teacher's scores of each query's positive and pool, ``(1 + pool,)`` each: one call
     for the whole shard when the pools are alike in length (the usual case), else one each."""
-    pairs = [[docs[d] for d in (positive, *pool)] for (_, positive, _), pool in zip(mine, pools)]
-    queries = [group.query for group, *_ in mine]
+    pairs = [[docs[d] for d in (positive, *pool)] for (_, positive), pool in zip(mine, pools)]
+    queries = [group.query for group, _ in mine]
     if len({len(p) for p in pairs}) == 1:
         flat = [d for p in pairs for d in p]
         return list(teacher.batch_scores(Batch(queries, flat), cfg).float().cpu())
