@@ -4,7 +4,9 @@ it, resume and refusals, and the command line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ torch = pytest.importorskip("torch")
 faiss = pytest.importorskip("faiss")
 
 from ar2 import losses  # noqa: E402
-from ar2.encoders import BiEncoder  # noqa: E402
+from ar2.encoders import BiEncoder, CrossEncoder  # noqa: E402
 from ar2.index import FaissIndex  # noqa: E402
 from ar2.train.adore import run_adore, step_loss  # noqa: E402
 from conftest import killed_at, tiny_train_run, train_mrr  # noqa: E402
@@ -138,3 +140,123 @@ def test_resume_refusals_and_the_command_line(
     assert "negativs" in capsys.readouterr().err
     assert main(["adore", str(tmp_path / "data"), "--out", str(tmp_path / "f")]) == 2
     assert "not a finished ar2 train run" in capsys.readouterr().err
+
+
+class _Ranker:
+    """A ranker whose logit is the document's number, counting the pairs it scores."""
+
+    def __init__(self) -> None:
+        self.pairs = 0
+
+    def doc_text(self, doc: object) -> str:
+        return str(getattr(doc, "text", doc))
+
+    def score_pairs(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        self.pairs += len(pairs)
+        return np.array([float(text.split()[-1]) for _, text in pairs], dtype=np.float32)
+
+
+def test_the_pair_teacher_mixes_its_parts_and_scores_each_pair_once() -> None:
+    from ar2.config import TeacherConfig
+    from ar2.index import BM25Index
+    from ar2.train.teacher import PairTeacher
+    from ar2.types import Doc
+
+    docs = [Doc(f"d{i}", f"cats fish {i}" if i % 2 else f"dogs {i}") for i in range(4)]
+    vectors = np.eye(4, dtype=np.float32)  # (n, d)
+    start = np.array([[0.1, 0.2, 0.3, 0.4]], np.float32)  # (Q, d)
+    ranker, bm25 = _Ranker(), BM25Index.build(docs)
+    weights = {"ranker": 0.5, "retriever": 0.25, "bm25": 0.25}
+    cfg = TeacherConfig(kind="ensemble", scale=10.0)
+    teacher = PairTeacher(["cats"], [d.id for d in docs], {d.id: d for d in docs}, vectors,
+                          start, ranker, bm25, weights, cfg)  # type: ignore[arg-type]  # fmt: skip
+    rows = np.array([[3, 0, 1]])
+    got = teacher.scores([0], rows).numpy()
+
+    def minmax(x: np.ndarray) -> np.ndarray:
+        return (x - x.min()) / (x.max() - x.min())
+
+    logits = np.array([3.0, 0.0, 1.0])
+    lexical = bm25.score("cats", ["d3", "d0", "d1"])
+    want = 10 * (0.5 * minmax(logits) + 0.25 * minmax(start[0, [3, 0, 1]]) + 0.25 * minmax(lexical))
+    np.testing.assert_allclose(got[0], want, rtol=1e-5)
+    assert ranker.pairs == 3
+    teacher.scores([0], np.array([[1, 3, 2]]))  # one new pair
+    assert ranker.pairs == 4
+    alone = PairTeacher(["cats"], [d.id for d in docs], {d.id: d for d in docs}, vectors, start,
+                        ranker, None, None, TeacherConfig())  # type: ignore[arg-type]  # fmt: skip
+    assert alone.scores([0], rows).tolist() == [[3.0, 0.0, 1.0]]  # AR2's: the raw logits
+
+
+def test_the_teacher_term_is_the_distillation_of_the_searched_top(tiny_bert: Path) -> None:
+    """kd_weight adds AR2's L_KD over each query's top kd_depth documents of that step's search,
+    scored by the teacher; without it the loss is ADORE's alone."""
+    encoder = BiEncoder.load(tiny_bert, precision="fp32")
+    for module in encoder.query_model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    docs = torch.nn.functional.normalize(torch.randn(30, encoder.dim), dim=-1)  # (n, d)
+    queries, positives = [f"query {i} about cats" for i in range(4)], [[i] for i in range(4)]
+
+    def search(vectors: np.ndarray, k: int) -> np.ndarray:
+        return np.argsort(-(vectors @ docs.numpy().T), axis=1)[:, :k]  # (B, k)
+
+    def score(vectors: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return 20 * torch.einsum("bd,bcd->bc", vectors, docs[rows])  # (B, C)
+
+    seen = []
+
+    def judge(picks: list[int], rows: np.ndarray) -> torch.Tensor:
+        seen.append((list(picks), rows.copy()))
+        return torch.from_numpy(-rows.astype(np.float32))  # (B, K): low rows first
+
+    stage = StageConfig(steps=1, batch_size=4, n_neg=0, lr=1e-2)
+    plain = ADOREConfig(negatives=6, stage=stage, kd_depth=3)
+    taught = ADOREConfig(negatives=6, stage=stage, kd_depth=3, kd_weight=0.5)
+    encoder.query_model.eval()
+    without = step_loss(encoder, queries, positives, search, score, plain, judge=judge)(0)
+    assert not seen  # kd_weight 0: the teacher is never asked
+    value = step_loss(encoder, queries, positives, search, score, taught, judge=judge)(0)
+    [(picks, rows)] = seen
+    with torch.no_grad():
+        vectors = encoder.embed_queries([queries[i] for i in picks])  # (B, d)
+    np.testing.assert_array_equal(rows, search(vectors.numpy(), 6)[:, :3])
+    student = score(vectors, torch.from_numpy(rows))  # (B, 3)
+    kd = losses.ar2_distillation(student, torch.from_numpy(-rows.astype(np.float32)))
+    assert value.item() == pytest.approx(without.item() + 0.5 * kd.item(), rel=1e-5)
+
+
+def test_adore_with_a_tuned_teacher_on_a_tiny_run(tmp_path: Path) -> None:
+    from ar2.config import TeacherConfig
+
+    run, _ = tiny_train_run(tmp_path, filler_docs=60)
+    cfg = ADOREConfig(negatives=10, stage=StageConfig(steps=4, batch_size=8, n_neg=0, lr=1e-3),
+                      kd_weight=1.0, kd_depth=5,
+                      teacher=TeacherConfig(kind="ensemble", tune=True))  # fmt: skip
+    with pytest.raises(Ar2Error, match="no ranker/, which the teacher"):
+        run_adore(run, tmp_path / "t", cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a random head, on purpose
+        CrossEncoder.load(tmp_path / "bert", precision="fp32").save(run / "ranker")
+    run_adore(run, tmp_path / "t", cfg)
+    record = json.loads((tmp_path / "t" / "teacher.json").read_text())
+    assert record["tuned"] and len(record["grid"]) == 66
+    assert record["dev"]["T"] == max(g["nDCG@10"] for g in record["grid"])
+    plain = dataclasses.replace(cfg, kd_weight=0.0)
+    run_adore(run, tmp_path / "p", plain)
+    assert not (tmp_path / "p" / "teacher.json").exists()
+    queries = ["cats w1", "heart w25 risk"]
+    assert not np.allclose(  # the teacher's term moved the tower elsewhere
+        BiEncoder.load(tmp_path / "t" / "retriever").encode_queries(queries),
+        BiEncoder.load(tmp_path / "p" / "retriever").encode_queries(queries),
+        atol=1e-5,
+    )
+
+
+def test_teacher_settings_are_checked() -> None:
+    from ar2.config import JPQConfig
+
+    with pytest.raises(Ar2Error, match="kd_depth = 30 is more than the 20 documents"):
+        ADOREConfig(negatives=20, kd_depth=30, kd_weight=1.0)
+    with pytest.raises(Ar2Error, match="kd_weight > 0 in ar2 jpq"):
+        JPQConfig(kd_weight=1.0)

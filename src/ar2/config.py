@@ -757,6 +757,14 @@ class ADOREConfig:
         attention_dropout: As in ``ar2 train`` (0: the fused attention kernel on CPU).
         fast_dropout: As in ``ar2 train``.
         train_attention: As in ``ar2 train`` (``"auto"``: the faster kernel for this device).
+        kd_weight: ``w`` of a teacher's distillation added to ADORE's loss, ``L_pairwise + w ·
+            L_KD`` (AR2's L_KD, Eqs. 11-12, over each query's top ``kd_depth`` documents as
+            the search found them at that step); 0: ADORE as published, no teacher.
+        kd_depth: The documents of each query's search that the teacher scores (``ar2
+            adore`` keeps each (query, document) score, computed once).
+        teacher: The teacher (as ``ar2 train``'s ``[teacher]``): the run's ranker, or a mix of
+            the ranker, the run's retriever (the starting query tower) and BM25; with
+            ``tune`` chosen on the run's dev queries over the starting tower's top 20.
     """
 
     negatives: int = 200
@@ -766,14 +774,23 @@ class ADOREConfig:
     attention_dropout: float | None = 0.0
     fast_dropout: bool = True
     train_attention: str = "auto"
+    kd_weight: float = 0.0
+    kd_depth: int = 10
+    teacher: TeacherConfig = TeacherConfig()
 
     def __post_init__(self) -> None:
         check_ranges(
             self,
-            at_least={"negatives": 1, "checkpoint_every": 1, "attention_dropout": 0.0},
+            at_least={"negatives": 1, "checkpoint_every": 1, "attention_dropout": 0.0,
+                      "kd_weight": 0.0, "kd_depth": 2},
             at_most={"attention_dropout": 0.9},
-        )
+        )  # fmt: skip
         check_choice("train_attention", self.train_attention, TRAIN_ATTENTION)
+        if self.kd_weight > 0 and self.kd_depth > self.negatives:
+            raise Ar2Error(
+                f"kd_depth = {self.kd_depth} is more than the {self.negatives} documents "
+                "searched per query (negatives). Fix: lower kd_depth or raise negatives"
+            )
 
 
 @dataclass(frozen=True)
@@ -796,6 +813,11 @@ class JPQConfig(ADOREConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_ranges(self, at_least={"m": 1})
+        if self.kd_weight > 0:
+            raise Ar2Error(
+                "kd_weight > 0 in ar2 jpq: a teacher distils into ar2 adore's loop only. "
+                "Fix: drop kd_weight, or run ar2 adore"
+            )
 
 
 STAGES = ("g0", "d0", "ranker", "retriever")

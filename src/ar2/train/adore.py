@@ -19,9 +19,15 @@ delivered round 0); the training queries are the run's (its dev queries left out
 
 Only training code imports this module (it imports torch at the top; ``import ar2`` does not).
 
+With ``kd_weight > 0`` the query tower also distils a teacher, as AR2's retriever does
+(spec §3.3): the run's ranker, or a mix of it with the starting tower and BM25
+(:class:`ar2.train.teacher.PairTeacher`), over each query's top ``kd_depth`` documents of that
+step's search. Our addition: ADORE has no teacher; AR2 has no per-step search.
+
 Folder::
 
     adore.json  metrics.jsonl  checkpoints/  retriever/  index/  report.json  report.md
+    teacher.json (a tuned teacher's weights and its dev record)
 """
 
 from __future__ import annotations
@@ -50,18 +56,23 @@ from ar2.index.factory import compresses
 from ar2.train.derived import derived_output, run_splits
 from ar2.train.loop import StageLog
 from ar2.train.stage import MetricsLog, RunContext, stage_record, train_stage
+from ar2.train.teacher import PairTeacher
 from ar2.types import Qrels, Query
 
 log = logging.getLogger("ar2.train")
 
 STAGE = "adore"
 MEASURE = "nDCG@10"
+TUNE_DEPTH = 20
 SYSTEMS = ("run", "adore")
 
 Search = Callable[[np.ndarray, int], np.ndarray]
 """``search(vectors (B, d), k) -> (B, k)`` row numbers of the documents found (-1: none)."""
 Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``score(query vectors (B, d), candidate rows (B, C)) -> (B, C)`` the model's scores."""
+Judge = Callable[[Sequence[int], np.ndarray], torch.Tensor]
+"""``judge(training query indices (B,), index rows (B, K)) -> (B, K)`` a teacher's scores
+(:class:`ar2.train.teacher.PairTeacher`)."""
 
 
 def run_adore(
@@ -70,6 +81,11 @@ def run_adore(
     """Train ``run``'s query tower against its fixed index into ``out`` (see the module);
     returns the report."""
     _check_index(run)
+    if cfg.kd_weight > 0 and not (run / "ranker").is_dir():
+        raise Ar2Error(
+            f"{run}: no ranker/, which the teacher of kd_weight > 0 scores with. "
+            "Fix: use a run that trained a ranker, or kd_weight = 0"
+        )
     with derived_output(run, out, "adore", ADORE_CONFIG, cfg, resume, overwrite) as (out, data):
         retriever = BiEncoder.load(run / "retriever")
         exact = FaissIndex.load(run / "index")
@@ -90,11 +106,14 @@ def step_loss(
     score: Score,
     cfg: ADOREConfig,
     stage: str = STAGE,
+    judge: Judge | None = None,
 ) -> Callable[[int], torch.Tensor]:
     """The loss of step ``s`` of ADORE's loop: ``cfg.stage.batch_size`` training queries
     (``queries[i]`` with the index rows ``positives[i]`` of its relevant documents; the
     batches are seeded by ``cfg.seed`` and ``stage``), searched with the student as it now is,
-    scored by ``score`` against their candidates in rank order."""
+    scored by ``score`` against their candidates in rank order. With ``judge`` (and
+    ``cfg.kd_weight > 0``) the student also distils the teacher's scores of each query's top
+    ``cfg.kd_depth`` documents (AR2's L_KD)."""
     from ar2 import losses
     from ar2.train import steps
 
@@ -108,7 +127,17 @@ def step_loss(
         rows_t, relevant_t, valid_t = (torch.from_numpy(a).to(student.device)
                                        for a in (candidates, relevant, valid))  # fmt: skip
         scores = score(vectors, rows_t)  # (B, C)
-        return losses.rank_weighted_pairwise(scores=scores, relevant=relevant_t, valid=valid_t)
+        pairwise = losses.rank_weighted_pairwise(scores=scores, relevant=relevant_t,
+                                                 valid=valid_t)  # fmt: skip
+        if judge is None or cfg.kd_weight == 0:
+            return pairwise
+        depth = cfg.kd_depth
+        if not valid[:, :depth].all():
+            raise Ar2Error(f"the index holds fewer than kd_depth = {depth} documents. "
+                           "Fix: lower kd_depth")  # fmt: skip
+        teacher = judge(rows, candidates[:, :depth]).to(scores.device)  # (B, K)
+        kd = losses.ar2_distillation(scores[:, :depth], teacher)
+        return pairwise + cfg.kd_weight * kd
 
     return loss
 
@@ -252,8 +281,12 @@ def _train(
     if final.is_dir() and (out / "index" / "manifest.json").is_file():
         return BiEncoder.load(final)
     queries, positives = training_queries(run, data_dir, exact.ids)
-    student, stage_log = query_tower(out, retriever, float_vectors(exact), queries, positives,
-                                     cfg, scale)  # fmt: skip
+    docs = float_vectors(exact)
+    judge = None
+    if cfg.kd_weight > 0:
+        judge = _teacher(out, run, data_dir, retriever, exact, docs, queries, cfg).scores
+    student, stage_log = query_tower(out, retriever, docs, queries, positives, cfg, scale,
+                                     judge)  # fmt: skip
     student.save(final)
     student = BiEncoder.load(final)
     metrics = out / "metrics.jsonl"
@@ -265,12 +298,12 @@ def _train(
 
 def query_tower(
     out: Path, retriever: BiEncoder, docs: np.ndarray, queries: Sequence[str],
-    positives: Sequence[list[int]], cfg: ADOREConfig, scale: float,
+    positives: Sequence[list[int]], cfg: ADOREConfig, scale: float, judge: Judge | None = None,
 ) -> tuple[BiEncoder, StageLog]:  # fmt: skip
     """ADORE's training (see the module): a copy of ``retriever``'s query tower trained against
     the fixed document vectors ``docs`` ``(n, d)`` on ``queries`` with the index rows of their
-    relevant documents, resumable from ``out/checkpoints/adore``; the document tower is
-    ``retriever``'s, shared."""
+    relevant documents (and a teacher's scores, ``judge``), resumable from
+    ``out/checkpoints/adore``; the document tower is ``retriever``'s, shared."""
     faiss = require("faiss")
     flat = faiss.IndexFlatIP(docs.shape[1])
     flat.add(docs)
@@ -286,9 +319,43 @@ def query_tower(
         found = doc_vectors.to(vectors.device)[rows]  # (B, C, d)
         return scale * torch.einsum("bd,bcd->bc", vectors.float(), found)  # (B, C)
 
-    loss = step_loss(student, queries, positives, search, score, cfg)
+    loss = step_loss(student, queries, positives, search, score, cfg, judge=judge)
     stage = dataclasses.replace(cfg.stage, steps=cfg.stage.steps_for(len(queries)))
     return student, train_stage(out, STAGE, {"query": tower}, stage, loss, cfg)
+
+
+def _teacher(
+    out: Path, run: Path, data_dir: Path, retriever: BiEncoder, exact: FaissIndex,
+    docs: np.ndarray, queries: Sequence[str], cfg: ADOREConfig,
+) -> PairTeacher:  # fmt: skip
+    """The teacher of ``kd_weight > 0``: the run's ranker (``kind = "ranker"``), or the mix of
+    ``[teacher]``, its weights with ``tune`` chosen on the run's dev queries over the starting
+    tower's top ``TUNE_DEPTH`` and kept in ``teacher.json`` (read back on resume)."""
+    from ar2.data.beir import load_corpus, load_queries
+    from ar2.index import BM25Index
+    from ar2.train.teacher import choose, dev_parts
+
+    corpus = load_corpus(data_dir / "corpus.jsonl")
+    by_id = {d.id: d for d in corpus}
+    ranker = CrossEncoder.load(run / "ranker")
+    start = retriever.encode_queries(list(queries))  # (Q, d)
+    if cfg.teacher.kind == "ranker":
+        return PairTeacher(queries, exact.ids, by_id, docs, start, ranker, None, None, cfg.teacher)
+    bm25 = BM25Index.build(corpus)
+    path = out / "teacher.json"
+    if not path.is_file():
+        began = time.perf_counter()
+        qrels = run_splits(run, data_dir)["dev"]
+        asked = [q for q in load_queries(data_dir / "queries.jsonl") if q.id in qrels]
+        hits = exact.search(retriever.encode_queries(asked), TUNE_DEPTH)
+        dev_run = {q.id: h for q, h in zip(asked, hits)}
+        parts = dev_parts(dev_run, asked, ranker, bm25, by_id, TUNE_DEPTH, "teacher (dev)")
+        record = choose(parts, dev_run, qrels, cfg.teacher, MEASURE)
+        record |= {"rerank_k": TUNE_DEPTH, "seconds": round(time.perf_counter() - began, 2)}
+        atomic_write_json(path, record)
+    weights = json.loads(path.read_text())["weights"]
+    log.info("ADORE's teacher: %s", weights)
+    return PairTeacher(queries, exact.ids, by_id, docs, start, ranker, bm25, weights, cfg.teacher)
 
 
 def run_stage(

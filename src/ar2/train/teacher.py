@@ -34,7 +34,7 @@ from ar2.data.trec import read_run
 from ar2.encoders import BiEncoder, CrossEncoder
 from ar2.errors import Ar2Error
 from ar2.fusion import fused_run, mix
-from ar2.types import Doc, Hit, Query, Run
+from ar2.types import Doc, Hit, Qrels, Query, Run
 
 if TYPE_CHECKING:
     from ar2.index import BM25Index
@@ -152,7 +152,6 @@ def measure(ctx: RunContext, r: int, ranker: CrossEncoder, bm25: BM25Index) -> d
     """Score the dev run's top ``rerank_k`` with every part, and rerank it with the teacher
     (the configured weights, or with ``tune`` the best of :func:`grid`) and with each part
     alone; the record of ``round-R.teacher.json``."""
-    from ar2.evaluate import evaluate
     from ar2.train.rounds import split_queries
 
     cfg, data, began = ctx.cfg, ctx.data, time.perf_counter()
@@ -162,30 +161,42 @@ def measure(ctx: RunContext, r: int, ranker: CrossEncoder, bm25: BM25Index) -> d
         return dev_parts(run, queries, ranker, bm25, data.docs, cfg.rerank_k, f"teacher {r}")
 
     parts = split_queries(score, data.dev)
+    record = choose(parts, run, data.dev_qrels, cfg.teacher, cfg.eval_measure)
+    return record | {"rerank_k": cfg.rerank_k, "seconds": round(time.perf_counter() - began, 2)}
+
+
+def choose(
+    parts: Mapping[str, tuple[list[Hit], dict[str, np.ndarray]]],
+    run: Run,
+    qrels: Qrels,
+    cfg: TeacherConfig,
+    measure: str,
+) -> dict[str, Any]:
+    """The teacher's weights and its dev record: each query's ``parts`` (its hits with every
+    part's scores, :func:`dev_parts`) reranked by the mix of ``cfg``'s weights, or with
+    ``cfg.tune`` by the best of :func:`grid` on ``qrels`` (ties: the ranker-heaviest), and by
+    each part alone."""
+    from ar2.evaluate import evaluate
 
     def value(weights: Mapping[str, float]) -> float:
         scored = {
-            qid: (hits, mix(p, weights, cfg.teacher.norm, cfg.teacher.scale))
-            for qid, (hits, p) in parts.items()
+            qid: (hits, mix(p, weights, cfg.norm, cfg.scale)) for qid, (hits, p) in parts.items()
         }
-        ranked = fused_run(scored, run, 1.0)
-        return evaluate(ranked, data.dev_qrels, [cfg.eval_measure])[cfg.eval_measure]
+        return evaluate(fused_run(scored, run, 1.0), qrels, [measure])[measure]
 
     alone = {part: value({part: 1.0}) for part in TEACHER_PARTS}
-    if cfg.teacher.tune:
+    if cfg.tune:
         tried = [(value(w), w) for w in grid()]
         best, weights = max(tried, key=lambda t: t[0])  # the first of equals: ranker-heaviest
     else:
-        weights = cfg.teacher.weights()
+        weights = cfg.weights()
         best, tried = value(weights), []
     return {
         "weights": weights,
         "dev": {"T": best} | {part: v for part, v in alone.items()},
-        "measure": cfg.eval_measure,
-        "rerank_k": cfg.rerank_k,
-        "tuned": cfg.teacher.tune,
-        "grid": [{"weights": w, cfg.eval_measure: v} for v, w in tried],
-        "seconds": round(time.perf_counter() - began, 2),
+        "measure": measure,
+        "tuned": cfg.tune,
+        "grid": [{"weights": w, measure: v} for v, w in tried],
     }
 
 
@@ -211,3 +222,78 @@ def dev_parts(
         })
         for qid, (hits, logits) in heads.items()
     }  # fmt: skip
+
+
+@dataclass
+class PairTeacher:
+    """The teacher of a loop that searches a fixed index at every step (ADORE's, with
+    ``kd_weight > 0``): its scores of (training query, index row) pairs, each part computed
+    once per pair and kept, as the same pairs come back while the query tower moves.
+
+    ``start`` ``(Q, d)`` holds the starting query tower's vectors of the training queries and
+    ``doc_vectors`` ``(n, d)`` the index's: their dot products are the ``retriever`` part.
+    ``weights`` is ``None`` for the ranker's raw logits (AR2's teacher), else the mix
+    ``cfg.scale · Σ w_i norm(part_i)`` over each query's candidates.
+
+    Example:
+        >>> from ar2.config import TeacherConfig
+        >>> t = PairTeacher(["q"], ["d0", "d1"], {}, np.eye(2, dtype=np.float32),
+        ...                 np.array([[0.2, 0.8]], np.float32), None, None,
+        ...                 {"ranker": 0.0, "retriever": 1.0, "bm25": 0.0}, TeacherConfig())
+        >>> t.scores([0], np.array([[1, 0]])).tolist()  # min-max over the pair, times 10
+        [[10.0, 0.0]]
+    """
+
+    queries: Sequence[str]
+    ids: Sequence[str]
+    docs: Mapping[str, Doc]
+    doc_vectors: np.ndarray
+    start: np.ndarray
+    ranker: CrossEncoder | None
+    bm25: BM25Index | None
+    weights: dict[str, float] | None
+    cfg: TeacherConfig
+
+    def __post_init__(self) -> None:
+        self.kept: dict[str, dict[tuple[int, int], float]] = {p: {} for p in TEACHER_PARTS}
+
+    def scores(self, picks: Sequence[int], rows: np.ndarray) -> Any:
+        """``(B, K)`` float32 teacher scores of the index rows ``rows`` ``(B, K)`` for the
+        training queries ``picks`` (B indices into ``queries``)."""
+        torch = require("torch")
+        weights = self.weights or {"ranker": 1.0}
+        used = [part for part in TEACHER_PARTS if weights.get(part, 0) > 0]
+        for part in used:
+            self._fill(part, picks, rows)
+        table = [
+            {part: np.array([self.kept[part][q, int(d)] for d in row]) for part in used}
+            for q, row in zip(picks, rows)
+        ]
+        if self.weights is None:
+            out = np.stack([t["ranker"] for t in table])
+        else:
+            out = np.stack([mix(t, self.weights, self.cfg.norm, self.cfg.scale) for t in table])
+        return torch.tensor(out, dtype=torch.float32)  # (B, K)
+
+    def _fill(self, part: str, picks: Sequence[int], rows: np.ndarray) -> None:
+        kept = self.kept[part]
+        todo = sorted({(q, int(d)) for q, row in zip(picks, rows) for d in row} - kept.keys())
+        if not todo:
+            return
+        if part == "retriever":
+            values = [float(self.start[q] @ self.doc_vectors[d]) for q, d in todo]
+        elif part == "bm25":  # one pass over the corpus per query
+            assert self.bm25 is not None, "a teacher with a bm25 weight needs the index"
+            by_query: dict[int, list[int]] = {}
+            for q, d in todo:
+                by_query.setdefault(q, []).append(d)
+            todo, values = [], []
+            for q, found in by_query.items():
+                todo += [(q, d) for d in found]
+                values += self.bm25.score(self.queries[q], [self.ids[d] for d in found]).tolist()
+        else:
+            assert self.ranker is not None, "a teacher with a ranker weight needs the ranker"
+            pairs = [(self.queries[q], self.ranker.doc_text(self.docs[self.ids[d]]))
+                     for q, d in todo]  # fmt: skip
+            values = self.ranker.score_pairs(pairs).tolist()
+        kept.update(zip(todo, values))
