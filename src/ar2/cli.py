@@ -519,7 +519,8 @@ def _add_adore(sub: argparse._SubParsersAction) -> None:
         "adore",
         "train a run's query tower against its fixed index, with negatives retrieved at "
         "every step (ADORE)",
-        ("index/, retriever/, report", "negatives=200, stage.steps=200, stage.lr=1e-5",
+        ("index/, retriever/, report", "negatives=200, stage.steps=200, stage.lr=1e-5; "
+         "kd_weight=0.01 adds the run's ranker as a teacher, teacher.kind=ensemble a mix",
          "an ADORE output"),
         cmd_adore,
     )  # fmt: skip
