@@ -20,6 +20,7 @@ _EXTRA_OF = {
     "uvicorn": "serve",
     "onnxruntime": "onnx",
     "onnx": "onnx",
+    "seismic": "sparse",
 }
 
 

@@ -147,6 +147,14 @@ def _is_anncur(path: Path) -> bool:
     return (path / ANNCUR_CONFIG).is_file()
 
 
+SPARSE_CONFIG = "sparse.json"
+"""The settings and the run of an ``ar2 sparse`` output."""
+
+
+def _is_sparse(path: Path) -> bool:
+    return (path / SPARSE_CONFIG).is_file()
+
+
 KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
     "index": ("an ar2 index (`ar2 index`)", _is_index),
     "eval": ("an ar2 eval report (`ar2 eval`)", _is_eval),
@@ -156,6 +164,7 @@ KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
     "jpq": ("an ar2 JPQ compression (`ar2 jpq`)", _is_jpq),
     "adore": ("an ar2 ADORE query tower (`ar2 adore`)", _is_adore),
     "anncur": ("an ar2 ANNCUR study (`ar2 anncur`)", _is_anncur),
+    "sparse": ("an ar2 inference-free sparse retriever (`ar2 sparse`)", _is_sparse),
 }
 """Output kinds: a description and a test that a folder is one."""
 

@@ -40,8 +40,13 @@ def cmd_index(args: argparse.Namespace) -> int:
     file = Path(args.data_dir) / "corpus.jsonl"
     extra = {"data": str(Path(args.data_dir).resolve())}
     config = _index_config(args) if args.kind == "dense" else None  # options before reading
+    if args.kind == "sparse" and not args.model:
+        raise Ar2Error("ar2 index --kind sparse needs --model, a sparse encoder folder. Fix: "
+                       "add --model PATH (no sparse model is bundled)")  # fmt: skip
     with claim(args.out, "index", [args.data_dir, args.model], args.overwrite) as out:
-        if config is None:
+        if args.kind == "sparse":
+            count = _index_sparse(args, file, extra, out)
+        elif config is None:
             from ar2.index import BM25Index
 
             corpus = load_corpus(file)
@@ -75,6 +80,22 @@ def _index_dense(
         fix = "a model that takes longer inputs, if the ends of documents matter"
         log.warning("%s (recorded in the manifest). Fix: %s", encoder.truncation(), fix)
     return len(ids)
+
+
+def _index_sparse(args: argparse.Namespace, file: Path, extra: dict[str, str], out: Path) -> int:
+    """Encode ``file``'s documents with the sparse encoder ``--model`` into a Seismic index in
+    ``out``; returns how many."""
+    from ar2.data.beir import load_corpus
+    from ar2.encoders import sparse
+    from ar2.index.sparse import index_corpus
+
+    model = sparse.load(args.model)  # refused before the corpus is read if it is no sparse one
+    corpus = load_corpus(file)
+    log.info("encoding %d documents with %s", len(corpus), args.model)
+    index = index_corpus(model, corpus)
+    encoder = {"kind": sparse.KIND, "source": str(Path(args.model).resolve())}
+    index.save(out, extra | {"encoder": encoder}, docs=corpus, overwrite=args.overwrite)
+    return len(corpus)
 
 
 def _index_config(args: argparse.Namespace) -> IndexConfig:
@@ -335,6 +356,23 @@ def cmd_adore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sparse(args: argparse.Namespace) -> int:
+    """The inference-free learned sparse retriever trained over a run's mined groups."""
+    from ar2.config import SparseConfig
+    from ar2.train.sparse import run_sparse
+
+    cfg = _settings(SparseConfig(), args.set, "ar2 sparse")
+    r = run_sparse(Path(args.run), Path(args.out), cfg, args.resume, args.overwrite)
+    for split in ("dev", "test"):
+        if split in r:
+            s, t = r[split]["nDCG@10"], r[split]["tests"]
+            print(f"{split:5} nDCG@10 sparse {s['sparse']:.4f}  dense {s['dense']:.4f}  bm25 "
+                  f"{s['bm25']:.4f}  (sparse - dense {t['sparse - dense']['diff']:+.4f}, "
+                  f"p = {t['sparse - dense']['p']:.3g})")  # fmt: skip
+    print(f"\nserve it, with no model per query: ar2 serve {Path(args.out) / 'index'}")
+    return 0
+
+
 def cmd_anncur(args: argparse.Namespace) -> int:
     """k-NN with a run's ranker alone (ANNCUR's CUR factorisation) against retrieve-then-rerank."""
     from ar2.anncur import markdown, run_anncur
@@ -402,17 +440,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_jpq(sub)
     _add_adore(sub)
     _add_anncur(sub)
+    _add_sparse(sub)
     _add_serve(sub)
     return parser
 
 
 def _add_index(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("index", help="build a BM25 or dense index of a BEIR folder")
+    p = sub.add_parser("index", help="build a BM25, dense or sparse index of a BEIR folder")
     p.add_argument("data_dir", help="BEIR folder with corpus.jsonl")
     p.add_argument("--kind", choices=INDEX_KINDS, default="bm25")
     p.add_argument("--out", required=True, help="index folder to write")
     _add_overwrite(p, "replace an --out that is not an ar2 index (its files are lost)")
-    p.add_argument("--model", help="encoder folder for --kind dense (default: all-MiniLM-L6-v2)")
+    p.add_argument("--model", help="encoder folder: --kind dense (default: all-MiniLM-L6-v2), or "
+                   "--kind sparse (a sparse encoder, required)")  # fmt: skip
     p.add_argument(
         "--preset",
         default="flat",
@@ -526,6 +566,18 @@ def _add_adore(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
 
 
+def _add_sparse(sub: argparse._SubParsersAction) -> None:
+    _add_derived(
+        sub,
+        "sparse",
+        "train an inference-free learned sparse retriever over a run's mined groups (no "
+        "model per query)",
+        ("model/, index/, report", "stage.steps=200, flops_weight=1e-3, start=model",
+         "a sparse retriever"),
+        cmd_sparse,
+    )  # fmt: skip
+
+
 def _add_anncur(sub: argparse._SubParsersAction) -> None:
     _add_derived(
         sub,
@@ -610,7 +662,8 @@ def _add_derived(
     func: Any,
 ) -> argparse.ArgumentParser:
     """The subcommand ``name`` of a command that works from a finished run into ``--out``
-    (``ar2 distill-query``, ``ar2 jpq``, ``ar2 adore``, ``ar2 anncur``): the run, ``--out``,
+    (``ar2 distill-query``, ``ar2 jpq``, ``ar2 adore``, ``ar2 anncur``, ``ar2 sparse``): the
+    run, ``--out``,
     ``--set``, ``--resume``, ``--overwrite``. ``texts``: what ``--out`` holds, example
     settings, and what the output is called."""
     outputs, settings, made = texts

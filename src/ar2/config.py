@@ -37,7 +37,8 @@ installed, else ``torch``."""
 POOLINGS = ("mean", "cls")
 RETRIEVER_LOSSES = ("ar2", "contrastive", "decoupled")
 ADV_REDUCTIONS = ("sum", "mean_per_query")
-INDEX_KINDS = ("bm25", "dense")
+INDEX_KINDS = ("bm25", "dense", "sparse")
+SPARSE_STARTS = ("g0", "model")
 KD_LOSSES = ("ce", "margin_mse", "nway_kl")
 TEACHERS = ("ranker", "ensemble")
 TEACHER_NORMS = ("minmax", "zscore")
@@ -791,6 +792,50 @@ class ADOREConfig:
                 f"kd_depth = {self.kd_depth} is more than the {self.negatives} documents "
                 "searched per query (negatives). Fix: lower kd_depth or raise negatives"
             )
+
+
+@dataclass(frozen=True)
+class SparseConfig:
+    """``ar2 sparse``: the inference-free learned sparse retriever (Geng et al. 2024) trained
+    over a finished run's mined groups (:mod:`ar2.train.sparse`).
+
+    Attributes:
+        start: The document encoder's start: ``"g0"`` (the run's warm-up retriever, which
+            knows the collection) or ``"model"`` (the run's ``retriever_model``, MiniLM by
+            default). Either way the MLM head starts from the tied word embeddings.
+        doc_max_length: Token limit of a document, in training and in the index.
+        flops_weight: Weight of the documents' FLOPS penalty (:func:`ar2.losses.flops`), reached
+            after ``flops_warmup`` steps of a quadratic ramp (:func:`ar2.losses.flops_weight`).
+        flops_warmup: Steps of the ramp (0: the full weight from the start).
+        seed: Seeds the batches and the dropout.
+        stage: ``steps`` updates of ``batch_size`` queries, each with its positive and
+            ``n_neg`` of its mined negatives (round 0's groups), at ``lr``.
+        checkpoint_every: Steps between checkpoints.
+        attention_dropout: As in ``ar2 train``.
+        fast_dropout: As in ``ar2 train``.
+        train_attention: As in ``ar2 train``.
+    """
+
+    start: str = "g0"
+    doc_max_length: int = 256
+    flops_weight: float = 1e-3
+    flops_warmup: int = 50
+    seed: int = 42
+    stage: StageConfig = StageConfig(steps=200, batch_size=8, n_neg=3, lr=2e-5)
+    checkpoint_every: int = 50
+    attention_dropout: float | None = 0.0
+    fast_dropout: bool = True
+    train_attention: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_choice("start", self.start, SPARSE_STARTS)
+        check_ranges(
+            self,
+            at_least={"doc_max_length": 8, "flops_weight": 0.0, "flops_warmup": 0,
+                      "checkpoint_every": 1, "attention_dropout": 0.0},
+            at_most={"attention_dropout": 0.9},
+        )  # fmt: skip
+        check_choice("train_attention", self.train_attention, TRAIN_ATTENTION)
 
 
 @dataclass(frozen=True)

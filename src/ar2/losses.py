@@ -29,6 +29,8 @@ The losses, each a scalar to minimise:
   (ScalingNote's query-tower distillation; ``ar2 distill-query``).
 - :func:`rank_weighted_pairwise`: ADORE's and JPQ's ΔMRR-weighted pairwise loss over the
   results of a search (``ar2 jpq``).
+- :func:`flops`: the FLOPS sparsity regulariser of learned sparse retrieval (documents only in
+  the inference-free retriever, :mod:`ar2.encoders.sparse`), with :func:`flops_weight`'s ramp.
 
 L_KD is one of :data:`KD_LOSSES`, chosen by name (``kd_loss`` in the config):
 
@@ -532,6 +534,46 @@ def rank_weighted_pairwise(
         return scores.sum() * 0.0  # ()
     per_query = terms.sum(dim=(1, 2))[has] / count[has]  # (queries with pairs,)
     return per_query.mean()  # ()
+
+
+def flops(*, weights: torch.Tensor) -> torch.Tensor:
+    """The FLOPS regulariser of learned sparse retrieval (Paria et al. 2020, "Minimizing FLOPs
+    to Learn Efficient Sparse Representations", ICLR 2020; SPLADE's, and on documents only the
+    inference-free retriever's of Geng et al. 2024): ``sum_t (mean_i |w_it|)^2``, a smooth
+    proxy for the expected number of multiplications a sparse dot product makes. It pushes
+    every vocabulary term alike; the inference-free retriever's query weights are IDFs, so
+    the ranking loss holds up only the informative terms and the frequent ones fall to zero
+    (its "IDF-aware" penalty).
+
+    Args:
+        weights: ``(B, V)`` the documents' term weights (non-negative in SPLADE).
+
+    Returns:
+        The scalar penalty.
+
+    Example:
+        >>> w = torch.tensor([[1.0, 0.0, 2.0], [3.0, 0.0, 0.0]])
+        >>> flops(weights=w).item()  # column means 2, 0, 1: 4 + 0 + 1
+        5.0
+    """
+    if weights.dim() != 2:
+        raise ValueError(f"weights must be (B, V); got {tuple(weights.shape)}")
+    return weights.abs().mean(dim=0).pow(2).sum()  # ()
+
+
+def flops_weight(step: int, *, weight: float, warmup: int) -> float:
+    """The FLOPS weight at ``step`` (counted from 1): ``weight * min(1, step / warmup)^2``,
+    SPLADE's quadratic ramp (Formal et al. 2021; the inference-free retriever's sample code
+    ramps the same way), which lets the ranking loss shape the
+    weights before sparsity takes hold; ``warmup = 0`` applies ``weight`` from the start.
+
+    Example:
+        >>> [flops_weight(s, weight=0.1, warmup=4) for s in (1, 2, 4, 9)]
+        [0.00625, 0.025, 0.1, 0.1]
+    """
+    if warmup <= 0:
+        return weight
+    return weight * min(1.0, step / warmup) ** 2
 
 
 def _get_kd(name: str) -> Callable[..., torch.Tensor]:

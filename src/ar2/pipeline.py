@@ -1,4 +1,5 @@
-"""Retrieve (BM25, dense or hybrid), then optionally rerank: retrievers return a :data:`Run`.
+"""Retrieve (BM25, dense, sparse or hybrid), then optionally rerank: retrievers return a
+:data:`Run`.
 
 Example:
     >>> from ar2.index import BM25Index
@@ -17,12 +18,13 @@ import numpy as np
 
 from ar2 import fusion
 from ar2._optional import require
+from ar2.errors import Ar2Error
 from ar2.fusion import RRF_K, rrf
 from ar2.types import Doc, Hit, Query, Run
 
 if TYPE_CHECKING:
     from ar2.encoders import BiEncoder, CrossEncoder
-    from ar2.index import BM25Index, FaissIndex
+    from ar2.index import BM25Index, FaissIndex, SparseIndex
 
 
 class Retriever(Protocol):
@@ -66,6 +68,32 @@ class DenseRetriever:
     def score(self, query: Query, docs: Sequence[Doc]) -> np.ndarray:
         """``query``'s similarity to each of ``docs``, encoded now as the index's were."""
         return self.encoder.encode_docs(docs) @ self.encoder.encode_queries([query])[0]
+
+
+class SparseRetriever:
+    """The inference-free learned sparse retriever: each query becomes the IDF-weighted bag of
+    its tokens (:class:`ar2.encoders.sparse.QueryBags`, from the index folder's tokenizer and
+    weights: no model runs per query), searched in a :class:`~ar2.index.SparseIndex`."""
+
+    def __init__(self, index: SparseIndex) -> None:
+        from ar2.encoders.sparse import QueryBags
+
+        if index.query_tokenizer is None or index.query_weights is None:
+            raise Ar2Error(
+                "the sparse index holds no query tokenizer or query weights, so it cannot "
+                "answer text queries. Fix: build it with `ar2 index --kind sparse --model M`"
+            )
+        self.index, self.bags = index, QueryBags(index.query_tokenizer, index.query_weights)
+        self._rows = {doc_id: row for row, doc_id in enumerate(index.ids)}
+
+    def retrieve(self, queries: Sequence[Query], k: int) -> Run:
+        hits = self.index.search(self.bags([q.text for q in queries]), k)
+        return {q.id: h for q, h in zip(queries, hits)}
+
+    def score(self, query: Query, docs: Sequence[Doc]) -> np.ndarray:
+        """``query``'s exact score for each of ``docs`` (indexed documents)."""
+        rows = self.index.weights[[self._rows[d.id] for d in docs]]  # (n, V)
+        return np.asarray((rows @ self.bags([query.text]).T).toarray()[:, 0], dtype=np.float32)
 
 
 class HybridRetriever:

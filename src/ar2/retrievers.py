@@ -1,7 +1,7 @@
-"""The retriever kinds (:data:`KINDS`: ``bm25``, ``dense``, ``hybrid``) and the one place each
-is built: over a corpus (:class:`Retrievers`: ``ar2 eval``, the training report, mining) or from
-an index or run folder (:func:`from_folder`: ``ar2 serve``, ``ar2 search``). A system is named
-by a spec, ``kind`` or ``kind:MODEL`` (:func:`parse_spec`).
+"""The retriever kinds (:data:`KINDS`: ``dense``, ``sparse``, ``bm25``, ``hybrid``) and the one
+place each is built: over a corpus (:class:`Retrievers`: ``ar2 eval``, the training report,
+mining) or from an index or run folder (:func:`from_folder`: ``ar2 serve``, ``ar2 search``). A
+system is named by a spec, ``kind`` or ``kind:MODEL`` (:func:`parse_spec`).
 
 Example:
     >>> from ar2.types import Doc, Query
@@ -25,12 +25,14 @@ from ar2.types import Doc
 if TYPE_CHECKING:
     from ar2.encoders import BiEncoder
     from ar2.index import BM25Index, FaissIndex
-    from ar2.pipeline import BM25Retriever, DenseRetriever, Retriever
+    from ar2.pipeline import BM25Retriever, DenseRetriever, Retriever, SparseRetriever
 
 log = logging.getLogger(__name__)
 
 KINDS: dict[str, str] = {
     "dense": "a bi-encoder's vectors in a FAISS index (default model: all-MiniLM-L6-v2)",
+    "sparse": "inference-free learned sparse: documents' term weights in a Seismic index, each "
+    "query the IDF-weighted bag of its tokens (no model per query; sparse:PATH names the model)",
     "bm25": "BM25 (bm25s: Lucene BM25, English Snowball stemmer and stopwords) over title + text",
     "hybrid": "reciprocal rank fusion (ar2.fusion.rrf) of bm25 and dense, each at the depth",
 }
@@ -55,6 +57,7 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
         )
     if kind == "bm25" and model:
         raise Ar2Error(f"system {spec!r}: bm25 takes no model folder. Fix: write bm25")
+
     return kind, model or None
 
 
@@ -99,15 +102,24 @@ class Retrievers:
         self.depth, self.source = depth, source
         self._bm25: Retriever | None = None
         self._dense: dict[str | None, DenseRetriever] = {}
+        self._sparse: dict[str, SparseRetriever] = {}
         self.descriptions: dict[str, Any] = {}
 
     def get(self, spec: str) -> Retriever:
-        """The retriever a spec names (``bm25``, ``dense[:MODEL]``, ``hybrid[:MODEL]``)."""
+        """The retriever a spec names (``bm25``, ``dense[:MODEL]``, ``sparse:MODEL``,
+        ``hybrid[:MODEL]``)."""
         kind, model = parse_spec(spec)
         if kind == "bm25":
             return self.bm25()
         if kind == "dense":
             return self.dense(model)
+        if kind == "sparse":
+            if not model:
+                raise Ar2Error(
+                    f"system {spec!r}: no sparse model is bundled. Fix: write sparse:PATH, "
+                    "PATH a sparse encoder folder"
+                )
+            return self.sparse(model)
         return hybrid([self.bm25(), self.dense(model)], self.depth)
 
     def bm25(self) -> Retriever:
@@ -135,6 +147,21 @@ class Retrievers:
                 "similarity": encoder.describe()["similarity"],
             }
         return self._dense[model]
+
+    def sparse(self, model: str) -> SparseRetriever:
+        """The corpus's term weights from the inference-free sparse encoder ``model``, in a
+        Seismic index."""
+        from ar2.encoders import sparse as encoder
+        from ar2.index.sparse import index_corpus
+        from ar2.pipeline import SparseRetriever
+
+        if model not in self._sparse:
+            loaded = encoder.load(model)
+            log.info("sparse (%s): encoding %d documents", model, len(self.corpus))
+            index = index_corpus(loaded, self.corpus)
+            self._sparse[model] = SparseRetriever(index)
+            self.descriptions[f"sparse:{model}"] = index.describe()
+        return self._sparse[model]
 
     def note_truncation(self) -> None:
         """Record (and warn of) the queries and documents each dense system's encoder cut."""
@@ -173,15 +200,22 @@ def from_folder(
     encoder_dir: str | Path | None = None,
     backend: str = "torch",
 ) -> dict[str, Retriever]:
-    """The retrievers an index folder serves, by kind: its own (``bm25`` or ``dense``), and
-    for a dense index with ``docs`` given, ``bm25`` over them (default settings, as ``ar2
-    eval``'s baseline) and ``hybrid``. ``encoder_dir`` replaces the encoder path the manifest
-    names (a run folder that was moved); ``backend`` is where queries are encoded."""
-    from ar2.index import BM25Index, read_manifest
+    """The retrievers an index folder serves, by kind: its own (``bm25``, ``dense`` or
+    ``sparse``), and with ``docs`` given, ``bm25`` over them (default settings, as ``ar2
+    eval``'s baseline) and, for a dense index, ``hybrid``. ``encoder_dir`` replaces the
+    encoder path the manifest names (a run folder that was moved); ``backend`` is where
+    queries are encoded."""
+    from ar2.index import BM25Index, SparseIndex, read_manifest
+    from ar2.pipeline import SparseRetriever
 
-    if read_manifest(path).get("kind") == "bm25":
+    kind = read_manifest(path).get("kind")
+    if kind == "bm25":
         return {"bm25": bm25(BM25Index.load(path))}
-    found: dict[str, Retriever] = {"dense": dense_from_folder(path, encoder_dir, backend)}
+    found: dict[str, Retriever]
+    if kind == "sparse":
+        found = {"sparse": SparseRetriever(SparseIndex.load(path))}
+        return found | ({"bm25": bm25(docs.values(), f"{path}/corpus.jsonl")} if docs else {})
+    found = {"dense": dense_from_folder(path, encoder_dir, backend)}
     if docs is None:
         return found
     if not docs:

@@ -8,8 +8,9 @@ from ar2.index.base import Index, read_manifest
 from ar2.index.bm25 import BM25Index
 from ar2.index.dense import FaissIndex
 from ar2.index.factory import PRESETS, factory_for
+from ar2.index.sparse import SparseIndex
 
-KINDS: dict[str, Any] = {"bm25": BM25Index, "dense": FaissIndex}
+KINDS: dict[str, Any] = {"bm25": BM25Index, "dense": FaissIndex, "sparse": SparseIndex}
 """Index classes by the ``kind`` their manifests record."""
 
 
@@ -30,6 +31,7 @@ __all__ = [
     "BM25Index",
     "FaissIndex",
     "Index",
+    "SparseIndex",
     "factory_for",
     "load_index",
     "read_manifest",

@@ -1,0 +1,200 @@
+"""``run_sparse``: the inference-free learned sparse retriever trained over a finished run
+(``ar2 sparse RUN --out OUT``).
+
+Geng et al. 2024 (:mod:`ar2.encoders.sparse`): a document encoder whose weights ``w_d(t)`` a
+query reads through the IDFs of its tokens, ``s(q, d) = sum_t idf(t) w_d(t)``. The encoder
+starts from the run's G0 retriever (or its start model, ``start = "model"``) with its MLM head
+built on the tied word embeddings. Each step takes ``batch_size`` of the run's round-0 groups
+(a training query, one of its positives, ``n_neg`` of the negatives G0 mined for it; the
+run's dev queries are never among them) and minimises
+
+    L = listwise CE over (positive, negatives) of s(q, .)  +  lambda(step) * FLOPS(documents)
+
+(:func:`ar2.losses.listwise_ce`, :func:`ar2.losses.flops` with :func:`ar2.losses.flops_weight`'s
+ramp). The paper distils an ensemble teacher instead of the labels; ours learns from the labels
+alone, as the other recipes' no-ranker controls do (the teacher is the next step to build).
+
+The corpus is then encoded and indexed (:class:`ar2.index.SparseIndex`, Seismic), and the
+report compares the sparse retriever with the run's dense one and with BM25 on the run's dev
+queries and the test split (nDCG@10, paired t-tests), with the index's size.
+
+Folder::
+
+    sparse.json  metrics.jsonl  checkpoints/  model/  index/  report.json  report.md
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import statistics
+from pathlib import Path
+from typing import Any
+
+from ar2._io import atomic_write_json, atomic_write_text
+from ar2._optional import require
+from ar2._outdir import SPARSE_CONFIG
+from ar2.config import SparseConfig
+from ar2.data.training import TrainingGroup, read_groups
+from ar2.errors import Ar2Error
+from ar2.train.derived import derived_output, run_splits
+from ar2.train.stage import MetricsLog, stage_record, train_stage
+
+log = logging.getLogger("ar2.train")
+
+STAGE = "sparse"
+MEASURE = "nDCG@10"
+GROUPS = Path("mined") / "round-0"
+
+
+def run_sparse(
+    run: Path, out: Path, cfg: SparseConfig, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
+    """Train the inference-free sparse retriever over ``run``'s round-0 groups into ``out``
+    (see the module); returns the report."""
+    if not (run / GROUPS / "groups.jsonl").is_file():
+        raise Ar2Error(
+            f"{run}: no {GROUPS}/groups.jsonl (the negatives G0 mined). Fix: give a run "
+            "that `ar2 train` finished"
+        )
+    with derived_output(run, out, "sparse", SPARSE_CONFIG, cfg, resume, overwrite) as (out, data):
+        from ar2.data.beir import load_corpus
+
+        corpus = load_corpus(data / "corpus.jsonl")
+        model = _train(out, run, corpus, read_groups(run / GROUPS), cfg)
+        index = _index(out, model, corpus, cfg)
+        report = _report(out, run, data, index, corpus)
+        return report
+
+
+def start_path(run: Path, cfg: SparseConfig) -> Path:
+    """The folder the document encoder starts from."""
+    if cfg.start == "g0":
+        return run / "g0" / "retriever"
+    from ar2.encoders.bi_encoder import default_model_path
+
+    model = json.loads((run / "config.json").read_text()).get("retriever_model")
+    return Path(model) if model else default_model_path()
+
+
+def step_loss(
+    model: Any, groups: list[TrainingGroup], docs: dict[str, str], cfg: SparseConfig, step: int
+) -> Any:
+    """Step ``step``'s loss: listwise CE over each drawn group's scores plus the ramped FLOPS
+    penalty of its documents' weights."""
+    from ar2 import losses
+    from ar2.encoders import sparse
+    from ar2.train import steps
+
+    size, m = cfg.stage.batch_size, 1 + cfg.stage.n_neg
+    picked = [groups[i] for i in steps.epoch_picks(len(groups), size, cfg.seed, STAGE, step)]
+    rng = random.Random(f"{cfg.seed}/{STAGE}/{step}")
+    texts = []
+    for g in picked:
+        negatives = list(g.negatives)
+        drawn = rng.sample(negatives, cfg.stage.n_neg) if len(negatives) >= cfg.stage.n_neg else (
+            negatives * cfg.stage.n_neg)[: cfg.stage.n_neg]  # fmt: skip
+        texts += [docs[rng.choice(g.positives)], *(docs[d] for d in drawn)]
+    weights = sparse.document_weights(model, texts)  # (B * m, V)
+    queries = sparse.query_weights(model, [g.query.text for g in picked]).to(weights.dtype)
+    scores = (weights.view(len(picked), m, -1) * queries[:, None, :]).sum(-1)  # (B, m)
+    penalty = losses.flops_weight(step + 1, weight=cfg.flops_weight, warmup=cfg.flops_warmup)
+    return losses.listwise_ce(scores.float()) + penalty * losses.flops(weights=weights.float())
+
+
+def _train(
+    out: Path, run: Path, corpus: list[Any], groups: list[TrainingGroup], cfg: SparseConfig
+) -> Any:
+    from ar2.encoders import sparse
+
+    final = out / "model"
+    if final.is_dir():
+        return sparse.load(final)
+    groups = [g for g in groups if g.positives and g.negatives]
+    if not groups:
+        raise Ar2Error(f"{run / GROUPS}: no group has both a positive and a negative. "
+                       "Fix: give a run whose mining found negatives")  # fmt: skip
+    source = start_path(run, cfg)
+    tokenizer = require("transformers", extra="train").AutoTokenizer.from_pretrained(str(source))
+    texts = [d.full_text(" ") for d in corpus]
+    idf = sparse.corpus_idf(tokenizer, texts, cfg.doc_max_length)
+    model = sparse.start(source, idf, cfg.doc_max_length)
+    docs = {d.id: t for d, t in zip(corpus, texts)}
+    log.info("training the sparse encoder on %d groups", len(groups))
+
+    def loss(step: int) -> Any:
+        return step_loss(model, groups, docs, cfg, step)
+
+    stage_log = train_stage(out, STAGE, {"retriever": model}, cfg.stage, loss, cfg)
+    sparse.save(model, final, str(source), _settings(cfg))
+    MetricsLog(out / "metrics.jsonl").write(stage_record(STAGE, 0, "retriever", stage_log))
+    return sparse.load(final)
+
+
+def _index(out: Path, model: Any, corpus: list[Any], cfg: SparseConfig) -> Any:
+    from ar2.encoders import sparse
+    from ar2.index import SparseIndex
+    from ar2.index.sparse import index_corpus
+
+    if (out / "index" / "manifest.json").is_file():
+        return SparseIndex.load(out / "index")
+    log.info("encoding %d documents into the sparse index", len(corpus))
+    index = index_corpus(model, corpus)
+    encoder = {"kind": sparse.KIND, "source": str((out / "model").resolve())}
+    index.save(out / "index", {"encoder": encoder}, docs=corpus)
+    return index
+
+
+def _report(out: Path, run: Path, data: Path, index: Any, corpus: list[Any]) -> dict[str, Any]:
+    from ar2.data.beir import load_queries
+    from ar2.evaluate import compare, per_query
+    from ar2.pipeline import Retriever, SparseRetriever
+    from ar2.retrievers import bm25, dense_from_folder
+
+    systems: dict[str, Retriever] = {"sparse": SparseRetriever(index), "bm25": bm25(corpus),
+                                     "dense": dense_from_folder(run / "index")}  # fmt: skip
+    queries = {q.id: q for q in load_queries(data / "queries.jsonl")}
+    manifest = json.loads((out / "index" / "manifest.json").read_text())
+    report: dict[str, Any] = {"index": {k: manifest[k] for k in ("document_weights", "count")}}
+    for split, qrels in run_splits(run, data).items():
+        asked = [queries[q] for q in qrels if q in queries]
+        values = {name: per_query(r.retrieve(asked, 10), qrels, [MEASURE])
+                  for name, r in systems.items()}  # fmt: skip
+        tests = {}
+        for other in ("dense", "bm25"):
+            [row] = compare({"sparse": values["sparse"], other: values[other]}, other, [MEASURE])
+            tests[f"sparse - {other}"] = {"diff": row["mean_diff"], "p": row["p_value"]}
+        means = {name: statistics.fmean(v[MEASURE].values()) for name, v in values.items()}
+        report[split] = {"queries": len(asked), MEASURE: means, "tests": tests}
+    atomic_write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", _markdown(report, out))
+    return report
+
+
+def _settings(cfg: SparseConfig) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(cfg)
+
+
+def _markdown(r: dict[str, Any], out: Path) -> str:
+    w = r["index"]["document_weights"]
+    lines = ["# The inference-free sparse retriever against the run's", "",
+             f"| split | queries | sparse {MEASURE} | dense | BM25 | sparse - dense (p) | "
+             "sparse - BM25 (p) |", "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for split in ("dev", "test"):
+        if split in r:
+            s, t = r[split], r[split]["tests"]
+            m = s[MEASURE]
+            lines.append(
+                f"| {split} | {s['queries']} | {m['sparse']:.4f} | {m['dense']:.4f} | "
+                f"{m['bm25']:.4f} | {t['sparse - dense']['diff']:+.4f} "
+                f"({t['sparse - dense']['p']:.3g}) | {t['sparse - bm25']['diff']:+.4f} "
+                f"({t['sparse - bm25']['p']:.3g}) |"
+            )
+    lines += ["", f"The index: {r['index']['count']} documents, {w['nonzero']} non-zero weights "
+              f"({w['terms_per_document']['mean']} terms a document on average, at most "
+              f"{w['terms_per_document']['max']}).", "",
+              f"Serve it, with no model per query: `ar2 serve {out / 'index'}`"]  # fmt: skip
+    return "\n".join(lines) + "\n"
