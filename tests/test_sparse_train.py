@@ -56,7 +56,7 @@ def test_the_step_loss_is_the_listwise_ce_of_idf_scores_plus_the_ramped_flops(
     model.eval()  # no dropout: the two passes agree
     groups = [TrainingGroup(Query("q", "what do cats eat"), ("a",), ("b", "c")),
               TrainingGroup(Query("r", "dogs"), ("b",), ("a", "d"))]  # fmt: skip
-    cfg = SparseConfig(flops_weight=0.5, flops_warmup=4,
+    cfg = SparseConfig(flops_weight=0.5, flops_warmup=4, precision="fp32",
                        stage=StageConfig(steps=4, batch_size=2, n_neg=2))  # fmt: skip
     got = step_loss(model, groups, docs, cfg, 1)
     # by hand: step 1's batch holds both groups (one epoch of two), each with its positive and
@@ -64,7 +64,7 @@ def test_the_step_loss_is_the_listwise_ce_of_idf_scores_plus_the_ramped_flops(
     # with the positive first, its mean over queries and FLOPS do not depend on that order.
     q = sparse.query_weights(model, [g.query.text for g in groups])  # (2, V)
     texts = [docs[d] for g in groups for d in (*g.positives, *g.negatives)]
-    w = sparse.document_weights(model, texts)  # (6, V)
+    w = sparse.document_weights(model, texts, precision="fp32")  # (6, V)
     scores = (w.view(2, 3, -1) * q[:, None, :]).sum(-1)  # (2, 3): idf-weighted dot products
     ramp = 0.5 * (2 / 4) ** 2  # flops_weight at step 2 of a 4-step quadratic ramp
     want = losses.listwise_ce(scores) + ramp * losses.flops(weights=w)

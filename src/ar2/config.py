@@ -807,6 +807,8 @@ class SparseConfig:
         flops_weight: Weight of the documents' FLOPS penalty (:func:`ar2.losses.flops`), reached
             after ``flops_warmup`` steps of a quadratic ramp (:func:`ar2.losses.flops_weight`).
         flops_warmup: Steps of the ramp (0: the full weight from the start).
+        precision: ``auto`` (bf16 autocast where the CPU or GPU has it), ``bf16`` or ``fp32``,
+            for training and for encoding the corpus.
         seed: Seeds the batches and the dropout.
         stage: ``steps`` updates of ``batch_size`` queries, each with its positive and
             ``n_neg`` of its mined negatives (round 0's groups), at ``lr``.
@@ -820,6 +822,7 @@ class SparseConfig:
     doc_max_length: int = 256
     flops_weight: float = 1e-3
     flops_warmup: int = 50
+    precision: str = "auto"
     seed: int = 42
     stage: StageConfig = StageConfig(steps=200, batch_size=8, n_neg=3, lr=2e-5)
     checkpoint_every: int = 50
@@ -829,6 +832,7 @@ class SparseConfig:
 
     def __post_init__(self) -> None:
         check_choice("start", self.start, SPARSE_STARTS)
+        check_choice("precision", self.precision, PRECISIONS)
         check_ranges(
             self,
             at_least={"doc_max_length": 8, "flops_weight": 0.0, "flops_warmup": 0,

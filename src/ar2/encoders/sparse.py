@@ -50,6 +50,7 @@ from ar2 import __version__
 from ar2._io import atomic_dir, atomic_write_json
 from ar2._optional import require
 from ar2.encoders import _hf
+from ar2.encoders._runtime import autocast, use_bf16
 from ar2.errors import Ar2Error
 
 HEAD = "cls.predictions.transform.dense.weight"
@@ -157,11 +158,14 @@ def document_max_length(model: Any) -> int:
     return int(model[0].sub_modules["document"][0].max_seq_length)
 
 
-def document_weights(model: Any, texts: Sequence[str]) -> Any:
-    """``(n, V)`` the documents' term weights, with gradients (training)."""
+def document_weights(model: Any, texts: Sequence[str], precision: str = "auto") -> Any:
+    """``(n, V)`` the documents' term weights, with gradients (training); bf16 autocast where
+    ``precision`` resolves to it (:func:`ar2.encoders._runtime.use_bf16`)."""
     features = model.preprocess(list(texts), task="document")
     features = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in features.items()}
-    return model(features, task="document")["sentence_embedding"]  # (n, V)
+    device = str(model.device)
+    with autocast(device, use_bf16(precision, device)):
+        return model(features, task="document")["sentence_embedding"]  # (n, V)
 
 
 def query_weights(model: Any, texts: Sequence[str]) -> Any:
@@ -174,12 +178,17 @@ def query_weights(model: Any, texts: Sequence[str]) -> Any:
         return model(features, task="query")["sentence_embedding"].float()  # (n, V)
 
 
-def encode_documents(model: Any, texts: Sequence[str], batch_size: int = 16) -> Any:
-    """A ``scipy.sparse.csr_matrix`` ``(n, V)`` of the documents' term weights (inference)."""
+def encode_documents(
+    model: Any, texts: Sequence[str], batch_size: int = 16, precision: str = "auto"
+) -> Any:
+    """A ``scipy.sparse.csr_matrix`` ``(n, V)`` of the documents' term weights (inference), in
+    bf16 autocast where ``precision`` resolves to it."""
     sparse = require("scipy.sparse", extra="train")
-    weights = model.encode_document(list(texts), batch_size=batch_size,
-                                    convert_to_sparse_tensor=True)  # fmt: skip
-    weights = weights.coalesce().cpu()  # (n, V)
+    device = str(model.device)
+    with autocast(device, use_bf16(precision, device)):
+        weights = model.encode_document(list(texts), batch_size=batch_size,
+                                        convert_to_sparse_tensor=True)  # fmt: skip
+    weights = weights.coalesce().cpu().float()  # (n, V)
     rows, cols = weights.indices().numpy()
     shape = tuple(weights.shape)
     return sparse.csr_matrix((weights.values().float().numpy(), (rows, cols)), shape=shape)

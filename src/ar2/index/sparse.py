@@ -273,13 +273,18 @@ def _version(module: Any) -> str:
 
 
 def index_corpus(
-    model: Any, docs: Sequence[Doc], settings: SeismicSettings | None = None, batch_size: int = 16
+    model: Any,
+    docs: Sequence[Doc],
+    settings: SeismicSettings | None = None,
+    batch_size: int = 16,
+    precision: str = "auto",
 ) -> SparseIndex:
     """The inference-free sparse encoder ``model``'s (:mod:`ar2.encoders.sparse`) weights of
     ``docs`` (``title + " " + text``), indexed with its vocabulary, IDFs and tokenizer."""
     from ar2.encoders import sparse as encoder
 
-    weights = encoder.encode_documents(model, [d.full_text(" ") for d in docs], batch_size)
+    texts = [d.full_text(" ") for d in docs]
+    weights = encoder.encode_documents(model, texts, batch_size, precision)
     return SparseIndex.build(weights, [d.id for d in docs], encoder.vocabulary(model),
                              encoder.query_idf(model), settings,
                              encoder.tokenizer_json(model))  # fmt: skip

@@ -96,7 +96,7 @@ def step_loss(
         drawn = rng.sample(negatives, cfg.stage.n_neg) if len(negatives) >= cfg.stage.n_neg else (
             negatives * cfg.stage.n_neg)[: cfg.stage.n_neg]  # fmt: skip
         texts += [docs[rng.choice(g.positives)], *(docs[d] for d in drawn)]
-    weights = sparse.document_weights(model, texts)  # (B * m, V)
+    weights = sparse.document_weights(model, texts, cfg.precision)  # (B * m, V)
     queries = sparse.query_weights(model, [g.query.text for g in picked]).to(weights.dtype)
     scores = (weights.view(len(picked), m, -1) * queries[:, None, :]).sum(-1)  # (B, m)
     penalty = losses.flops_weight(step + 1, weight=cfg.flops_weight, warmup=cfg.flops_warmup)
@@ -140,7 +140,7 @@ def _index(out: Path, model: Any, corpus: list[Any], cfg: SparseConfig) -> Any:
     if (out / "index" / "manifest.json").is_file():
         return SparseIndex.load(out / "index")
     log.info("encoding %d documents into the sparse index", len(corpus))
-    index = index_corpus(model, corpus)
+    index = index_corpus(model, corpus, precision=cfg.precision)
     encoder = {"kind": sparse.KIND, "source": str((out / "model").resolve())}
     index.save(out / "index", {"encoder": encoder}, docs=corpus)
     return index
