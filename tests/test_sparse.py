@@ -207,3 +207,17 @@ def _query(text: str) -> object:
     from ar2.types import Query
 
     return Query("q", text)
+
+
+def test_calibration_keeps_about_the_asked_terms_and_no_special_token(tiny_bert: Path) -> None:
+    model = _model(tiny_bert)
+    before = sparse.encode_documents(model, DOCS, precision="fp32")
+    assert np.diff(before.indptr).min() > 40  # the identity head: nearly every term positive
+    sparse.calibrate(model, DOCS, 5, precision="fp32")
+    after = sparse.encode_documents(model, DOCS, precision="fp32")
+    counts = np.diff(after.indptr)
+    assert np.median(counts) == pytest.approx(5, abs=1) and counts.max() < 20
+    special = model.tokenizer.all_special_ids
+    assert after[:, special].nnz == 0
+    bias = model[0].sub_modules["document"][0].auto_model.cls.predictions.bias
+    assert len(set(bias[[i for i in range(79) if i not in special]].tolist())) == 1

@@ -804,6 +804,9 @@ class SparseConfig:
             knows the collection) or ``"model"`` (the run's ``retriever_model``, MiniLM by
             default). Either way the MLM head starts from the tied word embeddings.
         doc_max_length: Token limit of a document, in training and in the index.
+        start_terms: A new MLM head's bias is set so that a document has about this many
+            non-zero terms at the start (:func:`ar2.encoders.sparse.calibrate`, on 256 sampled
+            documents); 0 leaves it at 0 (every term non-zero).
         flops_weight: Weight of the documents' FLOPS penalty (:func:`ar2.losses.flops`), reached
             after ``flops_warmup`` steps of a quadratic ramp (:func:`ar2.losses.flops_weight`).
         flops_warmup: Steps of the ramp (0: the full weight from the start).
@@ -820,6 +823,7 @@ class SparseConfig:
 
     start: str = "g0"
     doc_max_length: int = 256
+    start_terms: int = 128
     flops_weight: float = 1e-3
     flops_warmup: int = 50
     precision: str = "auto"
@@ -835,7 +839,8 @@ class SparseConfig:
         check_choice("precision", self.precision, PRECISIONS)
         check_ranges(
             self,
-            at_least={"doc_max_length": 8, "flops_weight": 0.0, "flops_warmup": 0,
+            at_least={"doc_max_length": 8, "start_terms": 0, "flops_weight": 0.0,
+                      "flops_warmup": 0,
                       "checkpoint_every": 1, "attention_dropout": 0.0},
             at_most={"attention_dropout": 0.9},
         )  # fmt: skip

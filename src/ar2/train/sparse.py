@@ -4,7 +4,8 @@
 Geng et al. 2024 (:mod:`ar2.encoders.sparse`): a document encoder whose weights ``w_d(t)`` a
 query reads through the IDFs of its tokens, ``s(q, d) = sum_t idf(t) w_d(t)``. The encoder
 starts from the run's G0 retriever (or its start model, ``start = "model"``) with its MLM head
-built on the tied word embeddings. Each step takes ``batch_size`` of the run's round-0 groups
+built on the tied word embeddings, its bias set so that a document starts with about
+``start_terms`` non-zero terms. Each step takes ``batch_size`` of the run's round-0 groups
 (a training query, one of its positives, ``n_neg`` of the negatives G0 mined for it; the
 run's dev queries are never among them) and minimises
 
@@ -46,6 +47,8 @@ log = logging.getLogger("ar2.train")
 STAGE = "sparse"
 MEASURE = "nDCG@10"
 GROUPS = Path("mined") / "round-0"
+CALIBRATION = 256
+"""Documents sampled to set a new MLM head's bias (:func:`ar2.encoders.sparse.calibrate`)."""
 
 
 def run_sparse(
@@ -120,6 +123,11 @@ def _train(
     texts = [d.full_text(" ") for d in corpus]
     idf = sparse.corpus_idf(tokenizer, texts, cfg.doc_max_length)
     model = sparse.start(source, idf, cfg.doc_max_length)
+    if cfg.start_terms and not sparse.has_head(source):
+        sample = random.Random(f"{cfg.seed}/calibrate").sample(texts, min(CALIBRATION, len(texts)))
+        threshold = sparse.calibrate(model, sample, cfg.start_terms, cfg.precision)
+        log.info("the new MLM head keeps logits above %.3f: about %d terms a document",
+                 threshold, cfg.start_terms)  # fmt: skip
     docs = {d.id: t for d, t in zip(corpus, texts)}
     log.info("training the sparse encoder on %d groups", len(groups))
 
