@@ -87,6 +87,7 @@ class SparseIndex:
         self.index, self.ids, self.weights = index, ids, weights
         self.vocabulary, self.query_weights, self.settings = vocabulary, query_weights, settings
         self.query_tokenizer = query_tokenizer  # tokenizer.json text: the query side's
+        self._keys: np.ndarray | None = None  # Seismic's keys of the vocabulary's terms
 
     @classmethod
     def build(
@@ -128,7 +129,9 @@ class SparseIndex:
         """Top-``k`` hits (positive scores only) for each row of ``queries`` (``(m, V)``
         sparse), through the Seismic index."""
         queries = self._queries(queries)
-        tokens = np.asarray(_token_keys(len(self.vocabulary)), dtype=_seismic_string())
+        if self._keys is None:  # built once: 30k strings per query would cost 10+ ms
+            self._keys = np.asarray(_token_keys(len(self.vocabulary)), dtype=_seismic_string())
+        tokens = self._keys
         results: list[list[Hit]] = []
         for row in range(queries.shape[0]):
             start, end = queries.indptr[row], queries.indptr[row + 1]

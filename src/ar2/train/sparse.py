@@ -188,7 +188,7 @@ def _settings(cfg: SparseConfig) -> dict[str, Any]:
 
 def _markdown(r: dict[str, Any], out: Path) -> str:
     w = r["index"]["document_weights"]
-    lines = ["# The inference-free sparse retriever against the run's", "",
+    lines = ["# The inference-free sparse retriever against the run's dense retriever and BM25", "",
              f"| split | queries | sparse {MEASURE} | dense | BM25 | sparse - dense (p) | "
              "sparse - BM25 (p) |", "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for split in ("dev", "test"):
