@@ -213,7 +213,7 @@ def test_calibration_keeps_about_the_asked_terms_and_no_special_token(tiny_bert:
     model = _model(tiny_bert)
     before = sparse.encode_documents(model, DOCS, precision="fp32")
     assert np.diff(before.indptr).min() > 40  # the identity head: nearly every term positive
-    sparse.calibrate(model, DOCS, 5, precision="fp32")
+    sparse.calibrate(model, DOCS, 5)
     after = sparse.encode_documents(model, DOCS, precision="fp32")
     counts = np.diff(after.indptr)
     assert np.median(counts) == pytest.approx(5, abs=1) and counts.max() < 20

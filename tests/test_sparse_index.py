@@ -45,7 +45,7 @@ def test_approximate_search_finds_the_exact_top_10() -> None:
             assert hit.score == pytest.approx(dense[row, ids.index(hit.doc_id)], rel=2e-3)
 
 
-def test_a_higher_heap_factor_visits_less_and_misses_more() -> None:
+def test_a_higher_heap_factor_misses_more() -> None:
     weights, ids, vocab = _corpus()
     loose = SparseIndex.build(weights, ids, vocab, settings=SeismicSettings(heap_factor=0.3))
     strict = SparseIndex(loose.index, ids, loose.weights, vocab, None,

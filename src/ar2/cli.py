@@ -93,7 +93,7 @@ def _index_sparse(args: argparse.Namespace, file: Path, extra: dict[str, str], o
     corpus = load_corpus(file)
     log.info("encoding %d documents with %s", len(corpus), args.model)
     index = index_corpus(model, corpus)
-    encoder = {"kind": sparse.KIND, "source": str(Path(args.model).resolve())}
+    encoder = sparse.describe(args.model)
     index.save(out, extra | {"encoder": encoder}, docs=corpus, overwrite=args.overwrite)
     return len(corpus)
 
@@ -663,9 +663,8 @@ def _add_derived(
 ) -> argparse.ArgumentParser:
     """The subcommand ``name`` of a command that works from a finished run into ``--out``
     (``ar2 distill-query``, ``ar2 jpq``, ``ar2 adore``, ``ar2 anncur``, ``ar2 sparse``): the
-    run, ``--out``,
-    ``--set``, ``--resume``, ``--overwrite``. ``texts``: what ``--out`` holds, example
-    settings, and what the output is called."""
+    run, ``--out``, ``--set``, ``--resume``, ``--overwrite``. ``texts``: what ``--out``
+    holds, example settings, and what the output is called."""
     outputs, settings, made = texts
     p = sub.add_parser(name, help=help)
     p.add_argument("run", help="a finished `ar2 train` run folder")

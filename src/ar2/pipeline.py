@@ -84,16 +84,10 @@ class SparseRetriever:
                 "answer text queries. Fix: build it with `ar2 index --kind sparse --model M`"
             )
         self.index, self.bags = index, QueryBags(index.query_tokenizer, index.query_weights)
-        self._rows = {doc_id: row for row, doc_id in enumerate(index.ids)}
 
     def retrieve(self, queries: Sequence[Query], k: int) -> Run:
         hits = self.index.search(self.bags([q.text for q in queries]), k)
         return {q.id: h for q, h in zip(queries, hits)}
-
-    def score(self, query: Query, docs: Sequence[Doc]) -> np.ndarray:
-        """``query``'s exact score for each of ``docs`` (indexed documents)."""
-        rows = self.index.weights[[self._rows[d.id] for d in docs]]  # (n, V)
-        return np.asarray((rows @ self.bags([query.text]).T).toarray()[:, 0], dtype=np.float32)
 
 
 class HybridRetriever:

@@ -57,7 +57,6 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
         )
     if kind == "bm25" and model:
         raise Ar2Error(f"system {spec!r}: bm25 takes no model folder. Fix: write bm25")
-
     return kind, model or None
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Iterable, Sequence, Sized
 from contextlib import nullcontext
 from functools import partial
-from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ from ar2.config import EncoderConfig
 from ar2.encoders import _hf
 from ar2.encoders._runtime import (
     autocast,
+    chunks,
     eval_mode,
     length_sorted_batches,
     pad_arrays,
@@ -188,7 +188,7 @@ class BiEncoder:
         bar = require("tqdm").tqdm(desc="encoding", unit="text", total=count, disable=not progress)
         try:
             with eval_mode(model), bar:
-                for chunk in _chunks((self.doc_text(d) for d in docs), _CHUNK):
+                for chunk in chunks((self.doc_text(d) for d in docs), _CHUNK):
                     if row + len(chunk) > count:
                         raise ValueError(f"more than count={count} documents")
                     limit = self.config.doc_max_length
@@ -218,7 +218,7 @@ class BiEncoder:
     def count_cuts(self, docs: Iterable[Doc | str]) -> Cuts:
         """Count, without encoding them, the documents :meth:`encode_docs` would cut (added to
         :attr:`cuts`: for documents encoded elsewhere, such as an index built earlier)."""
-        for chunk in _chunks((self.doc_text(d) for d in docs), _CHUNK):
+        for chunk in chunks((self.doc_text(d) for d in docs), _CHUNK):
             self._token_ids(chunk, self.config.doc_max_length, "documents")
         return self.cuts["documents"]
 
@@ -257,8 +257,8 @@ class BiEncoder:
     ) -> np.ndarray:
         """``model``: a torch tower, or an :class:`OnnxGraph` of one."""
         with nullcontext() if _is_graph(model) else eval_mode(model), bar:
-            chunks = _chunks(texts, _CHUNK)
-            parts = [self._encode_chunk(model, c, max_len, bar, kind) for c in chunks]
+            parts = [self._encode_chunk(model, c, max_len, bar, kind)
+                     for c in chunks(texts, _CHUNK)]  # fmt: skip
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
 
     def _encode_chunk(
@@ -344,12 +344,6 @@ def _progress(items: Iterable[Any], show: bool) -> Any:
 
 def _is_graph(model: Any) -> bool:
     return hasattr(model, "session")  # an OnnxGraph (importing it would import onnxruntime)
-
-
-def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
 
 
 def _text_of(query: str | Query) -> str:

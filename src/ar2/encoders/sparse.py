@@ -52,7 +52,7 @@ from ar2 import __version__
 from ar2._io import atomic_dir, atomic_write_json
 from ar2._optional import require
 from ar2.encoders import _hf
-from ar2.encoders._runtime import autocast, use_bf16
+from ar2.encoders._runtime import autocast, chunks, use_bf16
 from ar2.errors import Ar2Error
 
 HEAD = "cls.predictions.transform.dense.weight"
@@ -82,7 +82,7 @@ def corpus_idf(tokenizer: Any, texts: Iterable[str], max_length: int) -> np.ndar
     """
     df = np.zeros(len(tokenizer), dtype=np.int64)  # (V,)
     n = 0
-    for chunk in _chunks(texts, 4096):
+    for chunk in chunks(texts, 4096):
         ids = tokenizer(chunk, truncation=True, max_length=max_length)["input_ids"]
         for row in ids:
             df[np.unique(np.asarray(row, dtype=np.int64))] += 1
@@ -122,26 +122,27 @@ def start(path: str | Path, idf: np.ndarray, max_length: int = 256) -> Any:
     return st.SparseEncoder(modules=[router], similarity_fn_name="dot", device="cpu")
 
 
-def calibrate(model: Any, texts: Sequence[str], terms: int, precision: str = "auto") -> float:
-    """Set the MLM head's bias so that a document of ``texts`` (a sample of the corpus) has
-    about ``terms`` non-zero weights, and special tokens none; returns the threshold.
+def calibrate(model: Any, texts: Sequence[str], terms: int) -> float:
+    """Set the MLM head's bias so that the median document of ``texts`` (a sample of the
+    corpus) has ``terms`` non-zero weights, and special tokens none; returns the threshold.
 
     An identity-transform head makes every term positive somewhere in a document (all 30,522
     of MiniLM's, mean weight 1.3 on SciFact), which no inverted index can hold and which the
     FLOPS penalty would spend its first hundreds of steps undoing. A document's term ``t`` is
     non-zero when its largest logit over the positions exceeds ``-b_t``; one bias for every
-    term, at the quantile of the sample's max-pooled logits that leaves ``terms`` a document on
-    average, keeps each document's strongest terms (its own tokens first) and the ranking
-    among them unchanged.
+    term, minus the median over the sample of each document's ``terms``-th largest max-pooled
+    logit, keeps each document's strongest terms (its own tokens first) and the ranking among
+    them unchanged. It runs in fp32 (a sample, once).
     """
     torch = require("torch")
-    head = model[0].sub_modules["document"][0].auto_model.cls.predictions
+    document = _document(model)
+    head = document.auto_model.cls.predictions
     with torch.no_grad():
         head.bias.zero_()
         pooled = []
-        for chunk in _chunks(texts, 16):
+        for chunk in chunks(texts, 16):
             features = model.preprocess(chunk, task="document")
-            out = model[0].sub_modules["document"][0](dict(features))
+            out = document(dict(features))
             logits = out["token_embeddings"].float()  # (n, seq, V)
             mask = features["attention_mask"][..., None].bool()  # (n, seq, 1)
             pooled.append(logits.masked_fill(~mask, float("-inf")).amax(dim=1))  # (n, V)
@@ -183,6 +184,12 @@ def save(model: Any, path: str | Path, source: str, settings: dict[str, Any]) ->
             "config": settings})  # fmt: skip
 
 
+def describe(path: str | Path) -> dict[str, Any]:
+    """What an index records of the sparse encoder saved at ``path``: its manifest, and where
+    it is."""
+    return _hf.read_json(Path(path) / _hf.MANIFEST) | {"path": str(Path(path).resolve())}
+
+
 def query_idf(model: Any) -> np.ndarray:
     """``(V,)`` the query route's weights (the IDFs)."""
     return model[0].sub_modules["query"][0].weight.detach().cpu().numpy()  # type: ignore[no-any-return]
@@ -190,27 +197,21 @@ def query_idf(model: Any) -> np.ndarray:
 
 def document_max_length(model: Any) -> int:
     """The document encoder's token limit."""
-    return int(model[0].sub_modules["document"][0].max_seq_length)
+    return int(_document(model).max_seq_length)
 
 
 def document_weights(model: Any, texts: Sequence[str], precision: str = "auto") -> Any:
     """``(n, V)`` the documents' term weights, with gradients (training); bf16 autocast where
     ``precision`` resolves to it (:func:`ar2.encoders._runtime.use_bf16`)."""
-    features = model.preprocess(list(texts), task="document")
-    features = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in features.items()}
     device = str(model.device)
     with autocast(device, use_bf16(precision, device)):
-        return model(features, task="document")["sentence_embedding"]  # (n, V)
+        return _forward(model, texts, "document")  # (n, V)
 
 
 def query_weights(model: Any, texts: Sequence[str]) -> Any:
-    """``(n, V)`` the queries' IDF bags (no gradient: the query route is frozen). A forward
-    pass, not ``encode_query``, which would put the model in eval mode mid-training."""
-    torch = require("torch")
-    features = model.preprocess(list(texts), task="query")
-    features = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in features.items()}
-    with torch.no_grad():
-        return model(features, task="query")["sentence_embedding"].float()  # (n, V)
+    """``(n, V)`` the queries' IDF bags (no gradient: the query route is frozen)."""
+    with require("torch").no_grad():
+        return _forward(model, texts, "query").float()  # (n, V)
 
 
 def encode_documents(
@@ -226,7 +227,7 @@ def encode_documents(
     weights = weights.coalesce().cpu().float()  # (n, V)
     rows, cols = weights.indices().numpy()
     shape = tuple(weights.shape)
-    return sparse.csr_matrix((weights.values().float().numpy(), (rows, cols)), shape=shape)
+    return sparse.csr_matrix((weights.values().numpy(), (rows, cols)), shape=shape)
 
 
 class QueryBags:
@@ -294,6 +295,19 @@ def has_head(path: Path) -> bool:
     return False
 
 
+def _document(model: Any) -> Any:
+    """The document route's fill-mask Transformer module."""
+    return model[0].sub_modules["document"][0]
+
+
+def _forward(model: Any, texts: Sequence[str], task: str) -> Any:
+    """``(n, V)`` the route ``task``'s weights of ``texts``, by a forward pass (``encode_*``
+    would put the model in eval mode mid-training)."""
+    features = model.preprocess(list(texts), task=task)
+    features = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in features.items()}
+    return model(features, task=task)["sentence_embedding"]
+
+
 def _identity_transform(model: Any) -> None:
     """The MLM head's transform dense layer set to the identity, its bias to 0."""
     torch = require("torch")
@@ -316,14 +330,3 @@ def _quiet(make: Any) -> Any:
     finally:
         for name, level in zip(names, levels):
             logging.getLogger(name).setLevel(level)
-
-
-def _chunks(texts: Iterable[str], size: int) -> Iterable[list[str]]:
-    chunk: list[str] = []
-    for text in texts:
-        chunk.append(text)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

@@ -26,6 +26,7 @@ Folder::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -67,8 +68,7 @@ def run_sparse(
         corpus = load_corpus(data / "corpus.jsonl")
         model = _train(out, run, corpus, read_groups(run / GROUPS), cfg)
         index = _index(out, model, corpus, cfg)
-        report = _report(out, run, data, index, corpus)
-        return report
+        return _report(out, run, data, index, corpus)
 
 
 def start_path(run: Path, cfg: SparseConfig) -> Path:
@@ -125,7 +125,7 @@ def _train(
     model = sparse.start(source, idf, cfg.doc_max_length)
     if cfg.start_terms and not sparse.has_head(source):
         sample = random.Random(f"{cfg.seed}/calibrate").sample(texts, min(CALIBRATION, len(texts)))
-        threshold = sparse.calibrate(model, sample, cfg.start_terms, cfg.precision)
+        threshold = sparse.calibrate(model, sample, cfg.start_terms)
         log.info("the new MLM head keeps logits above %.3f: about %d terms a document",
                  threshold, cfg.start_terms)  # fmt: skip
     docs = {d.id: t for d, t in zip(corpus, texts)}
@@ -135,7 +135,7 @@ def _train(
         return step_loss(model, groups, docs, cfg, step)
 
     stage_log = train_stage(out, STAGE, {"retriever": model}, cfg.stage, loss, cfg)
-    sparse.save(model, final, str(source), _settings(cfg))
+    sparse.save(model, final, str(source), dataclasses.asdict(cfg))
     MetricsLog(out / "metrics.jsonl").write(stage_record(STAGE, 0, "retriever", stage_log))
     return sparse.load(final)
 
@@ -149,8 +149,7 @@ def _index(out: Path, model: Any, corpus: list[Any], cfg: SparseConfig) -> Any:
         return SparseIndex.load(out / "index")
     log.info("encoding %d documents into the sparse index", len(corpus))
     index = index_corpus(model, corpus, precision=cfg.precision)
-    encoder = {"kind": sparse.KIND, "source": str((out / "model").resolve())}
-    index.save(out / "index", {"encoder": encoder}, docs=corpus)
+    index.save(out / "index", {"encoder": sparse.describe(out / "model")}, docs=corpus)
     return index
 
 
@@ -178,12 +177,6 @@ def _report(out: Path, run: Path, data: Path, index: Any, corpus: list[Any]) -> 
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", _markdown(report, out))
     return report
-
-
-def _settings(cfg: SparseConfig) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
 
 
 def _markdown(r: dict[str, Any], out: Path) -> str:
