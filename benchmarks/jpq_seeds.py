@@ -1,12 +1,13 @@
-"""``ar2 jpq`` over several seeds: each system's mean ± sd, and paired t-tests over every
-(seed, query) pair (the protocol of ``benchmarks/ablations.py``) and over the queries, each
-the mean of its seeds (the stricter one here: two of the three systems are the same in every
-seed, so the pooled test counts their queries three times).
+"""``ar2 jpq`` (or ``ar2 repconc``) over several seeds: each system's mean ± sd, and paired
+t-tests over every (seed, query) pair (the protocol of ``benchmarks/ablations.py``) and over
+the queries, each the mean of its seeds (the stricter one here: two of the three systems are
+the same in every seed, so the pooled test counts their queries three times).
 
-Each folder is an ``ar2 jpq`` output of the same run, with its own ``seed`` (the batches and
+Each folder is an ``ar2 jpq`` output of one run, with its own ``seed`` (the batches and
 the dropout). The three systems of its report are evaluated again per query on the split:
 ``uncompressed`` (the run's retriever and flat index), ``opq-pq`` (FAISS's post-hoc OPQ + PQ,
-the same in every seed: FAISS seeds its clustering itself) and ``jpq``.
+the same in every seed: FAISS seeds its clustering itself) and ``jpq``. An ``ar2 repconc``
+output adds ``repconc`` (its ``jpq`` is JPQ's stage over FAISS's codes, in ``jpq/``).
 
 With ``--ranker`` (test split only) the run's ranker also reranks each retriever's top
 ``rerank_k`` (the run's) fused with it, ``(1 - w) z(G) + w z(D)``: ``uncompressed+d`` with the
@@ -16,6 +17,7 @@ the saved ``w``).
 
     .venv/bin/python benchmarks/jpq_seeds.py runs/jpq15/m48 runs/jpq15/m48-seed43 \\
         runs/jpq15/m48-seed44 --split test --out jpq_seeds.json [--ranker]
+    .venv/bin/python benchmarks/jpq_seeds.py runs/repconc42 runs/repconc43 runs/repconc44
 """
 
 from __future__ import annotations
@@ -28,14 +30,15 @@ from typing import Any
 
 MEASURES = ["nDCG@10", "R@100"]
 PAIRS = (("jpq", "uncompressed"), ("opq-pq", "uncompressed"), ("jpq", "opq-pq"))
+REPCONC_PAIRS = (("repconc", "jpq"), ("repconc", "opq-pq"), ("repconc", "uncompressed"))
 RANKER_PAIRS = (("jpq+d", "uncompressed+d"), ("jpq+d", "jpq"), ("uncompressed+d", "uncompressed"))
 
 
 def per_seed(
     folder: Path, split: str, ranker: bool = False, cache: dict | None = None
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """``system -> measure -> query -> value`` for one ``ar2 jpq`` output (``cache`` keeps the
-    systems that are the same in every seed)."""
+    """``system -> measure -> query -> value`` for one ``ar2 jpq`` or ``ar2 repconc`` output
+    (``cache`` keeps the systems that are the same in every seed)."""
     from ar2.data.beir import load_qrels, load_queries
     from ar2.encoders import BiEncoder
     from ar2.evaluate import per_query
@@ -43,7 +46,8 @@ def per_seed(
     from ar2.pipeline import DenseRetriever
     from ar2.train.data import dev_split_qrels
 
-    record = json.loads((folder / "jpq.json").read_text())
+    repconc = (folder / "repconc.json").is_file()
+    record = json.loads((folder / ("repconc.json" if repconc else "jpq.json")).read_text())
     run = Path(record["run"])
     data = Path(json.loads((run / "config.json").read_text())["data"]["path"])
     dev = dev_split_qrels(data, json.loads((run / "dev_split.json").read_text()))
@@ -52,17 +56,20 @@ def per_seed(
     systems = {
         "uncompressed": (run / "retriever", run / "index"),
         "opq-pq": (run / "retriever", folder / "posthoc"),
-        "jpq": (folder / "retriever", folder / "index"),
-    }
+        "jpq": (folder / "jpq" / "retriever", folder / "jpq" / "index") if repconc
+        else (folder / "retriever", folder / "index"),
+    }  # fmt: skip
+    if repconc:
+        systems["repconc"] = (folder / "retriever", folder / "index")
     values, cache = {}, {} if cache is None else cache
     for name, (model, index) in systems.items():
         retriever = DenseRetriever(BiEncoder.load(model), FaissIndex.load(index))
         asked = [q for q in queries if q.id in qrels]
         values[name] = per_query(retriever.retrieve(asked, 100), qrels, MEASURES)
         key = (name, str(run))  # the uncompressed system is the same for every seed of a run
-        if ranker and name != "opq-pq" and (name == "jpq" or key not in cache):
+        if ranker and name not in ("opq-pq", "repconc") and (name == "jpq" or key not in cache):
             cache[key] = _fused(retriever, run, data, (queries, dev, qrels), name == "jpq")
-        if ranker and name != "opq-pq":
+        if ranker and name not in ("opq-pq", "repconc"):
             weight, fused = cache[key]
             print(f"  {folder} {name}+d: fusion weight {weight}")
             values[f"{name}+d"] = fused
@@ -98,7 +105,9 @@ def _fused(retriever: Any, run: Path, data: Path, sets: tuple, tune: bool) -> tu
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("folders", nargs="+", type=Path, help="ar2 jpq outputs, one per seed")
+    p.add_argument(
+        "folders", nargs="+", type=Path, help="ar2 jpq (or repconc) outputs, one per seed"
+    )
     p.add_argument("--split", default="test")
     p.add_argument("--out", type=Path)
     p.add_argument("--ranker", action="store_true", help="add uncompressed+d and jpq+d")
@@ -112,6 +121,7 @@ def main() -> None:
     seeds = {str(f): per_seed(f, args.split, args.ranker, cache) for f in args.folders}
     names = list(next(iter(seeds.values())))
     pairs = PAIRS + (RANKER_PAIRS if args.ranker else ())
+    pairs += REPCONC_PAIRS if "repconc" in names else ()
     result: dict = {"split": args.split, "folders": list(seeds), "systems": {}, "tests": {}}
     for name in names:
         result["systems"][name] = {}

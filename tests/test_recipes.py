@@ -218,3 +218,80 @@ def test_the_dexml_recipe_trains_its_round_with_the_decoupled_loss_and_resumes_a
     monkeypatch.setattr(losses, "decoupled_softmax", real)
     run_ar2(data, out, cfg, resume=True)
     assert_same_round_retriever(out, straight)
+
+
+def _filled_toy(root: Path, recipe: str) -> tuple[Path, Any]:
+    """The one-round toy of ``recipe`` (``recipe_toy``) with 260 filler documents: 300 in
+    all, enough for 8-bit PQ."""
+    from conftest import recipe_toy
+
+    data, cfg = recipe_toy(root, recipe)
+    with (data / "corpus.jsonl").open("a") as f:
+        for i in range(260):
+            f.write(json.dumps({"_id": f"f{i}", "title": "", "text": f"w{i % 40} filler"}) + "\n")
+    return data, cfg
+
+
+def test_the_repconc_recipe_continues_the_finished_run_into_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--recipe repconc`` is AR2's run, then ``ar2 repconc`` over it in ``OUT/repconc``
+    (with its settings made from the run's seed); a resumed run keeps what it made."""
+    pytest.importorskip("faiss")
+    import dataclasses
+
+    from ar2.config import RepCONCConfig, StageConfig
+    from ar2.train import follow_up
+    from ar2.train.ar2 import run_ar2
+    from conftest import recipe_toy
+
+    small = RepCONCConfig(
+        m=8, negatives=10, stage=StageConfig(steps=2, batch_size=4, n_neg=0, head_lr=1e-2),
+        constrained=StageConfig(steps=2, batch_size=4, n_neg=2, head_lr=1e-2),
+    )  # fmt: skip
+    settings = follow_up.FOLLOW_UPS["repconc"]
+    monkeypatch.setitem(follow_up.FOLLOW_UPS, "repconc", dataclasses.replace(
+        settings, settings=lambda seed: dataclasses.replace(small, seed=seed)))  # fmt: skip
+    small_data, small_cfg = recipe_toy(tmp_path / "small", "repconc")
+    with pytest.raises(Ar2Error, match="40 documents; the repconc recipe compresses"):
+        run_ar2(small_data, tmp_path / "refused", small_cfg)
+    assert not (tmp_path / "refused" / "g0").exists()  # before any training
+
+    data, cfg = _filled_toy(tmp_path, "repconc")
+    out = tmp_path / "run"
+    run_ar2(data, out, cfg)
+    report = json.loads((out / "repconc" / "report.json").read_text())
+    assert set(report["test"]["nDCG@10"]) == {"uncompressed", "opq-pq", "jpq", "repconc"}
+    record = json.loads((out / "repconc" / "repconc.json").read_text())
+    assert record["run"] == str(out.resolve()) and record["config"]["seed"] == cfg.seed
+    assert record["config"]["constrained"]["steps"] == 2
+    assert "repconc/: `ar2 repconc` over this run" in (out / "report.md").read_text()
+    made = (out / "repconc" / "index" / "manifest.json").stat().st_mtime_ns
+    run_ar2(data, out, cfg, resume=True)
+    assert (out / "repconc" / "index" / "manifest.json").stat().st_mtime_ns == made
+
+
+def test_the_sparse_recipe_continues_the_finished_run_into_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("seismic")
+    import dataclasses
+
+    from ar2.config import SparseConfig, StageConfig
+    from ar2.train import follow_up
+    from ar2.train.ar2 import run_ar2
+    from conftest import recipe_toy
+
+    small = SparseConfig(doc_max_length=32, flops_warmup=2, checkpoint_every=2,
+                         stage=StageConfig(steps=2, batch_size=4, n_neg=2, lr=1e-3))  # fmt: skip
+    settings = follow_up.FOLLOW_UPS["sparse"]
+    monkeypatch.setitem(follow_up.FOLLOW_UPS, "sparse", dataclasses.replace(
+        settings, settings=lambda seed: dataclasses.replace(small, seed=seed)))  # fmt: skip
+    data, cfg = recipe_toy(tmp_path, "sparse")
+    out = tmp_path / "run"
+    run_ar2(data, out, cfg)
+    report = json.loads((out / "sparse" / "report.json").read_text())
+    assert set(report["test"]["nDCG@10"]) == {"sparse", "bm25", "dense"}
+    assert json.loads((out / "sparse" / "sparse.json").read_text())["run"] == str(out.resolve())
+    assert (out / "sparse" / "index" / "manifest.json").is_file()
+    assert "sparse/: `ar2 sparse` over this run" in (out / "report.md").read_text()

@@ -155,6 +155,14 @@ def _is_sparse(path: Path) -> bool:
     return (path / SPARSE_CONFIG).is_file()
 
 
+REPCONC_CONFIG = "repconc.json"
+"""The settings and the run of an ``ar2 repconc`` output."""
+
+
+def _is_repconc(path: Path) -> bool:
+    return (path / REPCONC_CONFIG).is_file()
+
+
 KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
     "index": ("an ar2 index (`ar2 index`)", _is_index),
     "eval": ("an ar2 eval report (`ar2 eval`)", _is_eval),
@@ -165,6 +173,7 @@ KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
     "adore": ("an ar2 ADORE query tower (`ar2 adore`)", _is_adore),
     "anncur": ("an ar2 ANNCUR study (`ar2 anncur`)", _is_anncur),
     "sparse": ("an ar2 inference-free sparse retriever (`ar2 sparse`)", _is_sparse),
+    "repconc": ("an ar2 RepCONC compression (`ar2 repconc`)", _is_repconc),
 }
 """Output kinds: a description and a test that a folder is one."""
 

@@ -329,13 +329,30 @@ def cmd_jpq(args: argparse.Namespace) -> int:
     r = run_jpq(Path(args.run), Path(args.out), cfg, args.resume, args.overwrite)
     sizes = r["bytes_per_doc"]
     print("bytes/doc  " + "  ".join(f"{name} {sizes[name]}" for name in SYSTEMS))
+    return _print_compression(r, SYSTEMS, Path(args.out))
+
+
+def cmd_repconc(args: argparse.Namespace) -> int:
+    """A run's index compressed to ``m`` bytes a document by RepCONC: both towers and the
+    centroids trained under a balanced clustering, then JPQ's stage over the new codes."""
+    from ar2.config import RepCONCConfig
+    from ar2.train.repconc import SYSTEMS, run_repconc
+
+    cfg = _settings(RepCONCConfig(m=args.m), args.set, "ar2 repconc")
+    r = run_repconc(Path(args.run), Path(args.out), cfg, args.resume, args.overwrite)
+    return _print_compression(r, SYSTEMS, Path(args.out))
+
+
+def _print_compression(r: dict[str, Any], systems: tuple[str, ...], out: Path) -> int:
+    """Print a compression's report (``ar2 jpq``, ``ar2 repconc``): each split's nDCG@10 of
+    ``systems`` and its paired tests, then how to serve it."""
     for split in ("dev", "test"):
         if split in r:
             s, tests = r[split]["nDCG@10"], r[split]["tests"]
-            print(f"{split:5} nDCG@10 " + "  ".join(f"{name} {s[name]:.4f}" for name in SYSTEMS)
+            print(f"{split:5} nDCG@10 " + "  ".join(f"{name} {s[name]:.4f}" for name in systems)
                   + "  (" + ", ".join(f"{k} {t['diff']:+.4f} p = {t['p']:.3g}"
                                       for k, t in tests.items()) + ")")  # fmt: skip
-    print(f"\nserve it: ar2 serve {Path(args.out) / 'index'}")
+    print(f"\nserve it: ar2 serve {out / 'index'}")
     return 0
 
 
@@ -438,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_distill_query(sub)
     _add_jpq(sub)
+    _add_repconc(sub)
     _add_adore(sub)
     _add_anncur(sub)
     _add_sparse(sub)
@@ -553,6 +571,19 @@ def _add_jpq(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--m", type=positive_int, default=48, help="bytes per document (default 48)")
 
 
+def _add_repconc(sub: argparse._SubParsersAction) -> None:
+    p = _add_derived(
+        sub,
+        "repconc",
+        "compress a trained run's index to M bytes a document (RepCONC: both towers and the "
+        "centroids under a balanced clustering, then JPQ's stage), beside JPQ",
+        ("index/, retriever/, constrained/, jpq/, posthoc/, report",
+         "constrained.steps=60, mse_weight=1e-4, stage.steps=200", "a RepCONC compression"),
+        cmd_repconc,
+    )  # fmt: skip
+    p.add_argument("--m", type=positive_int, default=48, help="bytes per document (default 48)")
+
+
 def _add_adore(sub: argparse._SubParsersAction) -> None:
     _add_derived(
         sub,
@@ -662,7 +693,8 @@ def _add_derived(
     func: Any,
 ) -> argparse.ArgumentParser:
     """The subcommand ``name`` of a command that works from a finished run into ``--out``
-    (``ar2 distill-query``, ``ar2 jpq``, ``ar2 adore``, ``ar2 anncur``, ``ar2 sparse``): the
+    (``ar2 distill-query``, ``ar2 jpq``, ``ar2 repconc``, ``ar2 adore``, ``ar2 anncur``,
+    ``ar2 sparse``): the
     run, ``--out``, ``--set``, ``--resume``, ``--overwrite``. ``texts``: what ``--out``
     holds, example settings, and what the output is called."""
     outputs, settings, made = texts

@@ -46,7 +46,7 @@ TEACHER_PARTS = ("ranker", "retriever", "bm25")
 DELIVERIES = ("best", "last")
 RANKER_HEADS = ("classifier", "cosine")
 TRAIN_ATTENTION = ("auto", "torch", "flash", "math")
-RECIPES = ("ar2", "star", "adore", "dexml", "tas-b")
+RECIPES = ("ar2", "star", "adore", "dexml", "tas-b", "repconc", "sparse")
 """The recipes of ``ar2 train --recipe`` (:data:`ar2.train.recipes.RECIPES`)."""
 """Attention kernels for training passes (:mod:`ar2.encoders.attention`)."""
 
@@ -871,6 +871,40 @@ class JPQConfig(ADOREConfig):
             raise Ar2Error(
                 "kd_weight > 0 in ar2 jpq: a teacher distils into ar2 adore's loop only. "
                 "Fix: drop kd_weight, or run ar2 adore"
+            )
+
+
+@dataclass(frozen=True)
+class RepCONCConfig(JPQConfig):
+    """``ar2 repconc``: both towers and the PQ centroids trained together under a uniform
+    (constrained) clustering of the documents, then JPQ's stage over the new codes (RepCONC,
+    Zhan et al. 2022; :mod:`ar2.train.repconc`). It has JPQ's settings (:class:`JPQConfig`),
+    which its second stage and the report's JPQ arm use.
+
+    Attributes:
+        constrained: The first stage: ``steps`` updates of ``batch_size`` of the run's mined
+            groups (a positive and ``n_neg`` of G0's negatives each), the encoder at ``lr``
+            (RepCONC: 2e-5), the centroids at ``head_lr`` (RepCONC: 5e-4, "10-30x the
+            encoder's").
+        mse_weight: Weight of the clustering MSE beside the ranking loss (RepCONC: 1e-4).
+        epsilon: Sinkhorn's entropy (over distances rescaled to [-1, 1]; RepCONC: 0.003).
+        sinkhorn_iterations: Sinkhorn's alternating normalisations (RepCONC: 100).
+    """
+
+    constrained: StageConfig = StageConfig(steps=60, batch_size=16, n_neg=3, lr=2e-5,
+                                           head_lr=5e-4)  # fmt: skip
+    mse_weight: float = 1e-4
+    epsilon: float = 0.003
+    sinkhorn_iterations: int = 100
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges(self, at_least={"mse_weight": 0.0, "sinkhorn_iterations": 1},
+                     above={"epsilon": 0.0})  # fmt: skip
+        if self.constrained.n_neg < 1:
+            raise Ar2Error(
+                "constrained.n_neg = 0: the first stage needs a mined negative per query. "
+                "Fix: --set constrained.n_neg=3"
             )
 
 

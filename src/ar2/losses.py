@@ -29,6 +29,8 @@ The losses, each a scalar to minimise:
   (ScalingNote's query-tower distillation; ``ar2 distill-query``).
 - :func:`rank_weighted_pairwise`: ADORE's and JPQ's ΔMRR-weighted pairwise loss over the
   results of a search (``ar2 jpq``).
+- :func:`constrained_quantization`: RepCONC's stage-1 loss, a softmax over quantised documents
+  with a straight-through gradient, plus the clustering MSE (``ar2 repconc``).
 - :func:`flops`: the FLOPS sparsity regulariser of learned sparse retrieval (documents only in
   the inference-free retriever, :mod:`ar2.encoders.sparse`), with :func:`flops_weight`'s ramp.
 
@@ -534,6 +536,65 @@ def rank_weighted_pairwise(
         return scores.sum() * 0.0  # ()
     per_query = terms.sum(dim=(1, 2))[has] / count[has]  # (queries with pairs,)
     return per_query.mean()  # ()
+
+
+def constrained_quantization(
+    *,
+    queries: torch.Tensor,
+    documents: torch.Tensor,
+    quantized: torch.Tensor,
+    targets: torch.Tensor,
+    excluded: torch.Tensor,
+    scale: float,
+    mse_weight: float,
+) -> torch.Tensor:
+    """RepCONC's stage-1 loss (Zhan et al., "Learning Discrete Representations via Constrained
+    Clustering for Effective and Efficient Dense Retrieval", WSDM 2022, Eqs. 5-8):
+    ``L = L_rank + mse_weight * L_mse``.
+
+    - ``L_rank = mean_b -log softmax_j(scale * q_b . d~_j)[t_b]``, the query's continuous
+      vector against the batch's *quantised* documents ``d~_j``, the columns in ``excluded``
+      left out (the query's other relevant documents, repeats).
+    - ``L_mse = mean_j ||d~_j - d_j||^2``, which keeps documents near their centroids.
+    - The straight-through estimator: ``d~_j`` enters ``L_rank`` as
+      ``d~_j + d_j - stop_grad(d_j)``, so its gradient updates the centroids and reaches
+      the continuous ``d_j`` (and the document encoder) unchanged, past the discrete choice.
+
+    Args:
+        queries: ``(B, d)`` query vectors.
+        documents: ``(N, d)`` the documents' continuous vectors, in the quantiser's space.
+        quantized: ``(N, d)`` their reconstructions from the centroids of their codes.
+        targets: ``(B,)`` the column of each query's positive.
+        excluded: ``(B, N)`` bool, columns left out of a query's softmax (never its target).
+        scale: multiplies the dot products (the run's ``scale``; RepCONC's is 1).
+        mse_weight: weight of ``L_mse`` (RepCONC: 1e-4).
+
+    Returns:
+        The scalar loss.
+
+    Example:
+        >>> q = torch.tensor([[1.0, 0.0]])
+        >>> d = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> dq = torch.tensor([[0.5, 0.0], [0.0, 1.0]])  # the first quantised to half
+        >>> none = torch.zeros(1, 2, dtype=torch.bool)
+        >>> loss = constrained_quantization(queries=q, documents=d, quantized=dq,
+        ...     targets=torch.tensor([0]), excluded=none, scale=1.0, mse_weight=0.1)
+        >>> round(loss.item(), 4)  # -log(e^0.5 / (e^0.5 + 1)) + 0.1 * (0.25 + 0) / 2
+        0.4866
+    """
+    if documents.shape != quantized.shape or queries.shape[1:] != documents.shape[1:]:
+        raise ValueError(
+            f"queries must be (B, d) and documents and quantized (N, d); got "
+            f"{tuple(queries.shape)}, {tuple(documents.shape)} and {tuple(quantized.shape)}"
+        )
+    rows = torch.arange(len(targets), device=targets.device)  # (B,)
+    if bool(excluded[rows, targets].any()):
+        raise ValueError("excluded marks a query's own target: it cannot leave its softmax")
+    passed = quantized + documents - documents.detach()  # (N, d): value d~, gradient to both
+    scores = scale * queries @ passed.T  # (B, N)
+    ranking = F.cross_entropy(scores.masked_fill(excluded, float("-inf")), targets)  # ()
+    mse = (quantized - documents).pow(2).sum(dim=-1).mean()  # ()
+    return ranking + mse_weight * mse
 
 
 def flops(*, weights: torch.Tensor) -> torch.Tensor:

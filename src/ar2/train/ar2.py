@@ -11,6 +11,7 @@ Run folder::
     config.json  dev_split.json  metrics.jsonl  report.md  report.json  report.png
     g0/retriever/  d0/ranker/  mined/round-R/  rounds/R/{retriever,ranker}/
     adore/retriever/                     # with [adore] steps (the adore recipe)
+    repconc/  sparse/                    # the repconc and sparse recipes' artifacts
     retriever/  ranker/  index/          # the final models and index
     checkpoints/<stage>/                 # rolling training state
 """
@@ -79,6 +80,7 @@ def run_ar2(
         if warm_start_from is not None:
             distributed.decide_on_main(check_warm_start, warm_start_from, record, data_dir)
         check_index(cfg, data_dir)
+        then = _follow_up(cfg, data_dir)
         distributed.on_main(_write_config, out, record, overwrite)
         if warm_start_from is not None:
             distributed.on_main(warm_start, out, warm_start_from, record, data_dir)
@@ -103,7 +105,24 @@ def run_ar2(
         report = distributed.on_main(
             final_report, data_dir, out, data, final, ranker, cfg, chosen, averaged is not None
         )
+        if then:  # the recipe's artifact, made from the finished run (OUT/<then>)
+            from ar2.train import follow_up
+
+            distributed.on_main(follow_up.run, then, out, cfg.seed)
     return report or {}
+
+
+def _follow_up(cfg: AR2Config, data_dir: Path) -> str:
+    """The command the recipe runs over the finished run (``""``: none), checked before the
+    run trains."""
+    from ar2.train.recipes import RECIPES
+
+    then = RECIPES[cfg.recipe].then
+    if then:
+        from ar2.train import follow_up
+
+        follow_up.check(then, data_dir)
+    return then
 
 
 def delivered_round(records: list[dict[str, Any]], cfg: AR2Config) -> int:

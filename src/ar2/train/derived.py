@@ -19,11 +19,14 @@ from ar2.errors import Ar2Error
 
 @contextlib.contextmanager
 def derived_output(
-    run: Path, out: Path, kind: str, record_file: str, cfg: Any, resume: bool, overwrite: bool
-) -> Iterator[tuple[Path, Path]]:
+    run: Path, out: Path, kind: str, record_file: str, cfg: Any, resume: bool, overwrite: bool,
+    inside: bool = False,
+) -> Iterator[tuple[Path, Path]]:  # fmt: skip
     """Hold ``out`` (an output of ``kind``, :data:`ar2._outdir.KINDS`) for work on ``run``;
     yields the output folder and the run's data folder. ``record_file`` keeps the settings
-    ``cfg`` (a dataclass), the run and its retriever's hash."""
+    ``cfg`` (a dataclass), the run and its retriever's hash. ``inside``: ``out`` is a folder
+    of the run, which ``ar2 train`` holds (:mod:`ar2.train.follow_up`); otherwise an ``out``
+    inside the run is refused, as any inside an input."""
     if resume and overwrite:
         raise Ar2Error("--resume and --overwrite together. Fix: pass one of them")
     if not (run / "retriever").is_dir() or not (run / "index" / "manifest.json").is_file():
@@ -32,7 +35,7 @@ def derived_output(
             f"Fix: give a run folder, or finish it with `ar2 train DATA --out {run} --resume`"
         )
     data_dir = Path(json.loads((run / "config.json").read_text())["data"]["path"])
-    with claim(out, kind, [run, data_dir], overwrite) as held:
+    with claim(out, kind, [data_dir] if inside else [run, data_dir], overwrite) as held:
         record = {"config": dataclasses.asdict(cfg), "run": str(run.resolve()),
                   "retriever": fingerprint(run / "retriever")}  # fmt: skip
         _check_resume(held, record_file, kind, record, resume, overwrite)

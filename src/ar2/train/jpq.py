@@ -109,20 +109,21 @@ def run_jpq(
     run: Path, out: Path, cfg: JPQConfig, resume: bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
     """Compress ``run``'s index and train JPQ into ``out`` (see the module); the report."""
-    _check_settings(run, cfg)
+    check_settings(run, cfg)
     with derived_output(run, out, "jpq", JPQ_CONFIG, cfg, resume, overwrite) as (out, data_dir):
         retriever = BiEncoder.load(run / "retriever")
         exact = FaissIndex.load(run / "index")
-        posthoc = _posthoc(out, exact, read_manifest(run / "index").get("encoder", {}), cfg)
+        posthoc = posthoc_index(out, exact, read_manifest(run / "index").get("encoder", {}), cfg)
         scale = float(json.loads((run / "config.json").read_text()).get("scale", 20.0))
-        student, index = _train(out, run, data_dir, retriever, posthoc, cfg, scale)
+        student, index = jpq_stage(out, out, run, data_dir, retriever, posthoc, cfg, scale)
         systems = {"uncompressed": (retriever, exact), "opq-pq": (retriever, posthoc),
                    "jpq": (student, index)}  # fmt: skip
         return _report(out, run, data_dir, systems, cfg)
 
 
-def _check_settings(run: Path, cfg: JPQConfig) -> None:
-    """Refuse settings that the run's index cannot take, before anything is written."""
+def check_settings(run: Path, cfg: JPQConfig) -> None:
+    """Refuse settings of ``cfg`` that ``run``'s index cannot take, before anything is
+    written."""
     manifest = read_manifest(run / "index") if (run / "index" / "manifest.json").is_file() else {}
     dim, count, metric = manifest.get("dim"), manifest.get("count"), manifest.get("metric")
     if isinstance(dim, int) and dim % cfg.m:
@@ -142,8 +143,11 @@ def _check_settings(run: Path, cfg: JPQConfig) -> None:
         )
 
 
-def _posthoc(out: Path, exact: FaissIndex, encoder: dict[str, Any], cfg: JPQConfig) -> FaissIndex:
-    """FAISS's OPQ + PQ of the run's vectors (the baseline, and JPQ's codes), kept on disk."""
+def posthoc_index(
+    out: Path, exact: FaissIndex, encoder: dict[str, Any], cfg: JPQConfig
+) -> FaissIndex:
+    """FAISS's OPQ + PQ of the run's vectors (the baseline, and JPQ's codes), kept in
+    ``out/posthoc``."""
     folder = out / "posthoc"
     if (folder / "manifest.json").is_file():
         return FaissIndex.load(folder)
@@ -184,11 +188,15 @@ def _train_quietly(index: Any, sample: np.ndarray) -> None:
     index.train(sample)  # the rotation is trained: the index's quantizer, on rotated vectors
 
 
-def _train(
-    out: Path, run: Path, data_dir: Path, retriever: BiEncoder, posthoc: FaissIndex,
-    cfg: JPQConfig, scale: float,
+def jpq_stage(
+    out: Path, into: Path, run: Path, data_dir: Path, retriever: BiEncoder,
+    posthoc: FaissIndex, cfg: JPQConfig, scale: float, stage: str = STAGE,
 ) -> tuple[BiEncoder, FaissIndex]:  # fmt: skip
-    final, saved = out / "retriever", out / "index"
+    """JPQ's training (the module's step 2) of ``retriever``'s query tower and the centroids
+    of ``posthoc`` (an ``OPQ,PQ`` index of ``retriever``'s documents, whose rotation and codes
+    stay fixed), as stage ``stage`` of the output ``out`` (its checkpoints and metrics); the
+    trained query tower and index are saved in ``into/retriever`` and ``into/index``."""
+    final, saved = into / "retriever", into / "index"
     if final.is_dir() and (saved / "manifest.json").is_file():
         return BiEncoder.load(final), FaissIndex.load(saved)
     faiss = require("faiss")
@@ -207,17 +215,15 @@ def _train(
     def score(vectors: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return scale * model.scores(vectors, rows)  # (B, C)
 
-    loss = step_loss(student, queries, positives, search, score, cfg, STAGE)
-    stage = dataclasses.replace(cfg.stage, steps=cfg.stage.steps_for(len(queries)))
-    stage_log = train_stage(out, STAGE, {"jpq": model}, stage, loss, cfg)
+    loss = step_loss(student, queries, positives, search, score, cfg, stage)
+    settings = dataclasses.replace(cfg.stage, steps=cfg.stage.steps_for(len(queries)))
+    stage_log = train_stage(out, stage, {"jpq": model}, settings, loss, cfg)
     set_centroids(index, model.centroids.detach().cpu().numpy())
     student.save(final)
     trained = FaissIndex(index, list(posthoc.ids), posthoc.metric, posthoc.factory,
                          posthoc.config)  # fmt: skip
     student = BiEncoder.load(final)
-    metrics = out / "metrics.jsonl"
-    if not metrics.is_file():  # a run killed after it wrote this line resumes without it
-        MetricsLog(metrics).write(stage_record(STAGE, 0, "jpq", stage_log))
+    MetricsLog(out / "metrics.jsonl").write(stage_record(stage, 0, "jpq", stage_log))
     _save_index(trained, saved, student, data_dir, cfg)
     return student, trained
 

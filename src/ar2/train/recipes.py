@@ -5,11 +5,13 @@ A recipe is data, not code: the settings that make it (``defines``, checked befo
 starts, so a config that names a recipe but contradicts it is refused) and its default sizes
 (``sizes``, which ``--set`` may change). ``ar2 train`` applies both over the preset, then the
 ``--set`` values. Every recipe runs the same G0 warm-up, round-0 mining, D0 ranker and test
-report; they differ in what trains the retriever after G0.
+report; they differ in what trains the retriever after G0. Two end in another artifact,
+made from the finished run by the command of its name (``then``): ``repconc`` a compressed
+index, ``sparse`` a sparse retriever.
 
 Example:
     >>> sorted(RECIPES)
-    ['adore', 'ar2', 'dexml', 'star', 'tas-b']
+    ['adore', 'ar2', 'dexml', 'repconc', 'sparse', 'star', 'tas-b']
     >>> apply("star", {"rounds": 1})["refresh"]
     False
     >>> contradictions("star", {"refresh": True, "retriever_loss": "contrastive",
@@ -32,6 +34,9 @@ class Recipe:
     summary: str
     defines: Mapping[str, Any] = field(default_factory=dict)
     sizes: Mapping[str, Any] = field(default_factory=dict)
+    then: str = ""
+    """A command run over the finished run into ``OUT/<then>`` (:mod:`ar2.train.follow_up`):
+    the recipes whose artifact is not the run's dense retriever."""
 
 
 _STAR = {"retriever_loss": "contrastive", "refresh": False, "ranker.steps": 0}
@@ -78,6 +83,22 @@ RECIPES: dict[str, Recipe] = {
             "sampling.balanced_margins": True,
             "ranker.steps": 0,
         },  # fmt: skip
+    ),
+    "repconc": Recipe(
+        "Zhan et al., Learning Discrete Representations via Constrained Clustering for "
+        "Effective and Efficient Dense Retrieval, WSDM 2022",
+        "AR2's run, then its index compressed to 48 bytes a document: both towers and the PQ "
+        "centroids trained under a balanced (Sinkhorn) clustering of the documents, then "
+        "JPQ's stage over the new codes, beside JPQ alone (ar2 repconc, in OUT/repconc)",
+        then="repconc",
+    ),
+    "sparse": Recipe(
+        "Geng et al., Towards Competitive Search Relevance For Inference-Free Learned Sparse "
+        "Retrievers, 2024",
+        "AR2's run, then a document-side sparse encoder trained over its round-0 groups with "
+        "IDF-weighted query bags and the FLOPS penalty, indexed in Seismic (ar2 sparse, in "
+        "OUT/sparse)",
+        then="sparse",
     ),
 }
 

@@ -45,6 +45,7 @@ def final_report(
     default the last; ``averaged``: ``retriever`` is the average of the last rounds', indexed
     in ``indexes/averaged``, :mod:`ar2.train.average`); compare the systems on test; plot."""
     from ar2.index import FaissIndex
+    from ar2.train.recipes import RECIPES
     from ar2.train.rounds import fusion_weight
 
     chosen = cfg.rounds if delivered is None else delivered
@@ -68,6 +69,10 @@ def final_report(
            "round's index (adore/retriever)" if cfg.adore.steps else ""),
         "recipe": cfg.recipe,
     }  # fmt: skip
+    then = RECIPES[cfg.recipe].then
+    if then:
+        info["training"]["then"] = (f"{then}/: `ar2 {then}` over this run, with its defaults "
+                                    f"(its report.md)")  # fmt: skip
     from ar2.comparison import EvalJob, score_and_report
 
     job = EvalJob(data_dir, "test", SYSTEMS, out, reranker=str(out / "ranker"),

@@ -53,16 +53,19 @@ CALIBRATION = 256
 
 
 def run_sparse(
-    run: Path, out: Path, cfg: SparseConfig, resume: bool = False, overwrite: bool = False
-) -> dict[str, Any]:
+    run: Path, out: Path, cfg: SparseConfig, resume: bool = False, overwrite: bool = False,
+    inside: bool = False,
+) -> dict[str, Any]:  # fmt: skip
     """Train the inference-free sparse retriever over ``run``'s round-0 groups into ``out``
-    (see the module); returns the report."""
+    (see the module); returns the report. ``inside``: ``out`` is a folder of the run
+    (``ar2 train --recipe sparse``)."""
     if not (run / GROUPS / "groups.jsonl").is_file():
         raise Ar2Error(
             f"{run}: no {GROUPS}/groups.jsonl (the negatives G0 mined). Fix: give a run "
             "that `ar2 train` finished"
         )
-    with derived_output(run, out, "sparse", SPARSE_CONFIG, cfg, resume, overwrite) as (out, data):
+    held = derived_output(run, out, "sparse", SPARSE_CONFIG, cfg, resume, overwrite, inside)
+    with held as (out, data):
         from ar2.data.beir import load_corpus
 
         corpus = load_corpus(data / "corpus.jsonl")
