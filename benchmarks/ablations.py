@@ -81,15 +81,20 @@ def arm_config(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def run_arm(base: Path, arm: str, sets: list[str], data: Path, out: Path) -> tuple[Path, float]:
-    """The arm's run for ``base``'s seed (trained unless finished); its folder and seconds."""
+def run_arm(
+    base: Path, arm: str, sets: list[str], data: Path, out: Path,
+    tables: dict[str, Any] | None = None,
+) -> tuple[Path, float]:  # fmt: skip
+    """The arm's run for ``base``'s seed (trained unless finished); its folder and seconds.
+    ``tables``: the arm's settings (default: ``ARMS[arm]``)."""
     if arm == "ar2" and not sets:
         return base, 0.0
     if (out / "report.json").is_file():
         return out, 0.0
     base_cfg = json.loads((base / "config.json").read_text())
     base_cfg.pop("data", None)  # the run's data record, not a setting
-    cfg = load_ar2_config(apply_overrides(arm_config(base_cfg, ARMS[arm]), sets), arm)
+    settings = ARMS[arm] if tables is None else tables
+    cfg = load_ar2_config(apply_overrides(arm_config(base_cfg, settings), sets), arm)
     start = time.time()
     run_ar2(data, out, cfg, resume=out.exists(), warm_start_from=base)
     return out, round(time.time() - start)

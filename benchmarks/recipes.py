@@ -107,7 +107,6 @@ def main() -> None:
     if unknown:
         p.error(f"unknown recipes {unknown}; choose from {', '.join(RECIPES)}")
     names = ["ar2", *(n for n in names if n != "ar2")]
-    ablations.ARMS.update({n: apply(n, {}) for n in names if n != "ar2"})
     runs: dict[str, dict[int, Path]] = {n: {} for n in names}
     seconds: dict[str, list[float]] = {n: [] for n in names}
     for base in args.bases:  # seed by seed: a stopped study has whole seeds
@@ -115,7 +114,8 @@ def main() -> None:
         for name in names:
             out = args.out / f"seed{seed}" / name
             sets = [] if name == "ar2" else args.sets
-            runs[name][seed], _ = ablations.run_arm(base, name, sets, args.data, out)
+            tables = None if name == "ar2" else apply(name, {})
+            runs[name][seed], _ = ablations.run_arm(base, name, sets, args.data, out, tables)
             seconds[name].append(after_warm_ups(runs[name][seed]))
     text = table(runs, seconds)
     print(text)

@@ -688,17 +688,17 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 def _add_derived(
     sub: argparse._SubParsersAction,
     name: str,
-    help: str,
+    summary: str,
     texts: tuple[str, str, str],
     func: Any,
 ) -> argparse.ArgumentParser:
-    """The subcommand ``name`` of a command that works from a finished run into ``--out``
-    (``ar2 distill-query``, ``ar2 jpq``, ``ar2 repconc``, ``ar2 adore``, ``ar2 anncur``,
-    ``ar2 sparse``): the
-    run, ``--out``, ``--set``, ``--resume``, ``--overwrite``. ``texts``: what ``--out``
-    holds, example settings, and what the output is called."""
+    """The subcommand ``name`` (``summary``: its line in ``ar2 --help``) of a command that
+    works from a finished run into ``--out`` (``ar2 distill-query``, ``ar2 jpq``, ``ar2
+    repconc``, ``ar2 adore``, ``ar2 anncur``, ``ar2 sparse``): the run, ``--out``, ``--set``,
+    ``--resume``, ``--overwrite``. ``texts``: what ``--out`` holds, example settings, and
+    what the output is called."""
     outputs, settings, made = texts
-    p = sub.add_parser(name, help=help)
+    p = sub.add_parser(name, help=summary)
     p.add_argument("run", help="a finished `ar2 train` run folder")
     p.add_argument("--out", required=True, help=f"folder for {outputs}")
     change = f"change a setting ({settings}), repeatable"

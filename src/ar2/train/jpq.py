@@ -194,8 +194,9 @@ def jpq_stage(
 ) -> tuple[BiEncoder, FaissIndex]:  # fmt: skip
     """JPQ's training (the module's step 2) of ``retriever``'s query tower and the centroids
     of ``posthoc`` (an ``OPQ,PQ`` index of ``retriever``'s documents, whose rotation and codes
-    stay fixed), as stage ``stage`` of the output ``out`` (its checkpoints and metrics); the
-    trained query tower and index are saved in ``into/retriever`` and ``into/index``."""
+    stay fixed), over the training queries of ``run``, as stage ``stage`` of the output
+    ``out`` (its checkpoints and metrics); the trained query tower and index are saved in
+    ``into/retriever`` and ``into/index``."""
     final, saved = into / "retriever", into / "index"
     if final.is_dir() and (saved / "manifest.json").is_file():
         return BiEncoder.load(final), FaissIndex.load(saved)
