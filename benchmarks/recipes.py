@@ -11,6 +11,14 @@ pairs), Holm-corrected over the table; and the measured seconds of what ran afte
 warm-ups (``metrics.jsonl``: rounds, the ADORE stage, the dev measurements; the test
 evaluation left out). Written to ``OUT/recipes.md`` and ``OUT/recipes.json``.
 
+A recipe that ends in another artifact (``then``: ``repconc``, ``sparse``) is the ``ar2``
+recipe's run followed by a command; its run is the base run itself, so only the command runs
+here, over the base with the base's seed (``follow_up.run``, into ``OUT/seedS/NAME``, its
+defaults: ``--set`` does not reach it). Its ``ar2-g`` row is the system it delivers (the
+compressed index, the sparse retriever), from its ``per_query.tsv``; it has no ``ar2-g+d``
+row; its minutes are the base's rounds plus the command's wall time
+(``OUT/seedS/NAME.seconds.json``).
+
     .venv/bin/python benchmarks/recipes.py runs/q42 runs/q43 runs/q44 --out runs/recipes16
 """
 
@@ -19,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +35,8 @@ import ablations  # benchmarks/ablations.py: arms warm-started from the base run
 
 from ar2._io import atomic_write_text
 from ar2.evaluate import compare
+from ar2.train import follow_up
+from ar2.train.follow_up import FOLLOW_UPS
 from ar2.train.recipes import RECIPES, apply
 
 MEASURES = ("nDCG@10", "R@100")
@@ -38,6 +49,13 @@ def after_warm_ups(run: Path) -> float:
     """Seconds of the run's stages after the warm-ups (``metrics.jsonl``)."""
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     return sum(r["seconds"] for r in records if "seconds" in r and r["stage"] not in WARM_UPS)
+
+
+def systems(name: str) -> dict[str, str]:
+    """The recipe's rows (``ar2-g``, ``ar2-g+d``) and the system of its ``per_query.tsv``
+    each reads: a follow-up's delivered system is its ``ar2-g``."""
+    then = RECIPES[name].then
+    return {"ar2-g": FOLLOW_UPS[then].system} if then else {s: s for s in SYSTEMS}
 
 
 def means(runs: dict[int, Path], system: str, measure: str) -> list[float]:
@@ -54,13 +72,28 @@ def pooled(runs: dict[int, Path], system: str, measure: str) -> dict[str, float]
 
 def tests(runs: dict[str, dict[int, Path]]) -> dict[str, dict[str, Any]]:
     """Each recipe's system against ``ar2``'s, per measure, Holm over all rows."""
-    per_q = {f"{name} {s}": {m: pooled(by_seed, s, m) for m in MEASURES}
-             for name, by_seed in runs.items() for s in SYSTEMS}  # fmt: skip
+    per_q = {f"{name} {row}": {m: pooled(by_seed, system, m) for m in MEASURES}
+             for name, by_seed in runs.items()
+             for row, system in systems(name).items()}  # fmt: skip
     rows = []
-    for system in SYSTEMS:
-        subset = {f"{name} {system}": per_q[f"{name} {system}"] for name in runs}
-        rows += compare(subset, f"ar2 {system}", list(MEASURES))
+    for row in SYSTEMS:
+        subset = {key: values for key, values in per_q.items() if key.endswith(f" {row}")}
+        rows += compare(subset, f"ar2 {row}", list(MEASURES))
     return {f"{row['system']} {row['measure']}": row for row in rows}
+
+
+def follow_up_arm(base: Path, name: str, out: Path) -> tuple[Path, float]:
+    """Recipe ``name``'s command over ``base`` into ``out`` (resumed, or read when done); the
+    folder and the command's wall seconds."""
+    clock = out.with_name(f"{out.name}.seconds.json")
+    if clock.is_file():
+        return out, float(json.loads(clock.read_text())["seconds"])
+    seed = json.loads((base / "config.json").read_text())["seed"]
+    start = time.time()
+    follow_up.run(RECIPES[name].then, base, seed, into=out)
+    seconds = round(time.time() - start)
+    atomic_write_text(clock, json.dumps({"seconds": seconds}) + "\n")
+    return out, seconds
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -75,16 +108,20 @@ def table(runs: dict[str, dict[int, Path]], seconds: dict[str, list[float]]) -> 
         "| minutes after the warm-ups |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for system in SYSTEMS:
+    for shown in SYSTEMS:
         for name, by_seed in runs.items():
+            system = systems(name).get(shown)
+            if system is None:
+                continue
             cells = []
             for measure in MEASURES:
-                row = found.get(f"{name} {system} {measure}")
+                row = found.get(f"{name} {shown} {measure}")
                 test = (f"{row['mean_diff']:+.4f} ({row['p_value']:.2g}, {row['p_holm']:.2g})"
                         if row else "–")  # fmt: skip
                 cells += [_mean_sd(means(by_seed, system, measure)), test]
             minutes = statistics.fmean(seconds[name]) / 60
-            lines.append(f"| {name} | {system} | {len(by_seed)} | {' | '.join(cells)} | "
+            label = shown if system == shown else f"{shown}: {system}"
+            lines.append(f"| {name} | {label} | {len(by_seed)} | {' | '.join(cells)} | "
                          f"{minutes:.1f} |")  # fmt: skip
     papers = ["", "| recipe | paper | what trains the retriever after G0 |", "|---|---|---|"]
     papers += [f"| {n} | {r.paper} | {r.summary} |" for n, r in RECIPES.items() if n in runs]
@@ -113,6 +150,10 @@ def main() -> None:
         seed = json.loads((base / "config.json").read_text())["seed"]
         for name in names:
             out = args.out / f"seed{seed}" / name
+            if RECIPES[name].then:
+                runs[name][seed], spent = follow_up_arm(base, name, out)
+                seconds[name].append(after_warm_ups(base) + spent)
+                continue
             sets = [] if name == "ar2" else args.sets
             tables = None if name == "ar2" else apply(name, {})
             runs[name][seed], _ = ablations.run_arm(base, name, sets, args.data, out, tables)

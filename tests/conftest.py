@@ -253,3 +253,17 @@ def train_mrr(encoder: Any, index: Any, data: Path) -> float:
     ranks = [next((r + 1 for r, h in enumerate(run[q.id]) if h.doc_id in qrels[q.id]), 1e9)
              for q in asked]  # fmt: skip
     return float(np.mean([1 / r for r in ranks]))
+
+
+def assert_per_query_is_the_report(out: Path, report: dict[str, Any]) -> None:
+    """``out/per_query.tsv`` holds the test split's values whose means ``report`` gives."""
+    import statistics
+
+    from ar2.report import read_per_query
+
+    found = read_per_query(out)
+    assert set(found) == set(report["test"]["nDCG@10"])
+    for system, mean in report["test"]["nDCG@10"].items():
+        values = found[system]["nDCG@10"]
+        assert len(values) == report["test"]["queries"]
+        assert statistics.fmean(values.values()) == pytest.approx(mean, abs=1e-12)

@@ -22,7 +22,12 @@ from ar2 import losses  # noqa: E402
 from ar2.encoders import BiEncoder, CrossEncoder  # noqa: E402
 from ar2.index import FaissIndex  # noqa: E402
 from ar2.train.adore import run_adore, step_loss  # noqa: E402
-from conftest import killed_at, tiny_train_run, train_mrr  # noqa: E402
+from conftest import (  # noqa: E402
+    assert_per_query_is_the_report,
+    killed_at,
+    tiny_train_run,
+    train_mrr,
+)
 
 CFG = ADOREConfig(negatives=10, stage=StageConfig(steps=30, batch_size=8, n_neg=0, lr=1e-3),
                   checkpoint_every=15)  # fmt: skip
@@ -83,6 +88,7 @@ def test_adore_trains_the_query_tower_only(tmp_path: Path) -> None:
     assert set(report["dev"]["nDCG@10"]) == {"run", "adore"}
     assert report["dev"]["queries"] == 4 and report["test"]["queries"] == 2
     assert json.loads((out / "report.json").read_text()) == report
+    assert_per_query_is_the_report(out, report)
     assert f"ar2 serve {out / 'index'}" in (out / "report.md").read_text()
     manifest = json.loads((out / "index" / "manifest.json").read_text())
     assert manifest["encoder"]["towers"] == "separate" and "adore" in manifest

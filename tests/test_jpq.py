@@ -24,7 +24,12 @@ from ar2 import losses  # noqa: E402
 from ar2.encoders import BiEncoder  # noqa: E402
 from ar2.index import FaissIndex  # noqa: E402
 from ar2.train.jpq import JPQModel, PQParts, pq_factory, run_jpq, set_centroids  # noqa: E402
-from conftest import killed_at, tiny_train_run, train_mrr  # noqa: E402
+from conftest import (  # noqa: E402
+    assert_per_query_is_the_report,
+    killed_at,
+    tiny_train_run,
+    train_mrr,
+)
 
 
 def _hand_loss(scores: list[list[float]], relevant: list[list[bool]], valid: list[list[bool]]):
@@ -115,6 +120,7 @@ def test_jpq_trains_the_centroids_and_the_query_tower_only(tmp_path: Path) -> No
     assert set(report["dev"]["nDCG@10"]) == {"uncompressed", "opq-pq", "jpq"}
     assert report["dev"]["queries"] == 4 and report["test"]["queries"] == 2
     assert json.loads((out / "report.json").read_text()) == report
+    assert_per_query_is_the_report(out, report)
     assert f"ar2 serve {out / 'index'}" in (out / "report.md").read_text()
     manifest = json.loads((out / "index" / "manifest.json").read_text())
     assert manifest["factory"] == "OPQ8,PQ8x8" and manifest["jpq"]["trained"]

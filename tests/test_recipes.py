@@ -243,7 +243,7 @@ def test_the_repconc_recipe_continues_the_finished_run_into_its_folder(
     from ar2.config import RepCONCConfig, StageConfig
     from ar2.train import follow_up
     from ar2.train.ar2 import run_ar2
-    from conftest import recipe_toy
+    from conftest import assert_per_query_is_the_report, recipe_toy
 
     small = RepCONCConfig(
         m=8, negatives=10, stage=StageConfig(steps=2, batch_size=4, n_neg=0, head_lr=1e-2),
@@ -262,6 +262,7 @@ def test_the_repconc_recipe_continues_the_finished_run_into_its_folder(
     run_ar2(data, out, cfg)
     report = json.loads((out / "repconc" / "report.json").read_text())
     assert set(report["test"]["nDCG@10"]) == {"uncompressed", "opq-pq", "jpq", "repconc"}
+    assert_per_query_is_the_report(out / "repconc", report)
     record = json.loads((out / "repconc" / "repconc.json").read_text())
     assert record["run"] == str(out.resolve()) and record["config"]["seed"] == cfg.seed
     assert record["config"]["constrained"]["steps"] == 2
@@ -280,7 +281,7 @@ def test_the_sparse_recipe_continues_the_finished_run_into_its_folder(
     from ar2.config import SparseConfig, StageConfig
     from ar2.train import follow_up
     from ar2.train.ar2 import run_ar2
-    from conftest import recipe_toy
+    from conftest import assert_per_query_is_the_report, recipe_toy
 
     small = SparseConfig(doc_max_length=32, flops_warmup=2, checkpoint_every=2,
                          stage=StageConfig(steps=2, batch_size=4, n_neg=2, lr=1e-3))  # fmt: skip
@@ -292,6 +293,7 @@ def test_the_sparse_recipe_continues_the_finished_run_into_its_folder(
     run_ar2(data, out, cfg)
     report = json.loads((out / "sparse" / "report.json").read_text())
     assert set(report["test"]["nDCG@10"]) == {"sparse", "bm25", "dense"}
+    assert_per_query_is_the_report(out / "sparse", report)
     assert json.loads((out / "sparse" / "sparse.json").read_text())["run"] == str(out.resolve())
     assert (out / "sparse" / "index" / "manifest.json").is_file()
     assert "sparse/: `ar2 sparse` over this run" in (out / "report.md").read_text()

@@ -26,7 +26,12 @@ from ar2.encoders import BiEncoder  # noqa: E402
 from ar2.index import FaissIndex  # noqa: E402
 from ar2.train.jpq import PQParts  # noqa: E402
 from ar2.train.repconc import balanced_codes, excluded_columns, run_repconc  # noqa: E402
-from conftest import killed_at, tiny_train_run, train_mrr  # noqa: E402
+from conftest import (  # noqa: E402
+    assert_per_query_is_the_report,
+    killed_at,
+    tiny_train_run,
+    train_mrr,
+)
 
 
 def test_balanced_codes_are_the_optimal_balanced_assignment() -> None:
@@ -158,6 +163,7 @@ def test_repconc_trains_the_codes_then_keeps_them(tmp_path: Path) -> None:
         "jpq - uncompressed",
     }
     assert json.loads((out / "report.json").read_text()) == report
+    assert_per_query_is_the_report(out, report)
     stages = [json.loads(x)["stage"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert stages == ["jpq", "repconc", "repconc-jpq"]
     manifest = json.loads((out / "index" / "manifest.json").read_text())

@@ -175,6 +175,14 @@ def _per_query_tsv(per_query: Mapping[str, Mapping[str, Mapping[str, float]]]) -
     return "\n".join(lines) + "\n"
 
 
+def write_per_query(
+    out_dir: str | Path, per_query: Mapping[str, Mapping[str, Mapping[str, float]]]
+) -> None:
+    """``out_dir/per_query.tsv`` (atomically): ``system -> measure -> qid -> value``, as
+    :func:`read_per_query` reads it back."""
+    atomic_write_text(Path(out_dir) / "per_query.tsv", _per_query_tsv(per_query))
+
+
 def read_per_query(out_dir: str | Path) -> dict[str, dict[str, dict[str, float]]]:
     """``system -> measure -> qid -> value`` from a report's ``per_query.tsv`` (the inverse
     of what :func:`write_report` writes)."""
@@ -221,7 +229,7 @@ def write_report(
         raise ValueError("results is empty: evaluate at least one system before reporting")
     out = Path(out_dir)
     clean = {s: {m: float(v) for m, v in r.items()} for s, r in results.items()}
-    atomic_write_text(out / "per_query.tsv", _per_query_tsv(per_query))
+    write_per_query(out, per_query)
     atomic_write_json(out / "protocol.json", protocol)
     atomic_write_bytes(out / "report.png", report_chart(clean, per_query))
     if stages:

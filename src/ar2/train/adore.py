@@ -27,6 +27,7 @@ step's search. Our addition: ADORE has no teacher; AR2 has no per-step search.
 Folder::
 
     adore.json  metrics.jsonl  checkpoints/  retriever/  index/  report.json  report.md
+    per_query.tsv (the test split)
     teacher.json (a tuned teacher's weights and its dev record)
 """
 
@@ -92,7 +93,7 @@ def run_adore(
         scale = float(json.loads((run / "config.json").read_text()).get("scale", 20.0))
         student = _train(out, run, data, retriever, exact, cfg, scale)
         systems = {"run": (retriever, exact), "adore": (student, exact)}
-        report = measure(run, data, systems, [("adore", "run")])
+        report = measure(run, data, systems, [("adore", "run")], out)
         atomic_write_json(out / "report.json", report)
         atomic_write_text(out / "report.md", _markdown(report, out))
         return report
@@ -214,12 +215,16 @@ def measure(
     data_dir: Path,
     systems: dict[str, tuple[BiEncoder, FaissIndex]],
     pairs: Sequence[tuple[str, str]],
+    out: Path | None = None,
 ) -> dict[str, Any]:
     """nDCG@10 of each system (an encoder and an index) on the run's dev split and the test
     split, with a paired t-test for each ``(a, b)`` of ``pairs``: ``{split: {"queries",
-    "nDCG@10": {system: mean}, "tests": {"a - b": {"diff", "p"}}}}``."""
+    "nDCG@10": {system: mean}, "tests": {"a - b": {"diff", "p"}}}}``. With ``out``, the test
+    split's values per query go to ``out/per_query.tsv`` (:func:`ar2.report.read_per_query`),
+    for tests over several outputs."""
     from ar2.data.beir import load_queries
     from ar2.evaluate import compare, per_query
+    from ar2.report import write_per_query
 
     queries = {q.id: q for q in load_queries(data_dir / "queries.jsonl")}
     results: dict[str, Any] = {}
@@ -238,6 +243,8 @@ def measure(
             [row] = compare({a: values[a], b: values[b]}, b, [MEASURE])
             tests[f"{a} - {b}"] = {"diff": row["mean_diff"], "p": row["p_value"]}
         results[split] = {"queries": len(asked), MEASURE: means, "tests": tests}
+        if out is not None and split == "test":
+            write_per_query(out, values)
     return results
 
 

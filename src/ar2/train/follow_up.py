@@ -28,17 +28,19 @@ from ar2.errors import Ar2Error
 
 @dataclasses.dataclass(frozen=True)
 class FollowUp:
-    """A command over a finished run: its settings class (made with the run's seed) and the
-    module and function that run it, ``run_x(run, out, cfg, resume=..., inside=...)``."""
+    """A command over a finished run: its settings class (made with the run's seed), the
+    module and function that run it, ``run_x(run, out, cfg, resume=..., inside=...)``, and
+    the system of its report that it delivers (in its ``per_query.tsv``)."""
 
     settings: Callable[..., Any]
     module: str
     function: str
+    system: str
 
 
 FOLLOW_UPS: dict[str, FollowUp] = {
-    "repconc": FollowUp(RepCONCConfig, "ar2.train.repconc", "run_repconc"),
-    "sparse": FollowUp(SparseConfig, "ar2.train.sparse", "run_sparse"),
+    "repconc": FollowUp(RepCONCConfig, "ar2.train.repconc", "run_repconc", "repconc"),
+    "sparse": FollowUp(SparseConfig, "ar2.train.sparse", "run_sparse", "sparse"),
 }
 
 
@@ -60,12 +62,15 @@ def check(name: str, data_dir: Path) -> None:
         require("seismic", extra="sparse")
 
 
-def run(name: str, out: Path, seed: int) -> dict[str, Any]:
-    """Run follow-up ``name`` over the finished run ``out`` into ``out/name``; its report."""
+def run(name: str, out: Path, seed: int, into: Path | None = None) -> dict[str, Any]:
+    """Run follow-up ``name`` over the finished run ``out`` into ``into`` (default
+    ``out/name``, inside the run), resuming what is there; its report."""
     import importlib
 
     follow = FOLLOW_UPS[name]
     function = getattr(importlib.import_module(follow.module), follow.function)
-    report: dict[str, Any] = function(out, out / name, follow.settings(seed=seed), resume=True,
-                                      inside=True)  # fmt: skip
+    into = out / name if into is None else into
+    inside = into.resolve().is_relative_to(out.resolve())
+    report: dict[str, Any] = function(out, into, follow.settings(seed=seed), resume=True,
+                                      inside=inside)  # fmt: skip
     return report

@@ -26,6 +26,7 @@ queries left out); there is no IVF layer (JPQ's has one list, so none in effect)
 Folder::
 
     jpq.json  metrics.jsonl  checkpoints/  posthoc/  retriever/  index/  report.json  report.md
+    per_query.tsv (the test split)
 """
 
 from __future__ import annotations
@@ -273,7 +274,7 @@ def _report(
 ) -> dict[str, Any]:  # fmt: skip
     pairs = [("jpq", "uncompressed"), ("opq-pq", "uncompressed"), ("jpq", "opq-pq")]
     results: dict[str, Any] = {"m": cfg.m, "bytes_per_doc": _sizes(systems)}
-    results |= measure(run, data_dir, systems, pairs)
+    results |= measure(run, data_dir, systems, pairs, out)
     atomic_write_json(out / "report.json", results)
     atomic_write_text(out / "report.md", _markdown(results, out))
     return results

@@ -35,7 +35,7 @@ Only training code imports this module (it imports torch at the top).
 Folder::
 
     repconc.json  metrics.jsonl  checkpoints/  posthoc/  jpq/  constrained/  retriever/  index/
-    report.json  report.md
+    report.json  report.md  per_query.tsv (the test split)
 """
 
 from __future__ import annotations
@@ -297,7 +297,7 @@ def _report(
     pairs = [("repconc", "jpq"), ("repconc", "opq-pq"), ("repconc", "uncompressed"),
              ("jpq", "uncompressed")]  # fmt: skip
     results: dict[str, Any] = {"m": cfg.m}
-    results |= measure(run, data_dir, systems, pairs)
+    results |= measure(run, data_dir, systems, pairs, out)
     atomic_write_json(out / "report.json", results)
     atomic_write_text(out / "report.md", _markdown(results, out))
     return results

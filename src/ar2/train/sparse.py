@@ -22,6 +22,7 @@ queries and the test split (nDCG@10, paired t-tests), with the index's size.
 Folder::
 
     sparse.json  metrics.jsonl  checkpoints/  model/  index/  report.json  report.md
+    per_query.tsv (the test split)
 """
 
 from __future__ import annotations
@@ -160,6 +161,7 @@ def _report(out: Path, run: Path, data: Path, index: Any, corpus: list[Any]) -> 
     from ar2.data.beir import load_queries
     from ar2.evaluate import compare, per_query
     from ar2.pipeline import Retriever, SparseRetriever
+    from ar2.report import write_per_query
     from ar2.retrievers import bm25, dense_from_folder
 
     systems: dict[str, Retriever] = {"sparse": SparseRetriever(index), "bm25": bm25(corpus),
@@ -177,6 +179,8 @@ def _report(out: Path, run: Path, data: Path, index: Any, corpus: list[Any]) -> 
             tests[f"sparse - {other}"] = {"diff": row["mean_diff"], "p": row["p_value"]}
         means = {name: statistics.fmean(v[MEASURE].values()) for name, v in values.items()}
         report[split] = {"queries": len(asked), MEASURE: means, "tests": tests}
+        if split == "test":
+            write_per_query(out, values)
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", _markdown(report, out))
     return report
