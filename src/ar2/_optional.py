@@ -21,6 +21,7 @@ _EXTRA_OF = {
     "onnxruntime": "onnx",
     "onnx": "onnx",
     "seismic": "sparse",
+    "pymilvus": "milvus",
 }
 
 

@@ -22,6 +22,7 @@ from ar2.config import (
     INDEX_QUANTIZERS,
     PRECISIONS,
     RECIPES,
+    STORES,
     AR2Config,
     IndexConfig,
     PretrainConfig,
@@ -43,6 +44,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.kind == "sparse" and not args.model:
         raise Ar2Error("ar2 index --kind sparse needs --model, a sparse encoder folder. Fix: "
                        "add --model PATH (no sparse model is bundled)")  # fmt: skip
+    milvus = _milvus_target(args, config)
     with claim(args.out, "index", [args.data_dir, args.model], args.overwrite) as out:
         if args.kind == "sparse":
             count = _index_sparse(args, file, extra, out)
@@ -54,15 +56,66 @@ def cmd_index(args: argparse.Namespace) -> int:
             index.save(out, extra, docs=corpus, overwrite=args.overwrite)
             count = len(corpus)
         else:
-            count = _index_dense(args, file, config, extra, out)
-    print(f"wrote {args.kind} index of {count} documents to {args.out}")
+            count = _index_dense(args, file, config, extra, out, milvus)
+    where = f" (Milvus collection {milvus.collection})" if milvus else ""
+    print(f"wrote {args.kind} index of {count} documents to {args.out}{where}")
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Copy a run's (or an index folder's) dense index into a Milvus collection."""
+    from ar2._outdir import claim
+    from ar2.index import read_manifest
+    from ar2.index.dense import export
+
+    source = Path(args.path)
+    if not (source / "manifest.json").is_file() and (source / "index").is_dir():
+        source = source / "index"  # a run folder: its final index
+    if read_manifest(source).get("kind") != "dense":
+        raise Ar2Error(f"{source}: not a dense index. Fix: give a run folder or an `ar2 index "
+                       "--kind dense` folder")  # fmt: skip
+    config = _index_config(args)
+    milvus = _milvus_target(args, config)
+    with claim(args.out, "index", [source], args.overwrite) as out:
+        count = export(source, out, milvus, config, args.overwrite)
+    print(f"exported {count} documents of {source} to {args.out} "
+          f"(Milvus collection {milvus.collection})")  # fmt: skip
+    return 0
+
+
+def _milvus_target(args: argparse.Namespace, config: IndexConfig | None) -> Any:
+    """Where ``--store milvus`` puts the index (``None`` for ``--store faiss``), checked
+    before anything is read."""
+    if args.store != "milvus":
+        if args.uri or args.collection:
+            raise Ar2Error("--uri and --collection name a Milvus store. Fix: add --store milvus")
+        return None
+    from ar2._optional import require
+    from ar2.index import milvus
+
+    if config is None:
+        raise Ar2Error(f"--store milvus holds dense vectors, not a {args.kind} index. Fix: "
+                       "--kind dense, or drop --store")  # fmt: skip
+    try:
+        require("pymilvus", extra="milvus")
+    except ImportError as err:
+        raise Ar2Error(f"--store milvus: {err}") from None
+    milvus.check_config(config)
+    uri = args.uri and (args.uri if milvus.remote(args.uri) else str(Path(args.uri).resolve()))
+    if uri and not milvus.remote(uri) and Path(uri).is_relative_to(Path(args.out).resolve()):
+        raise Ar2Error(f"--uri {args.uri} is inside --out {args.out}, which the build "
+                       "replaces. Fix: drop --uri (the store then goes inside --out), or give "
+                       "a path outside it")  # fmt: skip
+    name = milvus.check_collection_name(args.collection or milvus.default_collection(args.out))
+    return milvus.MilvusTarget(uri and milvus.check_uri(uri), name)
+
+
 def _index_dense(
-    args: argparse.Namespace, file: Path, config: IndexConfig, extra: dict[str, str], out: Path
-) -> int:
-    """Encode and index ``file``'s documents into ``out``; returns how many."""
+    args: argparse.Namespace, file: Path, config: IndexConfig, extra: dict[str, str], out: Path,
+    milvus: Any = None,
+) -> int:  # fmt: skip
+    """Encode and index ``file``'s documents into ``out`` (or the Milvus collection that
+    ``milvus`` names); returns how many."""
     from ar2.data.beir import iter_corpus
     from ar2.encoders import BiEncoder
     from ar2.index.dense import index_corpus
@@ -70,16 +123,24 @@ def _index_dense(
 
     # the texts are streamed twice (encoding, then stored in the index), never held: a first
     # pass checks the whole file and keeps only the ids, before hours of encoding
-    ids = [d.id for d in iter_corpus(file)]
+    ids = [_fits(d, file, line) if milvus else d.id for line, d in enumerate(iter_corpus(file), 1)]
     encoder = BiEncoder.load(args.model, precision=args.precision)
     check_factory(config, len(ids), encoder.dim)
     log.info("encoding %d documents with %s", len(ids), encoder.source)
     index_corpus(encoder, lambda: iter_corpus(file, warn=False), ids, out, config, extra,
-                 store_docs=True, overwrite=args.overwrite)  # fmt: skip
+                 store_docs=True, overwrite=args.overwrite, milvus=milvus)  # fmt: skip
     if encoder.cuts["documents"].cut:
         fix = "a model that takes longer inputs, if the ends of documents matter"
         log.warning("%s (recorded in the manifest). Fix: %s", encoder.truncation(), fix)
     return len(ids)
+
+
+def _fits(doc: Any, file: Path, line: int) -> str:
+    """``doc``'s id, once its fields fit a Milvus collection's."""
+    from ar2.index.milvus import check_sizes
+
+    check_sizes(doc.id, doc.title, doc.text, where=f"{file}:{line}: document")
+    return str(doc.id)
 
 
 def _index_sparse(args: argparse.Namespace, file: Path, extra: dict[str, str], out: Path) -> int:
@@ -112,22 +173,24 @@ def _index_config(args: argparse.Namespace) -> IndexConfig:
 def cmd_search(args: argparse.Namespace) -> int:
     """Print the top hits of one query against an index folder."""
     from ar2.encoders.onnx_runtime import resolve_backend
-    from ar2.index.base import iter_docs
-    from ar2.pipeline import CrossEncoderRanker, SearchPipeline
-    from ar2.retrievers import from_folder
+    from ar2.pipeline import CrossEncoderRanker, SearchPipeline, lookup
+    from ar2.retrievers import documents, from_folder
 
     backend = args.backend
     resolve_backend(backend)  # before any loading
     [retriever] = from_folder(args.index_dir, backend=backend).values()  # the index's own kind
-    docs = {d.id: d for d in iter_docs(args.index_dir)}
+    docs = documents(args.index_dir, retriever)
     ranker = None
     if args.reranker:
         from ar2.encoders import CrossEncoder
 
         ranker = CrossEncoderRanker(CrossEncoder.load(args.reranker, backend=backend), docs)
     hits = SearchPipeline(retriever, ranker, args.rerank_k).search(args.query, args.k)
+    found = (
+        dict(zip([h.doc_id for h in hits], lookup(docs, [h.doc_id for h in hits]))) if docs else {}
+    )
     for rank, hit in enumerate(hits, start=1):
-        title = docs[hit.doc_id].title if hit.doc_id in docs else ""
+        title = found[hit.doc_id].title if hit.doc_id in found else ""
         print(f"{rank:>3}  {hit.score:>9.4f}  {hit.doc_id}  {title[:80]}")
     return 0
 
@@ -417,8 +480,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sock = listen(args.host, args.port)  # fail fast, before minutes of loading
     log.info("loading %s", args.path)
     service = SearchService.load(
-        args.path, args.reranker, args.retriever, args.rerank_k, args.backend
+        args.path, args.reranker, args.retriever, args.rerank_k, args.backend, args.allow_updates
     )
+    if args.allow_updates:
+        log.warning("POST /documents and DELETE /documents/{id} change the index for everyone "
+                    "who can reach %s", args.host)  # fmt: skip
     if not is_loopback(sock):
         log.warning("listening on %s: anyone who can reach it can search", args.host)
     if args.rerank_k and not service.has_ranker:
@@ -460,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_anncur(sub)
     _add_sparse(sub)
     _add_serve(sub)
+    _add_export(sub)
     return parser
 
 
@@ -494,8 +561,36 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
         help="store codes, not float32 vectors: int8 (4x smaller; presets flat, ivf, hnsw) or "
         "binary (the signs, 32x smaller; flat)",
     )
+    p.add_argument("--store", choices=STORES, default="faiss",
+                   help="where a dense index keeps its vectors: a FAISS index in --out "
+                   "(default), or a Milvus collection that --out names (pip install "
+                   "'ar2[milvus]')")  # fmt: skip
+    _add_store_options(p)
     _add_precision(p)
     p.set_defaults(func=cmd_index)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="copy a run's dense index into a Milvus collection")
+    p.add_argument("path", help="a run folder (its index/) or a dense index folder")
+    p.add_argument("--out", required=True, help="the index folder that names the collection")
+    p.add_argument("--store", choices=["milvus"], default="milvus",
+                   help="where to (milvus: pip install 'ar2[milvus]')")  # fmt: skip
+    _add_overwrite(p, "replace an --out that is not an ar2 index (its files are lost)")
+    _add_store_options(p)
+    p.add_argument("--preset", default="flat", choices=INDEX_PRESETS,
+                   help="the Milvus index: flat (FLAT), ivf (IVF_FLAT), hnsw (HNSW), ivfpq "
+                   "(IVF_PQ) or auto (default flat)")  # fmt: skip
+    p.set_defaults(func=cmd_export, kind="dense", factory=None, ram_budget_gb=None, refine=0,
+                   quantize=None)  # fmt: skip
+
+
+def _add_store_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--uri", help="--store milvus: a milvus-lite store path, or a server URI "
+                   "(http://host:19530); default: a store inside --out. Credentials come "
+                   "from MILVUS_TOKEN, or MILVUS_USER and MILVUS_PASSWORD")  # fmt: skip
+    p.add_argument("--collection", help="--store milvus: the collection (an alias ar2 "
+                   "switches to each new build); default: --out's folder name")  # fmt: skip
 
 
 def _add_search(sub: argparse._SubParsersAction) -> None:
@@ -681,6 +776,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="hits reranked by default (a run's own setting otherwise; 0: none)",
     )
     p.add_argument("--retriever", help="encoder folder for an index whose encoder was moved")
+    p.add_argument("--allow-updates", action="store_true",
+                   help="answer POST /documents and DELETE /documents/{id} (an index in "
+                   "Milvus; the dense mode only). Off by default")  # fmt: skip
     _add_backend(p)
     p.set_defaults(func=cmd_serve)
 

@@ -38,6 +38,9 @@ POOLINGS = ("mean", "cls")
 RETRIEVER_LOSSES = ("ar2", "contrastive", "decoupled")
 ADV_REDUCTIONS = ("sum", "mean_per_query")
 INDEX_KINDS = ("bm25", "dense", "sparse")
+STORES = ("faiss", "milvus")
+"""Where a dense index keeps its vectors: a FAISS index in its folder, or a Milvus collection
+the folder names (:mod:`ar2.index.milvus`, the ``milvus`` extra)."""
 SPARSE_STARTS = ("g0", "model")
 KD_LOSSES = ("ce", "margin_mse", "nway_kl")
 TEACHERS = ("ranker", "ensemble")

@@ -11,6 +11,11 @@ class Ar2Error(Exception):
     """Base class of errors the CLI reports without a traceback."""
 
 
+class StoreUnavailable(Ar2Error):
+    """A vector store (a Milvus server) did not answer; a service replies 503 with
+    Retry-After, and the request may be retried."""
+
+
 class DataError(Ar2Error, ValueError):
     """A defect in an input file.
 

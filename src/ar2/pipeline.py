@@ -102,6 +102,19 @@ class HybridRetriever:
         return {qid: hits[:k] for qid, hits in fused.items()}
 
 
+def lookup(docs: Mapping[str, Doc], ids: Sequence[str]) -> list[Doc]:
+    """The documents of ``ids`` (each must exist), in one call where the mapping fetches
+    many at once (a store's documents: :class:`ar2.index.milvus.StoreDocs`).
+
+    Example:
+        >>> lookup({"a": Doc("a", "x"), "b": Doc("b", "y")}, ["b"])
+        [Doc(id='b', text='y', title='')]
+    """
+    fetch = getattr(docs, "fetch", None)
+    found = fetch(ids) if fetch is not None else docs
+    return [found[i] for i in ids]
+
+
 class CrossEncoderRanker:
     """Rerank hits with a :class:`~ar2.encoders.CrossEncoder`; ``docs`` maps ids to documents."""
 
@@ -114,7 +127,7 @@ class CrossEncoderRanker:
 
     def scores(self, query: Query, hits: Sequence[Hit]) -> np.ndarray:
         """The ranker's raw scores of ``hits``, ``(len(hits),)``."""
-        return self.model.score(query.text, [self.docs[h.doc_id] for h in hits])
+        return self.model.score(query.text, lookup(self.docs, [h.doc_id for h in hits]))
 
 
 class SearchPipeline:

@@ -180,7 +180,7 @@ def dense_from_folder(
     (a run folder that was moved); ``backend`` is where queries are encoded
     (:data:`ar2.encoders.onnx_runtime.BACKENDS`)."""
     from ar2.encoders import BiEncoder
-    from ar2.index import FaissIndex, read_manifest
+    from ar2.index import load_dense, read_manifest
 
     encoder_info = read_manifest(path, "dense")["encoder"]
     source = Path(encoder_dir or encoder_info["source"])
@@ -190,7 +190,47 @@ def dense_from_folder(
             "Fix: pass the encoder folder it was built with (--retriever PATH)"
         )
     encoder = BiEncoder.load(source, backend=backend, **encoder_info["config"])
-    return dense(encoder, FaissIndex.load(path))
+    index = load_dense(path)
+    if index.dim != encoder.dim:
+        raise Ar2Error(
+            f"{path}: its vectors have {index.dim} dimensions, but the encoder {source} makes "
+            f"{encoder.dim}. Fix: pass the encoder folder it was built with (--retriever PATH)"
+        )
+    return dense(encoder, index)
+
+
+def documents(path: str | Path, retriever: Retriever | None = None) -> Mapping[str, Doc]:
+    """An index folder's documents by id: its ``corpus.jsonl`` read into memory, or, for the
+    dense ``retriever`` of an index in a Milvus collection, the collection itself, fetched
+    by id (:class:`ar2.index.milvus.StoreDocs`)."""
+    from ar2.index import read_manifest, store_of
+    from ar2.index.base import iter_docs
+
+    if store_of(read_manifest(path)) != "milvus":
+        return {d.id: d for d in iter_docs(path)}
+    from ar2.index.milvus import StoreDocs
+
+    if retriever is None:
+        retriever = dense_from_folder(path)
+    return StoreDocs(retriever.index)  # type: ignore[attr-defined]
+
+
+def served(
+    path: str | Path, encoder_dir: str | Path | None = None, backend: str = "torch"
+) -> tuple[Mapping[str, Doc], dict[str, Retriever]]:
+    """An index folder's documents (:func:`documents`) and the retrievers it serves
+    (:func:`from_folder`). For an index in a Milvus collection, ``bm25`` and ``hybrid`` index
+    the collection's texts at start-up, a batch at a time; no corpus is held."""
+    from ar2.index import read_manifest, store_of
+
+    if store_of(read_manifest(path)) != "milvus":
+        docs = documents(path)
+        return docs, from_folder(path, docs, encoder_dir, backend)
+    found: dict[str, Retriever] = {"dense": dense_from_folder(path, encoder_dir, backend)}
+    store = documents(path, found["dense"])
+    log.info("bm25: indexing the texts of the Milvus collection of %s", path)
+    found["bm25"] = bm25(store.stream(), f"the Milvus collection of {path}")  # type: ignore[attr-defined]
+    return store, found | {"hybrid": hybrid([found["bm25"], found["dense"]])}
 
 
 def from_folder(

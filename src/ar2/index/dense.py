@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from ar2.types import Doc, Hit
 
 if TYPE_CHECKING:
     from ar2.encoders import BiEncoder
+    from ar2.index.milvus import MilvusTarget
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,11 @@ class FaissIndex:
         self.auto: dict[str, Any] | None = None  # what preset "auto" chose, and why
         self.vectors: np.ndarray | _npy.NpyParts | None = None  # exact vectors, to refine
         self._apply_search_params()
+
+    @property
+    def dim(self) -> int:
+        """The dimension of the vectors."""
+        return int(self.index.d)
 
     @property
     def refines(self) -> bool:
@@ -268,14 +274,17 @@ def index_corpus(
     extra: dict[str, Any] | None = None,
     store_docs: bool = False,
     overwrite: bool = False,
+    milvus: MilvusTarget | None = None,
 ) -> None:
     """Encode the documents ``docs()`` yields (``ids`` are theirs, in order) into a dense index
     saved at ``path`` (with the documents when ``store_docs``: ``docs()`` is read again; a
-    folder ar2 did not write is replaced only with ``overwrite``).
+    folder ar2 did not write is replaced only with ``overwrite``). With ``milvus`` the vectors
+    and the documents go to that Milvus collection, and ``path`` gets the manifest that
+    names it (:class:`ar2.index.milvus.MilvusIndex`).
 
     Memory holds neither all the texts nor all the vectors: they are encoded to a temporary
     ``.npy`` file a chunk at a time and indexed from it a chunk at a time. Load the result
-    with :meth:`FaissIndex.load`.
+    with :func:`ar2.index.load_vectors`.
     """
     import shutil
 
@@ -290,11 +299,77 @@ def index_corpus(
     try:
         vectors = work / "vectors.npy"
         encoder.encode_docs_to(vectors, docs(), len(ids), progress=True)
-        index = FaissIndex.build_from_npy(vectors, ids, config)
         extra = (extra or {}) | {"encoder": encoder.describe(), "truncation": encoder.truncation()}
+        if milvus is not None:
+            parts = _npy.NpyParts(vectors)
+            n, dim = parts.shape
+            chunks = ((parts.read(slice(s, s + ADD_CHUNK)), list(ids[s : s + ADD_CHUNK]))
+                      for s in range(0, n, ADD_CHUNK))  # fmt: skip
+            to_milvus(chunks, n, dim, milvus, config, extra, docs() if store_docs else (),
+                      path, overwrite)  # fmt: skip
+            return
+        index = FaissIndex.build_from_npy(vectors, ids, config)
         index.save(path, extra, docs() if store_docs else (), overwrite)  # before vectors go
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def to_milvus(
+    chunks: Iterator[tuple[np.ndarray, list[str]]], n: int, dim: int, target: MilvusTarget,
+    config: IndexConfig | None, extra: dict[str, Any], docs: Iterable[Doc], path: str | Path,
+    overwrite: bool = False,
+) -> None:  # fmt: skip
+    """``(vectors, ids)`` chunks (``n`` rows of ``dim`` in all) and their ``docs`` into a
+    Milvus collection, named by the index folder ``path`` (a local store without a URI is
+    made inside the folder, as it is written)."""
+    from ar2.index.milvus import LOCAL_STORE, MilvusIndex
+
+    with atomic_dir(path, overwrite) as tmp:
+        uri = target.uri or str(tmp / LOCAL_STORE)
+        index = MilvusIndex.build_from(chunks, n, dim, uri, target.collection, config,
+                                       docs=docs, extra=extra)  # fmt: skip
+        try:
+            index.describe(tmp)
+        finally:
+            index.close()
+
+
+def export(
+    source: str | Path, path: str | Path, target: MilvusTarget, config: IndexConfig | None = None,
+    overwrite: bool = False,
+) -> int:  # fmt: skip
+    """A FAISS index folder's vectors and documents into a Milvus collection, named by the
+    index folder ``path`` (:func:`to_milvus`); its manifest keeps the source's encoder and
+    records where it came from. Returns how many documents."""
+    from ar2.index.base import iter_docs
+
+    source = Path(source)
+    index = FaissIndex.load(source)
+    manifest = read_manifest(source, kind="dense")
+    n, rows = len(index.ids), _stored_vectors(index, source)
+    chunks = ((rows(slice(s, s + ADD_CHUNK)), index.ids[s : s + ADD_CHUNK])
+              for s in range(0, n, ADD_CHUNK))  # fmt: skip
+    kept = {k: manifest[k] for k in ("encoder", "truncation", "data") if k in manifest}
+    extra = kept | {"exported_from": {"path": str(source.resolve()), "manifest": manifest}}
+    to_milvus(chunks, n, index.dim, target, config, extra, iter_docs(source), path, overwrite)
+    return n
+
+
+def _stored_vectors(index: FaissIndex, source: Path) -> Callable[[slice], np.ndarray]:
+    """Rows of the index's float32 vectors: the copy kept beside codes, or the index's own
+    (a flat or HNSW index reconstructs them exactly); codes alone are refused."""
+    if index.vectors is not None:
+        return lambda rows: _rows(index.vectors, rows)
+    if compresses(index.factory) or not index.factory.split(",")[-1].startswith(("Flat", "HNSW")):
+        raise Ar2Error(
+            f"{source}: a {index.factory} index keeps codes, not the vectors. Fix: encode the "
+            "corpus again, `ar2 index DATA --kind dense --model ENCODER --store milvus`"
+        )
+    ivf = require("faiss").try_extract_index_ivf(index.index)
+    if ivf is not None:
+        ivf.make_direct_map()  # IVF reconstructs a row by id through its direct map
+    return lambda rows: index.index.reconstruct_n(rows.start, min(rows.stop, len(index.ids))
+                                                  - rows.start)  # fmt: skip
 
 
 def _rows(source: Any, rows: slice | np.ndarray, keep_mapped: bool = False) -> np.ndarray:

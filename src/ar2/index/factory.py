@@ -13,21 +13,23 @@ from ar2.config import IndexConfig
 from ar2.errors import Ar2Error
 
 
-def _nlist(n: int) -> int:
-    # about 4 sqrt(n) lists, with at least 39 training points per list (FAISS's own minimum)
+def ivf_lists(n: int) -> int:
+    """IVF lists for ``n`` vectors: about ``4 sqrt(n)``, with at least 39 training points per
+    list (FAISS's own minimum)."""
     return max(1, min(int(4 * math.sqrt(n)), n // 39))
 
 
-def _pq_m(d: int) -> int:
-    # sub-quantizers of 4 dimensions each, the largest count that divides d
+def pq_subquantizers(d: int) -> int:
+    """PQ sub-quantizers for dimension ``d``: of 4 dimensions each, the largest count that
+    divides ``d``."""
     return next(m for m in range(max(1, d // 4), 0, -1) if d % m == 0)
 
 
 PRESETS: dict[str, Callable[[int, int], str]] = {
     "flat": lambda n, d: "Flat",
-    "ivf": lambda n, d: f"IVF{_nlist(n)},Flat",
+    "ivf": lambda n, d: f"IVF{ivf_lists(n)},Flat",
     "hnsw": lambda n, d: "HNSW32",
-    "ivfpq": lambda n, d: f"IVF{_nlist(n)},PQ{_pq_m(d)}x8",
+    "ivfpq": lambda n, d: f"IVF{ivf_lists(n)},PQ{pq_subquantizers(d)}x8",
 }
 
 

@@ -47,7 +47,7 @@ from pydantic import (
 from starlette.exceptions import HTTPException
 
 from ar2 import __version__
-from ar2.errors import Ar2Error
+from ar2.errors import Ar2Error, StoreUnavailable
 from ar2.serve.security import (
     LOOPBACK_HOSTS,
     BodyLimit,
@@ -57,9 +57,13 @@ from ar2.serve.security import (
 )
 from ar2.serve.service import Limits, SearchService
 from ar2.serve.snippet import snippet
-from ar2.types import Hit, Query
+from ar2.types import Doc, Hit, Query
 
 log = logging.getLogger(__name__)
+
+
+NOT_BLANK_ID = r"^[^\t\n\r]+$"
+"""A document id: no tab or line break (ids are written one per line)."""
 
 
 class HitOut(BaseModel):
@@ -89,6 +93,25 @@ class BatchResponse(BaseModel):
     rerank_k: int
 
 
+class DocumentIn(BaseModel):
+    """A document to add or replace (``POST /documents``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: str = Field(min_length=1, max_length=512, pattern=NOT_BLANK_ID)
+    title: str = ""
+    text: str
+
+
+class Upsert(BaseModel):
+    upserted: int = Field(description="documents added or replaced")
+    took_ms: float
+
+
+class Deleted(BaseModel):
+    deleted: str
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     documents: int
@@ -116,6 +139,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "too many searches queued: retry after a second"},
 }
 LOC_CHARS = 64  # a field name echoed in an error is cut to this length
+STORE_RETRY_S = "5"  # Retry-After when the vector store did not answer
 
 
 def create_app(
@@ -163,8 +187,39 @@ def create_app(
         return _reply(service, req, start, results=[{"hits": h} for h in results])
 
     _add_status(app, service, limits)
+    if service.updatable:
+        _add_updates(app, service, limits)
     _add_page(app)
     return app
+
+
+def _add_updates(app: FastAPI, service: SearchService, limits: Limits) -> None:
+    """``POST /documents`` and ``DELETE /documents/{id}`` (``ar2 serve --allow-updates``):
+    each runs on the service's worker thread, between searches, so a search sees every
+    document of the updates before it and none of those after."""
+    batch = Annotated[list[DocumentIn], Field(min_length=1, max_length=limits.max_batch)]
+    config = ConfigDict(extra="forbid", strict=True)
+    request = create_model("DocumentsRequest", __config__=config, documents=(batch, ...))
+
+    async def queued(future: Any) -> Any:
+        if service.pending >= limits.max_pending:
+            raise HTTPException(503, "too many requests queued; retry", {"Retry-After": "1"})
+        return await asyncio.wrap_future(future)
+
+    @app.post("/documents", response_model=Upsert, responses=_ERRORS)
+    async def upsert(body: request) -> dict[str, Any]:  # type: ignore[valid-type]
+        """Encode documents and add them to the index, replacing those of the same id."""
+        start = time.perf_counter()
+        docs = [Doc(d.id, d.text, d.title) for d in cast(Any, body).documents]
+        count = await queued(service.upsert(docs))
+        return {"upserted": count, "took_ms": round((time.perf_counter() - start) * 1000, 3)}
+
+    @app.delete("/documents/{doc_id}", response_model=Deleted, responses=_ERRORS)
+    async def delete(doc_id: str) -> dict[str, Any]:
+        """Remove a document from the index."""
+        if not await queued(service.delete([doc_id])):
+            raise HTTPException(404, f"no document {doc_id[:LOC_CHARS]!r} in the index")
+        return {"deleted": doc_id}
 
 
 def _new_app(service: SearchService, docs: bool) -> FastAPI:
@@ -286,8 +341,10 @@ def _whole_number(value: Any) -> Any:
 
 def _hits_out(service: SearchService, hits: Sequence[Hit], query: str, chars: int) -> list[dict]:
     out = []
+    fetch = getattr(service.docs, "fetch", None)  # a store's documents: one call for all
+    docs = fetch([h.doc_id for h in hits]) if fetch is not None else service.docs
     for hit in hits:
-        doc = service.docs.get(hit.doc_id)
+        doc = docs.get(hit.doc_id)
         title, text = (doc.title, snippet(doc.text, query, chars)) if doc else ("", "")
         out.append({"id": hit.doc_id, "score": hit.score, "title": title, "snippet": text})
     return out
@@ -324,6 +381,12 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Ar2Error)
     async def refused(request: Request, exc: Ar2Error) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(StoreUnavailable)
+    async def unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        detail = "the vector store did not answer; retry"
+        return JSONResponse({"detail": detail}, 503, headers={"Retry-After": STORE_RETRY_S})
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

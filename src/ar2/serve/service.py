@@ -72,10 +72,15 @@ class SearchService:
         ranker: Ranker | None = None,
         default_rerank_k: int | None = None,
         info: Mapping[str, Any] | None = None,
+        updates: bool = False,
     ) -> None:
         unknown = sorted(set(retrievers) - set(MODES))
         if unknown or not retrievers:
             raise ValueError(f"retrievers must be keyed by modes {MODES}; got {sorted(retrievers)}")
+        if updates:
+            retrievers = _updatable(retrievers)
+        self.updatable = updates
+        """Whether documents may be added and deleted (:meth:`upsert`, :meth:`delete`)."""
         self.docs = docs if isinstance(docs, Mapping) else {d.id: d for d in docs}
         self.modes = tuple(m for m in MODES if m in retrievers)
         self.has_ranker = ranker is not None
@@ -99,6 +104,7 @@ class SearchService:
         retriever: str | Path | None = None,
         rerank_k: int | None = None,
         backend: str = "torch",
+        updates: bool = False,
     ) -> SearchService:
         """Load a finished ``ar2 train`` run folder or an ``ar2 index`` folder.
 
@@ -106,14 +112,16 @@ class SearchService:
         ranker with the ``rerank_k`` it was evaluated with. ``reranker`` adds (or replaces) the
         ranker; ``retriever`` replaces the encoder path an index's manifest names; ``rerank_k``
         replaces the default depth of reranking; ``backend`` is where queries are encoded and
-        pairs scored (:data:`ar2.encoders.onnx_runtime.BACKENDS`), recorded in :meth:`info`.
+        pairs scored (:data:`ar2.encoders.onnx_runtime.BACKENDS`), recorded in :meth:`info`;
+        ``updates`` lets documents be added and deleted (an index in Milvus only).
         """
         path = Path(path)
         if not path.is_dir():
             raise Ar2Error(f"{path}: no such folder. Fix: give a run folder or an index folder")
-        if (path / "config.json").is_file() and not (path / "manifest.json").is_file():
-            return _load_run(path, reranker, retriever, rerank_k, backend)
-        return _load_index(path, reranker, retriever, rerank_k, backend)
+        load = _load_run if (path / "config.json").is_file() and not (
+            path / "manifest.json"
+        ).is_file() else _load_index  # fmt: skip
+        return load(path, reranker, retriever, rerank_k, backend, updates)
 
     def search(
         self, queries: Sequence[Query], k: int, mode: str | None = None, rerank_k: int | None = None
@@ -143,6 +151,45 @@ class SearchService:
             run = pipeline.run(queries, k, rerank_k=rerank_k)
             return then(run) if then else run
 
+        return self._queue(work)
+
+    def upsert(self, docs: Sequence[Doc]) -> Future[int]:
+        """Encode ``docs`` and add them to the index, replacing those of the same id; the
+        future of how many. Searches queued before see none of them, those after all."""
+        retriever = self._updated()
+
+        def work() -> int:
+            vectors = retriever.encoder.encode_docs(docs)  # (n, dim)
+            retriever.index.add(vectors, [d.id for d in docs], docs)
+            self._forget([d.id for d in docs])
+            return len(docs)
+
+        return self._queue(work)
+
+    def delete(self, ids: Sequence[str]) -> Future[int]:
+        """Remove the documents ``ids`` from the index; the future of how many were there."""
+        retriever = self._updated()
+
+        def work() -> int:
+            found: int = retriever.index.delete(ids)
+            self._forget(ids)
+            return found
+
+        return self._queue(work)
+
+    def _updated(self) -> Any:
+        if not self.updatable:
+            raise Ar2Error("this service takes no document updates. Fix: serve an index in "
+                           "Milvus with --allow-updates")  # fmt: skip
+        return self._pipelines["dense"].retriever
+
+    def _forget(self, ids: Sequence[str]) -> None:
+        forget = getattr(self.docs, "forget", None)  # a store's cache of recent documents
+        if forget is not None:
+            forget(ids)
+
+    def _queue(self, work: Callable[[], Any]) -> Future[Any]:
+        """Run ``work`` on the service's worker thread, after what is queued."""
         with self._worker_lock:
             if self._worker is None:
                 self._worker = ThreadPoolExecutor(1, thread_name_prefix="ar2-search")
@@ -176,14 +223,30 @@ class SearchService:
         }
 
 
+def _updatable(retrievers: Mapping[str, Retriever]) -> dict[str, Retriever]:
+    """The modes a service that takes updates serves: ``dense``, over an index that can add
+    and delete (Milvus). ``bm25`` and ``hybrid`` are left out: their index is built once, at
+    start-up, and would not see the updates."""
+    index = getattr(retrievers.get("dense"), "index", None)
+    if not hasattr(index, "delete"):
+        raise Ar2Error("document updates need a dense index in Milvus. Fix: build it with `ar2 "
+                       "index DATA --kind dense --store milvus`, or serve without "
+                       "--allow-updates")  # fmt: skip
+    left = sorted(set(retrievers) - {"dense"})
+    if left:
+        log.info("with updates, only the dense mode is served (%s would miss them)", left)
+    return {"dense": retrievers["dense"]}
+
+
 def _load_run(
     run: Path,
     reranker: str | Path | None,
     retriever: str | Path | None,
     rerank_k: int | None,
     backend: str,
+    updates: bool = False,
 ) -> SearchService:
-    from ar2.retrievers import from_folder
+    from ar2.retrievers import served
 
     if not (run / "retriever").is_dir() or not (run / "index" / "manifest.json").is_file():
         raise Ar2Error(
@@ -191,13 +254,12 @@ def _load_run(
             f"Fix: finish it with `ar2 train DATA --out {run} --resume`"
         )
     config = _read_json(run / "config.json")
-    docs = _stored_docs(run / "index")
     encoder_dir = Path(retriever) if retriever else run / "retriever"
     ranker_dir = Path(reranker) if reranker else run / "ranker"
+    docs, retrievers = served(run / "index", encoder_dir, backend)
     # a ranker asked for must load (a typo is an error); the run's own is optional
     wanted = reranker or ranker_dir.is_dir()
     ranker = _load_ranker(ranker_dir, docs, backend) if wanted else None
-    retrievers = from_folder(run / "index", docs, encoder_dir, backend)
     info = {
         "source": {"kind": "run", "path": str(run.resolve())},
         "manifests": _manifests(run / "index", encoder_dir, ranker_dir if ranker else None),
@@ -205,7 +267,7 @@ def _load_run(
         "training": {"config": config, "results": _results(run)},
     }
     rerank_k = config.get("rerank_k") if rerank_k is None else rerank_k
-    return SearchService(docs, retrievers, ranker, rerank_k, info)
+    return SearchService(docs, retrievers, ranker, rerank_k, info, updates)
 
 
 def _load_index(
@@ -214,13 +276,13 @@ def _load_index(
     retriever: str | Path | None,
     rerank_k: int | None,
     backend: str,
+    updates: bool = False,
 ) -> SearchService:
     from ar2.index import read_manifest
-    from ar2.retrievers import from_folder
+    from ar2.retrievers import served
 
     manifest = read_manifest(index_dir)
-    docs = _stored_docs(index_dir)
-    retrievers = from_folder(index_dir, docs, retriever, backend)
+    docs, retrievers = served(index_dir, retriever, backend)
     ranker = _load_ranker(Path(reranker), docs, backend) if reranker else None
     encoder = retriever or manifest.get("encoder", {}).get("source")
     info = {
@@ -228,10 +290,10 @@ def _load_index(
         "manifests": _manifests(index_dir, encoder, reranker),
         "backends": _backends(retrievers, ranker),
     }
-    return SearchService(docs, retrievers, ranker, rerank_k, info)
+    return SearchService(docs, retrievers, ranker, rerank_k, info, updates)
 
 
-def _load_ranker(path: Path, docs: dict[str, Doc], backend: str) -> Ranker:
+def _load_ranker(path: Path, docs: Mapping[str, Doc], backend: str) -> Ranker:
     """A cross-encoder over ``docs``, reranking with the fusion weight in its manifest."""
     from ar2.encoders import CrossEncoder
     from ar2.pipeline import CrossEncoderRanker
@@ -253,13 +315,6 @@ def _backends(retrievers: Mapping[str, Retriever], ranker: Ranker | None) -> dic
         "query_encoder": encoder.backend() if encoder is not None else None,
         "ranker": model.backend() if model is not None else None,
     }
-
-
-def _stored_docs(index_dir: Path) -> dict[str, Doc]:
-    """The index's documents by id: one map, shared by the service and its ranker."""
-    from ar2.index.base import iter_docs
-
-    return {d.id: d for d in iter_docs(index_dir)}
 
 
 def _manifests(
