@@ -246,8 +246,9 @@ def test_the_service_over_milvus_searches_updates_and_answers_503(
     assert client.get("/health").json()["documents"] == 8
     assert client.post("/documents", json={"documents": []}).status_code == 404  # off
     plain.close()
-    retriever = plain._pipelines["dense"].retriever
-    retriever.index.close()  # the store stops answering
+    from ar2.index.milvus import _release_local
+
+    _release_local(plain._pipelines["dense"].retriever.index.uri)  # the store's server stops
     down = client.post("/search", json={"query": "cats", "mode": "dense"})
     assert down.status_code == 503 and down.headers["retry-after"] == "5"
     assert "did not answer" in down.json()["detail"]

@@ -63,6 +63,9 @@ INSERT_ROWS = 1_000
 GET_IDS = 1_000
 """Rows inserted, and documents fetched by id, per call."""
 METRICS = {"ip": "IP", "l2": "L2"}
+CALL_TIMEOUT_S = 10.0
+"""How long a search, fetch or update waits for the store (its retries included) before the
+service answers 503: pymilvus would otherwise retry a lost server for minutes."""
 ENV_TOKEN, ENV_USER, ENV_PASSWORD = "MILVUS_TOKEN", "MILVUS_USER", "MILVUS_PASSWORD"
 STORE_FIX = "Fix: start the Milvus server, or check --uri and the network"
 
@@ -273,19 +276,22 @@ class MilvusIndex:
         vectors = _as_float32(vectors, self.dim)
         rows = _rows(vectors, list(ids), docs)
         with self._lock, self._answering():
-            self.client.upsert(self.collection, rows)
+            self.client.upsert(self.collection, rows, timeout=CALL_TIMEOUT_S)
 
     def delete(self, ids: Sequence[str]) -> int:
         """Remove the documents ``ids`` (those absent are skipped); how many were there."""
         with self._lock, self._answering():
-            found = self.client.get(self.collection, ids=list(ids), output_fields=["id"])
+            found = self.client.get(self.collection, ids=list(ids), output_fields=["id"],
+                                    timeout=CALL_TIMEOUT_S)  # fmt: skip
             if found:
-                self.client.delete(self.collection, ids=[r["id"] for r in found])
+                self.client.delete(self.collection, ids=[r["id"] for r in found],
+                                   timeout=CALL_TIMEOUT_S)  # fmt: skip
         return len(found)
 
     def __len__(self) -> int:
         with self._lock, self._answering():
-            rows = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+            rows = self.client.query(self.collection, filter="", output_fields=["count(*)"],
+                                     timeout=CALL_TIMEOUT_S)  # fmt: skip
         return int(rows[0]["count(*)"])
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
@@ -298,6 +304,7 @@ class MilvusIndex:
             found = self.client.search(
                 self.collection, data=list(queries), limit=k, output_fields=["id"],
                 search_params={"metric_type": METRICS[self.metric], "params": params},
+                timeout=CALL_TIMEOUT_S,
             )  # fmt: skip
         sign = -1.0 if self.metric == "l2" else 1.0  # Milvus's L2 is a distance
         return [[Hit(str(h["id"]), sign * float(h["distance"])) for h in row] for row in found]
@@ -308,7 +315,7 @@ class MilvusIndex:
         for start in range(0, len(ids), GET_IDS):
             chunk = list(ids[start : start + GET_IDS])
             with self._lock, self._answering():
-                rows = self.client.get(self.collection, ids=chunk,
+                rows = self.client.get(self.collection, ids=chunk, timeout=CALL_TIMEOUT_S,
                                        output_fields=["id", "title", "text"])  # fmt: skip
             found |= {r["id"]: Doc(r["id"], r["text"], r["title"]) for r in rows}
         return found
