@@ -212,6 +212,7 @@ def test_the_cli_builds_searches_and_refuses(tmp_path: Path, tiny_bert: Path, to
         (["--uri", store], "--uri and --collection name a Milvus store. Fix: add --store milvus"),
         (["--store", "milvus", "--preset", "flat", "--quantize", "int8"], "--quantize is not"),
         (["--store", "milvus", "--collection", "bad-name"], "collection name 'bad-name'"),
+        (["--store", "milvus", "--preset", "ivfpq"], "milvus-lite store builds no IVF_PQ"),
     ):
         assert main([*base, *extra, "--out", str(tmp_path / "refused")]) == 2
         assert message in capsys.readouterr().err

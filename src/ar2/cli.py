@@ -106,6 +106,8 @@ def _milvus_target(args: argparse.Namespace, config: IndexConfig | None) -> Any:
         raise Ar2Error(f"--uri {args.uri} is inside --out {args.out}, which the build "
                        "replaces. Fix: drop --uri (the store then goes inside --out), or give "
                        "a path outside it")  # fmt: skip
+    if config.preset != "auto":
+        milvus.check_lite(milvus.index_params(config.preset, 1, 1, config)[0], uri)
     name = milvus.check_collection_name(args.collection or milvus.default_collection(args.out))
     return milvus.MilvusTarget(uri and milvus.check_uri(uri), name)
 

@@ -100,6 +100,19 @@ def index_params(preset: str, n: int, d: int, config: IndexConfig) -> tuple[str,
                    "ivfpq or auto")  # fmt: skip
 
 
+LITE_TYPES = ("FLAT", "IVF_FLAT", "HNSW")
+"""The index types milvus-lite builds (it reserves IVF_PQ for a later version: a collection
+that large would fail when its first segment is indexed)."""
+
+
+def check_lite(kind: str, uri: str | None) -> None:
+    """Refuse an index type that a local (milvus-lite) store cannot build."""
+    if kind not in LITE_TYPES and (uri is None or not remote(uri)):
+        raise Ar2Error(f"a local milvus-lite store builds no {kind} index (only "
+                       f"{', '.join(LITE_TYPES)}). Fix: --preset flat, ivf or hnsw, or a Milvus "
+                       "server (--uri http://HOST:19530)")  # fmt: skip
+
+
 def check_config(config: IndexConfig) -> None:
     """Refuse FAISS-only settings before any encoding."""
     if config.factory is not None:
@@ -246,6 +259,7 @@ class MilvusIndex:
             raise ValueError(f"unknown metric {metric!r}; choose one of {list(METRICS)}")
         preset, auto = _preset(config, n, dim)
         kind, params = index_params(preset, n, dim, config)
+        check_lite(kind, uri)
         client = connect(uri)
         target = _claim(client, collection)
         building = f"{collection}__ar2_{time.time_ns()}"
