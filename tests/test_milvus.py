@@ -329,7 +329,7 @@ def test_an_interrupted_build_leaves_the_served_collection_whole(
     milvus.MilvusIndex.build(v, ["a", "b", "c"], uri, "live").close()
     real = milvus._fill
 
-    def killed(client: object, name: str, chunks: object, docs: object) -> int:
+    def killed(client: object, name: str, chunks: object, docs: object, n: int = 0) -> int:
         real(client, name, iter([(v[:1], ["z"])]), iter(()))  # a part of the new rows
         raise KeyboardInterrupt
 

@@ -275,7 +275,7 @@ class MilvusIndex:
             "refine": 0,
         } | ({"auto_preset": auto} if auto else {}) | (extra or {})  # fmt: skip
         _create(client, building, dim, metric, kind, params, manifest)
-        count = _fill(client, building, chunks, iter(docs))
+        count = _fill(client, building, chunks, iter(docs), n)
         if count != n:
             client.drop_collection(building)
             raise ValueError(f"{count} vectors given, {n} announced")
@@ -535,18 +535,23 @@ def _create(client: Any, name: str, dim: int, metric: str, kind: str, params: di
 
 
 def _fill(
-    client: Any, name: str, chunks: Iterator[tuple[np.ndarray, list[str]]], docs: Iterator[Doc]
-) -> int:
-    """Insert every chunk's rows, each with the next of ``docs`` (none: empty texts)."""
+    client: Any, name: str, chunks: Iterator[tuple[np.ndarray, list[str]]], docs: Iterator[Doc],
+    n: int = 0,
+) -> int:  # fmt: skip
+    """Insert every chunk's rows, each with the next of ``docs`` (none: empty texts), with a
+    progress bar over the ``n`` announced."""
+    tqdm = require("tqdm").tqdm
     count = 0
-    for vectors, ids in chunks:
-        texts = [next(docs, None) for _ in ids]
-        for start in range(0, len(ids), INSERT_ROWS):
-            part = slice(start, start + INSERT_ROWS)
-            given = [d for d in texts[part] if d is not None]
-            client.insert(name, _rows(_as_float32(vectors[part], vectors.shape[1]),
-                                      ids[part], given))  # fmt: skip
-        count += len(ids)
+    with tqdm(total=n, desc=f"milvus {name}", unit="doc", disable=n < 10 * INSERT_ROWS) as bar:
+        for vectors, ids in chunks:
+            texts = [next(docs, None) for _ in ids]
+            for start in range(0, len(ids), INSERT_ROWS):
+                part = slice(start, start + INSERT_ROWS)
+                given = [d for d in texts[part] if d is not None]
+                client.insert(name, _rows(_as_float32(vectors[part], vectors.shape[1]),
+                                          ids[part], given))  # fmt: skip
+                bar.update(len(ids[part]))
+            count += len(ids)
     return count
 
 
