@@ -304,11 +304,14 @@ def test_export_copies_a_runs_index_and_refuses_codes_alone(
     assert manifest["encoder"] == run_manifest["encoder"]
     assert manifest["exported_from"]["manifest"] == run_manifest
     assert manifest["milvus_index"]["type"] == "HNSW"
-    ours, theirs = SearchService.load(out), SearchService.load(tiny_run / "index")
+    ours = SearchService.load(out, reranker=tiny_run / "ranker", rerank_k=5)
+    theirs = SearchService.load(tiny_run)  # its FAISS index, its ranker, rerank_k 5
     for query in ("what do cats eat", "heart risk", "cancer gene protein"):
-        a, b = (s.search([Query("q", query)], 8, "dense")["q"] for s in (ours, theirs))
-        assert [h.doc_id for h in a] == [h.doc_id for h in b]
-        np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
+        for rerank_k in (0, 5):  # the ranker reads its texts from the store
+            a, b = (s.search([Query("q", query)], 8, "dense", rerank_k)["q"]
+                    for s in (ours, theirs))  # fmt: skip
+            assert [h.doc_id for h in a] == [h.doc_id for h in b]
+            np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
     ours._pipelines["dense"].retriever.index.close()
     codes = tmp_path / "codes"
     index = FaissIndex.load(tiny_run / "index")
