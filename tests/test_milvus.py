@@ -229,7 +229,7 @@ def test_the_cli_builds_searches_and_refuses(tmp_path: Path, tiny_bert: Path, to
 
 
 def test_the_service_over_milvus_searches_updates_and_answers_503(
-    tmp_path: Path, tiny_bert: Path
+    tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
@@ -254,6 +254,10 @@ def test_the_service_over_milvus_searches_updates_and_answers_503(
     assert down.status_code == 503 and down.headers["retry-after"] == "5"
     assert "did not answer" in down.json()["detail"]
 
+    def no_bm25(*args: object) -> None:
+        raise AssertionError("a service taking updates builds no BM25 index")
+
+    monkeypatch.setattr("ar2.retrievers.bm25", no_bm25)
     service = SearchService.load(out, updates=True)
     assert service.modes == ("dense",) and service.updatable
     client = TestClient(create_app(service), base_url="http://localhost")

@@ -216,11 +216,13 @@ def documents(path: str | Path, retriever: Retriever | None = None) -> Mapping[s
 
 
 def served(
-    path: str | Path, encoder_dir: str | Path | None = None, backend: str = "torch"
-) -> tuple[Mapping[str, Doc], dict[str, Retriever]]:
+    path: str | Path, encoder_dir: str | Path | None = None, backend: str = "torch",
+    text_modes: bool = True,
+) -> tuple[Mapping[str, Doc], dict[str, Retriever]]:  # fmt: skip
     """An index folder's documents (:func:`documents`) and the retrievers it serves
     (:func:`from_folder`). For an index in a Milvus collection, ``bm25`` and ``hybrid`` index
-    the collection's texts at start-up, a batch at a time; no corpus is held."""
+    the collection's texts at start-up, a batch at a time (no corpus is held), unless
+    ``text_modes`` is false (a service taking updates serves ``dense`` alone)."""
     from ar2.index import read_manifest, store_of
 
     if store_of(read_manifest(path)) != "milvus":
@@ -228,6 +230,8 @@ def served(
         return docs, from_folder(path, docs, encoder_dir, backend)
     found: dict[str, Retriever] = {"dense": dense_from_folder(path, encoder_dir, backend)}
     store = documents(path, found["dense"])
+    if not text_modes:
+        return store, found
     log.info("bm25: indexing the texts of the Milvus collection of %s", path)
     found["bm25"] = bm25(store.stream(), f"the Milvus collection of {path}")  # type: ignore[attr-defined]
     return store, found | {"hybrid": hybrid([found["bm25"], found["dense"]])}

@@ -256,7 +256,7 @@ def _load_run(
     config = _read_json(run / "config.json")
     encoder_dir = Path(retriever) if retriever else run / "retriever"
     ranker_dir = Path(reranker) if reranker else run / "ranker"
-    docs, retrievers = served(run / "index", encoder_dir, backend)
+    docs, retrievers = served(run / "index", encoder_dir, backend, text_modes=not updates)
     # a ranker asked for must load (a typo is an error); the run's own is optional
     wanted = reranker or ranker_dir.is_dir()
     ranker = _load_ranker(ranker_dir, docs, backend) if wanted else None
@@ -282,7 +282,7 @@ def _load_index(
     from ar2.retrievers import served
 
     manifest = read_manifest(index_dir)
-    docs, retrievers = served(index_dir, retriever, backend)
+    docs, retrievers = served(index_dir, retriever, backend, text_modes=not updates)
     ranker = _load_ranker(Path(reranker), docs, backend) if reranker else None
     encoder = retriever or manifest.get("encoder", {}).get("source")
     info = {
