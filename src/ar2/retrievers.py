@@ -221,13 +221,14 @@ def served(
 ) -> tuple[Mapping[str, Doc], dict[str, Retriever]]:  # fmt: skip
     """An index folder's documents (:func:`documents`) and the retrievers it serves
     (:func:`from_folder`). For an index in a Milvus collection, ``bm25`` and ``hybrid`` index
-    the collection's texts at start-up, a batch at a time (no corpus is held), unless
-    ``text_modes`` is false (a service taking updates serves ``dense`` alone)."""
+    the collection's texts at start-up, a batch at a time (no corpus is held). Without
+    ``text_modes`` no BM25 is built: a dense index serves ``dense`` alone (as a service
+    taking updates does)."""
     from ar2.index import read_manifest, store_of
 
     if store_of(read_manifest(path)) != "milvus":
         docs = documents(path)
-        return docs, from_folder(path, docs, encoder_dir, backend)
+        return docs, from_folder(path, docs if text_modes else None, encoder_dir, backend)
     found: dict[str, Retriever] = {"dense": dense_from_folder(path, encoder_dir, backend)}
     store = documents(path, found["dense"])
     if not text_modes:
