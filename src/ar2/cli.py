@@ -175,7 +175,7 @@ def _index_config(args: argparse.Namespace) -> IndexConfig:
 def cmd_search(args: argparse.Namespace) -> int:
     """Print the top hits of one query against an index folder."""
     from ar2.encoders.onnx_runtime import resolve_backend
-    from ar2.pipeline import CrossEncoderRanker, SearchPipeline, lookup
+    from ar2.pipeline import CrossEncoderRanker, SearchPipeline, fetched
     from ar2.retrievers import documents, from_folder
 
     backend = args.backend
@@ -188,9 +188,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
         ranker = CrossEncoderRanker(CrossEncoder.load(args.reranker, backend=backend), docs)
     hits = SearchPipeline(retriever, ranker, args.rerank_k).search(args.query, args.k)
-    found = (
-        dict(zip([h.doc_id for h in hits], lookup(docs, [h.doc_id for h in hits]))) if docs else {}
-    )
+    found = fetched(docs, [h.doc_id for h in hits])
     for rank, hit in enumerate(hits, start=1):
         title = found[hit.doc_id].title if hit.doc_id in found else ""
         print(f"{rank:>3}  {hit.score:>9.4f}  {hit.doc_id}  {title[:80]}")

@@ -102,16 +102,27 @@ class HybridRetriever:
         return {qid: hits[:k] for qid, hits in fused.items()}
 
 
+def fetched(docs: Mapping[str, Doc], ids: Sequence[str]) -> Mapping[str, Doc]:
+    """The documents of ``ids`` that exist, by id: in one call where the mapping fetches
+    many at once (a store's documents: :class:`ar2.index.milvus.StoreDocs`), else the
+    mapping itself.
+
+    Example:
+        >>> sorted(fetched({"a": Doc("a", "x")}, ["a", "b"]))
+        ['a']
+    """
+    fetch = getattr(docs, "fetch", None)
+    return fetch(ids) if fetch is not None else docs  # type: ignore[no-any-return]
+
+
 def lookup(docs: Mapping[str, Doc], ids: Sequence[str]) -> list[Doc]:
-    """The documents of ``ids`` (each must exist), in one call where the mapping fetches
-    many at once (a store's documents: :class:`ar2.index.milvus.StoreDocs`).
+    """The documents of ``ids`` (each must exist), fetched as :func:`fetched` does.
 
     Example:
         >>> lookup({"a": Doc("a", "x"), "b": Doc("b", "y")}, ["b"])
         [Doc(id='b', text='y', title='')]
     """
-    fetch = getattr(docs, "fetch", None)
-    found = fetch(ids) if fetch is not None else docs
+    found = fetched(docs, ids)
     return [found[i] for i in ids]
 
 

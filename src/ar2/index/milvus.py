@@ -480,7 +480,8 @@ def _claim(client: Any, name: str) -> str | None:
     """The ar2 collection the alias ``name`` points at now (the build replaces it), or
     ``None``; refuses a name ar2 did not make. Collections an interrupted build left go."""
     for stale in client.list_collections():
-        if stale.startswith(f"{name}__ar2_") and not _aliases(client, stale):
+        ours = stale.startswith(f"{name}__ar2_") and PROPERTY in _properties(client, stale)
+        if ours and not _aliases(client, stale):  # a killed build's, never another tool's
             client.drop_collection(stale)
     if not client.has_collection(name):
         return None

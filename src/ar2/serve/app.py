@@ -48,6 +48,7 @@ from starlette.exceptions import HTTPException
 
 from ar2 import __version__
 from ar2.errors import Ar2Error, StoreUnavailable
+from ar2.pipeline import fetched
 from ar2.serve.security import (
     LOOPBACK_HOSTS,
     BodyLimit,
@@ -341,8 +342,7 @@ def _whole_number(value: Any) -> Any:
 
 def _hits_out(service: SearchService, hits: Sequence[Hit], query: str, chars: int) -> list[dict]:
     out = []
-    fetch = getattr(service.docs, "fetch", None)  # a store's documents: one call for all
-    docs = fetch([h.doc_id for h in hits]) if fetch is not None else service.docs
+    docs = fetched(service.docs, [h.doc_id for h in hits])  # a store: one call for all
     for hit in hits:
         doc = docs.get(hit.doc_id)
         title, text = (doc.title, snippet(doc.text, query, chars)) if doc else ("", "")
