@@ -138,6 +138,24 @@ def assert_same_round_retriever(run: Path, reference: Path) -> None:
     assert any(not np.allclose(want[k], g0[k], atol=1e-6) for k in want)  # the round trained
 
 
+def add_random_ranker(run: Path) -> None:
+    """Give a :func:`tiny_train_run` run a ranker: its tiny BERT with a random head."""
+    import warnings
+
+    from ar2.encoders import CrossEncoder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a random head, on purpose
+        CrossEncoder.load(run.parent / "bert", precision="fp32").save(run / "ranker")
+
+
+def check_tuned_teacher(out: Path) -> None:
+    """``out/teacher.json`` holds a tuned teacher: the whole grid, and the best of it chosen."""
+    record = json.loads((out / "teacher.json").read_text())
+    assert record["tuned"] and len(record["grid"]) == 66
+    assert record["dev"]["T"] == max(g["nDCG@10"] for g in record["grid"])
+
+
 def tiny_train_run(root: Path, filler_docs: int = 0) -> tuple[Path, Path]:
     """A finished-run folder over the training toy (retriever, flat index with its documents,
     config, dev split), the toy's corpus grown by ``filler_docs`` documents of filler words;

@@ -65,16 +65,13 @@ def test_ar2_anncur_on_a_tiny_run_reports_both_methods_and_resumes_without_resco
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("torch")
-    import warnings
 
     from ar2.cli import main
     from ar2.encoders import CrossEncoder
-    from conftest import tiny_train_run
+    from conftest import add_random_ranker, tiny_train_run
 
     run, _ = tiny_train_run(tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a random head, on purpose
-        CrossEncoder.load(tmp_path / "bert", precision="fp32").save(run / "ranker")
+    add_random_ranker(run)
     out = tmp_path / "anncur"
     sets = ["--set", "docs=20", "--set", "queries=2", "--set", "anchor_queries=8",
             "--set", "anchor_items=10", "--set", "k=5"]  # fmt: skip

@@ -21,7 +21,7 @@ from ar2.data.training import TrainingGroup, write_groups  # noqa: E402
 from ar2.encoders import sparse  # noqa: E402
 from ar2.errors import Ar2Error  # noqa: E402
 from ar2.train.sparse import run_sparse, step_loss  # noqa: E402
-from conftest import killed_at, tiny_train_run  # noqa: E402
+from conftest import add_random_ranker, check_tuned_teacher, killed_at, tiny_train_run  # noqa: E402
 
 CFG = SparseConfig(doc_max_length=32, flops_warmup=4, checkpoint_every=3,
                    stage=StageConfig(steps=6, batch_size=4, n_neg=2, lr=1e-3))  # fmt: skip
@@ -70,6 +70,67 @@ def test_the_step_loss_is_the_listwise_ce_of_idf_scores_plus_the_ramped_flops(
     want = losses.listwise_ce(scores) + ramp * losses.flops(weights=w)
     assert got.item() == pytest.approx(want.item(), rel=1e-4)
     assert losses.flops(weights=w).item() > 0
+
+
+def test_the_teacher_term_is_the_distillation_of_the_teachers_scores_of_the_drawn_documents(
+    tiny_bert: Path,
+) -> None:
+    """kd_weight adds AR2's L_KD of the teacher's scores of each group's drawn documents (the
+    positive first); with kd_weight 0 the teacher is never asked."""
+    from transformers import AutoTokenizer
+
+    from ar2.types import Query
+
+    docs = {"a": "cats eat fish", "b": "dogs chase balls", "c": "fish swim", "d": "cats"}
+    idf = sparse.corpus_idf(AutoTokenizer.from_pretrained(str(tiny_bert)), list(docs.values()), 32)
+    model = sparse.start(tiny_bert, idf, 32)
+    model.eval()
+    groups = [TrainingGroup(Query("q", "what do cats eat"), ("a",), ("b", "c", "d")),
+              TrainingGroup(Query("r", "dogs"), ("b",), ("a", "c", "d"))]  # fmt: skip
+    asked = []
+    points = {"a": 3.0, "b": 1.0, "c": -2.0, "d": 0.5}
+
+    def judge(picks: list[int], ids: list[list[str]]) -> torch.Tensor:
+        asked.append((list(picks), [list(r) for r in ids]))
+        return torch.tensor([[points[d] for d in row] for row in ids])  # (B, M)
+
+    stage = StageConfig(steps=4, batch_size=2, n_neg=2)
+    plain = SparseConfig(flops_weight=0.5, flops_warmup=4, precision="fp32", stage=stage)
+    taught = dataclasses.replace(plain, kd_weight=0.7)
+    without = step_loss(model, groups, docs, plain, 1, judge)
+    assert not asked
+    got = step_loss(model, groups, docs, taught, 1, judge)
+    [(picks, ids)] = asked
+    assert sorted(picks) == [0, 1] and all(len(row) == 3 for row in ids)
+    for pick, row in zip(picks, ids):  # the positive, then two of the group's negatives
+        assert row[0] in groups[pick].positives and set(row[1:]) <= set(groups[pick].negatives)
+    q = sparse.query_weights(model, [groups[i].query.text for i in picks])  # (2, V)
+    w = sparse.document_weights(model, [docs[d] for row in ids for d in row], "fp32")  # (6, V)
+    scores = (w.view(2, 3, -1) * q[:, None, :]).sum(-1)  # (2, 3)
+    teacher = torch.tensor([[points[d] for d in row] for row in ids])  # (2, 3)
+    target = torch.softmax(teacher, -1)  # Eqs. 11-12 by hand: CE to the teacher's softmax
+    kd = -(target * torch.log_softmax(scores, -1)).sum(-1).mean()
+    assert got.item() == pytest.approx(without.item() + 0.7 * kd.item(), rel=1e-4)
+    assert kd.item() > 0.1
+
+
+def test_a_run_with_a_tuned_teacher_distils_it(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    taught = dataclasses.replace(CFG, kd_weight=1.0)
+    with pytest.raises(Ar2Error, match="no ranker/, which the teacher"):
+        run_sparse(run, tmp_path / "t", taught)
+    assert not (tmp_path / "t").exists()  # refused before anything is written
+    add_random_ranker(run)
+    run_sparse(run, tmp_path / "t", taught)
+    check_tuned_teacher(tmp_path / "t")
+    run_sparse(run, tmp_path / "p", CFG)
+    assert not (tmp_path / "p" / "teacher.json").exists()
+    texts = ["cats w1 fish", "heart w25 risk"]
+    assert not np.allclose(  # the teacher's term moved the encoder elsewhere
+        sparse.encode_documents(sparse.load(tmp_path / "t" / "model"), texts).toarray(),
+        sparse.encode_documents(sparse.load(tmp_path / "p" / "model"), texts).toarray(),
+        atol=1e-5,
+    )
 
 
 def test_the_flops_term_makes_the_index_sparser(tmp_path: Path) -> None:

@@ -822,6 +822,12 @@ class SparseConfig:
         attention_dropout: As in ``ar2 train``.
         fast_dropout: As in ``ar2 train``.
         train_attention: As in ``ar2 train``.
+        kd_weight: ``w`` of a teacher's distillation added to the loss, ``L_CE + w · L_KD +
+            λ · FLOPS`` (AR2's L_KD, Eqs. 11-12, over each group's positive and negatives):
+            Geng et al.'s heterogeneous teacher; 0: the labels alone.
+        teacher: The teacher of ``kd_weight > 0`` (as ``ar2 adore``'s): by default the mix of
+            the run's ranker, its dense retriever and BM25 (min-max per query, Geng et al.'s
+            ensemble), its weights chosen on the run's dev queries over the retriever's top 20.
     """
 
     start: str = "g0"
@@ -836,6 +842,8 @@ class SparseConfig:
     attention_dropout: float | None = 0.0
     fast_dropout: bool = True
     train_attention: str = "auto"
+    kd_weight: float = 0.0
+    teacher: TeacherConfig = TeacherConfig(kind="ensemble", tune=True)
 
     def __post_init__(self) -> None:
         check_choice("start", self.start, SPARSE_STARTS)
@@ -843,7 +851,7 @@ class SparseConfig:
         check_ranges(
             self,
             at_least={"doc_max_length": 8, "start_terms": 0, "flops_weight": 0.0,
-                      "flops_warmup": 0,
+                      "flops_warmup": 0, "kd_weight": 0.0,
                       "checkpoint_every": 1, "attention_dropout": 0.0},
             at_most={"attention_dropout": 0.9},
         )  # fmt: skip

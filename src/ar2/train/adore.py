@@ -57,14 +57,13 @@ from ar2.index.factory import compresses
 from ar2.train.derived import derived_output, run_splits
 from ar2.train.loop import StageLog
 from ar2.train.stage import MetricsLog, RunContext, stage_record, train_stage
-from ar2.train.teacher import PairTeacher
+from ar2.train.teacher import for_run
 from ar2.types import Qrels, Query
 
 log = logging.getLogger("ar2.train")
 
 STAGE = "adore"
 MEASURE = "nDCG@10"
-TUNE_DEPTH = 20
 SYSTEMS = ("run", "adore")
 
 Search = Callable[[np.ndarray, int], np.ndarray]
@@ -291,7 +290,8 @@ def _train(
     docs = float_vectors(exact)
     judge = None
     if cfg.kd_weight > 0:
-        judge = _teacher(out, run, data_dir, retriever, exact, docs, queries, cfg).scores
+        teacher = for_run(out, run, data_dir, retriever, exact, docs, queries, cfg.teacher, MEASURE)
+        judge = teacher.scores
     student, stage_log = query_tower(out, retriever, docs, queries, positives, cfg, scale,
                                      judge)  # fmt: skip
     student.save(final)
@@ -329,40 +329,6 @@ def query_tower(
     loss = step_loss(student, queries, positives, search, score, cfg, judge=judge)
     stage = dataclasses.replace(cfg.stage, steps=cfg.stage.steps_for(len(queries)))
     return student, train_stage(out, STAGE, {"query": tower}, stage, loss, cfg)
-
-
-def _teacher(
-    out: Path, run: Path, data_dir: Path, retriever: BiEncoder, exact: FaissIndex,
-    docs: np.ndarray, queries: Sequence[str], cfg: ADOREConfig,
-) -> PairTeacher:  # fmt: skip
-    """The teacher of ``kd_weight > 0``: the run's ranker (``kind = "ranker"``), or the mix of
-    ``[teacher]``, its weights with ``tune`` chosen on the run's dev queries over the starting
-    tower's top ``TUNE_DEPTH`` and kept in ``teacher.json`` (read back on resume)."""
-    from ar2.data.beir import load_corpus, load_queries
-    from ar2.index import BM25Index
-    from ar2.train.teacher import choose, dev_parts
-
-    corpus = load_corpus(data_dir / "corpus.jsonl")
-    by_id = {d.id: d for d in corpus}
-    ranker = CrossEncoder.load(run / "ranker")
-    start = retriever.encode_queries(list(queries))  # (Q, d)
-    if cfg.teacher.kind == "ranker":
-        return PairTeacher(queries, exact.ids, by_id, docs, start, ranker, None, None, cfg.teacher)
-    bm25 = BM25Index.build(corpus)
-    path = out / "teacher.json"
-    if not path.is_file():
-        began = time.perf_counter()
-        qrels = run_splits(run, data_dir)["dev"]
-        asked = [q for q in load_queries(data_dir / "queries.jsonl") if q.id in qrels]
-        hits = exact.search(retriever.encode_queries(asked), TUNE_DEPTH)
-        dev_run = {q.id: h for q, h in zip(asked, hits)}
-        parts = dev_parts(dev_run, asked, ranker, bm25, by_id, TUNE_DEPTH, "teacher (dev)")
-        record = choose(parts, dev_run, qrels, cfg.teacher, MEASURE)
-        record |= {"rerank_k": TUNE_DEPTH, "seconds": round(time.perf_counter() - began, 2)}
-        atomic_write_json(path, record)
-    weights = json.loads(path.read_text())["weights"]
-    log.info("ADORE's teacher: %s", weights)
-    return PairTeacher(queries, exact.ids, by_id, docs, start, ranker, bm25, weights, cfg.teacher)
 
 
 def run_stage(

@@ -12,8 +12,12 @@ run's dev queries are never among them) and minimises
     L = listwise CE over (positive, negatives) of s(q, .)  +  lambda(step) * FLOPS(documents)
 
 (:func:`ar2.losses.listwise_ce`, :func:`ar2.losses.flops` with :func:`ar2.losses.flops_weight`'s
-ramp). The paper distils an ensemble teacher instead of the labels; ours learns from the labels
-alone, as the other recipes' no-ranker controls do (the teacher is the next step to build).
+ramp). With ``kd_weight > 0`` it adds ``w · L_KD``, AR2's distillation (Eqs. 11-12) of a
+teacher's scores of the same (query, document) pairs: by default Geng et al.'s heterogeneous
+teacher, the min-max normalised mix of the run's ranker, its dense retriever and BM25, its
+weights chosen on the run's dev queries (:func:`ar2.train.teacher.for_run`, ``teacher.json``).
+The paper distils its ensemble (KL and Margin-MSE) without the labels' term; ``kd_weight = 0``,
+the default, learns from the labels alone.
 
 The corpus is then encoded and indexed (:class:`ar2.index.SparseIndex`, Seismic), and the
 report compares the sparse retriever with the run's dense one and with BM25 on the run's dev
@@ -23,6 +27,7 @@ Folder::
 
     sparse.json  metrics.jsonl  checkpoints/  model/  index/  report.json  report.md
     per_query.tsv (the test split)
+    teacher.json (with kd_weight > 0 and a tuned teacher: its weights and its dev record)
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import json
 import logging
 import random
 import statistics
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +58,9 @@ GROUPS = Path("mined") / "round-0"
 CALIBRATION = 256
 """Documents sampled to set a new MLM head's bias (:func:`ar2.encoders.sparse.calibrate`)."""
 
+Judge = Callable[[Sequence[int], Sequence[Sequence[str]]], Any]
+"""``judge(group indices (B,), document ids (B, M)) -> (B, M)`` a teacher's scores."""
+
 
 def run_sparse(
     run: Path, out: Path, cfg: SparseConfig, resume: bool = False, overwrite: bool = False,
@@ -65,12 +74,17 @@ def run_sparse(
             f"{run}: no {GROUPS}/groups.jsonl (the negatives G0 mined). Fix: give a run "
             "that `ar2 train` finished"
         )
+    if cfg.kd_weight > 0 and not (run / "ranker").is_dir():
+        raise Ar2Error(
+            f"{run}: no ranker/, which the teacher of kd_weight > 0 scores with. "
+            "Fix: use a run that trained a ranker, or kd_weight = 0"
+        )
     held = derived_output(run, out, "sparse", SPARSE_CONFIG, cfg, resume, overwrite, inside)
     with held as (out, data):
         from ar2.data.beir import load_corpus
 
         corpus = load_corpus(data / "corpus.jsonl")
-        model = _train(out, run, corpus, read_groups(run / GROUPS), cfg)
+        model = _train(out, run, data, corpus, read_groups(run / GROUPS), cfg)
         index = _index(out, model, corpus, cfg)
         return _report(out, run, data, index, corpus)
 
@@ -86,33 +100,42 @@ def start_path(run: Path, cfg: SparseConfig) -> Path:
 
 
 def step_loss(
-    model: Any, groups: list[TrainingGroup], docs: dict[str, str], cfg: SparseConfig, step: int
-) -> Any:
+    model: Any, groups: list[TrainingGroup], docs: dict[str, str], cfg: SparseConfig, step: int,
+    judge: Judge | None = None,
+) -> Any:  # fmt: skip
     """Step ``step``'s loss: listwise CE over each drawn group's scores plus the ramped FLOPS
-    penalty of its documents' weights."""
+    penalty of its documents' weights; with ``judge`` (and ``cfg.kd_weight > 0``) plus
+    ``kd_weight`` times the distillation of the teacher's scores of the same documents."""
     from ar2 import losses
     from ar2.encoders import sparse
     from ar2.train import steps
 
     size, m = cfg.stage.batch_size, 1 + cfg.stage.n_neg
-    picked = [groups[i] for i in steps.epoch_picks(len(groups), size, cfg.seed, STAGE, step)]
+    picks = steps.epoch_picks(len(groups), size, cfg.seed, STAGE, step)
+    picked = [groups[i] for i in picks]
     rng = random.Random(f"{cfg.seed}/{STAGE}/{step}")
-    texts = []
+    ids = []
     for g in picked:
         negatives = list(g.negatives)
         drawn = rng.sample(negatives, cfg.stage.n_neg) if len(negatives) >= cfg.stage.n_neg else (
             negatives * cfg.stage.n_neg)[: cfg.stage.n_neg]  # fmt: skip
-        texts += [docs[rng.choice(g.positives)], *(docs[d] for d in drawn)]
+        ids.append([rng.choice(g.positives), *drawn])
+    texts = [docs[d] for row in ids for d in row]
     weights = sparse.document_weights(model, texts, cfg.precision)  # (B * m, V)
     queries = sparse.query_weights(model, [g.query.text for g in picked]).to(weights.dtype)
-    scores = (weights.view(len(picked), m, -1) * queries[:, None, :]).sum(-1)  # (B, m)
+    scores = (weights.view(len(picked), m, -1) * queries[:, None, :]).sum(-1).float()  # (B, m)
     penalty = losses.flops_weight(step + 1, weight=cfg.flops_weight, warmup=cfg.flops_warmup)
-    return losses.listwise_ce(scores.float()) + penalty * losses.flops(weights=weights.float())
+    loss = losses.listwise_ce(scores) + penalty * losses.flops(weights=weights.float())
+    if judge is None or cfg.kd_weight == 0:
+        return loss
+    teacher = judge(picks, ids).to(scores.device)  # (B, m)
+    return loss + cfg.kd_weight * losses.ar2_distillation(scores, teacher)
 
 
 def _train(
-    out: Path, run: Path, corpus: list[Any], groups: list[TrainingGroup], cfg: SparseConfig
-) -> Any:
+    out: Path, run: Path, data: Path, corpus: list[Any], groups: list[TrainingGroup],
+    cfg: SparseConfig,
+) -> Any:  # fmt: skip
     from ar2.encoders import sparse
 
     final = out / "model"
@@ -133,15 +156,40 @@ def _train(
         log.info("the new MLM head keeps logits above %.3f: about %d terms a document",
                  threshold, cfg.start_terms)  # fmt: skip
     docs = {d.id: t for d, t in zip(corpus, texts)}
+    judge = _judge(out, run, data, groups, cfg) if cfg.kd_weight > 0 else None
     log.info("training the sparse encoder on %d groups", len(groups))
 
     def loss(step: int) -> Any:
-        return step_loss(model, groups, docs, cfg, step)
+        return step_loss(model, groups, docs, cfg, step, judge)
 
     stage_log = train_stage(out, STAGE, {"retriever": model}, cfg.stage, loss, cfg)
     sparse.save(model, final, str(source), dataclasses.asdict(cfg))
     MetricsLog(out / "metrics.jsonl").write(stage_record(STAGE, 0, "retriever", stage_log))
     return sparse.load(final)
+
+
+def _judge(
+    out: Path, run: Path, data: Path, groups: list[TrainingGroup], cfg: SparseConfig
+) -> Judge:
+    """The teacher of ``kd_weight > 0`` over ``groups`` (:func:`ar2.train.teacher.for_run`,
+    with the run's delivered retriever and its index)."""
+    from ar2.encoders import BiEncoder
+    from ar2.index import FaissIndex
+    from ar2.train.adore import float_vectors
+    from ar2.train.teacher import for_run
+
+    exact = FaissIndex.load(run / "index")
+    teacher = for_run(out, run, data, BiEncoder.load(run / "retriever"), exact,
+                      float_vectors(exact), [g.query.text for g in groups], cfg.teacher,
+                      MEASURE)  # fmt: skip
+    row = {doc: i for i, doc in enumerate(exact.ids)}
+
+    def judge(picks: Sequence[int], ids: Sequence[Sequence[str]]) -> Any:
+        import numpy as np
+
+        return teacher.scores(picks, np.array([[row[d] for d in r] for r in ids]))  # (B, M)
+
+    return judge
 
 
 def _index(out: Path, model: Any, corpus: list[Any], cfg: SparseConfig) -> Any:

@@ -19,6 +19,7 @@ no weaker on dev than the retriever it teaches (``retriever = 1`` is on the grid
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,10 +37,19 @@ from ar2.errors import Ar2Error
 from ar2.fusion import fused_run, mix
 from ar2.types import Doc, Hit, Qrels, Query, Run
 
+log = logging.getLogger("ar2.train")
+
 if TYPE_CHECKING:
-    from ar2.index import BM25Index
+    from pathlib import Path
+
+    from ar2.index import BM25Index, FaissIndex
     from ar2.train.stage import RunContext
     from ar2.train.steps import Batch, Lengths
+
+
+TUNE_DEPTH = 20
+"""Each dev query's top documents, as the run's retriever finds them, that a tuned pair
+teacher's mixes rerank (:func:`for_run`)."""
 
 
 def grid(step: float = 0.1) -> list[dict[str, float]]:
@@ -297,3 +307,41 @@ class PairTeacher:
                      for q, d in todo]  # fmt: skip
             values = self.ranker.score_pairs(pairs).tolist()
         kept.update(zip(todo, values))
+
+
+def for_run(
+    out: Path, run: Path, data_dir: Path, retriever: BiEncoder, exact: FaissIndex,
+    vectors: np.ndarray, queries: Sequence[str], cfg: TeacherConfig, measure: str,
+) -> PairTeacher:  # fmt: skip
+    """The :class:`PairTeacher` of a command over the finished ``run`` (``ar2 adore``'s and
+    ``ar2 sparse``'s ``kd_weight > 0``) for its training ``queries``, whose rows are those of
+    ``exact`` (the run's index, float ``vectors`` ``(n, d)``): the run's ranker (``kind =
+    "ranker"``), or the mix of ``cfg``, the ``retriever`` part ``retriever``'s query vectors
+    against ``vectors``; with ``tune`` its weights chosen on the run's dev queries over
+    ``retriever``'s top :data:`TUNE_DEPTH` and kept in ``out/teacher.json`` (read back on
+    resume)."""
+    from ar2.data.beir import load_corpus, load_queries
+    from ar2.index import BM25Index
+    from ar2.train.derived import run_splits
+
+    corpus = load_corpus(data_dir / "corpus.jsonl")
+    by_id = {d.id: d for d in corpus}
+    ranker = CrossEncoder.load(run / "ranker")
+    start = retriever.encode_queries(list(queries))  # (Q, d)
+    if cfg.kind == "ranker":
+        return PairTeacher(queries, exact.ids, by_id, vectors, start, ranker, None, None, cfg)
+    bm25 = BM25Index.build(corpus)
+    path = out / "teacher.json"
+    if not path.is_file():
+        began = time.perf_counter()
+        qrels = run_splits(run, data_dir)["dev"]
+        asked = [q for q in load_queries(data_dir / "queries.jsonl") if q.id in qrels]
+        hits = exact.search(retriever.encode_queries(asked), TUNE_DEPTH)
+        dev_run = {q.id: h for q, h in zip(asked, hits)}
+        parts = dev_parts(dev_run, asked, ranker, bm25, by_id, TUNE_DEPTH, "teacher (dev)")
+        record = choose(parts, dev_run, qrels, cfg, measure)
+        record |= {"rerank_k": TUNE_DEPTH, "seconds": round(time.perf_counter() - began, 2)}
+        atomic_write_json(path, record)
+    weights = json.loads(path.read_text())["weights"]
+    log.info("the teacher's weights: %s", weights)
+    return PairTeacher(queries, exact.ids, by_id, vectors, start, ranker, bm25, weights, cfg)
