@@ -46,6 +46,31 @@ def test_skipped_stages_are_not_planned() -> None:
     assert work["round-2-retriever"].infer == 0  # the contrastive control has no teacher
 
 
+def test_a_recipes_last_stage_and_its_follow_up_are_counted_by_hand() -> None:
+    from ar2.config import RepCONCConfig, SparseConfig
+    from ar2.train.estimate import FOLLOW_UP_WORK
+    from ar2.train.follow_up import FOLLOW_UPS
+
+    assert set(FOLLOW_UP_WORK) == set(FOLLOW_UPS)  # every follow-up has its count
+    counts, lengths = _Counts(50, 8, 3, 6), Lengths(10, 100, 200, mlm_head=2.0)
+    rank = Work(infer=3 * 50 * 210)  # rerank_k 50 of the 3 dev queries
+    adore = plan(AR2Config(recipe="adore", adore=StageConfig(steps=7, batch_size=4)), counts,
+                 lengths)  # fmt: skip
+    assert adore["adore-train"] == Work(train=7 * 4 * 10)  # the query tower alone
+    assert adore["dev-adore"] == Work(infer=3 * 10) and adore["dev-gd-adore"] == rank
+    plain = plan(AR2Config(), counts, lengths)
+    assert not {"adore-train", "sparse", "repconc"} & set(plain)
+    sparse = plan(AR2Config(recipe="sparse"), counts, lengths)["sparse"]
+    s = SparseConfig().stage
+    assert sparse == Work(train=2.0 * s.steps * s.batch_size * (1 + s.n_neg) * 100,
+                          infer=2.0 * 50 * 200)  # fmt: skip
+    repconc = plan(AR2Config(recipe="repconc"), counts, lengths)["repconc"]
+    c, j = RepCONCConfig().constrained, RepCONCConfig().stage
+    towers = 2 * j.steps_for(8) * j.batch_size * 10  # JPQ's arm and RepCONC's second stage
+    assert repconc == Work(train=c.steps * c.batch_size * (10 + (1 + c.n_neg) * 100) + towers,
+                           infer=50 * 200)  # fmt: skip
+
+
 def test_the_estimate_is_priced_here_and_said(
     tiny_bert: Path, toy_beir: Path, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:

@@ -88,7 +88,8 @@ def run_ar2(
         cfg, plan = for_collection(cfg, len(data.train))  # stage lengths for this collection
         log.info("stages for %s", plan)
         ctx = RunContext(out, data, cfg, MetricsLog(out / "metrics.jsonl"))
-        distributed.on_main(estimate, cfg, data, ctx.metrics.seen)
+        followed = {then} if then and (out / then / "report.json").is_file() else set()
+        distributed.on_main(estimate, cfg, data, ctx.metrics.seen | followed)
         retriever = _warmup_retriever(ctx)
         mine_round(ctx, 0, retriever, None)
         ranker = _warmup_ranker(ctx)

@@ -6,7 +6,9 @@ reranking). Both are priced on this machine by a few timed passes of the start r
 the run's dropout, so the estimate follows the hardware, the precision and the preset; the
 ranker is priced at the retriever's rate (the same model unless ``ranker_model`` says
 otherwise), and a data-parallel run's work is split evenly over its processes. Stages already
-done (a resumed run) are left out.
+done (a resumed run) are left out. A recipe's own last stage (ADORE's query tower) and the
+command it ends in (``repconc``, ``sparse``: :data:`FOLLOW_UP_WORK`) are counted too; the
+sparse encoder's MLM head is priced from the model's shape (:func:`mlm_head`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ar2._optional import require
 from ar2.config import AR2Config
 from ar2.encoders import BiEncoder
 from ar2.train.data import TrainData
+from ar2.train.recipes import RECIPES
 from ar2.types import Doc
 
 log = logging.getLogger("ar2.train")
@@ -52,6 +55,7 @@ class Lengths:
     query: float
     doc_train: float
     doc_index: float
+    mlm_head: float = 1.0  # an MLM head's pass over a token, in encoder passes (:func:`mlm_head`)
 
     def pair(self, doc: str = "train") -> float:
         return self.query + (self.doc_train if doc == "train" else self.doc_index)
@@ -97,9 +101,59 @@ def plan(cfg: AR2Config, data: TrainData, lengths: Lengths) -> dict[str, Work]:
         work[f"dev-g-{r}"], work[f"dev-gd-{r}"] = refresh(), dev_rerank
     if cfg.average_rounds > 1 and cfg.rounds > 0:
         work["dev-avg"] = Work(infer=index + len(data.dev) * q)  # the averaged retriever
+    if cfg.adore.steps:  # the adore recipe: the query tower alone, then its dev measurements
+        tower = cfg.adore.steps_for(len(data.train)) * cfg.adore.batch_size * q
+        work["adore-train"] = Work(train=tower)
+        work["dev-adore"], work["dev-gd-adore"] = Work(infer=len(data.dev) * q), dev_rerank
     test = len(data.test) * (q + ranked * lengths.pair("index"))
     work["final"] = Work(infer=index + test)  # the start model's index, test queries, rerank
+    then = RECIPES[cfg.recipe].then
+    if then:  # the recipe's command over the finished run, with its defaults
+        work[then] = FOLLOW_UP_WORK[then](cfg, data, lengths)
     return work
+
+
+def _repconc_work(cfg: AR2Config, data: TrainData, lengths: Lengths) -> Work:
+    """``ar2 repconc``: the constrained stage (both towers), the corpus encoded once by the new
+    document tower, and JPQ's query-tower stage twice (RepCONC's second stage, the JPQ arm)."""
+    from ar2.config import RepCONCConfig
+
+    c, j = RepCONCConfig().constrained, RepCONCConfig().stage
+    constrained = c.steps * c.batch_size * (lengths.query + (1 + c.n_neg) * lengths.doc_train)
+    towers = 2 * j.steps_for(len(data.train)) * j.batch_size * lengths.query
+    return Work(train=constrained + towers, infer=len(data.corpus) * lengths.doc_index)
+
+
+def _sparse_work(cfg: AR2Config, data: TrainData, lengths: Lengths) -> Work:
+    """``ar2 sparse``: documents through the encoder and its MLM head (``lengths.mlm_head``
+    times an encoder pass) in training, then the corpus; its queries run no model."""
+    from ar2.config import SparseConfig
+
+    s = SparseConfig().stage
+    docs = s.steps * s.batch_size * (1 + s.n_neg) * lengths.doc_train
+    return Work(train=lengths.mlm_head * docs,
+                infer=lengths.mlm_head * len(data.corpus) * lengths.doc_index)  # fmt: skip
+
+
+FOLLOW_UP_WORK = {"repconc": _repconc_work, "sparse": _sparse_work}
+"""The work of each follow-up command (:data:`ar2.train.follow_up.FOLLOW_UPS`), by name."""
+
+
+def mlm_head(config: Any) -> float:
+    """An MLM head's pass over a token priced in encoder passes: ``1 + (h² + h·V) / (12·h²·L)``
+    (the head's transform and its decoder over the vocabulary ``V``, against ``L`` layers of
+    about ``12·h²`` multiply-adds each; attention's length term left out).
+
+    Example:
+        >>> from types import SimpleNamespace as NS  # all-MiniLM-L6-v2's shape
+        >>> round(mlm_head(NS(hidden_size=384, vocab_size=30522, num_hidden_layers=6)), 2)
+        2.12
+    """
+    h, v, layers = (getattr(config, k, None) for k in ("hidden_size", "vocab_size",
+                                                       "num_hidden_layers"))  # fmt: skip
+    if not (h and v and layers):  # a model that does not say its shape: MiniLM's ratio
+        return 2.0
+    return float(1 + (h * h + h * v) / (12 * h * h * layers))
 
 
 def _measure_lengths(encoder: BiEncoder, data: TrainData, cfg: AR2Config, seed: int) -> Lengths:
@@ -117,6 +171,7 @@ def _measure_lengths(encoder: BiEncoder, data: TrainData, cfg: AR2Config, seed: 
         query=_mean(len(x) for x in query_ids),
         doc_train=_mean(min(len(x), train_cut) for x in full),
         doc_index=_mean(len(x) for x in full),
+        mlm_head=mlm_head(encoder.doc_model.config),
     )
 
 
