@@ -102,3 +102,20 @@ def test_refusals(tmp_path: Path) -> None:
     (tmp_path / "idx" / "weights.npz").write_bytes(b"not a zip")
     with pytest.raises(Ar2Error, match="missing or corrupt sparse index"):
         SparseIndex.load(tmp_path / "idx")
+
+
+def test_seismics_progress_goes_to_stderr_and_stdout_stays_for_results(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    weights, ids, vocab = _corpus()
+    capfd.readouterr()
+    print("before")
+    index = SparseIndex.build(weights, ids, vocab)
+    index.save(tmp_path / "ix")
+    sys.stdout.flush()
+    print("after")
+    out, err = capfd.readouterr()
+    assert out == "before\nafter\n"  # nothing of Seismic's, and stdout restored
+    assert "Building" in err and "Saving" in err  # its progress is still seen

@@ -28,8 +28,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Iterable, Sequence
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -119,9 +122,11 @@ class SparseIndex:
             start, end = weights.indptr[row], weights.indptr[row + 1]
             dataset.add_document(str(row), tokens[weights.indices[start:end]],
                                  weights.data[start:end])  # fmt: skip
-        index = seismic.SeismicIndex.build_from_dataset(
-            dataset, n_postings=settings.n_postings, centroid_fraction=settings.centroid_fraction,
-            summary_energy=settings.summary_energy, num_threads=1)  # fmt: skip
+        with _to_stderr():
+            index = seismic.SeismicIndex.build_from_dataset(
+                dataset, n_postings=settings.n_postings,
+                centroid_fraction=settings.centroid_fraction,
+                summary_energy=settings.summary_energy, num_threads=1)  # fmt: skip
         qw = None if query_weights is None else np.asarray(query_weights, dtype=np.float32)
         return cls(index, list(ids), weights, list(vocabulary), qw, settings, query_tokenizer)
 
@@ -162,7 +167,8 @@ class SparseIndex:
         ``manifest.json``; a folder ar2 did not write is replaced only with ``overwrite``."""
         sparse = require("scipy.sparse", extra="eval")
         with atomic_dir(path, overwrite) as tmp:
-            self.index.save(str(tmp / SEISMIC_FILE))
+            with _to_stderr():
+                self.index.save(str(tmp / SEISMIC_FILE))
             sparse.save_npz(tmp / WEIGHTS_FILE, self.weights)
             write_ids(tmp, self.ids)
             atomic_write_lines(tmp / VOCABULARY_FILE, self.vocabulary)
@@ -288,3 +294,22 @@ def index_corpus(
     return SparseIndex.build(weights, [d.id for d in docs], encoder.vocabulary(model),
                              encoder.query_idf(model), settings,
                              encoder.tokenizer_json(model))  # fmt: skip
+
+
+@contextlib.contextmanager
+def _to_stderr() -> Iterator[None]:
+    """Seismic's native code prints its progress to file descriptor 1; inside this block that
+    descriptor is stderr's, so that stdout carries only a command's results."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no descriptor 1 (a detached process): nothing to move
+        yield
+        return
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
