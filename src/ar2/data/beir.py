@@ -114,6 +114,21 @@ def _no_text_fix(path: Path) -> str:
     )
 
 
+def count_documents(path: PathLike) -> int:
+    """The documents of ``corpus.jsonl`` counted as its non-blank lines, nothing parsed (a
+    settings check before the corpus is read).
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "corpus.jsonl"
+        >>> _ = path.write_text('{"_id": "a", "text": "x"}\\n\\n{"_id": "b", "text": "y"}\\n')
+        >>> count_documents(path)
+        2
+    """
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
 def load_corpus(path: PathLike) -> list[Doc]:
     """Read a whole BEIR ``corpus.jsonl`` into a list (see :func:`iter_corpus`).
 

@@ -88,6 +88,6 @@ def check_index(cfg: AR2Config, data_dir: Path) -> None:
     dim = _hf.read_json(model / "config.json").get("hidden_size")
     corpus = data_dir / "corpus.jsonl"
     if isinstance(dim, int) and corpus.is_file():
-        with open(corpus, "rb") as f:
-            n = sum(1 for line in f if line.strip())
-        check_factory(cfg.index, n, dim)
+        from ar2.data.beir import count_documents
+
+        check_factory(cfg.index, count_documents(corpus), dim)

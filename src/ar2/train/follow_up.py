@@ -48,8 +48,9 @@ def check(name: str, data_dir: Path) -> None:
     """Refuse, before the run trains, a follow-up that could not run over its output: the
     ``repconc`` follow-up needs 256 documents (8-bit codebooks), ``sparse`` its extra."""
     if name == "repconc":
-        with open(data_dir / "corpus.jsonl", "rb") as f:
-            n = sum(1 for line in f if line.strip())
+        from ar2.data.beir import count_documents
+
+        n = count_documents(data_dir / "corpus.jsonl")
         if n < 256:
             raise Ar2Error(
                 f"{data_dir / 'corpus.jsonl'}: {n} documents; the repconc recipe compresses "
