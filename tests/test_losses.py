@@ -225,6 +225,26 @@ def test_retriever_loss_in_batch_term() -> None:
     assert got.item() == pytest.approx(expected, rel=1e-12)
 
 
+def test_the_in_batch_term_leaves_a_querys_other_positives_out_of_its_softmax() -> None:
+    # Query 1's drawn positive (column 3) is also relevant to query 0: not its negative.
+    in_batch = [S[0] + [0.3, -0.2, 0.1], [0.4, 0.0, 1.0] + S[1]]
+    exclude = torch.zeros(2, 6, dtype=torch.bool)
+    exclude[0, 3] = True
+    kept = [x for j, x in enumerate(in_batch[0]) if j != 3]
+    extra = -(_log_softmax(kept)[0] + _log_softmax(in_batch[1])[3]) / 2
+    expected = 0.5 * _hand_adv_sum(S, R) + 0.5 * _hand_kd(S, R) + extra
+    scores = _t(in_batch).requires_grad_()
+    got = ar2_shard_loss(_t(S), _t(R), AR2Config(), in_batch_scores=scores,
+                         in_batch_exclude=exclude)  # fmt: skip
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+    got.backward()
+    assert scores.grad is not None and scores.grad[0, 3] == 0  # no push on a relevant passage
+    plain = ar2_shard_loss(_t(S), _t(R), AR2Config(), in_batch_scores=_t(in_batch))
+    assert plain.item() > got.item()  # counted as a negative, it only adds to the loss
+    with pytest.raises(ValueError, match="leave each query's own positive in"):
+        in_batch_nll(_t(in_batch), group=3, exclude=torch.eye(2, 6, dtype=torch.bool))
+
+
 @pytest.mark.parametrize(
     "call",
     [

@@ -134,3 +134,20 @@ def test_balanced_margins_without_a_teacher_are_refused_when_the_config_loads() 
     small = {"retriever": {"n_neg": 7}, "sampling": {"balanced_margins": True, "pool": 4}}
     with pytest.raises((Ar2Error, ValueError), match="pool = 4 is smaller than retriever.n_neg"):
         config.load_ar2_config(small)
+
+
+def test_the_in_batch_term_leaves_out_a_querys_positives_drawn_for_another_query() -> None:
+    """SciFact's claims share cited abstracts (538 of its 809 training queries have a positive
+    another query has too), and a topic batch gathers such queries: the in-batch term must not
+    push a query away from its own relevant passage drawn for a neighbour."""
+    pytest.importorskip("torch")
+    from ar2.train.steps import Batch, relevant_passages
+
+    docs = [Doc(i, i) for i in ("p1", "n1", "p2", "p1b")]  # groups of 2: (p1, n1), (p2, p1b)
+    batch = Batch([Query("a", "a"), Query("b", "b")], docs, 0,
+                  (frozenset({"p1", "p2"}), frozenset({"p2"})),
+                  tuple(d.id for d in docs))  # fmt: skip
+    others = relevant_passages(batch, "cpu", own=False).tolist()
+    assert others == [[False, False, True, False], [False, False, False, False]]
+    every = relevant_passages(batch, "cpu").tolist()  # DEXML's positives: its own too
+    assert every == [[True, False, True, False], [False, False, True, False]]

@@ -166,10 +166,16 @@ def map_sharded(func: Callable[[Sequence[T]], list[Any]], items: Sequence[T]) ->
     ``r, r + W, ...``; every rank gets the concatenated results, rank 0's first. ``func`` must
     return plain data (it crosses processes with ``all_gather_object``)."""
     w = world()
+    return gather_objects(func(items[w.rank :: w.size]))
+
+
+def gather_objects(items: list[Any]) -> list[Any]:
+    """Every rank's list of plain data concatenated, in rank order (``all_gather_object``)."""
+    w = world()
     if w.size == 1:
-        return func(items)
+        return items
     parts: list[Any] = [None] * w.size
-    require("torch").distributed.all_gather_object(parts, func(items[w.rank :: w.size]))
+    require("torch").distributed.all_gather_object(parts, items)
     return [x for part in parts for x in part]
 
 

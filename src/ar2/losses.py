@@ -139,19 +139,25 @@ def in_batch_contrastive(
     return in_batch_nll(scores, group=group, offset=offset)  # ()
 
 
-def in_batch_nll(scores: torch.Tensor, *, group: int, offset: int = 0) -> torch.Tensor:
+def in_batch_nll(
+    scores: torch.Tensor, *, group: int, offset: int = 0, exclude: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean NLL of each query's positive among every passage of the batch (DPR's loss).
 
     ``mean_b -log softmax_k(scores_bk)[(offset + b) * group]``: the passages are groups of
     ``group`` in query order, each positive first. :func:`in_batch_contrastive` is this loss on
     dot products; the AR2 step adds it as its optional in-batch term
     (:func:`ar2.train.steps.ar2_shard_loss`). With a single query it is :func:`listwise_ce`.
+    With ``exclude`` the softmax runs over the passages it leaves in: a query's other relevant
+    passages (another query's positive that is also its own) are not its negatives.
 
     Args:
         scores: ``(B, N * group)`` scores of ``B`` queries against the groups of ``N >= B``
             queries (a temperature or scale already applied).
         group: ``1 + h``, passages per query.
         offset: the scored queries are queries ``offset, offset + 1, ...`` of the ``N``.
+        exclude: ``(B, N * group)`` True where a passage is left out of the query's softmax;
+            never the query's own positive. ``None``: every passage counts.
 
     Returns:
         The scalar loss.
@@ -160,9 +166,20 @@ def in_batch_nll(scores: torch.Tensor, *, group: int, offset: int = 0) -> torch.
         >>> scores = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
         >>> round(in_batch_nll(scores, group=2).item(), 4)  # -log(e / (e + 3))
         0.7437
+        >>> out = torch.tensor([[False, False, True, False], [False] * 4])
+        >>> round(in_batch_nll(scores, group=2, exclude=out).item(), 4)  # first e / (e + 2)
+        0.6476
     """
     rows = torch.arange(scores.shape[0], device=scores.device)  # (batch,)
-    return F.cross_entropy(scores, (offset + rows) * group)  # ()
+    positives = (offset + rows) * group  # (batch,)
+    if exclude is not None:
+        if exclude.shape != scores.shape or exclude[rows, positives].any():
+            raise ValueError(
+                f"exclude must be (B, N * group) = {tuple(scores.shape)} and leave each "
+                f"query's own positive in; got {tuple(exclude.shape)}"
+            )
+        scores = scores.masked_fill(exclude, float("-inf"))  # (batch, N * group)
+    return F.cross_entropy(scores, positives)  # ()
 
 
 def decoupled_softmax(scores: torch.Tensor, *, positives: torch.Tensor) -> torch.Tensor:

@@ -162,18 +162,25 @@ def decoupled_retriever_loss(
     """DEXML's decoupled softmax (``retriever_loss = "decoupled"``) over every passage of the
     global batch: each query's positives, wherever they appear in it, are left out of one
     another's denominators (:func:`ar2.losses.decoupled_softmax`)."""
-    import torch
-
     q = encoder.embed_queries(batch.queries)  # (B, dim)
     d = distributed.gather(encoder.embed_docs(batch.docs, doc_len))  # (W * B * M, dim)
-    rows = range(batch.offset, batch.offset + len(batch.queries))
-    own = [b * batch.group_size for b in rows]  # the column of each query's drawn positive
-    mask = [
-        [j == col or i in rel for j, i in enumerate(batch.ids)]
-        for col, rel in zip(own, batch.relevant, strict=True)
-    ]
-    positives = torch.tensor(mask, dtype=torch.bool, device=q.device)  # (B, W * B * M)
+    positives = relevant_passages(batch, q.device)  # (B, W * B * M)
     return losses.decoupled_softmax(scores=scale * q @ d.T, positives=positives)
+
+
+def relevant_passages(batch: Batch, device: Any, own: bool = True) -> Any:
+    """``(B, W·B·M)`` True where a passage of the global batch is relevant to the query: its
+    drawn positive (unless ``own`` is False) and every passage among its positives, wherever
+    it sits (another query's positive or negative)."""
+    import torch
+
+    rows = range(batch.offset, batch.offset + len(batch.queries))
+    columns = [b * batch.group_size for b in rows]  # each query's drawn positive
+    mask = [
+        [(own and j == col) or (j != col and i in rel) for j, i in enumerate(batch.ids)]
+        for col, rel in zip(columns, batch.relevant, strict=True)
+    ]
+    return torch.tensor(mask, dtype=torch.bool, device=device)  # (B, W * B * M)
 
 
 LABEL_LOSSES = {
@@ -203,9 +210,9 @@ def ar2_retriever_step_loss(
         target = teacher.batch_scores(batch, cfg)
     target = target.to(scores.device)  # (B, M), constant
     shards = distributed.world().size
-    return ar2_shard_loss(
-        scores, target, cfg, in_batch_scores=in_batch, shards=shards, offset=batch.offset
-    )
+    others = None if in_batch is None else relevant_passages(batch, scores.device, own=False)
+    return ar2_shard_loss(scores, target, cfg, in_batch_scores=in_batch, shards=shards,
+                          offset=batch.offset, in_batch_exclude=others)  # fmt: skip
 
 
 def ar2_shard_loss(
@@ -216,6 +223,7 @@ def ar2_shard_loss(
     in_batch_scores: Any = None,
     shards: int = 1,
     offset: int = 0,
+    in_batch_exclude: Any = None,
 ) -> Any:
     """This process's share of the global batch's AR2 loss: the paper's equation on this
     shard (:func:`ar2.losses.ar2_retriever_loss`) plus what the training step adds to it.
@@ -227,7 +235,8 @@ def ar2_shard_loss(
       adds ``λ·(W − 1)·L_ADV``, making its loss ``λ·W·L_ADV + (1 − λ)·L_KD``.
     - **In-batch term** (``cfg.in_batch``; our addition, AR2 has none: spec §3.3 step 1).
       Given ``in_batch_scores``, the mean NLL of each query's positive among every passage of
-      the global batch (:func:`ar2.losses.in_batch_nll`, as in G0's loss) is added, weight 1.
+      the global batch (:func:`ar2.losses.in_batch_nll`, as in G0's loss) is added, weight 1;
+      the passages of ``in_batch_exclude`` (the query's other relevant ones) are left out.
 
     Args:
         retriever_scores: ``(B, M)`` retriever scores of this shard's groups, positive first.
@@ -239,6 +248,8 @@ def ar2_shard_loss(
         shards: ``W``, the number of processes sharing the global batch.
         offset: the global index of this shard's first query: query ``b``'s positive is
             column ``(offset + b)·M`` of ``in_batch_scores``.
+        in_batch_exclude: ``(B, W·B·M)`` True where a passage is left out of the in-batch
+            softmax (:func:`relevant_passages` with ``own = False``), or ``None``.
 
     Example:
         >>> import torch
@@ -267,7 +278,9 @@ def ar2_shard_loss(
             f"in_batch_scores must have shape (B, W * B * M) = "
             f"{(batch, shards * batch * group)}; got {tuple(in_batch_scores.shape)}"
         )
-    return loss + losses.in_batch_nll(in_batch_scores, group=group, offset=offset)  # ()
+    in_batch_nll = losses.in_batch_nll(in_batch_scores, group=group, offset=offset,
+                                       exclude=in_batch_exclude)  # fmt: skip
+    return loss + in_batch_nll  # ()
 
 
 def train_pair_length(cfg: Lengths) -> int | None:

@@ -199,7 +199,8 @@ def _balanced(
         batch_docs += [docs[positive], *(docs[pool[i]] for i in chosen)]
         rows.append(row[[0, *(i + 1 for i in chosen)]])  # (M,)
     relevant = tuple(frozenset(group.positives) for group, _ in mine)
-    batch = Batch(queries, batch_docs, w.rank * len(queries), relevant)
+    ids = tuple(distributed.gather_objects([d.id for d in batch_docs]))  # the global batch's
+    batch = Batch(queries, batch_docs, w.rank * len(queries), relevant, ids)
     return batch, torch.stack(rows)  # (B, M)
 
 
