@@ -419,7 +419,8 @@ class AR2Config:
         sampling: How the round's retriever steps draw queries and negatives
             (:class:`SamplingConfig`): AR2's random draws, or TAS-Balanced's topic batches
             and margin-balanced negatives.
-        in_batch: Add in-batch negatives to the AR2 retriever loss (our addition).
+        in_batch: Add in-batch negatives to the AR2 retriever loss (our addition); a query's
+            own positives drawn for another query are not its negatives.
         retriever_loss: ``"ar2"`` (λ·L_ADV + (1−λ)·L_KD against the ranker) or
             ``"contrastive"`` (the ANCE-style control: in-batch + mined negatives, no ranker)
             or ``"decoupled"`` (DEXML: the same passages, each positive's softmax leaving
