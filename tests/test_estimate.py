@@ -62,7 +62,7 @@ def test_a_recipes_last_stage_and_its_follow_up_are_counted_by_hand() -> None:
     assert not {"adore-train", "sparse", "repconc"} & set(plain)
     sparse = plan(AR2Config(recipe="sparse"), counts, lengths)["sparse"]
     s = SparseConfig().stage
-    assert sparse == Work(train=2.0 * s.steps * s.batch_size * (1 + s.n_neg) * 100,
+    assert sparse == Work(train=2.0 * s.steps * s.batch_size * (1 + s.n_neg) * 200,
                           infer=2.0 * 50 * 200)  # fmt: skip
     repconc = plan(AR2Config(recipe="repconc"), counts, lengths)["repconc"]
     c, j = RepCONCConfig().constrained, RepCONCConfig().stage

@@ -126,11 +126,12 @@ def _repconc_work(cfg: AR2Config, data: TrainData, lengths: Lengths) -> Work:
 
 def _sparse_work(cfg: AR2Config, data: TrainData, lengths: Lengths) -> Work:
     """``ar2 sparse``: documents through the encoder and its MLM head (``lengths.mlm_head``
-    times an encoder pass) in training, then the corpus; its queries run no model."""
+    times an encoder pass) in training, then the corpus, both cut at its ``doc_max_length``
+    (256, taken as the index's cut); its queries run no model."""
     from ar2.config import SparseConfig
 
     s = SparseConfig().stage
-    docs = s.steps * s.batch_size * (1 + s.n_neg) * lengths.doc_train
+    docs = s.steps * s.batch_size * (1 + s.n_neg) * lengths.doc_index
     return Work(train=lengths.mlm_head * docs,
                 infer=lengths.mlm_head * len(data.corpus) * lengths.doc_index)  # fmt: skip
 
