@@ -85,3 +85,24 @@ def test_the_estimate_is_priced_here_and_said(
     assert all(s > 0 for s in seconds.values())
     said = [r.getMessage() for r in caplog.records if "estimated" in r.getMessage()]
     assert len(said) == 1 and f"{sum(seconds.values()) / 60:.1f} min" in said[0]
+
+
+def test_a_data_parallel_estimate_splits_all_but_the_stages_rank_0_runs_alone(
+    tiny_bert: Path, toy_beir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("torch")
+    from ar2 import distributed
+    from ar2.train import estimate as module
+    from ar2.train.data import load_train_data
+
+    monkeypatch.setattr(module, "_price", lambda *args: (1e-6, 1e-7))  # fixed, not timed
+    cfg = AR2Config(retriever_model=str(tiny_bert), rounds=1, dev_queries=1, doc_max_length=64,
+                    recipe="sparse")  # fmt: skip
+    data = load_train_data(toy_beir, cfg.dev_queries, cfg.seed, tmp_path, cfg.dev_fraction)
+    one = estimate(cfg, data, done=set())
+    monkeypatch.setattr(distributed, "world", lambda: distributed.World(rank=0, size=2))
+    two = estimate(cfg, data, done=set())
+    assert {"sparse", "final", "g0-train"} <= set(one) == set(two)
+    for stage, seconds in one.items():
+        alone = stage in ("final", "sparse")  # the report and the follow-up: rank 0's
+        assert two[stage] == pytest.approx(seconds if alone else seconds / 2), stage

@@ -121,6 +121,12 @@ def test_a_run_with_a_tuned_teacher_distils_it(tmp_path: Path) -> None:
         run_sparse(run, tmp_path / "t", taught)
     assert not (tmp_path / "t").exists()  # refused before anything is written
     add_random_ranker(run)
+    manifest = (run / "index" / "manifest.json").read_text()
+    (run / "index" / "manifest.json").write_text(manifest.replace('"ip"', '"l2"'))
+    with pytest.raises(Ar2Error, match="an? l2 index; ar2 sparse's teacher .* inner products"):
+        run_sparse(run, tmp_path / "t", taught)
+    assert not (tmp_path / "t").exists()
+    (run / "index" / "manifest.json").write_text(manifest)
     run_sparse(run, tmp_path / "t", taught)
     check_tuned_teacher(tmp_path / "t")
     run_sparse(run, tmp_path / "p", CFG)
@@ -163,6 +169,14 @@ def test_a_run_indexes_serves_and_resumes_after_a_kill(
         run_sparse(run, out, other, resume=True)
     report = run_sparse(run, out, CFG, resume=True)
     stage = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    record = json.loads((out / "sparse.json").read_text())
+    for added in ("kd_weight", "teacher"):  # an output made before these settings existed
+        del record["config"][added]
+    (out / "sparse.json").write_text(json.dumps(record))
+    assert run_sparse(run, out, CFG, resume=True) == report  # resumes with their defaults
+    other_teacher = dataclasses.replace(CFG.teacher, scale=5.0)
+    with pytest.raises(Ar2Error, match=r"--resume with other settings \(teacher"):
+        run_sparse(run, out, dataclasses.replace(CFG, teacher=other_teacher), resume=True)
     assert len(stage["losses"]) == 6  # 3 before the kill (checkpoint), 3 after
     straight = run_sparse(run, tmp_path / "b", CFG)
     texts = ["cats w1 fish", "heart w25 risk"]

@@ -151,3 +151,35 @@ def test_the_in_batch_term_leaves_out_a_querys_positives_drawn_for_another_query
     assert others == [[False, False, True, False], [False, False, False, False]]
     every = relevant_passages(batch, "cpu").tolist()  # DEXML's positives: its own too
     assert every == [[True, False, True, False], [False, False, True, False]]
+
+
+def test_the_ar2_step_masks_the_shared_positive_only_where_asked(
+    tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch = pytest.importorskip("torch")
+    from ar2 import losses
+    from ar2.encoders import BiEncoder
+    from ar2.train import steps
+    from ar2.train.recipes import apply
+    from ar2.train.steps import Batch
+
+    docs = [Doc(i, f"{i} cats fish") for i in ("p1", "n1", "p2", "n2")]
+    batch = Batch([Query("a", "cats"), Query("b", "fish")], docs, 0,
+                  (frozenset({"p1", "p2"}), frozenset({"p2"})),
+                  tuple(d.id for d in docs))  # fmt: skip
+    encoder = BiEncoder.load(tiny_bert, precision="fp32")
+    seen = []
+    real = losses.in_batch_nll
+
+    def spy(scores: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("exclude"))
+        return real(scores, **kwargs)
+
+    monkeypatch.setattr(losses, "in_batch_nll", spy)
+    target = torch.zeros(2, 2)  # (B, M): the teacher's scores, given
+    for masked in (False, True):
+        cfg = config.AR2Config(in_batch=True, in_batch_masks_positives=masked)
+        steps.ar2_retriever_step_loss(encoder, None, batch, cfg, target)  # type: ignore[arg-type]
+    assert seen[0] is None  # DPR's softmax: p2 is one of a's negatives
+    assert seen[1].tolist() == [[False, False, True, False], [False] * 4]
+    assert apply("tas-b", {})["in_batch_masks_positives"] is True

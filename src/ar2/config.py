@@ -419,8 +419,11 @@ class AR2Config:
         sampling: How the round's retriever steps draw queries and negatives
             (:class:`SamplingConfig`): AR2's random draws, or TAS-Balanced's topic batches
             and margin-balanced negatives.
-        in_batch: Add in-batch negatives to the AR2 retriever loss (our addition); a query's
-            own positives drawn for another query are not its negatives.
+        in_batch: Add in-batch negatives to the AR2 retriever loss (our addition).
+        in_batch_masks_positives: In that in-batch term, leave out of each query's softmax
+            its own positives drawn for another query (DPR's loss counts them as
+            negatives). The tas-b recipe sets it: a topic batch gathers queries that share
+            positives (538 of SciFact's 809 training queries share one).
         retriever_loss: ``"ar2"`` (λ·L_ADV + (1−λ)·L_KD against the ranker) or
             ``"contrastive"`` (the ANCE-style control: in-batch + mined negatives, no ranker)
             or ``"decoupled"`` (DEXML: the same passages, each positive's softmax leaving
@@ -494,6 +497,7 @@ class AR2Config:
     teacher: TeacherConfig = TeacherConfig()
     sampling: SamplingConfig = SamplingConfig()
     in_batch: bool = False
+    in_batch_masks_positives: bool = False
     retriever_loss: str = "ar2"
     refresh: bool = True
     dev_queries: int = 100
@@ -826,9 +830,10 @@ class SparseConfig:
         kd_weight: ``w`` of a teacher's distillation added to the loss, ``L_CE + w · L_KD +
             λ · FLOPS`` (AR2's L_KD, Eqs. 11-12, over each group's positive and negatives):
             Geng et al.'s heterogeneous teacher; 0: the labels alone.
-        teacher: The teacher of ``kd_weight > 0`` (as ``ar2 adore``'s): by default the mix of
-            the run's ranker, its dense retriever and BM25 (min-max per query, Geng et al.'s
-            ensemble), its weights chosen on the run's dev queries over the retriever's top 20.
+        teacher: The teacher of ``kd_weight > 0`` (the settings of ``ar2 adore``'s, with
+            another default: there the ranker alone, here Geng et al.'s ensemble): the mix of
+            the run's ranker, its dense retriever and BM25 (min-max per query), its weights
+            chosen on the run's dev queries over the retriever's top 20.
     """
 
     start: str = "g0"

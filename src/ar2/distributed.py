@@ -170,7 +170,8 @@ def map_sharded(func: Callable[[Sequence[T]], list[Any]], items: Sequence[T]) ->
 
 
 def gather_objects(items: list[Any]) -> list[Any]:
-    """Every rank's list of plain data concatenated, in rank order (``all_gather_object``)."""
+    """Every rank's list of plain data concatenated, in rank order (``all_gather_object``):
+    a collective, which every rank calls at the same point."""
     w = world()
     if w.size == 1:
         return items

@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import os
 import sys
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -296,20 +297,44 @@ def index_corpus(
                              encoder.tokenizer_json(model))  # fmt: skip
 
 
+_STDOUT_SWAP = threading.Lock()
+
+
 @contextlib.contextmanager
 def _to_stderr() -> Iterator[None]:
     """Seismic's native code prints its progress to file descriptor 1; inside this block that
-    descriptor is stderr's, so that stdout carries only a command's results."""
-    sys.stdout.flush()
+    descriptor is stderr's, so that stdout carries only a command's results. The swap is the
+    whole process's (a lock keeps two from overlapping); a process without descriptor 1 or 2
+    runs the block as it is."""
+    with _STDOUT_SWAP:
+        _flush_stdout()
+        saved = _moved_stdout()
+        if saved is None:  # no descriptor 1 or 2 (a detached process): nothing to move
+            yield
+            return
+        try:
+            yield
+        finally:
+            _flush_stdout()
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def _moved_stdout() -> int | None:
+    """Point descriptor 1 at stderr; a copy of the old one, or ``None`` where either is
+    missing."""
     try:
         saved = os.dup(1)
-    except OSError:  # no descriptor 1 (a detached process): nothing to move
-        yield
-        return
-    os.dup2(2, 1)
+    except OSError:
+        return None
     try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
+        os.dup2(2, 1)
+    except OSError:
         os.close(saved)
+        return None
+    return saved
+
+
+def _flush_stdout() -> None:
+    if sys.stdout is not None:  # None where the process started without descriptor 1
+        sys.stdout.flush()

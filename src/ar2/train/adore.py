@@ -80,7 +80,7 @@ def run_adore(
 ) -> dict[str, Any]:
     """Train ``run``'s query tower against its fixed index into ``out`` (see the module);
     returns the report."""
-    _check_index(run)
+    check_run_index(run)
     if cfg.kd_weight > 0 and not (run / "ranker").is_dir():
         raise Ar2Error(
             f"{run}: no ranker/, which the teacher of kd_weight > 0 scores with. "
@@ -268,14 +268,24 @@ def float_vectors(index: FaissIndex) -> np.ndarray:
     return index.index.reconstruct_n(0, index.index.ntotal)  # type: ignore[no-any-return]
 
 
-def _check_index(run: Path) -> None:
-    """Refuse a run whose index ADORE cannot search exactly, before anything is written."""
+def check_run_index(run: Path, command: str = "ADORE") -> None:
+    """Refuse, before anything is written, a run whose index ``command`` cannot use as exact
+    float vectors (:func:`float_vectors`): one searched by another metric than the inner
+    product, or a compressed one without its ``vectors.npy``."""
+    from ar2.index.dense import VECTORS_FILE
+
     path = run / "index" / "manifest.json"
     manifest = json.loads(path.read_text()) if path.is_file() else {}
     if manifest.get("metric") not in (None, "ip"):
         raise Ar2Error(
-            f"{run / 'index'}: a {manifest['metric']} index; ADORE trains inner products. "
+            f"{run / 'index'}: a {manifest['metric']} index; {command} needs inner products. "
             "Fix: use a run whose index is searched by inner product (ar2's default)"
+        )
+    factory = manifest.get("factory")
+    if factory and compresses(factory) and not (run / "index" / VECTORS_FILE).is_file():
+        raise Ar2Error(
+            f"{run / 'index'}: a {factory} index without its float vectors, which {command} "
+            "needs. Fix: rebuild the run's index uncompressed (--preset flat)"
         )
 
 

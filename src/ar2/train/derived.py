@@ -38,7 +38,8 @@ def derived_output(
     with claim(out, kind, [data_dir] if inside else [run, data_dir], overwrite) as held:
         record = {"config": dataclasses.asdict(cfg), "run": str(run.resolve()),
                   "retriever": fingerprint(run / "retriever")}  # fmt: skip
-        _check_resume(held, record_file, kind, record, resume, overwrite)
+        defaults = dataclasses.asdict(type(cfg)())  # settings added since the output began
+        _check_resume(held, record_file, kind, record, resume, overwrite, defaults)
         if overwrite:
             clear_folder(held)
         atomic_write_json(held / record_file, record)
@@ -46,11 +47,16 @@ def derived_output(
 
 
 def _check_resume(
-    out: Path, record_file: str, kind: str, record: dict[str, Any], resume: bool, overwrite: bool
-) -> None:
-    """Refuse to start over such an output, or to resume one of other settings or run."""
+    out: Path, record_file: str, kind: str, record: dict[str, Any], resume: bool, overwrite: bool,
+    defaults: dict[str, Any],
+) -> None:  # fmt: skip
+    """Refuse to start over such an output, or to resume one of other settings or run; a
+    setting its record lacks (added since) counts as its default of ``defaults``."""
     have = resumed_record(out, record_file, KINDS[kind][0], resume, overwrite)
-    if have is None or have == record:
+    if have is None:
+        return
+    have = have | {"config": defaults | have.get("config", {})}
+    if have == record:
         return
     differ = changed_settings(have["config"], record["config"])
     named = ", ".join(differ) or f"the run's retriever ({have.get('run')})"

@@ -5,7 +5,8 @@ backward) and tokens that go through an inference pass (indexing, the ranker as 
 reranking). Both are priced on this machine by a few timed passes of the start retriever with
 the run's dropout, so the estimate follows the hardware, the precision and the preset; the
 ranker is priced at the retriever's rate (the same model unless ``ranker_model`` says
-otherwise), and a data-parallel run's work is split evenly over its processes. Stages already
+otherwise), and a data-parallel run's work is split evenly over its processes (but for the
+stages rank 0 runs alone, :data:`ON_MAIN`). Stages already
 done (a resumed run) are left out. A recipe's own last stage (ADORE's query tower) and the
 command it ends in (``repconc``, ``sparse``: :data:`FOLLOW_UP_WORK`) are counted too; the
 sparse encoder's MLM head is priced from the model's shape (:func:`mlm_head`).
@@ -139,6 +140,9 @@ def _sparse_work(cfg: AR2Config, data: TrainData, lengths: Lengths) -> Work:
 FOLLOW_UP_WORK = {"repconc": _repconc_work, "sparse": _sparse_work}
 """The work of each follow-up command (:data:`ar2.train.follow_up.FOLLOW_UPS`), by name."""
 
+ON_MAIN = frozenset({"final", "adore-train", *FOLLOW_UP_WORK})
+"""The stages that rank 0 runs alone (``distributed.on_main``): not split over the processes."""
+
 
 def mlm_head(config: Any) -> float:
     """An MLM head's pass over a token priced in encoder passes: ``1 + (h² + h·V) / (12·h²·L)``
@@ -210,9 +214,10 @@ def estimate(cfg: AR2Config, data: TrainData, done: set[str]) -> dict[str, float
     lengths = _measure_lengths(encoder, data, cfg, cfg.seed)
     docs = random.Random(cfg.seed).sample(data.corpus, min(32, len(data.corpus)))
     prices = _price(encoder, docs, cfg.train_doc_max_length or cfg.doc_max_length, cfg)
-    share = 1 / distributed.world().size  # each process does its share of every stage
+    share = 1 / distributed.world().size  # each process does its share of a stage
     work = plan(cfg, data, lengths)
-    seconds = {k: share * w.seconds(prices) for k, w in work.items() if k not in done}
+    seconds = {k: (1.0 if k in ON_MAIN else share) * w.seconds(prices)
+               for k, w in work.items() if k not in done}  # fmt: skip
     d0 = "skipped" if cfg.skip_d0 else f"{cfg.d0.steps} steps"
     log.info("stages: G0 %d steps, D0 %s, %d round(s) of %d ranker + %d retriever steps",
              cfg.g0.steps, d0, cfg.rounds, cfg.ranker.steps, cfg.retriever.steps)  # fmt: skip

@@ -79,6 +79,7 @@ RECIPES: dict[str, Recipe] = {
             "adv_lambda": 0.0,
             "kd_loss": "margin_mse",
             "in_batch": True,
+            "in_batch_masks_positives": True,
             "sampling.topic_batches": True,
             "sampling.balanced_margins": True,
             "ranker.steps": 0,

@@ -74,11 +74,15 @@ def run_sparse(
             f"{run}: no {GROUPS}/groups.jsonl (the negatives G0 mined). Fix: give a run "
             "that `ar2 train` finished"
         )
-    if cfg.kd_weight > 0 and not (run / "ranker").is_dir():
-        raise Ar2Error(
-            f"{run}: no ranker/, which the teacher of kd_weight > 0 scores with. "
-            "Fix: use a run that trained a ranker, or kd_weight = 0"
-        )
+    if cfg.kd_weight > 0:
+        from ar2.train.adore import check_run_index
+
+        if not (run / "ranker").is_dir():
+            raise Ar2Error(
+                f"{run}: no ranker/, which the teacher of kd_weight > 0 scores with. "
+                "Fix: use a run that trained a ranker, or kd_weight = 0"
+            )
+        check_run_index(run, "ar2 sparse's teacher (kd_weight > 0)")
     held = derived_output(run, out, "sparse", SPARSE_CONFIG, cfg, resume, overwrite, inside)
     with held as (out, data):
         from ar2.data.beir import load_corpus
@@ -114,7 +118,7 @@ def step_loss(
     picks = steps.epoch_picks(len(groups), size, cfg.seed, STAGE, step)
     picked = [groups[i] for i in picks]
     rng = random.Random(f"{cfg.seed}/{STAGE}/{step}")
-    ids = []
+    ids = []  # (B, m) document ids: each group's positive, then its drawn negatives
     for g in picked:
         negatives = list(g.negatives)
         drawn = rng.sample(negatives, cfg.stage.n_neg) if len(negatives) >= cfg.stage.n_neg else (

@@ -210,7 +210,8 @@ def ar2_retriever_step_loss(
         target = teacher.batch_scores(batch, cfg)
     target = target.to(scores.device)  # (B, M), constant
     shards = distributed.world().size
-    others = None if in_batch is None else relevant_passages(batch, scores.device, own=False)
+    masked = in_batch is not None and cfg.in_batch_masks_positives
+    others = relevant_passages(batch, scores.device, own=False) if masked else None
     return ar2_shard_loss(scores, target, cfg, in_batch_scores=in_batch, shards=shards,
                           offset=batch.offset, in_batch_exclude=others)  # fmt: skip
 

@@ -199,7 +199,7 @@ def _balanced(
         batch_docs += [docs[positive], *(docs[pool[i]] for i in chosen)]
         rows.append(row[[0, *(i + 1 for i in chosen)]])  # (M,)
     relevant = tuple(frozenset(group.positives) for group, _ in mine)
-    ids = tuple(distributed.gather_objects([d.id for d in batch_docs]))  # the global batch's
+    ids = tuple(distributed.gather_objects([d.id for d in batch_docs]))  # (W * B * M,)
     batch = Batch(queries, batch_docs, w.rank * len(queries), relevant, ids)
     return batch, torch.stack(rows)  # (B, M)
 
