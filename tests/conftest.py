@@ -274,14 +274,16 @@ def train_mrr(encoder: Any, index: Any, data: Path) -> float:
 
 
 def assert_per_query_is_the_report(out: Path, report: dict[str, Any]) -> None:
-    """``out/per_query.tsv`` holds the test split's values whose means ``report`` gives."""
+    """``out/per_query.tsv`` and ``per_query.dev.tsv`` hold the test and dev splits' values
+    whose means ``report`` gives."""
     import statistics
 
     from ar2.report import read_per_query
 
-    found = read_per_query(out)
-    assert set(found) == set(report["test"]["nDCG@10"])
-    for system, mean in report["test"]["nDCG@10"].items():
-        values = found[system]["nDCG@10"]
-        assert len(values) == report["test"]["queries"]
-        assert statistics.fmean(values.values()) == pytest.approx(mean, abs=1e-12)
+    for split in ("test", "dev"):
+        found = read_per_query(out, split)
+        assert set(found) == set(report[split]["nDCG@10"])
+        for system, mean in report[split]["nDCG@10"].items():
+            values = found[system]["nDCG@10"]
+            assert len(values) == report[split]["queries"]
+            assert statistics.fmean(values.values()) == pytest.approx(mean, abs=1e-12)

@@ -21,7 +21,13 @@ from ar2.data.training import TrainingGroup, write_groups  # noqa: E402
 from ar2.encoders import sparse  # noqa: E402
 from ar2.errors import Ar2Error  # noqa: E402
 from ar2.train.sparse import run_sparse, step_loss  # noqa: E402
-from conftest import add_random_ranker, check_tuned_teacher, killed_at, tiny_train_run  # noqa: E402
+from conftest import (  # noqa: E402
+    add_random_ranker,
+    assert_per_query_is_the_report,
+    check_tuned_teacher,
+    killed_at,
+    tiny_train_run,
+)
 
 CFG = SparseConfig(doc_max_length=32, flops_warmup=4, checkpoint_every=3,
                    stage=StageConfig(steps=6, batch_size=4, n_neg=2, lr=1e-3))  # fmt: skip
@@ -187,6 +193,7 @@ def test_a_run_indexes_serves_and_resumes_after_a_kill(
     )
     assert report["dev"]["nDCG@10"] == pytest.approx(straight["dev"]["nDCG@10"], abs=1e-3)
     assert set(report["test"]["nDCG@10"]) == {"sparse", "dense", "bm25"}
+    assert_per_query_is_the_report(out, report)
     service = SearchService.load(out / "index")
     assert service.modes[0] == "sparse"
     assert service.search([Query("q", "cats")], 3)["q"]

@@ -175,19 +175,35 @@ def _per_query_tsv(per_query: Mapping[str, Mapping[str, Mapping[str, float]]]) -
     return "\n".join(lines) + "\n"
 
 
+def per_query_file(split: str = "test") -> str:
+    """The file of a split's values per query: ``per_query.tsv`` for the test split (the
+    report's), ``per_query.SPLIT.tsv`` for another.
+
+    Example:
+        >>> per_query_file(), per_query_file("dev")
+        ('per_query.tsv', 'per_query.dev.tsv')
+    """
+    return "per_query.tsv" if split == "test" else f"per_query.{split}.tsv"
+
+
 def write_per_query(
-    out_dir: str | Path, per_query: Mapping[str, Mapping[str, Mapping[str, float]]]
+    out_dir: str | Path,
+    per_query: Mapping[str, Mapping[str, Mapping[str, float]]],
+    split: str = "test",
 ) -> None:
-    """``out_dir/per_query.tsv`` (atomically): ``system -> measure -> qid -> value``, as
-    :func:`read_per_query` reads it back."""
-    atomic_write_text(Path(out_dir) / "per_query.tsv", _per_query_tsv(per_query))
+    """``out_dir/`` :func:`per_query_file` (atomically): ``system -> measure -> qid ->
+    value``, as :func:`read_per_query` reads it back."""
+    atomic_write_text(Path(out_dir) / per_query_file(split), _per_query_tsv(per_query))
 
 
-def read_per_query(out_dir: str | Path) -> dict[str, dict[str, dict[str, float]]]:
-    """``system -> measure -> qid -> value`` from a report's ``per_query.tsv`` (the inverse
-    of what :func:`write_report` writes)."""
+def read_per_query(
+    out_dir: str | Path, split: str = "test"
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``system -> measure -> qid -> value`` from a report's :func:`per_query_file` (the
+    inverse of what :func:`write_report` writes)."""
     found: dict[str, dict[str, dict[str, float]]] = {}
-    lines = (Path(out_dir) / "per_query.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    path = Path(out_dir) / per_query_file(split)
+    lines = path.read_text(encoding="utf-8").splitlines()[1:]
     for line in lines:
         system, measure, qid, value = line.split("\t")
         found.setdefault(system, {}).setdefault(measure, {})[qid] = float(value)

@@ -27,7 +27,7 @@ step's search. Our addition: ADORE has no teacher; AR2 has no per-step search.
 Folder::
 
     adore.json  metrics.jsonl  checkpoints/  retriever/  index/  report.json  report.md
-    per_query.tsv (the test split)
+    per_query.tsv (the test split)  per_query.dev.tsv (the run's dev queries)
     teacher.json (a tuned teacher's weights and its dev record)
 """
 
@@ -218,9 +218,9 @@ def measure(
 ) -> dict[str, Any]:
     """nDCG@10 of each system (an encoder and an index) on the run's dev split and the test
     split, with a paired t-test for each ``(a, b)`` of ``pairs``: ``{split: {"queries",
-    "nDCG@10": {system: mean}, "tests": {"a - b": {"diff", "p"}}}}``. With ``out``, the test
-    split's values per query go to ``out/per_query.tsv`` (:func:`ar2.report.read_per_query`),
-    for tests over several outputs."""
+    "nDCG@10": {system: mean}, "tests": {"a - b": {"diff", "p"}}}}``. With ``out``, each
+    split's values per query go to ``out/per_query.tsv`` (test) and ``per_query.dev.tsv``
+    (:func:`ar2.report.read_per_query`), for tests over several outputs."""
     from ar2.data.beir import load_queries
     from ar2.evaluate import compare, per_query
     from ar2.report import write_per_query
@@ -242,8 +242,8 @@ def measure(
             [row] = compare({a: values[a], b: values[b]}, b, [MEASURE])
             tests[f"{a} - {b}"] = {"diff": row["mean_diff"], "p": row["p_value"]}
         results[split] = {"queries": len(asked), MEASURE: means, "tests": tests}
-        if out is not None and split == "test":
-            write_per_query(out, values)
+        if out is not None:
+            write_per_query(out, values, split)
     return results
 
 

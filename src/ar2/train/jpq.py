@@ -26,7 +26,7 @@ queries left out); there is no IVF layer (JPQ's has one list, so none in effect)
 Folder::
 
     jpq.json  metrics.jsonl  checkpoints/  posthoc/  retriever/  index/  report.json  report.md
-    per_query.tsv (the test split)
+    per_query.tsv (the test split)  per_query.dev.tsv (the run's dev queries)
 """
 
 from __future__ import annotations

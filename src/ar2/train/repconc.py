@@ -35,7 +35,7 @@ Only training code imports this module (it imports torch at the top).
 Folder::
 
     repconc.json  metrics.jsonl  checkpoints/  posthoc/  jpq/  constrained/  retriever/  index/
-    report.json  report.md  per_query.tsv (the test split)
+    report.json  report.md  per_query.tsv (the test split)  per_query.dev.tsv (dev)
 """
 
 from __future__ import annotations

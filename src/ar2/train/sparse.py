@@ -26,7 +26,7 @@ queries and the test split (nDCG@10, paired t-tests), with the index's size.
 Folder::
 
     sparse.json  metrics.jsonl  checkpoints/  model/  index/  report.json  report.md
-    per_query.tsv (the test split)
+    per_query.tsv (the test split)  per_query.dev.tsv (the run's dev queries)
     teacher.json (with kd_weight > 0 and a tuned teacher: its weights and its dev record)
 """
 
@@ -231,8 +231,7 @@ def _report(out: Path, run: Path, data: Path, index: Any, corpus: list[Any]) -> 
             tests[f"sparse - {other}"] = {"diff": row["mean_diff"], "p": row["p_value"]}
         means = {name: statistics.fmean(v[MEASURE].values()) for name, v in values.items()}
         report[split] = {"queries": len(asked), MEASURE: means, "tests": tests}
-        if split == "test":
-            write_per_query(out, values)
+        write_per_query(out, values, split)
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", _markdown(report, out))
     return report
