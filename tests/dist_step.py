@@ -65,7 +65,8 @@ def step_results(retriever_dir: str, ranker_dir: str) -> dict[str, Any]:
             elif kind == "tas-b":  # topic batches, balanced negatives, Margin-MSE + in-batch
                 tas_cfg = AR2Config(
                     train_doc_max_length=None, adv_lambda=0.0, kd_loss="margin_mse",
-                    in_batch=True, retriever=StageConfig(batch_size=8, n_neg=2),
+                    in_batch=True, in_batch_masks_positives=True,
+                    retriever=StageConfig(batch_size=8, n_neg=2),
                     sampling=SamplingConfig(topic_batches=True, balanced_margins=True, pool=3),
                 )  # fmt: skip
                 teacher = Teacher(ranker, tas_cfg.teacher)

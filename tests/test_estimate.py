@@ -60,15 +60,18 @@ def test_a_recipes_last_stage_and_its_follow_up_are_counted_by_hand() -> None:
     assert adore["dev-adore"] == Work(infer=3 * 10) and adore["dev-gd-adore"] == rank
     plain = plan(AR2Config(), counts, lengths)
     assert not {"adore-train", "sparse", "repconc"} & set(plain)
+    # The commands' defaults, written out: sparse 200 steps x 8 queries x (1 + 3) documents;
+    # RepCONC's constrained stage 60 x 16 x (1 + 3), JPQ's stage 200 x 32 queries.
+    s, c = SparseConfig().stage, RepCONCConfig().constrained
+    assert (s.steps, s.batch_size, s.n_neg, c.steps, c.batch_size, c.n_neg) == (
+        200, 8, 3, 60, 16, 3)  # fmt: skip
+    assert RepCONCConfig().stage.steps_for(8) == 200 and RepCONCConfig().stage.batch_size == 32
     sparse = plan(AR2Config(recipe="sparse"), counts, lengths)["sparse"]
-    s = SparseConfig().stage
-    assert sparse == Work(train=2.0 * s.steps * s.batch_size * (1 + s.n_neg) * 200,
-                          infer=2.0 * 50 * 200)  # fmt: skip
+    # each document cut at the index's 200 tokens, through the encoder and its head (x 2)
+    assert sparse == Work(train=2.0 * 200 * 8 * 4 * 200, infer=2.0 * 50 * 200)
     repconc = plan(AR2Config(recipe="repconc"), counts, lengths)["repconc"]
-    c, j = RepCONCConfig().constrained, RepCONCConfig().stage
-    towers = 2 * j.steps_for(8) * j.batch_size * 10  # JPQ's arm and RepCONC's second stage
-    assert repconc == Work(train=c.steps * c.batch_size * (10 + (1 + c.n_neg) * 100) + towers,
-                           infer=50 * 200)  # fmt: skip
+    towers = 2 * 200 * 32 * 10  # JPQ's arm and RepCONC's second stage: queries alone
+    assert repconc == Work(train=60 * 16 * (10 + 4 * 100) + towers, infer=50 * 200)
 
 
 def test_the_estimate_is_priced_here_and_said(

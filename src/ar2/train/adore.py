@@ -57,7 +57,7 @@ from ar2.index.factory import compresses
 from ar2.train.derived import derived_output, run_splits
 from ar2.train.loop import StageLog
 from ar2.train.stage import MetricsLog, RunContext, stage_record, train_stage
-from ar2.train.teacher import for_run
+from ar2.train.teacher import check_ranker, for_run
 from ar2.types import Qrels, Query
 
 log = logging.getLogger("ar2.train")
@@ -81,11 +81,8 @@ def run_adore(
     """Train ``run``'s query tower against its fixed index into ``out`` (see the module);
     returns the report."""
     check_run_index(run)
-    if cfg.kd_weight > 0 and not (run / "ranker").is_dir():
-        raise Ar2Error(
-            f"{run}: no ranker/, which the teacher of kd_weight > 0 scores with. "
-            "Fix: use a run that trained a ranker, or kd_weight = 0"
-        )
+    if cfg.kd_weight > 0:
+        check_ranker(run)
     with derived_output(run, out, "adore", ADORE_CONFIG, cfg, resume, overwrite) as (out, data):
         retriever = BiEncoder.load(run / "retriever")
         exact = FaissIndex.load(run / "index")
@@ -300,7 +297,11 @@ def _train(
     docs = float_vectors(exact)
     judge = None
     if cfg.kd_weight > 0:
-        teacher = for_run(out, run, data_dir, retriever, exact, docs, queries, cfg.teacher, MEASURE)
+        from ar2.data.beir import load_corpus
+
+        corpus = load_corpus(data_dir / "corpus.jsonl")
+        teacher = for_run(out, run, data_dir, corpus, retriever, exact, docs, queries,
+                          cfg.teacher, MEASURE)  # fmt: skip
         judge = teacher.scores
     student, stage_log = query_tower(out, retriever, docs, queries, positives, cfg, scale,
                                      judge)  # fmt: skip

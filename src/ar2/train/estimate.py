@@ -119,7 +119,8 @@ def _repconc_work(cfg: AR2Config, data: TrainData, lengths: Lengths) -> Work:
     document tower, and JPQ's query-tower stage twice (RepCONC's second stage, the JPQ arm)."""
     from ar2.config import RepCONCConfig
 
-    c, j = RepCONCConfig().constrained, RepCONCConfig().stage
+    settings = RepCONCConfig()
+    c, j = settings.constrained, settings.stage
     constrained = c.steps * c.batch_size * (lengths.query + (1 + c.n_neg) * lengths.doc_train)
     towers = 2 * j.steps_for(len(data.train)) * j.batch_size * lengths.query
     return Work(train=constrained + towers, infer=len(data.corpus) * lengths.doc_index)
@@ -156,7 +157,7 @@ def mlm_head(config: Any) -> float:
     """
     h, v, layers = (getattr(config, k, None) for k in ("hidden_size", "vocab_size",
                                                        "num_hidden_layers"))  # fmt: skip
-    if not (h and v and layers):  # a model that does not say its shape: MiniLM's ratio
+    if not (h and v and layers):  # a model that does not say its shape: about MiniLM's
         return 2.0
     return float(1 + (h * h + h * v) / (12 * h * h * layers))
 

@@ -76,12 +76,9 @@ def run_sparse(
         )
     if cfg.kd_weight > 0:
         from ar2.train.adore import check_run_index
+        from ar2.train.teacher import check_ranker
 
-        if not (run / "ranker").is_dir():
-            raise Ar2Error(
-                f"{run}: no ranker/, which the teacher of kd_weight > 0 scores with. "
-                "Fix: use a run that trained a ranker, or kd_weight = 0"
-            )
+        check_ranker(run)
         check_run_index(run, "ar2 sparse's teacher (kd_weight > 0)")
     held = derived_output(run, out, "sparse", SPARSE_CONFIG, cfg, resume, overwrite, inside)
     with held as (out, data):
@@ -160,7 +157,7 @@ def _train(
         log.info("the new MLM head keeps logits above %.3f: about %d terms a document",
                  threshold, cfg.start_terms)  # fmt: skip
     docs = {d.id: t for d, t in zip(corpus, texts)}
-    judge = _judge(out, run, data, groups, cfg) if cfg.kd_weight > 0 else None
+    judge = _judge(out, run, data, corpus, groups, cfg) if cfg.kd_weight > 0 else None
     log.info("training the sparse encoder on %d groups", len(groups))
 
     def loss(step: int) -> Any:
@@ -173,24 +170,25 @@ def _train(
 
 
 def _judge(
-    out: Path, run: Path, data: Path, groups: list[TrainingGroup], cfg: SparseConfig
-) -> Judge:
+    out: Path, run: Path, data: Path, corpus: list[Any], groups: list[TrainingGroup],
+    cfg: SparseConfig,
+) -> Judge:  # fmt: skip
     """The teacher of ``kd_weight > 0`` over ``groups`` (:func:`ar2.train.teacher.for_run`,
     with the run's delivered retriever and its index)."""
+    import numpy as np
+
     from ar2.encoders import BiEncoder
     from ar2.index import FaissIndex
     from ar2.train.adore import float_vectors
     from ar2.train.teacher import for_run
 
     exact = FaissIndex.load(run / "index")
-    teacher = for_run(out, run, data, BiEncoder.load(run / "retriever"), exact,
+    teacher = for_run(out, run, data, corpus, BiEncoder.load(run / "retriever"), exact,
                       float_vectors(exact), [g.query.text for g in groups], cfg.teacher,
                       MEASURE)  # fmt: skip
     row = {doc: i for i, doc in enumerate(exact.ids)}
 
     def judge(picks: Sequence[int], ids: Sequence[Sequence[str]]) -> Any:
-        import numpy as np
-
         return teacher.scores(picks, np.array([[row[d] for d in r] for r in ids]))  # (B, M)
 
     return judge

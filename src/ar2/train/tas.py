@@ -199,7 +199,9 @@ def _balanced(
         batch_docs += [docs[positive], *(docs[pool[i]] for i in chosen)]
         rows.append(row[[0, *(i + 1 for i in chosen)]])  # (M,)
     relevant = tuple(frozenset(group.positives) for group, _ in mine)
-    ids = tuple(distributed.gather_objects([d.id for d in batch_docs]))  # (W * B * M,)
+    ids: tuple[str, ...] = ()  # (W * B * M,) the global batch's, read by the in-batch mask
+    if cfg.in_batch_masks_positives:
+        ids = tuple(distributed.gather_objects([d.id for d in batch_docs]))
     batch = Batch(queries, batch_docs, w.rank * len(queries), relevant, ids)
     return batch, torch.stack(rows)  # (B, M)
 

@@ -309,22 +309,32 @@ class PairTeacher:
         kept.update(zip(todo, values))
 
 
+def check_ranker(run: Path) -> None:
+    """Refuse, before anything is written, a ``kd_weight > 0`` over a run without a ranker."""
+    if not (run / "ranker").is_dir():
+        raise Ar2Error(
+            f"{run}: no ranker/, which the teacher of kd_weight > 0 scores with. "
+            "Fix: use a run that trained a ranker, or kd_weight = 0"
+        )
+
+
 def for_run(
-    out: Path, run: Path, data_dir: Path, retriever: BiEncoder, exact: FaissIndex,
-    vectors: np.ndarray, queries: Sequence[str], cfg: TeacherConfig, measure: str,
+    out: Path, run: Path, data_dir: Path, corpus: Sequence[Doc], retriever: BiEncoder,
+    exact: FaissIndex, vectors: np.ndarray, queries: Sequence[str], cfg: TeacherConfig,
+    measure: str,
 ) -> PairTeacher:  # fmt: skip
     """The :class:`PairTeacher` of a command over the finished ``run`` (``ar2 adore``'s and
     ``ar2 sparse``'s ``kd_weight > 0``) for its training ``queries``, whose rows are those of
-    ``exact`` (the run's index, float ``vectors`` ``(n, d)``): the run's ranker (``kind =
+    ``exact`` (the run's index, float ``vectors`` ``(n, d)``; ``corpus`` the run's
+    documents): the run's ranker (``kind =
     "ranker"``), or the mix of ``cfg``, the ``retriever`` part ``retriever``'s query vectors
     against ``vectors``; with ``tune`` its weights chosen on the run's dev queries over
     ``retriever``'s top :data:`TUNE_DEPTH` and kept in ``out/teacher.json`` (read back on
     resume)."""
-    from ar2.data.beir import load_corpus, load_queries
+    from ar2.data.beir import load_queries
     from ar2.index import BM25Index
     from ar2.train.derived import run_splits
 
-    corpus = load_corpus(data_dir / "corpus.jsonl")
     by_id = {d.id: d for d in corpus}
     ranker = CrossEncoder.load(run / "ranker")
     start = retriever.encode_queries(list(queries))  # (Q, d)
