@@ -30,7 +30,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import cpu_label  # benchmarks/machine.py
 
 from ar2._io import atomic_write_json
 
@@ -197,10 +197,8 @@ def main() -> None:
     else:
         sizes = [int(s) for s in args.sizes.split(",")]
         result = latency(args.out, sizes, args.presets.split(","))
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())  # fmt: skip
     record = {"study": args.study, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "cpu": cpu, "cores": os.cpu_count(), "result": result}  # fmt: skip
+              "cpu": cpu_label(), "cores": os.cpu_count(), "result": result}  # fmt: skip
     print(json.dumps(record, indent=1))
     name = args.study if args.study == "check" else f"latency-{args.sizes.replace(',', '-')}"
     atomic_write_json(args.out / f"{name}.json", record)

@@ -19,12 +19,21 @@ compressed index, the sparse retriever), from its ``per_query.tsv``; it has no `
 row; its minutes are the base's rounds plus the command's wall time
 (``OUT/seedS/NAME.seconds.json``), marked ≥ where a command was resumed after a kill.
 
+Each arm's result (its rows' per-query test values, minutes, CPU and date) is kept in
+``--keep`` (``benchmarks/results/recipes/seedS-FINGERPRINT/NAME.json``, committed), keyed by the
+base run's :func:`fingerprint`: an arm kept there is read back instead of trained, on any
+machine, and the folder itself can stand for its base once the run is gone, so a table grows
+seed by seed over sessions that each keep only part of it. A rebuilt base that scores
+differently is another base: its arms are measured anew and never mixed with the old ones.
+
     .venv/bin/python benchmarks/recipes.py runs/q42 runs/q43 runs/q44 --out runs/recipes16
+    .venv/bin/python benchmarks/recipes.py benchmarks/results/recipes/seed42-* --recipes repconc
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import time
@@ -32,9 +41,11 @@ from pathlib import Path
 from typing import Any
 
 import ablations  # benchmarks/ablations.py: arms warm-started from the base runs
+from machine import cpu_label  # benchmarks/machine.py
 
 from ar2._io import atomic_write_text
-from ar2.evaluate import compare
+from ar2.evaluate import compare, holm
+from ar2.report import per_query_file
 from ar2.train import follow_up
 from ar2.train.follow_up import FOLLOW_UPS
 from ar2.train.recipes import RECIPES, apply
@@ -43,6 +54,8 @@ MEASURES = ("nDCG@10", "R@100")
 SYSTEMS = ("ar2-g", "ar2-g+d")
 WARM_UPS = ("g0-train", "dev-g-0", "d0-train", "dev-gd-0")
 """The stages every recipe shares (copied from the base run): left out of its time."""
+KEEP = Path(__file__).parent / "results" / "recipes"
+"""Where each arm's result is kept: in the repository, since a machine and its runs can go."""
 
 
 def after_warm_ups(run: Path) -> float:
@@ -56,30 +69,6 @@ def systems(name: str) -> dict[str, str]:
     each reads: a follow-up's delivered system is its ``ar2-g``."""
     then = RECIPES[name].then
     return {"ar2-g": FOLLOW_UPS[then].system} if then else {s: s for s in SYSTEMS}
-
-
-def means(runs: dict[int, Path], system: str, measure: str) -> list[float]:
-    """The test mean of ``system`` on ``measure`` in each seed's run."""
-    return [statistics.fmean(ablations.read_per_query(r)[system][measure].values())
-            for r in runs.values()]  # fmt: skip
-
-
-def pooled(runs: dict[int, Path], system: str, measure: str) -> dict[str, float]:
-    """Per-query test values over every seed's run, keyed ``seed/query``."""
-    return {f"{seed}/{qid}": value for seed, run in runs.items()
-            for qid, value in ablations.read_per_query(run)[system][measure].items()}  # fmt: skip
-
-
-def tests(runs: dict[str, dict[int, Path]]) -> dict[str, dict[str, Any]]:
-    """Each recipe's system against ``ar2``'s, per measure, Holm over all rows."""
-    per_q = {f"{name} {row}": {m: pooled(by_seed, system, m) for m in MEASURES}
-             for name, by_seed in runs.items()
-             for row, system in systems(name).items()}  # fmt: skip
-    rows = []
-    for row in SYSTEMS:
-        subset = {key: values for key, values in per_q.items() if key.endswith(f" {row}")}
-        rows += compare(subset, f"ar2 {row}", list(MEASURES))
-    return {f"{row['system']} {row['measure']}": row for row in rows}
 
 
 def follow_up_arm(base: Path, name: str, out: Path) -> tuple[Path, float, bool]:
@@ -103,46 +92,162 @@ def follow_up_arm(base: Path, name: str, out: Path) -> tuple[Path, float, bool]:
     return out, seconds, resumed
 
 
-def _mean_sd(values: list[float]) -> str:
+def fingerprint(base: Path) -> str:
+    """A base run's identity: the first 12 hex digits of the sha256 of its test
+    ``per_query.tsv``. Two builds of one seed that score every query alike (the same machine
+    kind and precision) share it, and so share their kept arms; any other build is another
+    base, whose arms are measured anew."""
+    return hashlib.sha256((base / per_query_file("test")).read_bytes()).hexdigest()[:12]
+
+
+def kept_name(name: str, sets: list[str]) -> str:
+    """The file of recipe ``name``'s kept result; ``--set`` changes give it a suffix of their
+    own, so a study with other settings never reads or replaces the defaults' results.
+
+    Example:
+        >>> kept_name("star", []), kept_name("ar2", ["retriever.steps=100"])
+        ('star.json', 'ar2.json')
+        >>> kept_name("star", ["retriever.steps=100"]), kept_name("repconc", ["x=1"])
+        ('star+8d6d5aa4.json', 'repconc.json')
+    """
+    if name == "ar2" or not sets or RECIPES[name].then:  # --set reaches no follow-up
+        return f"{name}.json"
+    return f"{name}+{hashlib.sha256(json.dumps(sets).encode()).hexdigest()[:8]}.json"
+
+
+def result(name: str, folder: Path, seconds: float, at_least: bool, sets: list[str]) -> dict:
+    """What the table reads of one recipe's arm on one base: its rows' per-query test values,
+    its minutes, and where and when it ran; small enough to keep in the repository."""
+    read = ablations.read_per_query(folder)
+    values = {row: {m: {q: round(v, 6) for q, v in read[system][m].items()} for m in MEASURES}
+              for row, system in systems(name).items()}  # fmt: skip
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return {"recipe": name, "sets": sets if kept_name(name, sets) != f"{name}.json" else [],
+            "seconds": seconds, "at_least": at_least, "cpu": cpu_label(), "date": date,
+            "per_query": values}  # fmt: skip
+
+
+def measure(base: Path, name: str, out: Path, sets: list[str], data: Path) -> dict:
+    """Recipe ``name``'s arm on ``base`` (trained, resumed or read from ``out``), as a
+    :func:`result`."""
+    if RECIPES[name].then:
+        folder, spent, resumed = follow_up_arm(base, name, out)
+        return result(name, folder, after_warm_ups(base) + spent, resumed, sets)
+    tables = None if name == "ar2" else apply(name, {})
+    folder, _ = ablations.run_arm(base, name, [] if name == "ar2" else sets, data, out, tables)
+    return result(name, folder, after_warm_ups(folder), False, sets)
+
+
+def identify(base: Path, keep: Path) -> tuple[int, Path, Path | None]:
+    """A positional argument's seed, its folder of kept results and the run to train arms
+    from: a finished run (``config.json``, a test report) or a folder of kept results
+    (``ar2.json``) whose run is gone."""
+    if (base / "ar2.json").is_file():
+        return int(json.loads((base / "ar2.json").read_text())["seed"]), base, None
+    if not (base / per_query_file("test")).is_file():
+        raise SystemExit(f"{base}: not a finished run (no {per_query_file('test')}) nor a "
+                         "folder of kept results (no ar2.json); pass `ar2 train`'s "
+                         "output")  # fmt: skip
+    seed = int(json.loads((base / "config.json").read_text())["seed"])
+    return seed, keep / f"seed{seed}-{fingerprint(base)}", base
+
+
+def collect(args: argparse.Namespace, names: list[str]) -> dict[str, dict[int, dict]]:
+    """Every recipe's result on every base, seed by seed (a stopped study has whole seeds):
+    read from the kept folder where it is there, else measured and kept at once."""
+    found: dict[str, dict[int, dict]] = {n: {} for n in names}
+    for base in args.bases:
+        seed, kept, run = identify(base, args.keep)
+        if any(seed in by_seed for by_seed in found.values()):
+            raise SystemExit(f"{base}: a second base of seed {seed}; pass one base per seed")
+        for name in names:
+            path = kept / kept_name(name, args.sets)
+            if path.is_file():
+                found[name][seed] = json.loads(path.read_text())
+                continue
+            if run is None:
+                raise SystemExit(f"{path}: not kept, and {kept} holds no run to train it "
+                                 f"from; pass the finished run of seed {seed} instead")  # fmt: skip
+            record = measure(run, name, args.out / f"seed{seed}" / name, args.sets, args.data)
+            record["seed"] = seed
+            kept.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+            found[name][seed] = record | {"kept": str(path)}
+    return found
+
+
+def pooled(by_seed: dict[int, dict], row: str, measure: str) -> dict[str, float]:
+    """Per-query test values of ``row`` over every seed, keyed ``seed/query``."""
+    return {f"{seed}/{qid}": value for seed, record in by_seed.items()
+            for qid, value in record["per_query"][row][measure].items()}  # fmt: skip
+
+
+def tests(found: dict[str, dict[int, dict]]) -> dict[str, dict[str, Any]]:
+    """Each recipe's rows against ``ar2``'s over the seeds the recipe has (query × seed
+    pairs), per measure; Holm over the whole table."""
+    rows = []
+    for name, by_seed in found.items():
+        for row in SYSTEMS if name != "ar2" else ():
+            if row not in systems(name):
+                continue
+            base = {s: r for s, r in found["ar2"].items() if s in by_seed}
+            pair = {f"{name} {row}": {m: pooled(by_seed, row, m) for m in MEASURES},
+                    f"ar2 {row}": {m: pooled(base, row, m) for m in MEASURES}}  # fmt: skip
+            rows += compare(pair, f"ar2 {row}", list(MEASURES))
+    return {f"{r['system']} {r['measure']}": r for r in holm(rows)}
+
+
+def _mean_sd(by_seed: dict[int, dict], row: str, measure: str) -> str:
+    values = [statistics.fmean(r["per_query"][row][measure].values()) for r in by_seed.values()]
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.fmean(values):.4f} ± {sd:.4f}"
 
 
-def table(
-    runs: dict[str, dict[int, Path]], seconds: dict[str, list[float]], at_least: set[str]
-) -> str:
-    found = tests(runs)
+def table(found: dict[str, dict[int, dict]]) -> str:
+    """The comparison in Markdown: one line per recipe and row, then the papers and the bases."""
+    checked = tests(found)
     lines = [
         "| recipe | system | seeds | nDCG@10 | vs ar2 (p, Holm) | R@100 | vs ar2 (p, Holm) "
         "| minutes after the warm-ups |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for shown in SYSTEMS:
-        for name, by_seed in runs.items():
+        for name, by_seed in found.items():
             system = systems(name).get(shown)
-            if system is None:
+            if system is None or not by_seed:
                 continue
             cells = []
-            for measure in MEASURES:
-                row = found.get(f"{name} {shown} {measure}")
+            for m in MEASURES:
+                row = checked.get(f"{name} {shown} {m}")
                 test = (f"{row['mean_diff']:+.4f} ({row['p_value']:.2g}, {row['p_holm']:.2g})"
                         if row else "–")  # fmt: skip
-                cells += [_mean_sd(means(by_seed, system, measure)), test]
-            minutes = statistics.fmean(seconds[name]) / 60
-            bound = "≥ " if name in at_least else ""
+                cells += [_mean_sd(by_seed, shown, m), test]
+            records = list(by_seed.values())
+            minutes = statistics.fmean(r["seconds"] for r in records) / 60
+            bound = "≥ " if any(r["at_least"] for r in records) else ""
             label = shown if system == shown else f"{shown}: {system}"
-            lines.append(f"| {name} | {label} | {len(by_seed)} | {' | '.join(cells)} | "
+            seeds = ",".join(str(s) for s in sorted(by_seed))
+            lines.append(f"| {name} | {label} | {seeds} | {' | '.join(cells)} | "
                          f"{bound}{minutes:.1f} |")  # fmt: skip
     papers = ["", "| recipe | paper | what trains the retriever after G0 |", "|---|---|---|"]
-    papers += [f"| {n} | {r.paper} | {r.summary} |" for n, r in RECIPES.items() if n in runs]
-    return "\n".join(lines + papers)
+    papers += [f"| {n} | {r.paper} | {r.summary} |" for n, r in RECIPES.items() if found.get(n)]
+    bases = ["", "Bases (the ar2 row's runs):"]
+    bases += [f"- seed {s}: {r['cpu']}, {r['date']}" for s, r in sorted(found["ar2"].items())]
+    return "\n".join(lines + papers + bases)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("bases", type=Path, nargs="+", help="finished `ar2 train` runs, one per seed")
+    p.add_argument(
+        "bases", type=Path, nargs="+",
+        help="finished `ar2 train` runs, one per seed, or their kept folders",
+    )  # fmt: skip
     p.add_argument("--data", type=Path, default=Path("data/scifact"))
     p.add_argument("--out", type=Path, default=Path("runs/recipes"))
+    p.add_argument(
+        "--keep", type=Path, default=KEEP,
+        help="where each arm's result is kept and read back (default: %(default)s)",
+    )  # fmt: skip
     p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated names")
     p.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -153,31 +258,16 @@ def main() -> None:
     unknown = sorted(set(names) - set(RECIPES))
     if unknown:
         p.error(f"unknown recipes {unknown}; choose from {', '.join(RECIPES)}")
-    names = ["ar2", *(n for n in names if n != "ar2")]
-    runs: dict[str, dict[int, Path]] = {n: {} for n in names}
-    seconds: dict[str, list[float]] = {n: [] for n in names}
-    at_least: set[str] = set()  # recipes whose minutes are a lower bound (a resumed command)
-    for base in args.bases:  # seed by seed: a stopped study has whole seeds
-        seed = json.loads((base / "config.json").read_text())["seed"]
-        for name in names:
-            out = args.out / f"seed{seed}" / name
-            if RECIPES[name].then:
-                runs[name][seed], spent, resumed = follow_up_arm(base, name, out)
-                seconds[name].append(after_warm_ups(base) + spent)
-                if resumed:
-                    at_least.add(name)
-                continue
-            sets = [] if name == "ar2" else args.sets
-            tables = None if name == "ar2" else apply(name, {})
-            runs[name][seed], _ = ablations.run_arm(base, name, sets, args.data, out, tables)
-            seconds[name].append(after_warm_ups(runs[name][seed]))
-    text = table(runs, seconds, at_least)
+    found = collect(args, ["ar2", *(n for n in names if n != "ar2")])
+    text = table(found)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "recipes.md", text + "\n")
-    record = {"sets": args.sets, "seconds": seconds, "at_least": sorted(at_least),
-              "runs": {n: {str(s): str(r) for s, r in by.items()} for n, by in runs.items()},
-              "tests": tests(runs)}  # fmt: skip
+    record = {
+        "sets": args.sets,
+        "tests": tests(found),
+        "kept": {n: {str(s): r["kept"] for s, r in by.items()} for n, by in found.items()},
+    }
     atomic_write_text(args.out / "recipes.json", json.dumps(record, indent=1) + "\n")
 
 

@@ -21,7 +21,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -31,6 +30,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from machine import cpu_label  # benchmarks/machine.py
 
 BLOCK = 20
 
@@ -86,18 +87,6 @@ def measure(args: argparse.Namespace, queries: list[str]) -> dict[str, list[floa
     return times
 
 
-def cpu_name() -> str:
-    """The CPU model (``/proc/cpuinfo``), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("index", type=Path, help="an index folder (`ar2 index`)")
@@ -116,7 +105,7 @@ def main() -> None:
     }
     result["ratio_b_over_a_p50"] = result["b"]["p50_ms"] / result["a"]["p50_ms"]
     result["setup"] = {"a": str(args.a), "b": str(args.b), "queries": len(queries),
-                       "mode": args.mode, "cpu": cpu_name(),
+                       "mode": args.mode, "cpu": cpu_label(),
                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
     print(json.dumps(result, indent=2))
     if args.out:

@@ -280,7 +280,7 @@ def compare(
         if system != baseline
         for measure in dict.fromkeys(measures)
     ]
-    return _holm(rows, alpha)
+    return holm(rows, alpha)
 
 
 def compare_chain(
@@ -307,11 +307,19 @@ def compare_chain(
         for before, system in zip(chain, chain[1:])
         for measure in dict.fromkeys(measures)
     ]
-    return _holm(rows, alpha)
+    return holm(rows, alpha)
 
 
-def _holm(rows: list[dict[str, Any]], alpha: float) -> list[dict[str, Any]]:
-    """``rows`` with ``p_holm`` (Holm over all of them), ``significant`` and ``alpha``."""
+def holm(rows: list[dict[str, Any]], alpha: float = 0.05) -> list[dict[str, Any]]:
+    """``rows`` (each with a ``p_value``) with ``p_holm`` (Holm over all of them),
+    ``significant`` and ``alpha``: one family from tests made apart (:func:`compare` Holms
+    only its own rows).
+
+    Example:
+        >>> rows = holm([{"p_value": 0.01}, {"p_value": 0.04}, {"p_value": 0.03}])
+        >>> [(round(r["p_holm"], 2), r["significant"]) for r in rows]
+        [(0.03, True), (0.06, False), (0.06, False)]
+    """
     if rows:
         multitest = require("statsmodels.stats.multitest")
         _, p_holm, _, _ = multitest.multipletests([r["p_value"] for r in rows], method="holm")
