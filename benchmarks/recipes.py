@@ -119,8 +119,14 @@ def result(name: str, folder: Path, seconds: float, at_least: bool, sets: list[s
     """What the table reads of one recipe's arm on one base: its rows' per-query test values,
     its minutes, and where and when it ran; small enough to keep in the repository."""
     read = ablations.read_per_query(folder)
-    values = {row: {m: {q: round(v, 6) for q, v in read[system][m].items()} for m in MEASURES}
-              for row, system in systems(name).items()}  # fmt: skip
+    values = {
+        row: {
+            m: {q: round(v, 6) for q, v in read[system][m].items()}
+            for m in MEASURES
+            if m in read[system]
+        }
+        for row, system in systems(name).items()
+    }  # fmt: skip  (a follow-up: nDCG@10 only)
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return {"recipe": name, "sets": sets if kept_name(name, sets) != f"{name}.json" else [],
             "seconds": seconds, "at_least": at_least, "cpu": cpu_label(), "date": date,
@@ -163,7 +169,7 @@ def collect(args: argparse.Namespace, names: list[str]) -> dict[str, dict[int, d
         for name in names:
             path = kept / kept_name(name, args.sets)
             if path.is_file():
-                found[name][seed] = json.loads(path.read_text())
+                found[name][seed] = json.loads(path.read_text()) | {"kept": str(path)}
                 continue
             if run is None:
                 raise SystemExit(f"{path}: not kept, and {kept} holds no run to train it "
@@ -191,13 +197,18 @@ def tests(found: dict[str, dict[int, dict]]) -> dict[str, dict[str, Any]]:
             if row not in systems(name):
                 continue
             base = {s: r for s, r in found["ar2"].items() if s in by_seed}
-            pair = {f"{name} {row}": {m: pooled(by_seed, row, m) for m in MEASURES},
-                    f"ar2 {row}": {m: pooled(base, row, m) for m in MEASURES}}  # fmt: skip
-            rows += compare(pair, f"ar2 {row}", list(MEASURES))
+            measured = [
+                m for m in MEASURES if all(m in r["per_query"][row] for r in by_seed.values())
+            ]
+            pair = {f"{name} {row}": {m: pooled(by_seed, row, m) for m in measured},
+                    f"ar2 {row}": {m: pooled(base, row, m) for m in measured}}  # fmt: skip
+            rows += compare(pair, f"ar2 {row}", measured)
     return {f"{r['system']} {r['measure']}": r for r in holm(rows)}
 
 
 def _mean_sd(by_seed: dict[int, dict], row: str, measure: str) -> str:
+    if not all(measure in r["per_query"][row] for r in by_seed.values()):
+        return "–"
     values = [statistics.fmean(r["per_query"][row][measure].values()) for r in by_seed.values()]
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.fmean(values):.4f} ± {sd:.4f}"

@@ -102,3 +102,15 @@ def test_each_recipe_is_tested_over_its_own_seeds(bench: ModuleType, tmp_path: P
     assert row["mean_diff"] == pytest.approx(statistics.fmean(diffs))  # seed 42's pairs only
     text = bench.table(found)
     assert "| star | ar2-g | 42 |" in text and "| ar2 | ar2-g | 42,43 |" in text
+
+
+def test_a_measure_an_arm_lacks_shows_a_dash(bench: ModuleType, tmp_path: Path):
+    base = _run(tmp_path / "q42", 42, [0.5] * 6)
+    arm = _run(tmp_path / "out" / "seed42" / "star", 42, [0.6] * 6)
+    values = {r: {"nDCG@10": dict.fromkeys(QUERIES, 0.6)} for r in ("ar2-g", "ar2-g+d")}
+    write_per_query(arm, values)  # nDCG@10 only, as a follow-up's report has
+    found = bench.collect(_args([base], tmp_path), ["ar2", "star"])
+    assert set(bench.tests(found)) == {"star ar2-g nDCG@10", "star ar2-g+d nDCG@10"}
+    line = next(x for x in bench.table(found).splitlines() if x.startswith("| star | ar2-g |"))
+    assert line.startswith("| star | ar2-g | 42 | 0.6000 ± 0.0000 | +0.1000 (")
+    assert line.endswith("| – | – | 1.0 |")
