@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import cpu_fields, describe  # benchmarks/machine.py
 
 MAX_LENGTH = 256
 WARMUP_DOCS = 64
@@ -82,19 +83,15 @@ def hardware() -> dict[str, Any]:
 
     import ar2
 
-    model, flags = "unknown", set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == "unknown":
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
+        fields = cpu_fields(Path("/proc/cpuinfo").read_text(encoding="utf-8"))
     except OSError:
-        pass
+        fields = {}
+    flags = set(fields.get("flags", "").split())
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
-        "cpu_model": model,
+        "cpu_model": fields.get("model name", "unknown"),
+        "cpu": describe(fields, os.cpu_count()),
         "cpu_count": os.cpu_count(),
         "cpus_usable": affinity,
         "bf16_flags": sorted(f for f in flags if "bf16" in f),
@@ -283,7 +280,7 @@ def markdown_table(result: dict[str, Any]) -> str:
 
 def hardware_lines(hw: dict[str, Any]) -> str:
     return (
-        f"- CPU: {hw['cpu_model']}, {hw['cpu_count']} logical CPUs "
+        f"- CPU: {hw['cpu']}, {hw['cpu_count']} logical CPUs "
         f"({hw['cpus_usable']} usable by this process)\n"
         f"- bf16 CPU flags: {', '.join(hw['bf16_flags']) or 'none'}; "
         f"torch CPU capability: {hw['torch_cpu_capability']}\n"
@@ -327,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     full = len(docs) == len(all_docs)
     texts = [d.full_text(" ") for d in docs]  # what BiEncoder.encode_docs feeds the model
     hw = hardware()
-    print(f"{len(docs)} docs from {args.data}; {hw['cpu_model']}; torch {hw['torch']}", flush=True)
+    print(f"{len(docs)} docs from {args.data}; {hw['cpu']}; torch {hw['torch']}", flush=True)
 
     systems, (st, ours, ours32, info) = build_systems(args.batch_size)
     runs, vectors = time_encodings(systems, docs, texts, args.repeats)

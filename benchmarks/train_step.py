@@ -562,7 +562,7 @@ def main(argv: list[str] | None = None) -> None:
 def markdown(record: dict[str, Any]) -> str:
     hw = record["hardware"]
     lines = [
-        f"CPU: {hw['cpu_model']} ({hw['cpus_usable']} usable cores; bf16 flags: "
+        f"CPU: {hw['cpu']} ({hw['cpus_usable']} usable cores; bf16 flags: "
         f"{', '.join(hw['bf16_flags']) or 'none'}); torch {hw['torch']}, "
         f"sentence-transformers {hw['sentence_transformers']}; "
         f"{'bf16 autocast' if record['bf16'] else 'fp32'}",

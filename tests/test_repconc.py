@@ -167,7 +167,9 @@ def test_repconc_trains_the_codes_then_keeps_them(tmp_path: Path) -> None:
     stages = [json.loads(x)["stage"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert stages == ["jpq", "repconc", "repconc-jpq"]
     manifest = json.loads((out / "index" / "manifest.json").read_text())
-    assert manifest["factory"] == "OPQ8,PQ8x8" and manifest["jpq"]["config"]["mse_weight"]
+    assert manifest["factory"] == "OPQ8,PQ8x8" and "jpq" not in manifest
+    block = manifest["repconc"]
+    assert block["stage"] == "repconc-jpq" and block["config"]["mse_weight"]
     assert not (out / "index" / "vectors.npy").exists()
 
 

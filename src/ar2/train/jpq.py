@@ -226,7 +226,7 @@ def jpq_stage(
                          posthoc.config)  # fmt: skip
     student = BiEncoder.load(final)
     MetricsLog(out / "metrics.jsonl").write(stage_record(stage, 0, "jpq", stage_log))
-    _save_index(trained, saved, student, data_dir, cfg)
+    _save_index(trained, saved, student, data_dir, cfg, stage)
     return student, trained
 
 
@@ -257,14 +257,19 @@ class JPQModel(torch.nn.Module):
 
 
 def _save_index(
-    index: FaissIndex, folder: Path, student: BiEncoder, data_dir: Path, cfg: JPQConfig
-) -> None:
-    """The trained index with its documents; its manifest names the trained query tower."""
+    index: FaissIndex, folder: Path, student: BiEncoder, data_dir: Path, cfg: JPQConfig,
+    stage: str = STAGE,
+) -> None:  # fmt: skip
+    """The trained index with its documents; its manifest names the trained query tower, and
+    its block is named after the method whose stage trained it (``jpq``, or ``repconc`` for
+    RepCONC's ``repconc-jpq``)."""
     from ar2.data.beir import iter_corpus
 
     docs = iter_corpus(data_dir / "corpus.jsonl", warn=False)
+    method = stage.split("-")[0]
     extra = {"encoder": student.describe(), "truncation": student.truncation(),
-             "jpq": {"m": cfg.m, "trained": True, "config": dataclasses.asdict(cfg)}}  # fmt: skip
+             method: {"m": cfg.m, "trained": True, "stage": stage,
+                      "config": dataclasses.asdict(cfg)}}  # fmt: skip
     index.save(folder, extra, docs)
 
 
