@@ -215,15 +215,21 @@ def query_weights(model: Any, texts: Sequence[str]) -> Any:
 
 
 def encode_documents(
-    model: Any, texts: Sequence[str], batch_size: int = 16, precision: str = "auto"
+    model: Any,
+    texts: Sequence[str],
+    batch_size: int = 16,
+    precision: str = "auto",
+    progress: bool = False,
 ) -> Any:
     """A ``scipy.sparse.csr_matrix`` ``(n, V)`` of the documents' term weights (inference), in
-    bf16 autocast where ``precision`` resolves to it."""
+    bf16 autocast where ``precision`` resolves to it; ``progress`` shows a bar of the batches
+    with its time estimate."""
     sparse = require("scipy.sparse", extra="train")
     device = str(model.device)
     with autocast(device, use_bf16(precision, device)):
         weights = model.encode_document(list(texts), batch_size=batch_size,
-                                        convert_to_sparse_tensor=True)  # fmt: skip
+                                        convert_to_sparse_tensor=True,
+                                        show_progress_bar=progress)  # fmt: skip
     weights = weights.coalesce().cpu().float()  # (n, V)
     rows, cols = weights.indices().numpy()
     shape = tuple(weights.shape)

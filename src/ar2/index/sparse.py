@@ -291,7 +291,7 @@ def index_corpus(
     from ar2.encoders import sparse as encoder
 
     texts = [d.full_text(" ") for d in docs]
-    weights = encoder.encode_documents(model, texts, batch_size, precision)
+    weights = encoder.encode_documents(model, texts, batch_size, precision, progress=True)
     return SparseIndex.build(weights, [d.id for d in docs], encoder.vocabulary(model),
                              encoder.query_idf(model), settings,
                              encoder.tokenizer_json(model))  # fmt: skip
