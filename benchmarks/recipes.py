@@ -195,17 +195,20 @@ def tests(found: dict[str, dict[int, dict]]) -> dict[str, dict[str, Any]]:
     for name, by_seed in found.items():
         for row in systems(name) if name != "ar2" else ():
             base = {s: r for s, r in found["ar2"].items() if s in by_seed}
-            measured = [
-                m for m in MEASURES if all(m in r["per_query"][row] for r in by_seed.values())
-            ]
+            measured = [m for m in MEASURES if _measured(by_seed, row, m)]
             pair = {f"{name} {row}": {m: pooled(by_seed, row, m) for m in measured},
                     f"ar2 {row}": {m: pooled(base, row, m) for m in measured}}  # fmt: skip
             rows += compare(pair, f"ar2 {row}", measured)
     return {f"{r['system']} {r['measure']}": r for r in holm(rows)}
 
 
+def _measured(by_seed: dict[int, dict], row: str, measure: str) -> bool:
+    """Whether every seed's arm has ``measure`` for ``row`` (a follow-up has nDCG@10 only)."""
+    return all(measure in r["per_query"][row] for r in by_seed.values())
+
+
 def _mean_sd(by_seed: dict[int, dict], row: str, measure: str) -> str:
-    if not all(measure in r["per_query"][row] for r in by_seed.values()):
+    if not _measured(by_seed, row, measure):
         return "–"
     values = [statistics.fmean(r["per_query"][row][measure].values()) for r in by_seed.values()]
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
