@@ -55,3 +55,20 @@ def cpu_label() -> str:
     except OSError:
         text = ""
     return describe(cpu_fields(text), os.cpu_count())
+
+
+def accelerator_label() -> str:
+    """The GPU that ``ar2`` trains on here (``pick_device``: the first CUDA device), with the
+    torch build, or ``"none"`` on a machine without one.
+
+    Example:
+        >>> isinstance(accelerator_label(), str)
+        True
+    """
+    try:
+        import torch
+    except ImportError:
+        return "none"
+    if not torch.cuda.is_available():
+        return "none"
+    return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import ablations  # benchmarks/ablations.py: arms warm-started from the base runs
-from machine import cpu_label  # benchmarks/machine.py
+from machine import accelerator_label, cpu_label  # benchmarks/machine.py
 
 from ar2._io import atomic_write_text
 from ar2.evaluate import compare, holm
@@ -129,7 +129,8 @@ def result(name: str, folder: Path, seconds: float, at_least: bool, sets: list[s
     }  # fmt: skip  (a follow-up: nDCG@10 only)
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return {"recipe": name, "sets": sets if kept_name(name, sets) != f"{name}.json" else [],
-            "seconds": seconds, "at_least": at_least, "cpu": cpu_label(), "date": date,
+            "seconds": seconds, "at_least": at_least, "cpu": cpu_label(),
+            "accelerator": accelerator_label(), "date": date,
             "per_query": values}  # fmt: skip
 
 
@@ -207,6 +208,12 @@ def _measured(by_seed: dict[int, dict], row: str, measure: str) -> bool:
     return all(measure in r["per_query"][row] for r in by_seed.values())
 
 
+def _machine(record: dict) -> str:
+    """Where an arm ran: its GPU where it had one (results kept before this field: the CPU)."""
+    gpu = record.get("accelerator", "none")
+    return record["cpu"] if gpu == "none" else f"{gpu} on {record['cpu']}"
+
+
 def _mean_sd(by_seed: dict[int, dict], row: str, measure: str) -> str:
     if not _measured(by_seed, row, measure):
         return "–"
@@ -244,7 +251,7 @@ def table(found: dict[str, dict[int, dict]]) -> str:
     papers = ["", "| recipe | paper | what trains the retriever after G0 |", "|---|---|---|"]
     papers += [f"| {n} | {r.paper} | {r.summary} |" for n, r in RECIPES.items() if found.get(n)]
     bases = ["", "Bases (the ar2 row's runs):"]
-    bases += [f"- seed {s}: {r['cpu']}, {r['date']}" for s, r in sorted(found["ar2"].items())]
+    bases += [f"- seed {s}: {_machine(r)}, {r['date']}" for s, r in sorted(found["ar2"].items())]
     return "\n".join(lines + papers + bases)
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -276,6 +279,35 @@ def _toy_docs(toy_beir: Path) -> list[Doc]:
     from ar2.data.beir import iter_corpus
 
     return list(iter_corpus(toy_beir / "corpus.jsonl"))
+
+
+_FAKE_JAX = {
+    # bm25s imports jax.lax where it can and runs one top-k at import (bm25s.selection); this
+    # jax records the platforms it was imported under, as XLA reads them at its first use
+    "jax/__init__.py": "import os\nPLATFORMS = os.environ.get('JAX_PLATFORMS')\n"
+    "from . import lax\n",
+    "jax/lax.py": "import numpy as np\n"
+    "def top_k(x, k):\n    x = np.asarray(x); i = np.argsort(-x)[:k]; return x[i], i\n",
+}
+
+
+@pytest.mark.parametrize("chosen", [None, "cuda"])
+def test_bm25_keeps_jax_off_the_gpu_unless_the_user_chose(tmp_path: Path, chosen) -> None:
+    """With jax installed, importing bm25s starts JAX, whose GPU backend takes 75% of the GPU's
+    memory: ar2 starts it on the CPU, unless ``JAX_PLATFORMS`` says otherwise."""
+    for name, text in _FAKE_JAX.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    env |= {"PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    if chosen:
+        env["JAX_PLATFORMS"] = chosen
+    code = ("from ar2.index import BM25Index; from ar2.types import Doc\n"
+            "hits = BM25Index.build([Doc('a', 'cats eat fish')]).search(['cats'], k=1)\n"
+            "import jax; print(jax.PLATFORMS, hits[0][0].doc_id)")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [chosen or "cpu", "a"]
 
 
 def test_bm25_matches_hand_computed_lucene_scores() -> None:

@@ -127,6 +127,19 @@ def test_saved_and_loaded_give_the_same_weights(tiny_bert: Path, tmp_path: Path)
     assert '"vocabulary": 79' in manifest and '"source"' in manifest
 
 
+def test_the_encoder_trains_and_encodes_on_the_device_of_every_other_stage(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started and loaded where ``pick_device`` says (the GPU where there is one): on an H200
+    the encoder sat on the CPU, 9.5 s a step, while every other stage used the GPU. ``meta``
+    stands in for a GPU here; an asked device wins."""
+    sparse.save(_model(tiny_bert), tmp_path / "sparse", source=str(tiny_bert), settings={})
+    monkeypatch.setattr(sparse, "pick_device", lambda: "meta")
+    assert _model(tiny_bert).device.type == "meta"
+    assert sparse.load(tmp_path / "sparse").device.type == "meta"
+    assert sparse.load(tmp_path / "sparse", device="cpu").device.type == "cpu"
+
+
 def test_refusals(tiny_bert: Path, tmp_path: Path) -> None:
     with pytest.raises(Ar2Error, match="IDFs for a vocabulary"):
         sparse.start(tiny_bert, np.ones(3, dtype=np.float32))

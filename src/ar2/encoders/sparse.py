@@ -52,7 +52,7 @@ from ar2 import __version__
 from ar2._io import atomic_dir, atomic_write_json
 from ar2._optional import require
 from ar2.encoders import _hf
-from ar2.encoders._runtime import autocast, chunks, use_bf16
+from ar2.encoders._runtime import autocast, chunks, pick_device, use_bf16
 from ar2.errors import Ar2Error
 
 HEAD = "cls.predictions.transform.dense.weight"
@@ -94,9 +94,12 @@ def corpus_idf(tokenizer: Any, texts: Iterable[str], max_length: int) -> np.ndar
     return idf
 
 
-def start(path: str | Path, idf: np.ndarray, max_length: int = 256) -> Any:
+def start(
+    path: str | Path, idf: np.ndarray, max_length: int = 256, device: str | None = None
+) -> Any:
     """A ``SparseEncoder`` from the encoder folder ``path`` (a bi-encoder or a masked language
-    model) with the query weights ``idf`` (``(V,)``, :func:`corpus_idf`). A missing MLM head
+    model) with the query weights ``idf`` (``(V,)``, :func:`corpus_idf`), on ``device``
+    (default: the GPU where there is one, as every other stage trains). A missing MLM head
     starts as the identity transform over the tied word embeddings (see the module's text)."""
     torch = require("torch")
     st = require("sentence_transformers", extra="train")
@@ -119,7 +122,8 @@ def start(path: str | Path, idf: np.ndarray, max_length: int = 256) -> Any:
     router = Router.for_query_document(
         query_modules=[query], document_modules=[document, SpladePooling("max")]
     )
-    return st.SparseEncoder(modules=[router], similarity_fn_name="dot", device="cpu")
+    device = device or pick_device()
+    return st.SparseEncoder(modules=[router], similarity_fn_name="dot", device=device)
 
 
 def calibrate(model: Any, texts: Sequence[str], terms: int) -> float:
@@ -141,8 +145,8 @@ def calibrate(model: Any, texts: Sequence[str], terms: int) -> float:
         head.bias.zero_()
         pooled = []
         for chunk in chunks(texts, 16):
-            features = model.preprocess(chunk, task="document")
-            out = document(dict(features))
+            features = _features(model, chunk, "document")
+            out = document(features)
             logits = out["token_embeddings"].float()  # (n, seq, V)
             mask = features["attention_mask"][..., None].bool()  # (n, seq, 1)
             pooled.append(logits.masked_fill(~mask, float("-inf")).amax(dim=1))  # (n, V)
@@ -156,8 +160,10 @@ def calibrate(model: Any, texts: Sequence[str], terms: int) -> float:
     return threshold
 
 
-def load(path: str | Path) -> Any:
-    """A saved inference-free ``SparseEncoder`` (:func:`save`), on the CPU."""
+def load(path: str | Path, device: str | None = None) -> Any:
+    """A saved inference-free ``SparseEncoder`` (:func:`save`), on ``device`` (default: the
+    GPU where there is one). Every caller encodes documents with it; queries never need it
+    (:class:`QueryBags`)."""
     path = Path(path)
     manifest = _hf.read_json(path / _hf.MANIFEST)
     if manifest.get("kind") != KIND:
@@ -166,7 +172,7 @@ def load(path: str | Path) -> Any:
             f"{manifest.get('kind')!r}). Fix: pass a folder ar2 saved as {KIND}"
         )
     st = require("sentence_transformers", extra="train")
-    return _quiet(lambda: st.SparseEncoder(str(path), device="cpu"))
+    return _quiet(lambda: st.SparseEncoder(str(path), device=device or pick_device()))
 
 
 def save(model: Any, path: str | Path, source: str, settings: dict[str, Any]) -> None:
@@ -309,9 +315,13 @@ def _document(model: Any) -> Any:
 def _forward(model: Any, texts: Sequence[str], task: str) -> Any:
     """``(n, V)`` the route ``task``'s weights of ``texts``, by a forward pass (``encode_*``
     would put the model in eval mode mid-training)."""
+    return model(_features(model, texts, task), task=task)["sentence_embedding"]
+
+
+def _features(model: Any, texts: Sequence[str], task: str) -> dict[str, Any]:
+    """The route ``task``'s tokenised ``texts``, on the model's device."""
     features = model.preprocess(list(texts), task=task)
-    features = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in features.items()}
-    return model(features, task=task)["sentence_embedding"]
+    return {k: v.to(model.device) if hasattr(v, "to") else v for k, v in features.items()}
 
 
 def _identity_transform(model: Any) -> None:

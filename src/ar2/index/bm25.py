@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,16 @@ from ar2.types import Doc, Hit
 
 ARRAYS_DIR = "bm25s"
 """The folder of the bm25s arrays (npy + json) inside an index folder."""
+
+
+def _bm25s() -> Any:
+    """bm25s, with JAX kept off the GPU. Where jax is installed, importing bm25s runs a JAX
+    top-k (``bm25s.selection``), and JAX's GPU backend then takes 75% of the GPU's memory
+    (XLA's preallocation): on an H200 that left torch 62 MiB, and training ran out of memory.
+    bm25s needs JAX only for that top-k, so JAX runs on the CPU unless the user chose its
+    platforms (``JAX_PLATFORMS``, read when jax is first imported)."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    return require("bm25s")
 
 
 class BM25Index:
@@ -60,7 +71,7 @@ class BM25Index:
             Traceback (most recent call last):
             ar2.errors.Ar2Error: the corpus: no word to index in any of the 2 documents (...)
         """
-        bm25s = require("bm25s")
+        bm25s = _bm25s()
         config = config or BM25Config()
         ids: list[str] = []
 
@@ -80,7 +91,7 @@ class BM25Index:
 
     def _tokens(self, queries: Sequence[str]) -> list[list[str]]:
         """Query strings tokenised as the documents were at build time."""
-        bm25s = require("bm25s")
+        bm25s = _bm25s()
         return bm25s.tokenize(
             list(queries),
             stopwords=self.config.stopwords,
@@ -130,7 +141,7 @@ class BM25Index:
     ) -> None:
         """Save the bm25s arrays (npy + json, no pickles), ids and ``manifest.json`` atomically;
         a folder ar2 did not write is replaced only with ``overwrite``."""
-        bm25s = require("bm25s")
+        bm25s = _bm25s()
         with atomic_dir(path, overwrite) as tmp:
             self.retriever.save(str(tmp / ARRAYS_DIR), show_progress=False)
             write_ids(tmp, self.ids)
@@ -168,7 +179,7 @@ class BM25Index:
 
 def _load_retriever(folder: Path, count: int) -> Any:
     """The bm25s arrays in ``folder``, checked to hold ``count`` documents."""
-    bm25s = require("bm25s")
+    bm25s = _bm25s()
     try:
         retriever = bm25s.BM25.load(str(folder), allow_pickle=False)
         problem = _arrays_problem(retriever.scores, retriever.vocab_dict, count)
