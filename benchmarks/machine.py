@@ -66,9 +66,12 @@ def accelerator_label() -> str:
         True
     """
     try:
-        import torch
-    except ImportError:
+        from ar2.encoders._runtime import pick_device
+
+        if pick_device() != "cuda":
+            return "none"
+    except ImportError:  # no torch: no GPU that ar2 could use
         return "none"
-    if not torch.cuda.is_available():
-        return "none"
+    import torch
+
     return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"

@@ -138,6 +138,10 @@ def test_the_encoder_trains_and_encodes_on_the_device_of_every_other_stage(
     assert _model(tiny_bert).device.type == "meta"
     assert sparse.load(tmp_path / "sparse").device.type == "meta"
     assert sparse.load(tmp_path / "sparse", device="cpu").device.type == "cpu"
+    on_meta = sparse.load(tmp_path / "sparse")  # calibration and training feed it these
+    features = sparse._features(on_meta, DOCS, "document")
+    assert {v.device.type for v in features.values() if hasattr(v, "device")} == {"meta"}
+    assert features["input_ids"].device.type == "meta"
 
 
 def test_refusals(tiny_bert: Path, tmp_path: Path) -> None:
